@@ -1,0 +1,433 @@
+//! The default room's policy: PROTOCOL.md's routing rules and system
+//! messages, in plain Rust over the [`Env`] trait so they unit-test natively.
+//! The wit-bindgen glue in `lib.rs` implements [`Env`] with the host's imports.
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
+
+/// The client types the default room admits.
+pub const ADMITTED_TYPES: [&str; 3] = ["runtime", "data-agent", "admin"];
+/// The type that receives monitoring copies of routed messages.
+pub const ADMIN: &str = "admin";
+/// Cleanup delay when the host does not configure one: five minutes.
+pub const DEFAULT_CLEANUP_DELAY_MS: u64 = 5 * 60 * 1000;
+
+/// Which clients a send reaches (mirrors the WIT `target`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Select<'a> {
+    Client(&'a str),
+    Kind(&'a str),
+    All,
+}
+
+/// One target of a send: a selector and the clients it skips.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub select: Select<'a>,
+    pub except: Option<&'a str>,
+}
+
+/// What the room needs from its host.
+pub trait Env {
+    fn project_id(&self) -> String;
+    /// Delivers `text` once to each client in the union of `targets`;
+    /// returns how many clients each target added.
+    fn send(&mut self, text: &str, targets: &[Target<'_>]) -> Vec<u32>;
+    fn client_count(&self) -> u32;
+    fn now_ms(&self) -> u64;
+    fn new_id(&self) -> String;
+    fn config(&self, key: &str) -> Option<String>;
+    fn set_alarm(&mut self, delay_ms: u64);
+    fn cancel_alarm(&mut self);
+}
+
+/// A connection the host asks the room to admit.
+pub struct Joining<'a> {
+    pub id: &'a str,
+    pub kind: &'a str,
+}
+
+/// Why a connection is refused (mirrors the WIT `refusal`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub error: String,
+    pub message: String,
+}
+
+/// The error codes of PROTOCOL.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidMessage,
+    UnknownTarget,
+    MessageTooLarge,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::UnknownTarget => "unknown_target",
+            ErrorCode::MessageTooLarge => "message_too_large",
+        }
+    }
+}
+
+/// `on-connect`: admit the default types, cancel a pending cleanup, greet.
+pub fn on_connect(env: &mut impl Env, client: Joining<'_>) -> Result<(), Refusal> {
+    if !ADMITTED_TYPES.contains(&client.kind) {
+        return Err(Refusal {
+            status: 400,
+            error: "invalid_type".into(),
+            message: format!(
+                "type must be one of: {}; got {:?}",
+                ADMITTED_TYPES.join(", "),
+                client.kind
+            ),
+        });
+    }
+    env.cancel_alarm();
+    let project_id = env.project_id();
+    let payload = serde_json::json!({
+        "clientId": client.id,
+        "projectId": project_id,
+        "clientCount": env.client_count(),
+        "message": format!("connected to project {project_id} as {}", client.kind),
+        "timestamp": env.now_ms(),
+    });
+    let text = system_message(env, "connected", payload);
+    env.send(
+        &text,
+        &[Target {
+            select: Select::Client(client.id),
+            except: None,
+        }],
+    );
+    Ok(())
+}
+
+/// `on-close`: tell everyone left, and schedule cleanup when nobody is.
+pub fn on_close(env: &mut impl Env, id: &str, kind: &str) {
+    let remaining = env.client_count();
+    if remaining > 0 {
+        let payload = serde_json::json!({
+            "clientId": id,
+            "clientType": kind,
+            "projectId": env.project_id(),
+            "clientCount": remaining,
+            "timestamp": env.now_ms(),
+        });
+        let text = system_message(env, "client_left", payload);
+        env.send(
+            &text,
+            &[Target {
+                select: Select::All,
+                except: None,
+            }],
+        );
+    } else {
+        let delay = env
+            .config("cleanup-delay-ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_CLEANUP_DELAY_MS);
+        env.set_alarm(delay);
+    }
+}
+
+/// `alarm`: the cleanup alarm. The host removes a room that is empty and has
+/// no alarm set, so there is nothing to do here; a room that got a new
+/// client in the meantime simply stays.
+pub fn on_alarm(_env: &mut impl Env) {}
+
+/// A binary frame: the default room speaks JSON text only.
+pub fn on_binary(env: &mut impl Env, sender: &str) {
+    send_error(
+        env,
+        sender,
+        ErrorCode::InvalidMessage,
+        "binary frames are not supported; send JSON text",
+        None,
+    );
+}
+
+/// A message the host discarded for its size.
+pub fn on_too_large(env: &mut impl Env, sender: &str, size: u64, limit: u64) {
+    send_error(
+        env,
+        sender,
+        ErrorCode::MessageTooLarge,
+        &format!("message of {size} bytes is over the limit of {limit} bytes"),
+        None,
+    );
+}
+
+/// `on-message` for a text frame: validate, stamp `from`, route.
+pub fn on_text(env: &mut impl Env, sender_id: &str, sender_kind: &str, text: &str) {
+    let fields = match serde_json::from_str::<Fields<'_>>(text) {
+        Ok(fields) => fields,
+        Err(_) => {
+            // Tell apart "not JSON" from "JSON, but not an object".
+            let (code, message) = if serde_json::from_str::<de::IgnoredAny>(text).is_ok() {
+                (
+                    ErrorCode::InvalidMessage,
+                    "message must be a JSON object".to_string(),
+                )
+            } else {
+                let e = serde_json::from_str::<de::IgnoredAny>(text).unwrap_err();
+                (ErrorCode::InvalidJson, format!("invalid JSON: {e}"))
+            };
+            send_error(env, sender_id, code, &message, None);
+            return;
+        }
+    };
+    let message_id = fields.string("id");
+    let route = match fields.route() {
+        Ok(route) => route,
+        Err(why) => {
+            send_error(
+                env,
+                sender_id,
+                ErrorCode::InvalidMessage,
+                why,
+                message_id.as_deref(),
+            );
+            return;
+        }
+    };
+    let out = fields.stamped(sender_id, sender_kind);
+    let except = Some(sender_id);
+    match route {
+        Route::ToId(id) => {
+            let reached = env.send(
+                &out,
+                &[
+                    Target {
+                        select: Select::Client(&id),
+                        except: None,
+                    },
+                    Target {
+                        select: Select::Kind(ADMIN),
+                        except,
+                    },
+                ],
+            );
+            if reached.first().copied().unwrap_or(0) == 0 {
+                send_error(
+                    env,
+                    sender_id,
+                    ErrorCode::UnknownTarget,
+                    &format!("no client with id {id:?} in this project"),
+                    message_id.as_deref(),
+                );
+            }
+        }
+        Route::ToType(kind) => {
+            env.send(
+                &out,
+                &[
+                    Target {
+                        select: Select::Kind(&kind),
+                        except,
+                    },
+                    Target {
+                        select: Select::Kind(ADMIN),
+                        except,
+                    },
+                ],
+            );
+        }
+        Route::Broadcast => {
+            env.send(
+                &out,
+                &[Target {
+                    select: Select::All,
+                    except,
+                }],
+            );
+        }
+    }
+}
+
+fn send_error(
+    env: &mut impl Env,
+    to: &str,
+    code: ErrorCode,
+    message: &str,
+    message_id: Option<&str>,
+) {
+    let mut payload = serde_json::json!({
+        "code": code.as_str(),
+        "message": message,
+        "projectId": env.project_id(),
+        "timestamp": env.now_ms(),
+    });
+    if let Some(id) = message_id {
+        payload["messageId"] = id.into();
+    }
+    let text = system_message(env, "error", payload);
+    env.send(
+        &text,
+        &[Target {
+            select: Select::Client(to),
+            except: None,
+        }],
+    );
+}
+
+fn system_message(env: &impl Env, kind: &str, payload: serde_json::Value) -> String {
+    serde_json::json!({
+        "id": env.new_id(),
+        "type": kind,
+        "from": {"type": "system"},
+        "payload": payload,
+    })
+    .to_string()
+}
+
+/// Where a valid message goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    ToId(String),
+    ToType(String),
+    Broadcast,
+}
+
+/// A message's top-level fields, each value kept as raw JSON text so the
+/// payload is validated once but never rebuilt: only `to` and `from` are
+/// looked into. Duplicate keys are kept in order, as JSON.parse on the
+/// receiving end would see them (the last one wins).
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Fields<'a> {
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    fn string(&self, key: &str) -> Option<String> {
+        self.get(key)
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+    }
+
+    fn route(&self) -> Result<Route, &'static str> {
+        let Some(raw) = self.get("to") else {
+            return Ok(Route::Broadcast);
+        };
+        let to: Option<serde_json::Map<String, serde_json::Value>> =
+            serde_json::from_str(raw.get()).map_err(|_| "`to` must be an object or null")?;
+        let Some(to) = to else {
+            return Ok(Route::Broadcast);
+        };
+        let field = |name, what| match to.get(name) {
+            None => Ok(""),
+            Some(serde_json::Value::String(s)) => Ok(s.as_str()),
+            Some(_) => Err(what),
+        };
+        let id = field("id", "`to.id` must be a string")?;
+        let kind = field("type", "`to.type` must be a string")?;
+        Ok(if !id.is_empty() {
+            Route::ToId(id.to_owned())
+        } else if !kind.is_empty() {
+            Route::ToType(kind.to_owned())
+        } else {
+            Route::Broadcast
+        })
+    }
+
+    /// The message re-serialized with `from.id` and `from.type` set to the
+    /// sender's; every other field and every byte of other values unchanged.
+    fn stamped(&self, id: &str, kind: &str) -> String {
+        let mut out = String::with_capacity(
+            self.0.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>() + 96,
+        );
+        let stamp = |from: Option<&RawValue>| -> String {
+            let mut obj = from
+                .and_then(|raw| {
+                    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get())
+                        .ok()
+                })
+                .unwrap_or_default();
+            obj.insert("type".into(), kind.into());
+            obj.insert("id".into(), id.into());
+            serde_json::Value::Object(obj).to_string()
+        };
+        let mut has_from = false;
+        out.push('{');
+        for (i, (key, value)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_string(&mut out, key);
+            out.push(':');
+            if key == "from" {
+                has_from = true;
+                out.push_str(&stamp(Some(value)));
+            } else {
+                out.push_str(value.get());
+            }
+        }
+        if !has_from {
+            if !self.0.is_empty() {
+                out.push(',');
+            }
+            out.push_str("\"from\":");
+            out.push_str(&stamp(None));
+        }
+        out.push('}');
+        out
+    }
+}
+
+fn push_json_string(out: &mut String, s: &str) {
+    // Serializing a &str to JSON cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_default());
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Fields<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Fields<'a>, M::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(6));
+                while let Some((k, v)) = map.next_entry::<Key<'a>, &'a RawValue>()? {
+                    fields.push((k.0, v));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// An object key, borrowed from the input unless it contains escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Key<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests;
