@@ -1,0 +1,354 @@
+//! One WebSocket connection: a reader that reassembles messages and hands
+//! them to the room, and a writer that drains the connection's outbox with
+//! vectored writes and sends keep-alive pings. It knows nothing of routing.
+
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use fastwebsockets::upgrade::UpgradeFut;
+use fastwebsockets::{OpCode, Role, WebSocketError};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tracing::debug;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::outbox::{self, Next, Outbox};
+use crate::room::table::ConnRef;
+use crate::room::{Event, Incoming, RoomHandle};
+
+/// How long a closing connection waits for the other side's close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Most frames handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// How the connection ended, as told to the room.
+struct Ended {
+    code: u16,
+    reason: String,
+}
+
+impl Ended {
+    fn lost() -> Ended {
+        Ended {
+            code: 1006,
+            reason: String::new(),
+        }
+    }
+}
+
+/// Runs an admitted connection to its end.
+pub async fn serve(
+    upgrade: UpgradeFut,
+    room: RoomHandle,
+    conn: ConnRef,
+    outbox: Arc<Outbox>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+) {
+    metrics.connection_opened();
+    let ended = match upgrade.await {
+        Ok(ws) => {
+            let (read, write) = tokio::io::split(ws.into_inner());
+            run(read, write, &room, conn, &outbox, &config, &metrics).await
+        }
+        Err(e) => {
+            debug!(error = %e, "websocket upgrade failed");
+            outbox.abort();
+            Ended::lost()
+        }
+    };
+    let _ = room
+        .tx
+        .send(Event::Close {
+            conn,
+            code: ended.code,
+            reason: ended.reason,
+        })
+        .await;
+    metrics.connection_closed();
+}
+
+async fn run<R, W>(
+    read: R,
+    mut write: W,
+    room: &RoomHandle,
+    conn: ConnRef,
+    outbox: &Outbox,
+    config: &Config,
+    metrics: &Metrics,
+) -> Ended
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let last_seen = AtomicU64::new(0);
+    let reader = read_loop(read, room, conn, outbox, config, metrics, start, &last_seen);
+    let writer = write_loop(&mut write, outbox, config, start, &last_seen);
+    tokio::pin!(reader, writer);
+    tokio::select! {
+        ended = &mut reader => {
+            // The client closed (its close is echoed) or vanished (abort).
+            if ended.code == 1006 {
+                outbox.abort();
+            }
+            let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
+            ended
+        }
+        peer_gone = &mut writer => {
+            if peer_gone {
+                return Ended::lost();
+            }
+            // We closed: give the client a moment to answer our close
+            // frame, then drop it.
+            match tokio::time::timeout(CLOSE_GRACE, &mut reader).await {
+                Ok(ended) => ended,
+                Err(_) => Ended::lost(),
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_loop<R: AsyncRead + Unpin>(
+    read: R,
+    room: &RoomHandle,
+    conn: ConnRef,
+    outbox: &Outbox,
+    config: &Config,
+    metrics: &Metrics,
+    start: Instant,
+    last_seen: &AtomicU64,
+) -> Ended {
+    let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+    ws.set_max_message_size(config.max_frame_bytes);
+    ws.set_auto_close(true);
+    ws.set_auto_pong(true);
+    // Replies the protocol obliges us to send (pong, close echo) go through
+    // the outbox like everything else.
+    let mut obligated = |frame: fastwebsockets::Frame<'_>| {
+        let bytes = outbox::encode(frame.opcode, &frame.payload);
+        if frame.opcode == OpCode::Close {
+            outbox.close_raw(bytes);
+        } else {
+            outbox.push_control(bytes);
+        }
+        std::future::ready(Ok::<(), std::convert::Infallible>(()))
+    };
+    let limit = config.max_message_bytes;
+    // A message being reassembled from fragments.
+    let mut partial: Option<(OpCode, Vec<u8>)> = None;
+    // Size of a fragmented message already over the limit, being skipped.
+    let mut skipping: Option<u64> = None;
+    loop {
+        let frame = match ws.read_frame(&mut obligated).await {
+            Ok(frame) => frame,
+            Err(e) => return protocol_error(e, outbox),
+        };
+        last_seen.store(start.elapsed().as_millis() as u64, Relaxed);
+        let message = match frame.opcode {
+            OpCode::Close => {
+                let (code, reason) = match frame.payload.len() {
+                    0 | 1 => (1005, String::new()),
+                    _ => (
+                        u16::from_be_bytes([frame.payload[0], frame.payload[1]]),
+                        String::from_utf8_lossy(&frame.payload[2..]).into_owned(),
+                    ),
+                };
+                return Ended { code, reason };
+            }
+            OpCode::Ping | OpCode::Pong => continue,
+            OpCode::Text | OpCode::Binary => {
+                if partial.is_some() || skipping.is_some() {
+                    outbox.close(1002, "new message before the last one was finished");
+                    return Ended {
+                        code: 1002,
+                        reason: "protocol error".into(),
+                    };
+                }
+                let len = frame.payload.len();
+                if len > limit {
+                    if frame.fin {
+                        Some(too_large(len as u64, limit))
+                    } else {
+                        skipping = Some(len as u64);
+                        None
+                    }
+                } else if frame.fin {
+                    Some(whole(frame.opcode, frame.payload.to_vec()))
+                } else {
+                    partial = Some((frame.opcode, frame.payload.to_vec()));
+                    None
+                }
+            }
+            OpCode::Continuation => {
+                let len = frame.payload.len() as u64;
+                if let Some(size) = skipping.as_mut() {
+                    *size += len;
+                    if frame.fin {
+                        let size = *size;
+                        skipping = None;
+                        Some(too_large(size, limit))
+                    } else {
+                        None
+                    }
+                } else if let Some((opcode, mut buf)) = partial.take() {
+                    if buf.len() + frame.payload.len() > limit {
+                        let size = (buf.len() + frame.payload.len()) as u64;
+                        if frame.fin {
+                            Some(too_large(size, limit))
+                        } else {
+                            skipping = Some(size);
+                            None
+                        }
+                    } else {
+                        buf.extend_from_slice(&frame.payload);
+                        if frame.fin {
+                            Some(whole(opcode, buf))
+                        } else {
+                            partial = Some((opcode, buf));
+                            None
+                        }
+                    }
+                } else {
+                    outbox.close(1002, "continuation frame without a message");
+                    return Ended {
+                        code: 1002,
+                        reason: "protocol error".into(),
+                    };
+                }
+            }
+        };
+        let Some(message) = message else { continue };
+        let message = match message {
+            Ok(m) => m,
+            Err(()) => {
+                outbox.close(1007, "text message is not valid UTF-8");
+                return Ended {
+                    code: 1007,
+                    reason: "invalid UTF-8".into(),
+                };
+            }
+        };
+        metrics.message_in();
+        // A full inbox makes this wait: the client's reads pause until the
+        // room catches up (TCP back-pressure), nothing is dropped.
+        if room.tx.send(Event::Message { conn, message }).await.is_err() {
+            outbox.close(crate::room::CLOSE_ROOM_FAILED, "room is gone");
+            return Ended {
+                code: crate::room::CLOSE_ROOM_FAILED,
+                reason: "room is gone".into(),
+            };
+        }
+    }
+}
+
+fn too_large(size: u64, limit: usize) -> Result<Incoming, ()> {
+    Ok(Incoming::TooLarge {
+        size,
+        limit: limit as u64,
+    })
+}
+
+fn whole(opcode: OpCode, payload: Vec<u8>) -> Result<Incoming, ()> {
+    if opcode == OpCode::Text {
+        String::from_utf8(payload)
+            .map(Incoming::Text)
+            .map_err(drop)
+    } else {
+        Ok(Incoming::Binary(payload))
+    }
+}
+
+/// Answers a broken frame with the close code RFC 6455 gives it.
+fn protocol_error(e: WebSocketError, outbox: &Outbox) -> Ended {
+    let (code, reason) = match e {
+        WebSocketError::FrameTooLarge => (1009, "frame too large"),
+        WebSocketError::InvalidUTF8 => (1007, "invalid UTF-8"),
+        WebSocketError::IoError(_)
+        | WebSocketError::UnexpectedEOF
+        | WebSocketError::ConnectionClosed => {
+            outbox.abort();
+            return Ended::lost();
+        }
+        _ => (1002, "protocol error"),
+    };
+    debug!(error = %e, code, "closing connection after a bad frame");
+    outbox.close(code, reason);
+    Ended {
+        code,
+        reason: reason.into(),
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    outbox: &Outbox,
+    config: &Config,
+    start: Instant,
+    last_seen: &AtomicU64,
+) -> bool {
+    let interval = config.ping_interval;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut batch: Vec<Bytes> = Vec::new();
+    loop {
+        tokio::select! {
+            next = outbox.take(&mut batch) => {
+                if next == Next::Abort {
+                    return true;
+                }
+                // A peer that cannot take our bytes for as long as it may be
+                // silent is as good as gone.
+                let wrote = tokio::time::timeout(interval * 2, write_all(write, &mut batch)).await;
+                batch.clear();
+                if !matches!(wrote, Ok(Ok(()))) {
+                    outbox.abort();
+                    return true;
+                }
+                if next == Next::Finish {
+                    let _ = write.shutdown().await;
+                    return false;
+                }
+            }
+            _ = ping.tick() => {
+                let silent = start.elapsed().saturating_sub(Duration::from_millis(last_seen.load(Relaxed)));
+                if silent > interval * 2 {
+                    debug!("peer stopped answering pings");
+                    outbox.abort();
+                    return true;
+                }
+                outbox.push_control(outbox::encode(OpCode::Ping, b""));
+            }
+        }
+    }
+}
+
+/// Writes every frame of `batch`, as few syscalls as the socket allows.
+async fn write_all<W: AsyncWrite + Unpin>(write: &mut W, batch: &mut [Bytes]) -> std::io::Result<()> {
+    let mut i = 0;
+    while i < batch.len() {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let n = batch.len().saturating_sub(i).min(MAX_IOVECS);
+        for (slice, frame) in slices.iter_mut().zip(&batch[i..i + n]) {
+            *slice = IoSlice::new(frame);
+        }
+        let mut written = write.write_vectored(&slices[..n]).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 && i < batch.len() {
+            let len = batch[i].len();
+            if written >= len {
+                written -= len;
+                i += 1;
+            } else {
+                batch[i].advance(written);
+                written = 0;
+            }
+        }
+    }
+    write.flush().await
+}

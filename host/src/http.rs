@@ -1,0 +1,305 @@
+//! HTTP routes: `/websocket` (upgrade into a project's room), `/status`,
+//! `/health`. Every refusal is a status code with a JSON body
+//! `{"error": code, "message": text}`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming as Body;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+use crate::config::Config;
+use crate::conn;
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::registry::Registry;
+use crate::room::{ClientMeta, Event, Refusal, now_ms};
+
+/// Longest accepted `projectId`, in bytes.
+pub const MAX_PROJECT_ID: usize = 256;
+/// How many times an upgrade retries when it races with a room's removal.
+const CONNECT_ATTEMPTS: usize = 4;
+
+/// What every request handler shares.
+pub struct App {
+    pub registry: Arc<Registry>,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub tracker: TaskTracker,
+    pub started: std::time::Instant,
+}
+
+pub type Reply = Response<Full<Bytes>>;
+
+fn json_reply(status: StatusCode, body: &Value) -> Reply {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Reply {
+    json_reply(status, &json!({"error": code, "message": message.into()}))
+}
+
+/// The query parameters the routes read.
+#[derive(Default)]
+struct Query {
+    project_id: Option<String>,
+    kind: Option<String>,
+}
+
+fn parse_query(query: Option<&str>) -> Query {
+    let mut q = Query::default();
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*k {
+            "projectId" if q.project_id.is_none() => q.project_id = Some(v.into_owned()),
+            "type" if q.kind.is_none() => q.kind = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    q
+}
+
+/// Checks a `projectId`: 1 to 256 bytes of UTF-8 without control characters.
+fn check_project_id(id: Option<&str>) -> Result<&str, Reply> {
+    let bad = |message: &str| error(StatusCode::BAD_REQUEST, "invalid_project_id", message);
+    match id {
+        None | Some("") => Err(error(
+            StatusCode::BAD_REQUEST,
+            "missing_project_id",
+            "the projectId query parameter is required",
+        )),
+        Some(id) if id.len() > MAX_PROJECT_ID => Err(bad(&format!(
+            "projectId must be at most {MAX_PROJECT_ID} bytes"
+        ))),
+        Some(id) if id.chars().any(char::is_control) => {
+            Err(bad("projectId must not contain control characters"))
+        }
+        // Invalid UTF-8 was replaced by U+FFFD while decoding the query.
+        Some(id) if id.contains('\u{FFFD}') => Err(bad("projectId must be valid UTF-8")),
+        Some(id) => Ok(id),
+    }
+}
+
+pub async fn route(app: Arc<App>, req: Request<Body>) -> Result<Reply, std::convert::Infallible> {
+    let path = req.uri().path();
+    let known = matches!(path, "/websocket" | "/status" | "/health");
+    if !known {
+        return Ok(error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such endpoint: {path}"),
+        ));
+    }
+    if req.method() != Method::GET {
+        let mut resp = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{path} only answers GET"),
+        );
+        resp.headers_mut()
+            .insert(hyper::header::ALLOW, HeaderValue::from_static("GET"));
+        return Ok(resp);
+    }
+    let query = parse_query(req.uri().query());
+    Ok(match path {
+        "/websocket" => websocket(&app, req, query).await,
+        "/status" => status(&app, &query),
+        _ => health(&app, &query),
+    })
+}
+
+fn status(app: &App, query: &Query) -> Reply {
+    let project = match check_project_id(query.project_id.as_deref()) {
+        Ok(p) => p,
+        Err(reply) => return reply,
+    };
+    let now = now_ms();
+    let room = app.registry.get(project);
+    let clients: Vec<Value> = room
+        .as_ref()
+        .map(|r| r.shared.clients())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            json!({
+                "id": &*c.id,
+                "type": &*c.kind,
+                "connectedAt": c.connected_at,
+                "connectedFor": now.saturating_sub(c.connected_at),
+                "socketState": 1,
+                "metadata": {"userAgent": c.user_agent, "origin": c.origin},
+            })
+        })
+        .collect();
+    json_reply(
+        StatusCode::OK,
+        &json!({
+            "projectId": project,
+            "clientCount": clients.len(),
+            "lastActivity": room.as_ref().and_then(|r| last_activity(&r.shared)),
+            "timestamp": now,
+            "clients": clients,
+        }),
+    )
+}
+
+fn last_activity(shared: &crate::room::RoomShared) -> Option<u64> {
+    match shared.last_activity.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        t => Some(t),
+    }
+}
+
+fn health(app: &App, query: &Query) -> Reply {
+    let now = now_ms();
+    if query.project_id.is_none() {
+        return json_reply(
+            StatusCode::OK,
+            &json!({
+                "status": "healthy",
+                "version": env!("CARGO_PKG_VERSION"),
+                "timestamp": now,
+                "uptimeMs": app.started.elapsed().as_millis() as u64,
+                "rooms": app.registry.len(),
+                "connections": app.metrics.open_connections(),
+                "counters": app.metrics.to_json(),
+            }),
+        );
+    }
+    let project = match check_project_id(query.project_id.as_deref()) {
+        Ok(p) => p,
+        Err(reply) => return reply,
+    };
+    let room = app.registry.get(project);
+    json_reply(
+        StatusCode::OK,
+        &json!({
+            "status": "healthy",
+            "projectId": project,
+            "clientCount": room.as_ref().map_or(0, |r| r.shared.client_count()),
+            "lastActivity": room.as_ref().and_then(|r| last_activity(&r.shared)),
+            "timestamp": now,
+        }),
+    )
+}
+
+async fn websocket(app: &Arc<App>, mut req: Request<Body>, query: Query) -> Reply {
+    let project = match check_project_id(query.project_id.as_deref()) {
+        Ok(p) => p.to_owned(),
+        Err(reply) => return reply,
+    };
+    let kind = match query.kind.as_deref() {
+        None | Some("") => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "missing_type",
+                "the type query parameter is required",
+            );
+        }
+        Some(k) if k.len() > MAX_PROJECT_ID || k.chars().any(char::is_control) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_type",
+                format!("type must be at most {MAX_PROJECT_ID} bytes without control characters"),
+            );
+        }
+        Some(k) => k.to_owned(),
+    };
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        let mut resp = error(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "Expected Upgrade: websocket",
+        );
+        resp.headers_mut()
+            .insert(hyper::header::UPGRADE, HeaderValue::from_static("websocket"));
+        return resp;
+    }
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let meta = Arc::new(ClientMeta {
+        id: uuid::Uuid::new_v4().to_string().into(),
+        kind: kind.into(),
+        connected_at: now_ms(),
+        user_agent: header(hyper::header::USER_AGENT),
+        origin: header(hyper::header::ORIGIN),
+    });
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(pair) => pair,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_upgrade",
+                format!("invalid WebSocket upgrade request: {e}"),
+            );
+        }
+    };
+    let outbox = Arc::new(Outbox::new(app.config.outbox_limit_bytes));
+    for _ in 0..CONNECT_ATTEMPTS {
+        let room = app.registry.get_or_create(&project);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let event = Event::Connect {
+            meta: meta.clone(),
+            outbox: outbox.clone(),
+            reply,
+        };
+        if room.tx.send(event).await.is_err() {
+            continue;
+        }
+        match answer.await {
+            // The room was being removed; a new one will be made.
+            Err(_) => continue,
+            Ok(Ok(conn)) => {
+                let app = app.clone();
+                app.tracker.spawn(conn::serve(
+                    upgrade,
+                    room,
+                    conn,
+                    outbox,
+                    app.config.clone(),
+                    app.metrics.clone(),
+                ));
+                let (parts, _) = response.into_parts();
+                return Response::from_parts(parts, Full::new(Bytes::new()));
+            }
+            Ok(Err(Refusal::Refused {
+                status,
+                error: code,
+                message,
+            })) => {
+                app.metrics.connection_refused();
+                let status = StatusCode::from_u16(status)
+                    .ok()
+                    .filter(|s| s.is_client_error() || s.is_server_error())
+                    .unwrap_or(StatusCode::FORBIDDEN);
+                return error(status, &code, message);
+            }
+            Ok(Err(Refusal::Failed)) => {
+                app.metrics.connection_refused();
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "room_failed",
+                    "the project's room failed while admitting the connection; try again",
+                );
+            }
+        }
+    }
+    warn!(project = %project, "could not reach a room after several attempts");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "room_unavailable",
+        "the project's room is restarting; try again",
+    )
+}

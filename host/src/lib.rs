@@ -1,0 +1,24 @@
+//! wsroom: self-hosted Durable-Object-style WebSocket rooms.
+//!
+//! Map of the modules:
+//! - [`config`]: command-line flags and the validated [`config::Config`].
+//! - [`server`]: the accept loop, graceful shutdown.
+//! - [`http`]: the routes (`/websocket`, `/status`, `/health`).
+//! - [`conn`]: one WebSocket connection (reader, writer, keep-alive).
+//! - [`outbox`]: a connection's bounded outgoing queue of framed bytes.
+//! - [`registry`]: projectId → live room.
+//! - [`room`]: the per-project actor, its connection table, the host imports.
+//! - [`engine`]: wasmtime: the compiled component, stores, CPU and memory limits.
+//! - [`metrics`]: process-wide counters for `/health`.
+
+pub mod config;
+pub mod conn;
+pub mod engine;
+pub mod http;
+pub mod metrics;
+pub mod outbox;
+pub mod registry;
+pub mod room;
+pub mod server;
+
+pub use server::{run, shutdown_signal};

@@ -1,0 +1,239 @@
+//! A connection's outgoing queue: whole WebSocket frames (header and payload
+//! in one shared [`Bytes`]) waiting for the connection's writer.
+//!
+//! The room pushes without ever waiting; the writer takes everything queued
+//! at once and writes it with one vectored write. The queue is bounded in
+//! bytes: a push that would pass the bound drops what is queued and leaves
+//! only a close frame (1013), so a slow client costs at most the bound.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use fastwebsockets::{Frame, OpCode, Payload};
+use tokio::sync::Notify;
+
+/// Close code sent to a client whose queue overflowed (1013: try again later).
+pub const CLOSE_TOO_SLOW: u16 = 1013;
+
+/// Frames a server-to-client message (unmasked, final) into one buffer.
+pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
+    let mut head = [0u8; 10];
+    let n = Frame::new(true, opcode, None, Payload::Borrowed(payload)).fmt_head(&mut head);
+    let mut buf = BytesMut::with_capacity(n + payload.len());
+    buf.put_slice(&head[..n]);
+    buf.put_slice(payload);
+    buf.freeze()
+}
+
+/// A close frame with a code and a reason cut to the 123 bytes a control
+/// frame allows (at a character boundary).
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    encode(OpCode::Close, &payload)
+}
+
+/// Why a push was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue was over its bound: the client is being closed with 1013.
+    Overflow,
+    /// The connection is already closing.
+    Closed,
+}
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    /// A close frame is queued; nothing more is accepted.
+    closing: bool,
+    /// The writer must stop without writing anything more.
+    aborted: bool,
+}
+
+pub struct Outbox {
+    state: Mutex<State>,
+    wake: Notify,
+    limit: usize,
+}
+
+/// What the writer should do after writing the frames it took.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    /// The last frame taken was a close frame: finish the connection.
+    Finish,
+    /// Stop at once, the connection is gone.
+    Abort,
+}
+
+impl Outbox {
+    pub fn new(limit: usize) -> Self {
+        Outbox {
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            limit,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The lock guards plain data and no code panics while holding it;
+        // recover the data if a panic ever poisoned it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a data frame, refusing it past the bound.
+    pub fn push(&self, frame: Bytes) -> Result<(), Refused> {
+        let mut s = self.lock();
+        if s.closing || s.aborted {
+            return Err(Refused::Closed);
+        }
+        if s.bytes + frame.len() > self.limit && !s.frames.is_empty() {
+            s.frames.clear();
+            s.bytes = 0;
+            s.closing = true;
+            s.frames
+                .push_back(close_frame(CLOSE_TOO_SLOW, "outgoing queue full: client too slow"));
+            drop(s);
+            self.wake.notify_one();
+            return Err(Refused::Overflow);
+        }
+        s.bytes += frame.len();
+        s.frames.push_back(frame);
+        drop(s);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Queues a control frame (ping, pong); they are small and not counted.
+    pub fn push_control(&self, frame: Bytes) {
+        let mut s = self.lock();
+        if s.closing || s.aborted {
+            return;
+        }
+        s.frames.push_back(frame);
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// Queues a close frame after everything already queued; later pushes are
+    /// refused. Does nothing if the connection is already closing.
+    pub fn close(&self, code: u16, reason: &str) {
+        let mut s = self.lock();
+        if s.closing || s.aborted {
+            return;
+        }
+        s.closing = true;
+        s.frames.push_back(close_frame(code, reason));
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// Queues an already framed close frame (the echo of a client's close).
+    pub fn close_raw(&self, frame: Bytes) {
+        let mut s = self.lock();
+        if s.closing || s.aborted {
+            return;
+        }
+        s.closing = true;
+        s.frames.push_back(frame);
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// Drops everything queued and stops the writer: the peer is gone.
+    pub fn abort(&self) {
+        let mut s = self.lock();
+        s.aborted = true;
+        s.frames.clear();
+        s.bytes = 0;
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        let s = self.lock();
+        s.closing || s.aborted
+    }
+
+    /// Waits until something is queued, then moves all of it into `batch`.
+    /// Cancel-safe: nothing is taken until it returns.
+    pub async fn take(&self, batch: &mut Vec<Bytes>) -> Next {
+        loop {
+            {
+                let mut s = self.lock();
+                if s.aborted {
+                    return Next::Abort;
+                }
+                if !s.frames.is_empty() {
+                    batch.extend(s.frames.drain(..));
+                    s.bytes = 0;
+                    return if s.closing {
+                        Next::Finish
+                    } else {
+                        Next::Continue
+                    };
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(n: usize) -> Bytes {
+        encode(OpCode::Text, &vec![b'x'; n])
+    }
+
+    #[test]
+    fn frames_have_the_right_header() {
+        assert_eq!(&encode(OpCode::Text, b"hi")[..], b"\x81\x02hi");
+        let big = encode(OpCode::Binary, &[0; 300]);
+        assert_eq!(&big[..4], &[0x82, 126, 1, 44]);
+        assert_eq!(big.len(), 304);
+        let close = close_frame(1001, &"é".repeat(100));
+        assert_eq!(close[0], 0x88);
+        assert!(close.len() - 2 <= 125);
+        assert!(std::str::from_utf8(&close[4..]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn takes_everything_in_order() {
+        let o = Outbox::new(1000);
+        o.push(text(1)).unwrap();
+        o.push(text(2)).unwrap();
+        let mut batch = Vec::new();
+        assert_eq!(o.take(&mut batch).await, Next::Continue);
+        assert_eq!(batch, vec![text(1), text(2)]);
+    }
+
+    #[tokio::test]
+    async fn overflow_leaves_only_a_close_frame() {
+        let o = Outbox::new(100);
+        o.push(text(60)).unwrap();
+        assert_eq!(o.push(text(60)), Err(Refused::Overflow));
+        assert_eq!(o.push(text(1)), Err(Refused::Closed));
+        let mut batch = Vec::new();
+        assert_eq!(o.take(&mut batch).await, Next::Finish);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(&batch[0][2..4], &CLOSE_TOO_SLOW.to_be_bytes());
+    }
+
+    #[tokio::test]
+    async fn one_message_larger_than_the_bound_still_goes_to_an_idle_client() {
+        let o = Outbox::new(10);
+        o.push(text(50)).unwrap();
+        let mut batch = Vec::new();
+        assert_eq!(o.take(&mut batch).await, Next::Continue);
+    }
+}

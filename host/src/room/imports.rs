@@ -1,0 +1,106 @@
+//! The host interface of the WIT world, acting on the room's table.
+
+use tracing::{debug, error, info, trace, warn};
+
+use crate::engine::{RoomState, wit};
+use crate::outbox;
+use crate::room::table::Select;
+use crate::room::{ClientMeta, now_ms};
+use fastwebsockets::OpCode;
+
+use crate::engine::host_bindings::Host;
+
+impl wit::Host for RoomState {}
+
+fn client_info(meta: &ClientMeta) -> wit::ClientInfo {
+    super::client_info(meta)
+}
+
+impl Host for RoomState {
+    fn project_id(&mut self) -> String {
+        self.table.project.to_string()
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        self.table.config.get(&key).cloned()
+    }
+
+    fn send(&mut self, text: String, targets: Vec<wit::Target>) -> Vec<u32> {
+        let frame = outbox::encode(OpCode::Text, text.as_bytes());
+        let resolved: Vec<(Select<'_>, Vec<usize>)> = targets
+            .iter()
+            .map(|t| {
+                let select = match &t.select {
+                    wit::Selector::Client(id) => Select::Client(id),
+                    wit::Selector::Kind(kind) => Select::Kind(kind),
+                    wit::Selector::All => Select::All,
+                };
+                let except = self.table.slots_of(t.except.iter().map(String::as_str));
+                (select, except)
+            })
+            .collect();
+        self.table.fanout(&frame, &resolved)
+    }
+
+    fn close(&mut self, client: String, code: u16, reason: String) -> bool {
+        let Some(conn) = self.table.conn_ref(&client) else {
+            return false;
+        };
+        let code = if code == 1000 || (3000..=4999).contains(&code) {
+            code
+        } else {
+            warn!(project = %self.table.project, code, "room asked for a close code it may not use; sending 1000");
+            1000
+        };
+        if let Some(c) = self.table.remove(conn) {
+            c.outbox.close(code, &reason);
+        }
+        true
+    }
+
+    fn client(&mut self, id: String) -> Option<wit::ClientInfo> {
+        self.table.find(&id).map(|c| client_info(&c.meta))
+    }
+
+    fn clients(&mut self, kind: Option<String>) -> Vec<wit::ClientInfo> {
+        self.table
+            .clients(kind.as_deref())
+            .map(|c| client_info(&c.meta))
+            .collect()
+    }
+
+    fn client_count(&mut self, kind: Option<String>) -> u32 {
+        self.table.count(kind.as_deref()) as u32
+    }
+
+    fn set_alarm(&mut self, delay_ms: u64) {
+        self.table.alarm_at = Some(now_ms().saturating_add(delay_ms));
+    }
+
+    fn cancel_alarm(&mut self) {
+        self.table.alarm_at = None;
+    }
+
+    fn alarm_at(&mut self) -> Option<u64> {
+        self.table.alarm_at
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        now_ms()
+    }
+
+    fn new_id(&mut self) -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+
+    fn log(&mut self, level: wit::LogLevel, message: String) {
+        let project = &*self.table.project;
+        match level {
+            wit::LogLevel::Trace => trace!(project, "room: {message}"),
+            wit::LogLevel::Debug => debug!(project, "room: {message}"),
+            wit::LogLevel::Info => info!(project, "room: {message}"),
+            wit::LogLevel::Warn => warn!(project, "room: {message}"),
+            wit::LogLevel::Error => error!(project, "room: {message}"),
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! The room actor: one task per live project. It alone touches the project's
+//! store, so guest calls need no lock; it takes events (connect, message,
+//! close) from a bounded inbox, fires the alarm, and calls the guest.
+
+mod imports;
+pub mod table;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+use wasmtime::Store;
+
+use crate::engine::{self, Room, RoomState, Runtime, wit};
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::registry::Registry;
+use table::{ConnRef, Table};
+
+/// Close code for the clients of a room that failed (1011: internal error).
+pub const CLOSE_ROOM_FAILED: u16 = 1011;
+/// Close code when the server shuts down (1001: going away).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// What the host knows about a connection (the WIT `client-info`).
+#[derive(Debug)]
+pub struct ClientMeta {
+    pub id: Arc<str>,
+    pub kind: Arc<str>,
+    pub connected_at: u64,
+    pub user_agent: Option<String>,
+    pub origin: Option<String>,
+}
+
+/// One complete message from a client.
+pub enum Incoming {
+    Text(String),
+    Binary(Vec<u8>),
+    TooLarge { size: u64, limit: u64 },
+}
+
+pub enum Event {
+    Connect {
+        meta: Arc<ClientMeta>,
+        outbox: Arc<Outbox>,
+        reply: oneshot::Sender<Result<ConnRef, Refusal>>,
+    },
+    Message {
+        conn: ConnRef,
+        message: Incoming,
+    },
+    Close {
+        conn: ConnRef,
+        code: u16,
+        reason: String,
+    },
+    Shutdown,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The room said no.
+    Refused {
+        status: u16,
+        error: String,
+        message: String,
+    },
+    /// The room failed while deciding.
+    Failed,
+}
+
+/// What `/status` and `/health` read without asking the room.
+#[derive(Default)]
+pub struct RoomShared {
+    clients: Mutex<Vec<Arc<ClientMeta>>>,
+    /// Milliseconds since the Unix epoch of the last connect or message.
+    pub last_activity: AtomicU64,
+}
+
+impl RoomShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<ClientMeta>>> {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn add_client(&self, meta: Arc<ClientMeta>) {
+        self.lock().push(meta);
+    }
+    fn remove_client(&self, id: &str) {
+        self.lock().retain(|c| *c.id != *id);
+    }
+    fn clear_clients(&self) {
+        self.lock().clear();
+    }
+    pub fn clients(&self) -> Vec<Arc<ClientMeta>> {
+        self.lock().clone()
+    }
+    pub fn client_count(&self) -> usize {
+        self.lock().len()
+    }
+    fn touch(&self) {
+        self.last_activity.store(now_ms(), Relaxed);
+    }
+}
+
+/// A live room as the registry and connections see it.
+#[derive(Clone)]
+pub struct RoomHandle {
+    pub tx: mpsc::Sender<Event>,
+    pub shared: Arc<RoomShared>,
+    pub generation: u64,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Starts the actor of a new room and returns its handle.
+pub fn spawn(
+    project: Arc<str>,
+    generation: u64,
+    registry: Arc<Registry>,
+    runtime: Runtime,
+    inbox: usize,
+    metrics: Arc<Metrics>,
+) -> RoomHandle {
+    let (tx, rx) = mpsc::channel(inbox);
+    let shared = Arc::new(RoomShared::default());
+    let table = Table::new(
+        project.clone(),
+        registry.room_config(),
+        shared.clone(),
+        metrics.clone(),
+    );
+    let actor = Actor {
+        project,
+        generation,
+        registry,
+        runtime,
+        metrics,
+        live: None,
+        idle: Some(table),
+    };
+    tokio::spawn(actor.run(rx));
+    RoomHandle {
+        tx,
+        shared,
+        generation,
+    }
+}
+
+struct Actor {
+    project: Arc<str>,
+    generation: u64,
+    registry: Arc<Registry>,
+    runtime: Runtime,
+    metrics: Arc<Metrics>,
+    /// The instance, with the table inside its store.
+    live: Option<(Store<RoomState>, Room)>,
+    /// The table while no instance is live.
+    idle: Option<Table>,
+}
+
+/// A guest call (or instantiation) that failed.
+struct Trapped(anyhow::Error);
+
+/// Calls a guest export under a fresh CPU budget, instantiating the room
+/// first if it has no live instance.
+macro_rules! call {
+    ($actor:expr, |$room:ident, $store:ident| $call:expr) => {
+        match $actor.ensure_live().await {
+            Ok(($store, $room)) => $call.await.map_err(|e| Trapped(anyhow::Error::from(e))),
+            Err(t) => Err(t),
+        }
+    };
+}
+
+impl Actor {
+    fn table(&mut self) -> &mut Table {
+        match (&mut self.live, &mut self.idle) {
+            (Some((store, _)), _) => &mut store.data_mut().table,
+            (None, Some(table)) => table,
+            // One of the two always holds the table; see `take_table`.
+            (None, None) => unreachable!("room table is always present"),
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
+        self.metrics.room_created();
+        info!(project = %self.project, "room created");
+        loop {
+            let alarm = self.table().alarm_at;
+            let event = tokio::select! {
+                event = rx.recv() => event,
+                () = sleep_until_ms(alarm.unwrap_or(0)), if alarm.is_some() => {
+                    self.fire_alarm().await;
+                    self.settle().await;
+                    if self.try_remove() { break; }
+                    continue;
+                }
+            };
+            let Some(event) = event else { break };
+            if matches!(event, Event::Shutdown) {
+                for c in self.table().drain() {
+                    c.outbox.close(CLOSE_GOING_AWAY, "server shutting down");
+                }
+                self.registry.remove_if(&self.project, self.generation);
+                break;
+            }
+            self.handle(event).await;
+            self.settle().await;
+            if self.try_remove() {
+                break;
+            }
+        }
+        // Anyone who raced with the removal gets told the room is gone by
+        // the dropped reply sender, and retries with a new room.
+        rx.close();
+        while let Some(event) = rx.recv().await {
+            if let Event::Connect { .. } = event {
+                // Dropping `reply` is the signal.
+            }
+        }
+        self.metrics.room_removed();
+        info!(project = %self.project, "room removed");
+    }
+
+    /// Removes the room if it is empty with no alarm set.
+    fn try_remove(&mut self) -> bool {
+        let t = self.table();
+        if !t.is_empty() || t.alarm_at.is_some() {
+            return false;
+        }
+        self.registry.remove_if(&self.project, self.generation)
+    }
+
+    async fn handle(&mut self, event: Event) {
+        match event {
+            Event::Connect {
+                meta,
+                outbox,
+                reply,
+            } => {
+                let conn = self.table().insert(meta.clone(), outbox.clone());
+                self.table().touch();
+                let info = client_info(&meta);
+                let result = match call!(self, |room, store| room.call_on_connect(store, &info)) {
+                    Ok(Ok(())) => Ok(conn),
+                    Ok(Err(r)) => {
+                        self.table().remove(conn);
+                        outbox.abort();
+                        Err(Refusal::Refused {
+                            status: r.status,
+                            error: r.error,
+                            message: r.message,
+                        })
+                    }
+                    Err(Trapped(e)) => {
+                        self.fail("on-connect", e);
+                        Err(Refusal::Failed)
+                    }
+                };
+                let admitted = result.is_ok();
+                if reply.send(result).is_err() && admitted {
+                    // The request went away before it could be answered.
+                    self.leave(conn, 1006, String::new()).await;
+                }
+            }
+            Event::Message { conn, message } => {
+                let Some(c) = self.table().get(conn) else {
+                    return;
+                };
+                let sender = wit::Sender {
+                    id: c.meta.id.to_string(),
+                    kind: c.meta.kind.to_string(),
+                };
+                self.table().touch();
+                let message = match message {
+                    Incoming::Text(t) => wit::Incoming::Text(t),
+                    Incoming::Binary(b) => wit::Incoming::Binary(b),
+                    Incoming::TooLarge { size, limit } => {
+                        wit::Incoming::TooLarge(wit::Oversize { size, limit })
+                    }
+                };
+                if let Err(Trapped(e)) = call!(self, |room, store| room.call_on_message(store, &sender, &message))
+                {
+                    self.fail("on-message", e);
+                }
+            }
+            Event::Close { conn, code, reason } => self.leave(conn, code, reason).await,
+            Event::Shutdown => {}
+        }
+    }
+
+    /// Removes a client and tells the room.
+    async fn leave(&mut self, conn: ConnRef, code: u16, reason: String) {
+        let Some(c) = self.table().remove(conn) else {
+            return;
+        };
+        c.outbox.close(1000, "");
+        debug!(project = %self.project, client = %c.meta.id, code, "client left");
+        let info = client_info(&c.meta);
+        if let Err(Trapped(e)) = call!(self, |room, store| room.call_on_close(store, &info, code, &reason))
+        {
+            self.fail("on-close", e);
+        }
+    }
+
+    async fn fire_alarm(&mut self) {
+        self.table().alarm_at = None;
+        if let Err(Trapped(e)) = call!(self, |room, store| room.call_alarm(store)) {
+            self.fail("alarm", e);
+        }
+    }
+
+    /// Removes the clients whose outbox overflowed during the last calls,
+    /// telling the room about each.
+    async fn settle(&mut self) {
+        while let Some(conn) = self.table().overflowed.pop() {
+            if self.table().get(conn).is_some() {
+                self.metrics.outbox_overflow();
+                warn!(project = %self.project, "client too slow: outgoing queue full, closed with 1013");
+                self.leave(conn, crate::outbox::CLOSE_TOO_SLOW, "outgoing queue full".into())
+                    .await;
+            }
+        }
+    }
+
+    /// The live instance, created first if there is none.
+    async fn ensure_live(&mut self) -> Result<(&mut Store<RoomState>, &Room), Trapped> {
+        if self.live.is_none() {
+            let table = self
+                .idle
+                .take()
+                .expect("idle table present when no instance");
+            match self.runtime.instantiate(table).await {
+                Ok(live) => self.live = Some(live),
+                Err((table, e)) => {
+                    self.idle = Some(table);
+                    return Err(Trapped(e));
+                }
+            }
+        }
+        let (store, room) = self.live.as_mut().expect("instance just ensured");
+        engine::arm(store);
+        Ok((store, room))
+    }
+
+    /// The guest trapped: drop its instance, close its clients with 1011.
+    fn fail(&mut self, during: &str, error: anyhow::Error) {
+        self.metrics.room_failed();
+        let clients = self.table().len();
+        warn!(project = %self.project, during, clients, error = %format!("{error:#}"), "room failed; closing its clients");
+        let mut table = match self.live.take() {
+            Some((store, _)) => store.into_data().table,
+            None => self.idle.take().expect("table present"),
+        };
+        for c in table.drain() {
+            c.outbox.close(CLOSE_ROOM_FAILED, "room failed");
+        }
+        table.alarm_at = None;
+        table.overflowed.clear();
+        self.idle = Some(table);
+    }
+}
+
+fn client_info(meta: &ClientMeta) -> wit::ClientInfo {
+    wit::ClientInfo {
+        id: meta.id.to_string(),
+        kind: meta.kind.to_string(),
+        connected_at: meta.connected_at,
+        user_agent: meta.user_agent.clone(),
+        origin: meta.origin.clone(),
+    }
+}
+
+async fn sleep_until_ms(at: u64) {
+    let now = now_ms();
+    tokio::time::sleep(Duration::from_millis(at.saturating_sub(now))).await;
+}

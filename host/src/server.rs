@@ -1,0 +1,128 @@
+//! The accept loop and graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::engine::Runtime;
+use crate::http::{self, App};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::room::Event;
+
+/// How long shutdown waits for clients to receive their close frames.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves until `shutdown` resolves, then closes every WebSocket with 1001
+/// and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let runtime = Runtime::new(&config)?;
+    let metrics = Arc::new(Metrics::default());
+    let registry = Registry::new(
+        runtime,
+        config.room_config.clone(),
+        config.room_inbox,
+        metrics.clone(),
+    );
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let app = Arc::new(App {
+        registry: registry.clone(),
+        config: Arc::new(config),
+        metrics,
+        tracker: TaskTracker::new(),
+        started: Instant::now(),
+    });
+    let addr = listener.local_addr().context("cannot read the bound address")?;
+    // The readiness line: tests and scripts wait for it.
+    println!("wsroom listening on http://{addr}");
+    info!(%addr, "listening");
+
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, then go on.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| http::route(app.clone(), req));
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await
+            {
+                debug!(%peer, error = %e, "http connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+
+    info!("shutting down: closing every connection with 1001");
+    drop(listener);
+    for room in registry.all() {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, room.tx.send(Event::Shutdown)).await;
+    }
+    app.tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, app.tracker.wait()).await.is_err() {
+        warn!("some connections did not close in time");
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT (ctrl-c) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            warn!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
