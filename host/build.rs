@@ -1,5 +1,6 @@
 //! Builds the default room (`guest/`) for `wasm32-wasip2` and puts the
-//! component in `OUT_DIR` for `include_bytes!`.
+//! component in `OUT_DIR` for `include_bytes!`. It builds the misbehaving
+//! room of the tests (`tests/fixture-room/`) alongside, in the same cargo run.
 //!
 //! The guest gets its own target directory (a nested cargo must not wait on
 //! the outer build's lock) and none of the outer build's flags. If the
@@ -20,7 +21,14 @@ fn main() {
         .to_path_buf();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
 
-    for path in ["guest/src", "guest/Cargo.toml", "wit", "Cargo.lock"] {
+    for path in [
+        "guest/src",
+        "guest/Cargo.toml",
+        "tests/fixture-room/src",
+        "tests/fixture-room/Cargo.toml",
+        "wit",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
 
@@ -30,7 +38,9 @@ fn main() {
     let target_dir = out_dir.join("guest-target");
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args(["build", "--release", "--package", "wsroom-default-room"])
+        .args(["build", "--release"])
+        .args(["--package", "wsroom-default-room"])
+        .args(["--package", "wsroom-fixture-room"])
         .args(["--target", TARGET])
         .arg("--target-dir")
         .arg(&target_dir);
@@ -54,18 +64,16 @@ fn main() {
         status.success(),
         "building the default room (guest/) for {TARGET} failed; see the output above"
     );
-    let built = target_dir
-        .join(TARGET)
-        .join("release")
-        .join("wsroom_default_room.wasm");
-    let dest = out_dir.join("default-room.wasm");
-    std::fs::copy(&built, &dest).unwrap_or_else(|e| {
-        panic!(
-            "cannot copy {} to {}: {e}",
-            built.display(),
-            dest.display()
-        )
-    });
+    for (built, dest) in [
+        ("wsroom_default_room.wasm", "default-room.wasm"),
+        ("wsroom_fixture_room.wasm", "fixture-room.wasm"),
+    ] {
+        let built = target_dir.join(TARGET).join("release").join(built);
+        let dest = out_dir.join(dest);
+        std::fs::copy(&built, &dest).unwrap_or_else(|e| {
+            panic!("cannot copy {} to {}: {e}", built.display(), dest.display())
+        });
+    }
 }
 
 /// Makes sure the standard library for `wasm32-wasip2` is installed.

@@ -1,0 +1,889 @@
+//! End-to-end tests of PROTOCOL.md against the real `wsroom` binary.
+
+mod common;
+
+use common::*;
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+fn project() -> String {
+    format!("p-{}", uuid::Uuid::new_v4())
+}
+
+// ---------------------------------------------------------------- endpoints
+
+#[tokio::test]
+async fn host_health_reports_version_and_counts() {
+    let server = Server::start(&[]);
+    let (status, health) = server.get("/health").await;
+    assert_eq!(status, 200);
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    assert!(health["timestamp"].as_u64().unwrap() > 1_700_000_000_000);
+    assert_eq!(health["rooms"], 0);
+    assert_eq!(health["connections"], 0);
+}
+
+#[tokio::test]
+async fn status_and_health_never_create_a_room() {
+    let server = Server::start(&[]);
+    let p = project();
+    let (status, body) = server.get(&format!("/status?projectId={p}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["projectId"], p.as_str());
+    assert_eq!(body["clientCount"], 0);
+    assert_eq!(body["lastActivity"], Value::Null);
+    assert_eq!(body["clients"], json!([]));
+    let (status, body) = server.get(&format!("/health?projectId={p}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "healthy");
+    assert_eq!(body["clientCount"], 0);
+    assert_eq!(body["lastActivity"], Value::Null);
+    assert!(body["timestamp"].is_u64());
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["rooms"], 0, "a room was created: {health}");
+}
+
+#[tokio::test]
+async fn status_lists_clients_with_metadata() {
+    let server = Server::start(&[]);
+    let p = project();
+    let mut req = tungstenite::client::IntoClientRequest::into_client_request(
+        server.url(&format!("type=runtime&projectId={p}")),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("User-Agent", "test-agent/1.0".parse().unwrap());
+    req.headers_mut()
+        .insert("Origin", "https://example.test".parse().unwrap());
+    let (mut ws, _) = within(tokio_tungstenite::connect_async(req)).await.unwrap();
+    let hello = recv(&mut ws).await;
+    let id = hello["payload"]["clientId"].as_str().unwrap().to_owned();
+    let (_admin, _) = server.connect("admin", &p).await;
+
+    let (status, body) = server.get(&format!("/status?projectId={p}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["clientCount"], 2);
+    assert!(body["lastActivity"].is_u64());
+    assert!(body["timestamp"].is_u64());
+    let clients = body["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 2);
+    let first = &clients[0];
+    assert_eq!(first["id"], id.as_str());
+    assert_eq!(first["type"], "runtime");
+    assert_eq!(first["socketState"], 1);
+    assert!(first["connectedAt"].is_u64());
+    assert!(first["connectedFor"].is_u64());
+    assert_eq!(first["metadata"]["userAgent"], "test-agent/1.0");
+    assert_eq!(first["metadata"]["origin"], "https://example.test");
+    assert_eq!(clients[1]["type"], "admin");
+    assert_eq!(clients[1]["metadata"]["origin"], Value::Null);
+
+    let (_, health) = server.get(&format!("/health?projectId={p}")).await;
+    assert_eq!(health["clientCount"], 2);
+    assert!(health["lastActivity"].is_u64());
+    assert_eq!(health["projectId"], p.as_str());
+}
+
+#[tokio::test]
+async fn bad_http_requests_get_json_errors() {
+    let server = Server::start(&[]);
+    let long = "x".repeat(257);
+    let ok_max = "y".repeat(256);
+    for (path, want, code) in [
+        ("/websocket?type=runtime", 400, "missing_project_id"),
+        (
+            "/websocket?type=runtime&projectId=",
+            400,
+            "missing_project_id",
+        ),
+        (
+            &format!("/websocket?type=runtime&projectId={long}")[..],
+            400,
+            "invalid_project_id",
+        ),
+        (
+            "/websocket?type=runtime&projectId=a%01b",
+            400,
+            "invalid_project_id",
+        ),
+        (
+            "/websocket?type=runtime&projectId=a%FFb",
+            400,
+            "invalid_project_id",
+        ),
+        ("/websocket?projectId=p1", 400, "missing_type"),
+        ("/websocket?projectId=p1&type=", 400, "missing_type"),
+        (
+            "/websocket?type=runtime&projectId=p1",
+            426,
+            "upgrade_required",
+        ),
+        (
+            &format!("/websocket?type=runtime&projectId={ok_max}")[..],
+            426,
+            "upgrade_required",
+        ),
+        ("/status", 400, "missing_project_id"),
+        ("/status?projectId=", 400, "missing_project_id"),
+        (
+            &format!("/status?projectId={long}")[..],
+            400,
+            "invalid_project_id",
+        ),
+        ("/health?projectId=", 400, "missing_project_id"),
+        ("/nope", 404, "not_found"),
+        ("/", 404, "not_found"),
+    ] {
+        let (status, body) = server.get(path).await;
+        assert_eq!(status, want, "{path}: {body}");
+        assert_eq!(body["error"], code, "{path}: {body}");
+        assert!(body["message"].is_string(), "{path}: {body}");
+    }
+    let (status, body) = server
+        .request("POST /status?projectId=p HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(status, 405);
+    assert_eq!(body["error"], "method_not_allowed");
+    // A broken upgrade (no Sec-WebSocket-Key) is refused, not upgraded.
+    let (status, body) = server
+        .request("GET /websocket?type=runtime&projectId=p HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "bad_upgrade");
+    // None of that created a room.
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["rooms"], 0);
+}
+
+#[tokio::test]
+async fn unknown_type_is_refused_by_the_room_with_400() {
+    let server = Server::start(&[]);
+    let p = project();
+    let err = within(tokio_tungstenite::connect_async(
+        server.url(&format!("type=robot&projectId={p}")),
+    ))
+    .await
+    .expect_err("the upgrade must be refused");
+    let tungstenite::Error::Http(resp) = err else {
+        panic!("expected an HTTP error, got {err}");
+    };
+    assert_eq!(resp.status(), 400);
+    let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"")).unwrap();
+    assert_eq!(body["error"], "invalid_type");
+    assert!(body["message"].as_str().unwrap().contains("runtime"));
+    let (_, status) = server.get(&format!("/status?projectId={p}")).await;
+    assert_eq!(status["clientCount"], 0);
+    server
+        .wait_health("the refused room to go away", |h| h["rooms"] == 0)
+        .await;
+}
+
+// ------------------------------------------------------------ system messages
+
+#[tokio::test]
+async fn connected_is_the_first_frame() {
+    let server = Server::start(&[]);
+    let p = project();
+    let (mut ws, _) = within(tokio_tungstenite::connect_async(
+        server.url(&format!("type=data-agent&projectId={p}")),
+    ))
+    .await
+    .unwrap();
+    let hello = recv(&mut ws).await;
+    assert_eq!(hello["type"], "connected");
+    assert_eq!(hello["from"], json!({"type": "system"}));
+    assert!(hello["id"].as_str().is_some_and(|s| !s.is_empty()));
+    let payload = &hello["payload"];
+    assert_eq!(payload["projectId"], p.as_str());
+    assert_eq!(payload["clientCount"], 1);
+    assert!(payload["clientId"].as_str().is_some_and(|s| s.len() == 36));
+    assert!(payload["message"].is_string());
+    assert!(payload["timestamp"].is_u64());
+    let (_ws2, _) = server.connect("runtime", &p).await;
+    let (mut ws3, _) = within(tokio_tungstenite::connect_async(
+        server.url(&format!("type=admin&projectId={p}")),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(recv(&mut ws3).await["payload"]["clientCount"], 3);
+}
+
+#[tokio::test]
+async fn client_left_goes_to_everyone_remaining() {
+    let server = Server::start(&[]);
+    let p = project();
+    let (mut a, _) = server.connect("admin", &p).await;
+    let (mut r, _) = server.connect("runtime", &p).await;
+    let (mut d, d_id) = server.connect("data-agent", &p).await;
+    within(d.close(None)).await.unwrap();
+    for ws in [&mut a, &mut r] {
+        let left = recv(ws).await;
+        assert_eq!(left["type"], "client_left");
+        assert_eq!(left["from"], json!({"type": "system"}));
+        assert_eq!(left["payload"]["clientId"], d_id.as_str());
+        assert_eq!(left["payload"]["clientType"], "data-agent");
+        assert_eq!(left["payload"]["projectId"], p.as_str());
+        assert_eq!(left["payload"]["clientCount"], 2);
+        assert!(left["payload"]["timestamp"].is_u64());
+    }
+    let (_, status) = server.get(&format!("/status?projectId={p}")).await;
+    assert_eq!(status["clientCount"], 2);
+}
+
+#[tokio::test]
+async fn a_vanished_client_counts_as_left() {
+    let server = Server::start(&[]);
+    let p = project();
+    let (mut a, _) = server.connect("admin", &p).await;
+    let (r, r_id) = server.connect("runtime", &p).await;
+    // Drop the TCP connection without a close frame.
+    drop(r);
+    let left = recv(&mut a).await;
+    assert_eq!(left["type"], "client_left");
+    assert_eq!(left["payload"]["clientId"], r_id.as_str());
+    assert_eq!(left["payload"]["clientCount"], 1);
+}
+
+// ------------------------------------------------------------------ routing
+
+/// r1, r2: runtime; d: data-agent; a1, a2: admin; all in one project.
+struct Room {
+    r1: (Ws, String),
+    r2: (Ws, String),
+    d: (Ws, String),
+    a1: (Ws, String),
+    a2: (Ws, String),
+}
+
+async fn room(server: &Server) -> Room {
+    let p = project();
+    let r1 = server.connect("runtime", &p).await;
+    let r2 = server.connect("runtime", &p).await;
+    let d = server.connect("data-agent", &p).await;
+    let a1 = server.connect("admin", &p).await;
+    let a2 = server.connect("admin", &p).await;
+    Room { r1, r2, d, a1, a2 }
+}
+
+#[tokio::test]
+async fn to_id_reaches_the_target_and_every_admin_once() {
+    let server = Server::start(&[]);
+    let Room {
+        mut r1,
+        mut r2,
+        mut d,
+        mut a1,
+        mut a2,
+    } = room(&server).await;
+    let msg = json!({"id": "m1", "type": "graphql_query", "from": {"type": "runtime"},
+                     "to": {"id": d.1}, "payload": {"query": "q", "variables": {}}});
+    send(&mut r1.0, &msg).await;
+    let got = recv(&mut d.0).await;
+    assert_eq!(got["id"], "m1");
+    assert_eq!(got["payload"], msg["payload"]);
+    assert_eq!(got["to"], msg["to"]);
+    assert_eq!(got["from"], json!({"type": "runtime", "id": r1.1}));
+    for admin in [&mut a1.0, &mut a2.0] {
+        assert_eq!(recv(admin).await, got);
+    }
+    // Nobody else got it, and nobody got it twice.
+    assert_nothing_before_marker(&mut r2.0, &r2.1, &mut d.0).await;
+    assert_nothing_before_marker(&mut r1.0, &r1.1, &mut d.0).await;
+    for admin in [&mut a1.0, &mut a2.0] {
+        // The two markers were routed by id, so each admin saw both copies.
+        assert_eq!(recv(admin).await["type"], "marker");
+        assert_eq!(recv(admin).await["type"], "marker");
+    }
+    assert_nothing_before_marker(&mut a1.0, &a1.1, &mut d.0).await;
+}
+
+#[tokio::test]
+async fn to_id_naming_an_admin_or_oneself_gives_one_copy() {
+    let server = Server::start(&[]);
+    let Room {
+        mut r1,
+        mut d,
+        mut a1,
+        mut a2,
+        r2: _r2,
+    } = room(&server).await;
+    send(
+        &mut r1.0,
+        &json!({"id": "m1", "type": "t", "to": {"id": a1.1}}),
+    )
+    .await;
+    assert_eq!(recv(&mut a1.0).await["id"], "m1");
+    assert_eq!(recv(&mut a2.0).await["id"], "m1");
+    // An admin sending to itself gets exactly its own copy; the other admin
+    // its monitoring copy.
+    send(
+        &mut a1.0,
+        &json!({"id": "m2", "type": "t", "to": {"id": a1.1}}),
+    )
+    .await;
+    assert_eq!(recv(&mut a1.0).await["id"], "m2");
+    assert_eq!(recv(&mut a2.0).await["id"], "m2");
+    // A runtime naming itself gets it back.
+    send(
+        &mut r1.0,
+        &json!({"id": "m3", "type": "t", "to": {"id": r1.1}}),
+    )
+    .await;
+    assert_eq!(recv(&mut r1.0).await["id"], "m3");
+    assert_eq!(recv(&mut a1.0).await["id"], "m3");
+    assert_eq!(recv(&mut a2.0).await["id"], "m3");
+    // No duplicates: the next thing each admin sees is a fresh marker.
+    send(
+        &mut d.0,
+        &json!({"id": "end", "type": "t", "to": {"type": "admin"}}),
+    )
+    .await;
+    assert_eq!(recv(&mut a1.0).await["id"], "end");
+    assert_eq!(recv(&mut a2.0).await["id"], "end");
+}
+
+#[tokio::test]
+async fn to_type_reaches_that_type_but_not_the_sender() {
+    let server = Server::start(&[]);
+    let Room {
+        mut r1,
+        mut r2,
+        mut d,
+        mut a1,
+        mut a2,
+    } = room(&server).await;
+    send(
+        &mut r1.0,
+        &json!({"id": "m1", "type": "get_docs", "to": {"type": "runtime"}, "payload": 1}),
+    )
+    .await;
+    let got = recv(&mut r2.0).await;
+    assert_eq!(got["id"], "m1");
+    assert_eq!(got["from"]["id"], r1.1.as_str());
+    assert_eq!(recv(&mut a1.0).await["id"], "m1");
+    assert_eq!(recv(&mut a2.0).await["id"], "m1");
+    assert_nothing_before_marker(&mut r1.0, &r1.1, &mut r2.0).await;
+    assert_nothing_before_marker(&mut d.0, &d.1, &mut r2.0).await;
+
+    // Agent → all runtimes, as in the original README.
+    send(
+        &mut d.0,
+        &json!({"id": "m2", "type": "query_response", "from": {"type": "data-agent"},
+                          "to": {"type": "runtime"}, "payload": {"data": {"posts": []}}}),
+    )
+    .await;
+    assert_eq!(recv(&mut r1.0).await["id"], "m2");
+    assert_eq!(recv(&mut r2.0).await["id"], "m2");
+}
+
+#[tokio::test]
+async fn to_type_admin_gives_each_admin_one_copy() {
+    let server = Server::start(&[]);
+    let Room {
+        mut r1,
+        mut d,
+        mut a1,
+        mut a2,
+        r2: _r2,
+    } = room(&server).await;
+    send(
+        &mut r1.0,
+        &json!({"id": "m1", "type": "t", "to": {"type": "admin"}}),
+    )
+    .await;
+    assert_eq!(recv(&mut a1.0).await["id"], "m1");
+    assert_eq!(recv(&mut a2.0).await["id"], "m1");
+    send(
+        &mut d.0,
+        &json!({"id": "m2", "type": "t", "to": {"type": "admin"}}),
+    )
+    .await;
+    assert_eq!(recv(&mut a1.0).await["id"], "m2");
+    assert_eq!(recv(&mut a2.0).await["id"], "m2");
+    // An admin addressing admins does not get its own message back.
+    send(
+        &mut a1.0,
+        &json!({"id": "m3", "type": "t", "to": {"type": "admin"}}),
+    )
+    .await;
+    assert_eq!(recv(&mut a2.0).await["id"], "m3");
+    assert_nothing_before_marker(&mut a1.0, &a1.1, &mut a2.0).await;
+}
+
+#[tokio::test]
+async fn broadcast_reaches_everyone_else_without_monitoring_copies() {
+    let server = Server::start(&[]);
+    let Room {
+        mut r1,
+        mut r2,
+        mut d,
+        mut a1,
+        mut a2,
+    } = room(&server).await;
+    for (i, to) in [None, Some(Value::Null), Some(json!({}))]
+        .into_iter()
+        .enumerate()
+    {
+        let mut msg = json!({"id": format!("b{i}"), "type": "announcement",
+                             "from": {"type": "runtime"}, "payload": {"message": "restart"}});
+        if let Some(to) = to {
+            msg["to"] = to;
+        }
+        send(&mut r1.0, &msg).await;
+        for ws in [&mut r2.0, &mut d.0, &mut a1.0, &mut a2.0] {
+            let got = recv(ws).await;
+            assert_eq!(got["id"], format!("b{i}"));
+            assert_eq!(got["from"]["id"], r1.1.as_str());
+        }
+    }
+    // Admins got each broadcast once, the sender none.
+    send(
+        &mut d.0,
+        &json!({"id": "end", "type": "t", "to": {"type": "admin"}}),
+    )
+    .await;
+    assert_eq!(recv(&mut a1.0).await["id"], "end");
+    assert_eq!(recv(&mut a2.0).await["id"], "end");
+    assert_nothing_before_marker(&mut r1.0, &r1.1, &mut d.0).await;
+}
+
+#[tokio::test]
+async fn from_cannot_be_forged() {
+    let server = Server::start(&[]);
+    let Room {
+        mut r1,
+        mut r2,
+        a1,
+        d: _d,
+        a2: _a2,
+    } = room(&server).await;
+    send(
+        &mut r1.0,
+        &json!({"id": "m1", "type": "t", "to": {"id": r2.1},
+                           "from": {"type": "system", "id": a1.1, "extra": 1}}),
+    )
+    .await;
+    let got = recv(&mut r2.0).await;
+    assert_eq!(
+        got["from"],
+        json!({"type": "runtime", "id": r1.1, "extra": 1})
+    );
+    send(
+        &mut r1.0,
+        &json!({"id": "m2", "type": "t", "to": {"id": r2.1}, "from": "admin"}),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut r2.0).await["from"],
+        json!({"type": "runtime", "id": r1.1})
+    );
+    send(
+        &mut r1.0,
+        &json!({"id": "m3", "type": "t", "to": {"id": r2.1}}),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut r2.0).await["from"],
+        json!({"type": "runtime", "id": r1.1})
+    );
+}
+
+#[tokio::test]
+async fn unknown_fields_pass_through_untouched() {
+    let server = Server::start(&[]);
+    let Room {
+        mut r1,
+        mut r2,
+        d: _d,
+        a1: _a1,
+        a2: _a2,
+    } = room(&server).await;
+    let text = format!(
+        r#"{{"id":"m1","type":"t","to":{{"id":"{}","hint":[1]}},"payload":{{"n":1.5,"s":"\u00e9\n"}},"custom":{{"deep":[null,true]}}}}"#,
+        r2.1
+    );
+    send_text(&mut r1.0, &text).await;
+    let got = recv(&mut r2.0).await;
+    assert_eq!(got["payload"], json!({"n": 1.5, "s": "é\n"}));
+    assert_eq!(got["custom"], json!({"deep": [null, true]}));
+    assert_eq!(got["to"]["hint"], json!([1]));
+}
+
+#[tokio::test]
+async fn messages_from_one_sender_arrive_in_order() {
+    let server = Server::start(&[]);
+    let Room {
+        mut r1,
+        mut r2,
+        mut d,
+        mut a1,
+        a2: _a2,
+    } = room(&server).await;
+    for i in 0..200 {
+        let to = match i % 3 {
+            0 => json!({"id": r2.1}),
+            1 => json!({"type": "runtime"}),
+            _ => Value::Null,
+        };
+        send(
+            &mut r1.0,
+            &json!({"id": i.to_string(), "type": "seq", "to": to}),
+        )
+        .await;
+    }
+    for i in 0..200 {
+        assert_eq!(recv(&mut r2.0).await["id"], i.to_string());
+    }
+    for i in 0..200 {
+        assert_eq!(recv(&mut a1.0).await["id"], i.to_string());
+    }
+    for i in (2..200).step_by(3) {
+        assert_eq!(recv(&mut d.0).await["id"], i.to_string());
+    }
+}
+
+#[tokio::test]
+async fn projects_are_isolated() {
+    let server = Server::start(&[]);
+    let (p, q) = (project(), project());
+    let (mut pr, _) = server.connect("runtime", &p).await;
+    let (mut pa, _) = server.connect("admin", &p).await;
+    let (mut qr, qr_id) = server.connect("runtime", &q).await;
+    let (mut qa, qa_id) = server.connect("admin", &q).await;
+    // Broadcast, by type, and by the id of a client of the other project.
+    send(&mut pr, &json!({"id": "b", "type": "t"})).await;
+    assert_eq!(recv(&mut pa).await["id"], "b");
+    send(
+        &mut pr,
+        &json!({"id": "t", "type": "t", "to": {"type": "runtime"}}),
+    )
+    .await;
+    assert_eq!(recv(&mut pa).await["id"], "t");
+    send(
+        &mut pr,
+        &json!({"id": "x", "type": "t", "to": {"id": qr_id}}),
+    )
+    .await;
+    assert_eq!(recv(&mut pa).await["id"], "x");
+    let err = recv(&mut pr).await;
+    assert_eq!(err["payload"]["code"], "unknown_target");
+    // Project q saw none of it.
+    send(
+        &mut qa,
+        &json!({"id": "q-marker", "type": "t", "to": {"id": qr_id}}),
+    )
+    .await;
+    assert_eq!(recv(&mut qr).await["id"], "q-marker");
+    send(
+        &mut qr,
+        &json!({"id": "q-marker2", "type": "t", "to": {"id": qa_id}}),
+    )
+    .await;
+    assert_eq!(recv(&mut qa).await["id"], "q-marker2");
+    let (_, s) = server.get(&format!("/status?projectId={q}")).await;
+    assert_eq!(s["clientCount"], 2);
+}
+
+// ---------------------------------------------------------------- bad input
+
+fn error_of(v: &Value) -> &str {
+    assert_eq!(v["type"], "error", "expected an error, got {v}");
+    assert_eq!(v["from"], json!({"type": "system"}));
+    assert!(v["payload"]["message"].is_string());
+    assert!(v["payload"]["timestamp"].is_u64());
+    assert!(v["payload"]["projectId"].is_string());
+    v["payload"]["code"].as_str().unwrap()
+}
+
+#[tokio::test]
+async fn bad_messages_get_errors_and_the_connection_stays_usable() {
+    let server = Server::start(&["--max-message-bytes", "1000"]);
+    let Room {
+        mut r1,
+        mut r2,
+        mut a1,
+        d: _d,
+        a2: _a2,
+    } = room(&server).await;
+    let cases: Vec<(Message, &str, Option<&str>)> = vec![
+        (Message::text("{nope"), "invalid_json", None),
+        (Message::text("[1,2,3]"), "invalid_message", None),
+        (Message::text("\"just a string\""), "invalid_message", None),
+        (Message::text("17"), "invalid_message", None),
+        (
+            Message::text(r#"{"id":"m1","type":"t","to":"r2"}"#),
+            "invalid_message",
+            Some("m1"),
+        ),
+        (
+            Message::text(r#"{"id":"m2","type":"t","to":{"id":42}}"#),
+            "invalid_message",
+            Some("m2"),
+        ),
+        (
+            Message::text(r#"{"id":"m3","type":"t","to":{"type":["x"]}}"#),
+            "invalid_message",
+            Some("m3"),
+        ),
+        (Message::binary(vec![1u8, 2, 3]), "invalid_message", None),
+        (
+            Message::text(format!(
+                r#"{{"id":"big","payload":"{}"}}"#,
+                "x".repeat(2000)
+            )),
+            "message_too_large",
+            None,
+        ),
+        (Message::binary(vec![0u8; 3000]), "message_too_large", None),
+    ];
+    for (msg, code, message_id) in cases {
+        let shown = format!("{msg:?}").chars().take(60).collect::<String>();
+        within(r1.0.send(msg)).await.unwrap();
+        let err = recv(&mut r1.0).await;
+        assert_eq!(error_of(&err), code, "{shown}");
+        match message_id {
+            Some(id) => assert_eq!(err["payload"]["messageId"], id, "{shown}"),
+            None => assert!(err["payload"].get("messageId").is_none(), "{shown}"),
+        }
+    }
+    // Nothing was routed: the next thing r2 and a1 see is this message, and
+    // the connection still works.
+    send(
+        &mut r1.0,
+        &json!({"id": "ok", "type": "t", "to": {"id": r2.1}}),
+    )
+    .await;
+    assert_eq!(recv(&mut r2.0).await["id"], "ok");
+    assert_eq!(recv(&mut a1.0).await["id"], "ok");
+}
+
+#[tokio::test]
+async fn unknown_target_errors_but_admins_get_their_copy() {
+    let server = Server::start(&[]);
+    let Room {
+        mut r1,
+        mut a1,
+        mut a2,
+        r2: _r2,
+        d: _d,
+    } = room(&server).await;
+    send(
+        &mut r1.0,
+        &json!({"id": "m1", "type": "t", "to": {"id": "no-such-client"}}),
+    )
+    .await;
+    let err = recv(&mut r1.0).await;
+    assert_eq!(error_of(&err), "unknown_target");
+    assert_eq!(err["payload"]["messageId"], "m1");
+    assert_eq!(recv(&mut a1.0).await["id"], "m1");
+    assert_eq!(recv(&mut a2.0).await["id"], "m1");
+}
+
+#[tokio::test]
+async fn an_oversize_frame_closes_with_1009() {
+    let server = Server::start(&["--max-message-bytes", "1000"]);
+    let p = project();
+    let (mut ws, _) = server.connect("runtime", &p).await;
+    within(ws.send(Message::text("x".repeat(10_000))))
+        .await
+        .unwrap();
+    let (code, _) = recv_close(&mut ws).await;
+    assert_eq!(code, 1009);
+    // The server is fine.
+    let (_, _) = server.connect("runtime", &p).await;
+}
+
+// ---------------------------------------------------------------- lifecycle
+
+#[tokio::test]
+async fn an_empty_room_is_removed_after_the_cleanup_delay() {
+    let server = Server::start(&["--cleanup-delay-ms", "300"]);
+    let p = project();
+    let (mut ws, _) = server.connect("runtime", &p).await;
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["rooms"], 1);
+    within(ws.close(None)).await.unwrap();
+    // Still there right after the last client left (the alarm is pending)...
+    server
+        .wait_health("the client to be gone", |h| h["connections"] == 0)
+        .await;
+    let (_, s) = server.get(&format!("/status?projectId={p}")).await;
+    assert_eq!(s["clientCount"], 0);
+    // ...and gone once the alarm fired.
+    server
+        .wait_health("the room to be removed", |h| h["rooms"] == 0)
+        .await;
+    let (_, s) = server.get(&format!("/health?projectId={p}")).await;
+    assert_eq!(s["lastActivity"], Value::Null);
+    // A new connection gets a new room.
+    let (_ws, _) = server.connect("runtime", &p).await;
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["rooms"], 1);
+    assert_eq!(health["counters"]["roomsCreated"], 2);
+}
+
+#[tokio::test]
+async fn a_new_client_cancels_the_cleanup() {
+    let server = Server::start(&["--cleanup-delay-ms", "500"]);
+    let p = project();
+    let (mut ws, _) = server.connect("runtime", &p).await;
+    within(ws.close(None)).await.unwrap();
+    server
+        .wait_health("the client to be gone", |h| h["connections"] == 0)
+        .await;
+    let (mut ws2, id2) = server.connect("admin", &p).await;
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["rooms"], 1, "the room was removed under a client");
+    assert_eq!(health["counters"]["roomsCreated"], 1);
+    send(
+        &mut ws2,
+        &json!({"id": "self", "type": "t", "to": {"id": id2}}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws2).await["id"], "self");
+}
+
+#[tokio::test]
+async fn sigterm_closes_every_client_with_1001_and_exits_0() {
+    let server = Server::start(&[]);
+    let (mut a, _) = server.connect("runtime", &project()).await;
+    let (mut b, _) = server.connect("admin", &project()).await;
+    let waiter = tokio::spawn(async move {
+        let a = recv_close(&mut a).await;
+        let b = recv_close(&mut b).await;
+        (a.0, b.0)
+    });
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(within(waiter).await.unwrap(), (1001, 1001));
+}
+
+// ------------------------------------------------------------------ faults
+
+#[tokio::test]
+async fn a_trapping_room_closes_only_its_own_clients() {
+    let server = Server::start(&["--component", FIXTURE_ROOM, "--cpu-budget-ms", "200"]);
+    let (bad, good) = (project(), project());
+    let (mut g, _) = server.connect("runtime", &good).await;
+    for command in ["panic", "loop", "alloc"] {
+        let (mut b1, _) = server.connect("runtime", &bad).await;
+        let (mut b2, _) = server.connect("admin", &bad).await;
+        send_text(&mut b1, command).await;
+        // Meanwhile the healthy project keeps answering.
+        send_text(&mut g, "still there?").await;
+        assert_eq!(recv(&mut g).await, json!({"echo": "still there?"}));
+        assert_eq!(recv_close(&mut b1).await.0, 1011, "{command}");
+        assert_eq!(recv_close(&mut b2).await.0, 1011, "{command}");
+        // The next connection gets a fresh instance that works.
+        let (mut b3, _) = server.connect("runtime", &bad).await;
+        send_text(&mut b3, "hello again").await;
+        assert_eq!(recv(&mut b3).await, json!({"echo": "hello again"}));
+    }
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["counters"]["roomFailures"], 3);
+    assert!(
+        server.stderr().contains(&bad),
+        "the failure is logged with the project id"
+    );
+}
+
+#[tokio::test]
+async fn a_room_writing_to_stdout_breaks_nothing() {
+    let server = Server::start(&["--component", FIXTURE_ROOM]);
+    let (mut ws, _) = server.connect("runtime", &project()).await;
+    send_text(&mut ws, "print").await;
+    assert_eq!(recv(&mut ws).await, json!({"echo": "print"}));
+}
+
+#[tokio::test]
+async fn a_component_that_does_not_fit_is_refused_at_start() {
+    let dir = std::env::temp_dir().join(format!("wsroom-bad-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("not-a-room.wasm");
+    // An empty component: valid, but it exports nothing a room must.
+    std::fs::write(&bad, b"\0asm\x0d\x00\x01\x00").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
+        .args(["--listen", "127.0.0.1:0", "--component"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not-a-room.wasm"), "{stderr}");
+    assert!(
+        stderr.contains("does not fit the wsroom:room/room world"),
+        "{stderr}"
+    );
+    // A core module is not a component at all.
+    std::fs::write(&bad, b"\0asm\x01\0\0\0").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
+        .args(["--listen", "127.0.0.1:0", "--component"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--component",
+            "/no/such/room.wasm",
+        ])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/no/such/room.wasm"));
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_with_1013_and_others_go_on() {
+    let server = Server::start(&[
+        "--outbox-limit-bytes",
+        "65536",
+        "--max-message-bytes",
+        "65536",
+    ]);
+    let p = project();
+    let (mut sender, _) = server.connect("runtime", &p).await;
+    let (mut slow, slow_id) = server.connect("data-agent", &p).await;
+    let (mut other, other_id) = server.connect("runtime", &p).await;
+    let chunk = "x".repeat(16 * 1024);
+    // Far more than the socket buffers and the outbox can hold, while `slow`
+    // reads nothing.
+    let mut left = None;
+    for i in 0..4000 {
+        send(
+            &mut sender,
+            &json!({"id": i.to_string(), "type": "bulk", "to": {"id": slow_id}, "payload": chunk}),
+        )
+        .await;
+        if i % 100 == 99 {
+            // `other` is unaffected and learns when `slow` is dropped.
+            send(
+                &mut sender,
+                &json!({"id": "ping", "type": "t", "to": {"id": other_id}}),
+            )
+            .await;
+            let got = recv(&mut other).await;
+            if got["type"] == "client_left" {
+                left = Some(got);
+                break;
+            }
+            assert_eq!(got["id"], "ping");
+        }
+    }
+    let left = left.expect("the slow client was never dropped");
+    assert_eq!(left["payload"]["clientId"], slow_id.as_str());
+    let (_, status) = server.get(&format!("/status?projectId={p}")).await;
+    assert_eq!(status["clientCount"], 2);
+    // The slow client, reading at last, finds the close code after what it
+    // was sent before.
+    assert_eq!(recv_close(&mut slow).await.0, 1013);
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["counters"]["outboxOverflows"], 1);
+}

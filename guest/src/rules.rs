@@ -342,7 +342,11 @@ impl<'a> Fields<'a> {
     /// sender's; every other field and every byte of other values unchanged.
     fn stamped(&self, id: &str, kind: &str) -> String {
         let mut out = String::with_capacity(
-            self.0.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>() + 96,
+            self.0
+                .iter()
+                .map(|(k, v)| k.len() + v.get().len() + 4)
+                .sum::<usize>()
+                + 96,
         );
         let stamp = |from: Option<&RawValue>| -> String {
             let mut obj = from

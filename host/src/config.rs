@@ -92,12 +92,27 @@ pub struct Config {
 impl Cli {
     pub fn config(&self) -> anyhow::Result<Config> {
         anyhow::ensure!(self.cpu_budget_ms > 0, "--cpu-budget-ms must be positive");
-        anyhow::ensure!(self.room_memory_mib > 0, "--room-memory-mib must be positive");
-        anyhow::ensure!(self.max_message_bytes > 0, "--max-message-bytes must be positive");
-        anyhow::ensure!(self.outbox_limit_bytes > 0, "--outbox-limit-bytes must be positive");
+        anyhow::ensure!(
+            self.room_memory_mib > 0,
+            "--room-memory-mib must be positive"
+        );
+        anyhow::ensure!(
+            self.max_message_bytes > 0,
+            "--max-message-bytes must be positive"
+        );
+        anyhow::ensure!(
+            self.outbox_limit_bytes > 0,
+            "--outbox-limit-bytes must be positive"
+        );
         anyhow::ensure!(self.room_inbox > 0, "--room-inbox must be positive");
-        anyhow::ensure!(self.max_connections > 0, "--max-connections must be positive");
-        anyhow::ensure!(self.ping_interval_ms > 0, "--ping-interval-ms must be positive");
+        anyhow::ensure!(
+            self.max_connections > 0,
+            "--max-connections must be positive"
+        );
+        anyhow::ensure!(
+            self.ping_interval_ms > 0,
+            "--ping-interval-ms must be positive"
+        );
         let mut room_config: BTreeMap<String, String> = self.room_config.iter().cloned().collect();
         room_config.insert("cleanup-delay-ms".into(), self.cleanup_delay_ms.to_string());
         Ok(Config {

@@ -236,7 +236,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
         metrics.message_in();
         // A full inbox makes this wait: the client's reads pause until the
         // room catches up (TCP back-pressure), nothing is dropped.
-        if room.tx.send(Event::Message { conn, message }).await.is_err() {
+        if room
+            .tx
+            .send(Event::Message { conn, message })
+            .await
+            .is_err()
+        {
             outbox.close(crate::room::CLOSE_ROOM_FAILED, "room is gone");
             return Ended {
                 code: crate::room::CLOSE_ROOM_FAILED,
@@ -255,9 +260,7 @@ fn too_large(size: u64, limit: usize) -> Result<Incoming, ()> {
 
 fn whole(opcode: OpCode, payload: Vec<u8>) -> Result<Incoming, ()> {
     if opcode == OpCode::Text {
-        String::from_utf8(payload)
-            .map(Incoming::Text)
-            .map_err(drop)
+        String::from_utf8(payload).map(Incoming::Text).map_err(drop)
     } else {
         Ok(Incoming::Binary(payload))
     }
@@ -327,7 +330,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 }
 
 /// Writes every frame of `batch`, as few syscalls as the socket allows.
-async fn write_all<W: AsyncWrite + Unpin>(write: &mut W, batch: &mut [Bytes]) -> std::io::Result<()> {
+async fn write_all<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    batch: &mut [Bytes],
+) -> std::io::Result<()> {
     let mut i = 0;
     while i < batch.len() {
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];

@@ -99,9 +99,11 @@ impl Runtime {
             .with_context(|| {
                 format!("{what} does not fit the wsroom:room/room world (its imports)")
             })?;
-        let pre = RoomPre::new(pre).map_err(anyhow::Error::from).with_context(|| {
-            format!("{what} does not fit the wsroom:room/room world (its exports)")
-        })?;
+        let pre = RoomPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!("{what} does not fit the wsroom:room/room world (its exports)")
+            })?;
         start_ticker(&engine).context("cannot start the epoch ticker thread")?;
         Ok(Runtime {
             engine,
@@ -169,4 +171,3 @@ pub fn arm(store: &mut Store<RoomState>) {
     store.data_mut().ticks = 0;
     store.set_epoch_deadline(1);
 }
-

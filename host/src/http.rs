@@ -110,7 +110,17 @@ pub async fn route(app: Arc<App>, req: Request<Body>) -> Result<Reply, std::conv
     }
     let query = parse_query(req.uri().query());
     Ok(match path {
-        "/websocket" => websocket(&app, req, query).await,
+        "/websocket" => {
+            let upgrading = fastwebsockets::upgrade::is_upgrade_request(&req);
+            let mut resp = websocket(&app, req, query).await;
+            if upgrading && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                // A refused upgrade leaves the connection in no state to be
+                // reused: say so, and close it.
+                resp.headers_mut()
+                    .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        }
         "/status" => status(&app, &query),
         _ => health(&app, &query),
     })
@@ -152,7 +162,10 @@ fn status(app: &App, query: &Query) -> Reply {
 }
 
 fn last_activity(shared: &crate::room::RoomShared) -> Option<u64> {
-    match shared.last_activity.load(std::sync::atomic::Ordering::Relaxed) {
+    match shared
+        .last_activity
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
         0 => None,
         t => Some(t),
     }
@@ -219,8 +232,10 @@ async fn websocket(app: &Arc<App>, mut req: Request<Body>, query: Query) -> Repl
             "upgrade_required",
             "Expected Upgrade: websocket",
         );
-        resp.headers_mut()
-            .insert(hyper::header::UPGRADE, HeaderValue::from_static("websocket"));
+        resp.headers_mut().insert(
+            hyper::header::UPGRADE,
+            HeaderValue::from_static("websocket"),
+        );
         return resp;
     }
     let header = |name| {

@@ -99,8 +99,10 @@ impl Outbox {
             s.frames.clear();
             s.bytes = 0;
             s.closing = true;
-            s.frames
-                .push_back(close_frame(CLOSE_TOO_SLOW, "outgoing queue full: client too slow"));
+            s.frames.push_back(close_frame(
+                CLOSE_TOO_SLOW,
+                "outgoing queue full: client too slow",
+            ));
             drop(s);
             self.wake.notify_one();
             return Err(Refused::Overflow);

@@ -46,7 +46,9 @@ pub async fn run(
         tracker: TaskTracker::new(),
         started: Instant::now(),
     });
-    let addr = listener.local_addr().context("cannot read the bound address")?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
     // The readiness line: tests and scripts wait for it.
     println!("wsroom listening on http://{addr}");
     info!(%addr, "listening");
@@ -93,7 +95,10 @@ pub async fn run(
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, room.tx.send(Event::Shutdown)).await;
     }
     app.tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, app.tracker.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, app.tracker.wait())
+        .await
+        .is_err()
+    {
         warn!("some connections did not close in time");
     }
     Ok(())

@@ -121,7 +121,11 @@ fn error_code(v: &Value) -> &str {
 #[test]
 fn to_id_reaches_target_and_admins_only() {
     let mut h = room();
-    send(&mut h, "r1", json!({"id": "m1", "type": "q", "to": {"id": "d1"}, "payload": 1}));
+    send(
+        &mut h,
+        "r1",
+        json!({"id": "m1", "type": "q", "to": {"id": "d1"}, "payload": 1}),
+    );
     assert_eq!(h.got("d1").len(), 1);
     assert_eq!(h.got("a1").len(), 1);
     assert_eq!(h.got("a2").len(), 1);
@@ -132,7 +136,11 @@ fn to_id_reaches_target_and_admins_only() {
 #[test]
 fn to_id_self_is_delivered_to_self() {
     let mut h = room();
-    send(&mut h, "r1", json!({"id": "m1", "type": "q", "to": {"id": "r1"}}));
+    send(
+        &mut h,
+        "r1",
+        json!({"id": "m1", "type": "q", "to": {"id": "r1"}}),
+    );
     assert_eq!(h.got("r1").len(), 1);
     assert_eq!(h.got("a1").len(), 1);
     assert_eq!(h.total(), 3);
@@ -141,7 +149,11 @@ fn to_id_self_is_delivered_to_self() {
 #[test]
 fn admin_targeted_by_id_gets_one_copy() {
     let mut h = room();
-    send(&mut h, "r1", json!({"id": "m1", "type": "q", "to": {"id": "a1"}}));
+    send(
+        &mut h,
+        "r1",
+        json!({"id": "m1", "type": "q", "to": {"id": "a1"}}),
+    );
     assert_eq!(h.got("a1").len(), 1);
     assert_eq!(h.got("a2").len(), 1);
     assert_eq!(h.total(), 2);
@@ -150,7 +162,11 @@ fn admin_targeted_by_id_gets_one_copy() {
 #[test]
 fn admin_sender_gets_no_monitoring_copy() {
     let mut h = room();
-    send(&mut h, "a1", json!({"id": "m1", "type": "q", "to": {"type": "runtime"}}));
+    send(
+        &mut h,
+        "a1",
+        json!({"id": "m1", "type": "q", "to": {"type": "runtime"}}),
+    );
     assert!(h.got("a1").is_empty());
     assert_eq!(h.got("a2").len(), 1);
     assert_eq!(h.got("r1").len(), 1);
@@ -161,7 +177,11 @@ fn admin_sender_gets_no_monitoring_copy() {
 #[test]
 fn admin_sending_to_itself_by_id_gets_exactly_one_copy() {
     let mut h = room();
-    send(&mut h, "a1", json!({"id": "m1", "type": "q", "to": {"id": "a1"}}));
+    send(
+        &mut h,
+        "a1",
+        json!({"id": "m1", "type": "q", "to": {"id": "a1"}}),
+    );
     assert_eq!(h.got("a1").len(), 1);
     assert_eq!(h.got("a2").len(), 1);
     assert_eq!(h.total(), 2);
@@ -170,7 +190,11 @@ fn admin_sending_to_itself_by_id_gets_exactly_one_copy() {
 #[test]
 fn to_type_excludes_sender_and_copies_admins() {
     let mut h = room();
-    send(&mut h, "r1", json!({"id": "m1", "type": "q", "to": {"type": "runtime"}}));
+    send(
+        &mut h,
+        "r1",
+        json!({"id": "m1", "type": "q", "to": {"type": "runtime"}}),
+    );
     assert!(h.got("r1").is_empty());
     assert_eq!(h.got("r2").len(), 1);
     assert!(h.got("d1").is_empty());
@@ -181,7 +205,11 @@ fn to_type_excludes_sender_and_copies_admins() {
 #[test]
 fn to_type_admin_gives_admins_one_copy() {
     let mut h = room();
-    send(&mut h, "d1", json!({"id": "m1", "type": "q", "to": {"type": "admin"}}));
+    send(
+        &mut h,
+        "d1",
+        json!({"id": "m1", "type": "q", "to": {"type": "admin"}}),
+    );
     assert_eq!(h.got("a1").len(), 1);
     assert_eq!(h.got("a2").len(), 1);
     assert_eq!(h.total(), 2);
@@ -190,7 +218,11 @@ fn to_type_admin_gives_admins_one_copy() {
 #[test]
 fn to_type_with_nobody_of_that_type_still_copies_admins() {
     let mut h = room();
-    send(&mut h, "r1", json!({"id": "m1", "type": "q", "to": {"type": "nobody"}}));
+    send(
+        &mut h,
+        "r1",
+        json!({"id": "m1", "type": "q", "to": {"type": "nobody"}}),
+    );
     assert_eq!(h.got("a1").len(), 1);
     assert_eq!(h.total(), 2);
 }
@@ -198,14 +230,23 @@ fn to_type_with_nobody_of_that_type_still_copies_admins() {
 #[test]
 fn id_wins_over_type() {
     let mut h = room();
-    send(&mut h, "r1", json!({"id": "m1", "type": "q", "to": {"id": "d1", "type": "runtime"}}));
+    send(
+        &mut h,
+        "r1",
+        json!({"id": "m1", "type": "q", "to": {"id": "d1", "type": "runtime"}}),
+    );
     assert_eq!(h.got("d1").len(), 1);
     assert!(h.got("r2").is_empty());
 }
 
 #[test]
 fn broadcast_reaches_everyone_else_once() {
-    for to in [None, Some(Value::Null), Some(json!({})), Some(json!({"id": "", "type": ""}))] {
+    for to in [
+        None,
+        Some(Value::Null),
+        Some(json!({})),
+        Some(json!({"id": "", "type": ""})),
+    ] {
         let mut h = room();
         let mut msg = json!({"id": "m1", "type": "hello", "payload": {"x": [1, 2]}});
         if let Some(to) = to {
@@ -228,15 +269,24 @@ fn from_is_stamped_by_the_server() {
         json!({"id": "m1", "type": "q", "from": {"type": "system", "id": "a1", "name": "x"}, "payload": null}),
     );
     let got = &h.got("r2")[0];
-    assert_eq!(got["from"], json!({"type": "runtime", "id": "r1", "name": "x"}));
+    assert_eq!(
+        got["from"],
+        json!({"type": "runtime", "id": "r1", "name": "x"})
+    );
     for from in [json!("me"), json!(5), Value::Null] {
         let mut h = room();
         send(&mut h, "r1", json!({"id": "m1", "type": "q", "from": from}));
-        assert_eq!(h.got("r2")[0]["from"], json!({"type": "runtime", "id": "r1"}));
+        assert_eq!(
+            h.got("r2")[0]["from"],
+            json!({"type": "runtime", "id": "r1"})
+        );
     }
     let mut h = room();
     send(&mut h, "r1", json!({"type": "q"}));
-    assert_eq!(h.got("r2")[0]["from"], json!({"type": "runtime", "id": "r1"}));
+    assert_eq!(
+        h.got("r2")[0]["from"],
+        json!({"type": "runtime", "id": "r1"})
+    );
 }
 
 #[test]
@@ -272,7 +322,14 @@ fn non_object_json_is_invalid_message() {
 
 #[test]
 fn bad_to_is_invalid_message_with_message_id() {
-    for to in [json!("d1"), json!(7), json!([]), json!({"id": 5}), json!({"type": true}), json!({"id": null})] {
+    for to in [
+        json!("d1"),
+        json!(7),
+        json!([]),
+        json!({"id": 5}),
+        json!({"type": true}),
+        json!({"id": null}),
+    ] {
         let mut h = room();
         send(&mut h, "r1", json!({"id": "m9", "type": "q", "to": to}));
         assert_eq!(h.total(), 1, "{to}");
@@ -292,7 +349,11 @@ fn message_id_only_when_a_string() {
 #[test]
 fn unknown_target_errors_but_admins_get_their_copy() {
     let mut h = room();
-    send(&mut h, "r1", json!({"id": "m1", "type": "q", "to": {"id": "ghost"}}));
+    send(
+        &mut h,
+        "r1",
+        json!({"id": "m1", "type": "q", "to": {"id": "ghost"}}),
+    );
     assert_eq!(h.got("a1").len(), 1);
     assert_eq!(h.got("a2").len(), 1);
     assert_eq!(h.got("r1").len(), 1);
@@ -316,7 +377,14 @@ fn binary_and_oversize_are_refused() {
 fn connect_greets_and_cancels_cleanup() {
     let mut h = FakeHost::with(&[("r1", "runtime")]);
     h.alarm = Some(1);
-    on_connect(&mut h, Joining { id: "r1", kind: "runtime" }).unwrap();
+    on_connect(
+        &mut h,
+        Joining {
+            id: "r1",
+            kind: "runtime",
+        },
+    )
+    .unwrap();
     assert_eq!(h.alarm, None);
     let hello = &h.got("r1")[0];
     assert_eq!(hello["type"], "connected");
@@ -332,7 +400,14 @@ fn connect_greets_and_cancels_cleanup() {
 #[test]
 fn connect_refuses_unknown_types() {
     let mut h = FakeHost::with(&[("x", "robot")]);
-    let refusal = on_connect(&mut h, Joining { id: "x", kind: "robot" }).unwrap_err();
+    let refusal = on_connect(
+        &mut h,
+        Joining {
+            id: "x",
+            kind: "robot",
+        },
+    )
+    .unwrap_err();
     assert_eq!(refusal.status, 400);
     assert_eq!(refusal.error, "invalid_type");
     assert_eq!(h.total(), 0);

@@ -285,7 +285,8 @@ impl Actor {
                         wit::Incoming::TooLarge(wit::Oversize { size, limit })
                     }
                 };
-                if let Err(Trapped(e)) = call!(self, |room, store| room.call_on_message(store, &sender, &message))
+                if let Err(Trapped(e)) = call!(self, |room, store| room
+                    .call_on_message(store, &sender, &message))
                 {
                     self.fail("on-message", e);
                 }
@@ -303,7 +304,8 @@ impl Actor {
         c.outbox.close(1000, "");
         debug!(project = %self.project, client = %c.meta.id, code, "client left");
         let info = client_info(&c.meta);
-        if let Err(Trapped(e)) = call!(self, |room, store| room.call_on_close(store, &info, code, &reason))
+        if let Err(Trapped(e)) = call!(self, |room, store| room
+            .call_on_close(store, &info, code, &reason))
         {
             self.fail("on-close", e);
         }
@@ -323,8 +325,12 @@ impl Actor {
             if self.table().get(conn).is_some() {
                 self.metrics.outbox_overflow();
                 warn!(project = %self.project, "client too slow: outgoing queue full, closed with 1013");
-                self.leave(conn, crate::outbox::CLOSE_TOO_SLOW, "outgoing queue full".into())
-                    .await;
+                self.leave(
+                    conn,
+                    crate::outbox::CLOSE_TOO_SLOW,
+                    "outgoing queue full".into(),
+                )
+                .await;
             }
         }
     }

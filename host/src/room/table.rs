@@ -109,7 +109,9 @@ impl Table {
     }
 
     pub fn get(&self, conn: ConnRef) -> Option<&Conn> {
-        self.slots.get(conn.slot).filter(|c| c.serial == conn.serial)
+        self.slots
+            .get(conn.slot)
+            .filter(|c| c.serial == conn.serial)
     }
 
     pub fn find(&self, id: &str) -> Option<&Conn> {

@@ -1,0 +1,250 @@
+//! Test harness: starts the real `wsroom` binary on port 0, waits for its
+//! readiness line, and talks to it over real sockets with an independent
+//! client (tokio-tungstenite, and plain HTTP/1.1 over TCP).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Upper bound of every await in the tests.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The misbehaving room built by the host's build script.
+pub const FIXTURE_ROOM: &str = concat!(env!("OUT_DIR"), "/fixture-room.wasm");
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct Server {
+    pub addr: SocketAddr,
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wsroom"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the wsroom binary");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let err = child.stderr.take().expect("stderr is piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
+            }
+        });
+        let out = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(out).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so a chatty guest cannot block on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(TIMEOUT * 3) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "server printed no readiness line; stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        let addr = line
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected readiness line {line:?}"));
+        Server {
+            addr,
+            child,
+            stderr,
+        }
+    }
+
+    pub fn url(&self, query: &str) -> String {
+        format!("ws://{}/websocket?{query}", self.addr)
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub async fn connect(&self, kind: &str, project: &str) -> (Ws, String) {
+        let url = self.url(&format!("type={kind}&projectId={project}"));
+        let (mut ws, _) = within(tokio_tungstenite::connect_async(url))
+            .await
+            .expect("websocket connect");
+        let hello = recv(&mut ws).await;
+        assert_eq!(hello["type"], "connected", "first frame: {hello}");
+        let id = hello["payload"]["clientId"]
+            .as_str()
+            .expect("connected carries clientId")
+            .to_owned();
+        (ws, id)
+    }
+
+    /// A GET request; returns the status and the body parsed as JSON.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.request(&format!(
+            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        ))
+        .await
+    }
+
+    /// Sends a raw HTTP request; returns the status and the JSON body.
+    pub async fn request(&self, raw: &str) -> (u16, Value) {
+        let (status, body) = self.request_text(raw).await;
+        let json = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {body:?}"));
+        (status, json)
+    }
+
+    pub async fn request_text(&self, raw: &str) -> (u16, String) {
+        within(async {
+            let mut s = TcpStream::connect(self.addr).await.expect("tcp connect");
+            s.write_all(raw.as_bytes()).await.expect("write request");
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await.expect("read response");
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let status = text
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("bad response {text:?}"));
+            let body = text
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_owned())
+                .unwrap_or_default();
+            (status, body)
+        })
+        .await
+    }
+
+    /// Polls `/health` until `f` holds, or fails after [`TIMEOUT`].
+    pub async fn wait_health(&self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let (_, health) = self.get("/health").await;
+            if f(&health) {
+                return health;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; last /health: {health}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for server") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- server stderr ---\n{}", self.stderr());
+        }
+    }
+}
+
+/// Awaits `f` for at most [`TIMEOUT`].
+pub async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(TIMEOUT, f).await.expect("timed out")
+}
+
+/// The next text message, parsed as JSON.
+pub async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let msg = within(ws.next())
+            .await
+            .expect("connection ended while waiting for a message")
+            .expect("websocket error while waiting for a message");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).expect("server sent invalid JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// Waits for the close frame; returns its code and reason.
+pub async fn recv_close(ws: &mut Ws) -> (u16, String) {
+    loop {
+        match within(ws.next()).await {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (frame.code.into(), frame.reason.to_string());
+            }
+            Some(Ok(Message::Close(None))) => return (1005, String::new()),
+            Some(Ok(Message::Text(t))) => {
+                // Messages queued before the close are still delivered.
+                let _: Value = serde_json::from_str(&t).expect("server sent invalid JSON");
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("connection broke instead of closing: {e}"),
+            None => panic!("connection ended without a close frame"),
+        }
+    }
+}
+
+pub async fn send(ws: &mut Ws, msg: &Value) {
+    within(ws.send(Message::text(msg.to_string())))
+        .await
+        .expect("send");
+}
+
+pub async fn send_text(ws: &mut Ws, text: &str) {
+    within(ws.send(Message::text(text.to_owned())))
+        .await
+        .expect("send");
+}
+
+/// Proves `ws` received nothing before this point: `from` sends a direct
+/// message to `id`, which must be the very next thing `ws` gets (messages
+/// from one sender arrive in order, so anything earlier would show first).
+pub async fn assert_nothing_before_marker(ws: &mut Ws, id: &str, from: &mut Ws) {
+    let marker = uuid::Uuid::new_v4().to_string();
+    send(
+        from,
+        &serde_json::json!({"id": marker, "type": "marker", "to": {"id": id}}),
+    )
+    .await;
+    let got = recv(ws).await;
+    assert_eq!(got["id"], marker, "expected the marker, got {got}");
+}

@@ -1,0 +1,85 @@
+//! A room for the host's fault-containment tests. It admits every client and
+//! echoes each text message back to its sender as `{"echo": text}`,
+//! except for commands:
+//!
+//! - `panic`: panics (a trap);
+//! - `loop`: spins forever (stopped by the CPU budget);
+//! - `alloc`: allocates until the memory cap stops it;
+//! - `print`: writes a line to stdout and stderr, then echoes.
+
+#![cfg(target_arch = "wasm32")]
+
+wit_bindgen::generate!({
+    world: "room",
+    path: "../../wit",
+});
+
+use wsroom::room::host;
+use wsroom::room::types::{Selector, Target};
+
+struct Fixture;
+
+impl Guest for Fixture {
+    fn on_connect(client: ClientInfo) -> Result<(), Refusal> {
+        host::cancel_alarm();
+        let hello = serde_json::json!({"type": "connected", "payload": {"clientId": client.id}});
+        send_to(&client.id, &hello.to_string());
+        Ok(())
+    }
+
+    fn on_message(sender: Sender, message: Incoming) {
+        let Incoming::Text(text) = message else {
+            return;
+        };
+        match text.as_str() {
+            "panic" => panic!("asked to panic"),
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "print" => {
+                println!("fixture room writes to stdout");
+                eprintln!("fixture room writes to stderr");
+                echo(&sender.id, &text);
+            }
+            _ => echo(&sender.id, &text),
+        }
+    }
+
+    fn on_close(_client: ClientInfo, _code: u16, _reason: String) {
+        if host::client_count(None) == 0 {
+            let delay = host::config("cleanup-delay-ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(300_000);
+            host::set_alarm(delay);
+        }
+    }
+
+    fn alarm() {}
+}
+
+/// Sends `{"echo": text}` back.
+fn echo(to: &str, text: &str) {
+    send_to(to, &serde_json::json!({ "echo": text }).to_string());
+}
+
+fn send_to(to: &str, text: &str) {
+    host::send(
+        text,
+        &[Target {
+            select: Selector::Client(to.to_owned()),
+            except: Vec::new(),
+        }],
+    );
+}
+
+export!(Fixture);
