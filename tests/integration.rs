@@ -887,3 +887,22 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_go_on() {
     let (_, health) = server.get("/health").await;
     assert_eq!(health["counters"]["outboxOverflows"], 1);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_answering_pings_is_dropped() {
+    let server = Server::start(&["--ping-interval-ms", "200"]);
+    let p = project();
+    let (mut live, _) = server.connect("admin", &p).await;
+    // `silent` is never polled again, so it never answers a ping.
+    let (_silent, silent_id) = server.connect("runtime", &p).await;
+    // `live` keeps reading (and so answering pings) while it waits.
+    let left = recv(&mut live).await;
+    assert_eq!(left["type"], "client_left");
+    assert_eq!(left["payload"]["clientId"], silent_id.as_str());
+    // Well past several ping intervals, `live` is still connected.
+    let waited =
+        tokio::time::timeout(std::time::Duration::from_millis(1200), recv(&mut live)).await;
+    assert!(waited.is_err(), "unexpected message {waited:?}");
+    let (_, status) = server.get(&format!("/status?projectId={p}")).await;
+    assert_eq!(status["clientCount"], 1);
+}

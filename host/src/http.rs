@@ -67,23 +67,37 @@ fn parse_query(query: Option<&str>) -> Query {
     q
 }
 
+/// A refused query parameter: a `400` with this code and message.
+struct BadParam {
+    code: &'static str,
+    message: String,
+}
+
+impl BadParam {
+    fn reply(self) -> Reply {
+        error(StatusCode::BAD_REQUEST, self.code, self.message)
+    }
+}
+
 /// Checks a `projectId`: 1 to 256 bytes of UTF-8 without control characters.
-fn check_project_id(id: Option<&str>) -> Result<&str, Reply> {
-    let bad = |message: &str| error(StatusCode::BAD_REQUEST, "invalid_project_id", message);
+fn check_project_id(id: Option<&str>) -> Result<&str, BadParam> {
+    let bad = |message: String| BadParam {
+        code: "invalid_project_id",
+        message,
+    };
     match id {
-        None | Some("") => Err(error(
-            StatusCode::BAD_REQUEST,
-            "missing_project_id",
-            "the projectId query parameter is required",
-        )),
-        Some(id) if id.len() > MAX_PROJECT_ID => Err(bad(&format!(
+        None | Some("") => Err(BadParam {
+            code: "missing_project_id",
+            message: "the projectId query parameter is required".into(),
+        }),
+        Some(id) if id.len() > MAX_PROJECT_ID => Err(bad(format!(
             "projectId must be at most {MAX_PROJECT_ID} bytes"
         ))),
         Some(id) if id.chars().any(char::is_control) => {
-            Err(bad("projectId must not contain control characters"))
+            Err(bad("projectId must not contain control characters".into()))
         }
         // Invalid UTF-8 was replaced by U+FFFD while decoding the query.
-        Some(id) if id.contains('\u{FFFD}') => Err(bad("projectId must be valid UTF-8")),
+        Some(id) if id.contains('\u{FFFD}') => Err(bad("projectId must be valid UTF-8".into())),
         Some(id) => Ok(id),
     }
 }
@@ -129,7 +143,7 @@ pub async fn route(app: Arc<App>, req: Request<Body>) -> Result<Reply, std::conv
 fn status(app: &App, query: &Query) -> Reply {
     let project = match check_project_id(query.project_id.as_deref()) {
         Ok(p) => p,
-        Err(reply) => return reply,
+        Err(bad) => return bad.reply(),
     };
     let now = now_ms();
     let room = app.registry.get(project);
@@ -189,7 +203,7 @@ fn health(app: &App, query: &Query) -> Reply {
     }
     let project = match check_project_id(query.project_id.as_deref()) {
         Ok(p) => p,
-        Err(reply) => return reply,
+        Err(bad) => return bad.reply(),
     };
     let room = app.registry.get(project);
     json_reply(
@@ -207,7 +221,7 @@ fn health(app: &App, query: &Query) -> Reply {
 async fn websocket(app: &Arc<App>, mut req: Request<Body>, query: Query) -> Reply {
     let project = match check_project_id(query.project_id.as_deref()) {
         Ok(p) => p.to_owned(),
-        Err(reply) => return reply,
+        Err(bad) => return bad.reply(),
     };
     let kind = match query.kind.as_deref() {
         None | Some("") => {
