@@ -906,3 +906,114 @@ async fn a_client_that_stops_answering_pings_is_dropped() {
     let (_, status) = server.get(&format!("/status?projectId={p}")).await;
     assert_eq!(status["clientCount"], 1);
 }
+
+// ------------------------------------------------------------ load tool
+
+/// Runs the load tool against `server` and returns its JSON report.
+fn load(server: &Server, args: &[&str]) -> Value {
+    let addr = server.addr.to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom-load"))
+        .args(["--server", &addr, "--json", "--timeout-secs", "30"])
+        .args(args)
+        .output()
+        .expect("run wsroom-load");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success(), "load tool failed: {report}");
+    report
+}
+
+// The server is its own process, so blocking this test's thread on the
+// load tool is harmless.
+#[tokio::test]
+async fn the_load_tool_checks_delivery_at_a_small_size() {
+    let server = Server::start(&[]);
+    let (projects, receivers, messages) = (2u64, 5u64, 300u64);
+    for route in ["type", "broadcast", "id"] {
+        let r = load(
+            &server,
+            &[
+                "fanout",
+                "--projects",
+                "2",
+                "--receivers",
+                "5",
+                "--messages",
+                "300",
+                "--route",
+                route,
+            ],
+        );
+        assert_eq!(r["ok"], true, "{r}");
+        let expected = if route == "id" {
+            projects * messages
+        } else {
+            projects * receivers * messages
+        };
+        assert_eq!(r["deliveries"], expected, "{route}: {r}");
+        assert_eq!(r["checks"]["lost"], 0);
+        assert_eq!(r["checks"]["duplicatedOrReordered"], 0);
+        assert_eq!(r["checks"]["badFrom"], 0);
+        assert!(r["latency"]["p50Us"].as_f64().unwrap() > 0.0);
+    }
+    let r = load(
+        &server,
+        &[
+            "fanout",
+            "--projects",
+            "1",
+            "--receivers",
+            "2",
+            "--messages",
+            "50",
+            "--rate",
+            "500",
+        ],
+    );
+    assert_eq!(r["deliveries"], 100);
+    let r = load(
+        &server,
+        &[
+            "rpc",
+            "--pairs",
+            "4",
+            "--projects",
+            "2",
+            "--requests",
+            "100",
+        ],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["requests"], 400);
+    let pid = server.pid().to_string();
+    let r = load(
+        &server,
+        &[
+            "connect",
+            "--connections",
+            "100",
+            "--projects",
+            "10",
+            "--server-pid",
+            &pid,
+        ],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["opened"], 100);
+    assert!(r["memory"]["rssAllBytes"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn the_load_tool_refuses_other_hosts() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom-load"))
+        .args(["--server", "10.1.2.3:8787", "rpc"])
+        .output()
+        .expect("run wsroom-load");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}

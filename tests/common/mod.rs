@@ -81,6 +81,10 @@ impl Server {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self, query: &str) -> String {
         format!("ws://{}/websocket?{query}", self.addr)
     }

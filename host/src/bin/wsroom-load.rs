@@ -1,0 +1,843 @@
+//! wsroom-load: drives a running wsroom over real WebSockets on loopback and
+//! reports throughput, latency percentiles and correctness.
+//!
+//! Scenarios:
+//! - `fanout`: P projects, each with 1 sender and R receivers; by type, by
+//!   id or broadcast; saturated (bounded in-flight window) or at a fixed
+//!   rate. Checks that nothing is lost, duplicated or reordered and that
+//!   `from.id` is stamped on every delivery.
+//! - `rpc`: N request/response pairs over P projects, routed by `to.id`.
+//! - `connect`: C connections over P projects; connections/s, time to the
+//!   `connected` message, and (with `--server-pid`) the server's memory per
+//!   idle connection and per room.
+//!
+//! Every run is bounded in messages and in time, and only connects to
+//! loopback addresses.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand, ValueEnum};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
+use hdrhistogram::Histogram;
+use http_body_util::Empty;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, Notify};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Load generator and checker for a running wsroom (loopback only)"
+)]
+struct Cli {
+    /// Address of the wsroom server (a loopback address).
+    #[arg(long, default_value = "127.0.0.1:8787", global = true)]
+    server: SocketAddr,
+    /// Print one machine-readable JSON line instead of the report.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Give up after this many seconds, whatever is left.
+    #[arg(long, default_value_t = 60, global = true)]
+    timeout_secs: u64,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// One sender and R receivers per project.
+    Fanout {
+        #[arg(long, default_value_t = 1)]
+        projects: usize,
+        #[arg(long, default_value_t = 100)]
+        receivers: usize,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Messages each sender sends.
+        #[arg(long, default_value_t = 20_000)]
+        messages: u64,
+        #[arg(long, value_enum, default_value_t = Route::Type)]
+        route: Route,
+        /// Messages a sender may have undelivered at once (saturated mode).
+        #[arg(long, default_value_t = 64)]
+        window: u64,
+        /// Messages per second per sender instead of saturating.
+        #[arg(long)]
+        rate: Option<u64>,
+    },
+    /// Request/response pairs routed by `to.id`, one request in flight each.
+    Rpc {
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        #[arg(long, default_value_t = 10)]
+        projects: usize,
+        /// Requests each pair makes.
+        #[arg(long, default_value_t = 2_000)]
+        requests: u64,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+    },
+    /// Many idle connections.
+    Connect {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 1_000)]
+        projects: usize,
+        /// Connections being opened at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// The server's pid, to read its memory (VmRSS) from /proc.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum Route {
+    /// `to.type`: every receiver gets every message.
+    Type,
+    /// `to.id`: messages go round-robin to one receiver each.
+    Id,
+    /// No `to`: every receiver gets every message.
+    Broadcast,
+}
+
+type Ws = WebSocket<TokioIo<Upgraded>>;
+
+struct SpawnExecutor;
+
+impl<Fut> hyper::rt::Executor<Fut> for SpawnExecutor
+where
+    Fut: std::future::Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    fn execute(&self, fut: Fut) {
+        tokio::spawn(fut);
+    }
+}
+
+/// Opens a WebSocket and reads its `connected` message; returns the socket
+/// and the client id.
+async fn connect(server: SocketAddr, kind: &str, project: &str) -> anyhow::Result<(Ws, String)> {
+    let stream = TcpStream::connect(server).await.context("tcp connect")?;
+    stream.set_nodelay(true)?;
+    let req = hyper::Request::builder()
+        .method("GET")
+        .uri(format!(
+            "http://{server}/websocket?type={kind}&projectId={project}"
+        ))
+        .header("Host", server.to_string())
+        .header(hyper::header::UPGRADE, "websocket")
+        .header(hyper::header::CONNECTION, "upgrade")
+        .header(
+            "Sec-WebSocket-Key",
+            fastwebsockets::handshake::generate_key(),
+        )
+        .header("Sec-WebSocket-Version", "13")
+        .body(Empty::<Bytes>::new())?;
+    let (mut ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream)
+        .await
+        .context("websocket handshake")?;
+    ws.set_auto_close(true);
+    ws.set_auto_pong(true);
+    let hello = read_text(&mut ws).await?;
+    #[derive(Deserialize)]
+    struct Hello {
+        payload: HelloPayload,
+    }
+    #[derive(Deserialize)]
+    struct HelloPayload {
+        #[serde(rename = "clientId")]
+        client_id: String,
+    }
+    let hello: Hello = serde_json::from_slice(&hello).context("connected message")?;
+    Ok((ws, hello.payload.client_id))
+}
+
+async fn read_text(ws: &mut Ws) -> anyhow::Result<Vec<u8>> {
+    loop {
+        let frame = ws.read_frame().await?;
+        match frame.opcode {
+            OpCode::Text => return Ok(frame.payload.to_vec()),
+            OpCode::Close => bail!("server closed the connection"),
+            _ => continue,
+        }
+    }
+}
+
+async fn send_text(ws: &mut Ws, text: &[u8]) -> anyhow::Result<()> {
+    ws.write_frame(Frame::text(Payload::Borrowed(text))).await?;
+    Ok(())
+}
+
+/// A delivery as the receivers parse it.
+#[derive(Deserialize)]
+struct Delivery<'a> {
+    #[serde(borrow)]
+    from: From<'a>,
+    payload: BenchPayload,
+    #[serde(rename = "type")]
+    kind: &'a str,
+}
+
+#[derive(Deserialize)]
+struct From<'a> {
+    id: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct BenchPayload {
+    /// Sequence number within the sender.
+    seq: u64,
+    /// Send time, nanoseconds since the run started.
+    t: u64,
+}
+
+/// Correctness tallies of one run.
+#[derive(Default)]
+struct Checks {
+    lost: AtomicU64,
+    duplicated_or_reordered: AtomicU64,
+    bad_from: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Checks {
+    fn ok(&self) -> bool {
+        self.lost.load(Relaxed) == 0
+            && self.duplicated_or_reordered.load(Relaxed) == 0
+            && self.bad_from.load(Relaxed) == 0
+            && self.errors.load(Relaxed) == 0
+    }
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "lost": self.lost.load(Relaxed),
+            "duplicatedOrReordered": self.duplicated_or_reordered.load(Relaxed),
+            "badFrom": self.bad_from.load(Relaxed),
+            "errors": self.errors.load(Relaxed),
+        })
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Nanoseconds from 1 ns to 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    let us = |v: u64| v as f64 / 1000.0;
+    json!({
+        "p50Us": us(h.value_at_quantile(0.50)),
+        "p90Us": us(h.value_at_quantile(0.90)),
+        "p99Us": us(h.value_at_quantile(0.99)),
+        "p999Us": us(h.value_at_quantile(0.999)),
+        "maxUs": us(h.max()),
+    })
+}
+
+/// Whether a message comes from the room itself (`from.type` "system").
+fn is_system(text: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Msg<'a> {
+        #[serde(borrow)]
+        from: Option<FromType<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct FromType<'a> {
+        #[serde(rename = "type")]
+        kind: Option<&'a str>,
+    }
+    serde_json::from_slice::<Msg<'_>>(text)
+        .ok()
+        .and_then(|m| m.from)
+        .and_then(|f| f.kind)
+        == Some("system")
+}
+
+fn run_id() -> String {
+    format!("load-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// One project's shared progress: what was sent and what arrived.
+struct Progress {
+    delivered: AtomicU64,
+    wake: Notify,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fanout(
+    server: SocketAddr,
+    projects: usize,
+    receivers: usize,
+    size: usize,
+    messages: u64,
+    route: Route,
+    window: u64,
+    rate: Option<u64>,
+    deadline: Instant,
+) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(
+        projects > 0 && receivers > 0 && messages > 0 && window > 0,
+        "counts must be positive"
+    );
+    let run = run_id();
+    let start = Instant::now();
+    let checks = Arc::new(Checks::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    let mut receiver_tasks = Vec::new();
+    let total_deliveries = AtomicU64::new(0);
+    let total_deliveries = Arc::new(total_deliveries);
+    let hist = Arc::new(Mutex::new(new_histogram()));
+    let last_delivery = Arc::new(AtomicU64::new(0));
+    for p in 0..projects {
+        let project = format!("{run}-{p}");
+        let progress = Arc::new(Progress {
+            delivered: AtomicU64::new(0),
+            wake: Notify::new(),
+        });
+        let (sender_ws, sender_id) = connect(server, "runtime", &project).await?;
+        let mut receiver_ids = Vec::new();
+        for r in 0..receivers {
+            let (ws, id) = connect(server, "data-agent", &project).await?;
+            receiver_ids.push(id);
+            let expected = match route {
+                Route::Id => (messages + (receivers - 1 - r) as u64) / receivers as u64,
+                _ => messages,
+            };
+            let got = Arc::new(AtomicU64::new(0));
+            let task = tokio::spawn(receive(
+                ws,
+                sender_id.clone(),
+                expected,
+                start,
+                progress.clone(),
+                checks.clone(),
+                hist.clone(),
+                total_deliveries.clone(),
+                last_delivery.clone(),
+                got.clone(),
+            ));
+            receiver_tasks.push((task, got, expected));
+        }
+        senders.push((sender_ws, receiver_ids, progress));
+    }
+    let pad = "x".repeat(size);
+    let send_start = Instant::now();
+    let mut sender_tasks = Vec::new();
+    for (mut ws, receiver_ids, progress) in senders {
+        let pad = pad.clone();
+        let stop = stop.clone();
+        let checks = checks.clone();
+        sender_tasks.push(tokio::spawn(async move {
+            let fan = match route {
+                Route::Id => 1,
+                _ => receiver_ids.len() as u64,
+            };
+            let mut ticker = rate.map(|r| {
+                let mut t = tokio::time::interval(Duration::from_nanos(1_000_000_000 / r.max(1)));
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
+            let mut buf = Vec::with_capacity(size + 200);
+            for seq in 0..messages {
+                if stop.load(Relaxed) {
+                    break;
+                }
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                } else {
+                    // Saturated: keep at most `window` messages undelivered.
+                    // Receivers store a wake-up permit on every delivery, so
+                    // none is missed between the check and the wait.
+                    while seq * fan >= progress.delivered.load(Relaxed) + window * fan
+                        && !stop.load(Relaxed)
+                    {
+                        progress.wake.notified().await;
+                    }
+                }
+                let to = match route {
+                    Route::Type => json!({"type": "data-agent"}),
+                    Route::Id => {
+                        json!({"id": receiver_ids[(seq % receiver_ids.len() as u64) as usize]})
+                    }
+                    Route::Broadcast => serde_json::Value::Null,
+                };
+                buf.clear();
+                let t = start.elapsed().as_nanos() as u64;
+                serde_json::to_writer(
+                    &mut buf,
+                    &json!({"id": seq.to_string(), "type": "bench", "to": to,
+                            "payload": {"seq": seq, "t": t, "pad": pad}}),
+                )
+                .expect("serialize to a Vec");
+                if send_text(&mut ws, &buf).await.is_err() {
+                    checks.errors.fetch_add(1, Relaxed);
+                    break;
+                }
+            }
+            // Keep the sender connected until the receivers are done.
+            ws
+        }));
+    }
+    let mut sender_sockets = Vec::new();
+    for mut task in sender_tasks {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, &mut task).await {
+            Ok(ws) => sender_sockets.push(ws?),
+            Err(_) => {
+                // Stuck waiting for deliveries that never came.
+                task.abort();
+                stop.store(true, Relaxed);
+            }
+        }
+    }
+    let sent_at = send_start.elapsed();
+    for (mut task, got, expected) in receiver_tasks {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(remaining, &mut task).await.is_err() {
+            task.abort();
+            stop.store(true, Relaxed);
+        }
+        checks
+            .lost
+            .fetch_add(expected.saturating_sub(got.load(Relaxed)), Relaxed);
+    }
+    stop.store(true, Relaxed);
+    drop(sender_sockets);
+    let deliveries = total_deliveries.load(Relaxed);
+    let elapsed = Duration::from_nanos(last_delivery.load(Relaxed))
+        .saturating_sub(send_start.duration_since(start))
+        .max(sent_at);
+    let hist = hist.lock().await;
+    let per_sec = deliveries as f64 / elapsed.as_secs_f64().max(1e-9);
+    Ok(json!({
+        "scenario": "fanout",
+        "route": format!("{route:?}").to_lowercase(),
+        "projects": projects, "receivers": receivers, "size": size,
+        "messagesPerSender": messages, "window": window, "rate": rate,
+        "deliveries": deliveries,
+        "seconds": elapsed.as_secs_f64(),
+        "deliveriesPerSec": per_sec,
+        "latency": percentiles(&hist),
+        "checks": checks.json(),
+        "ok": checks.ok(),
+    }))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive(
+    mut ws: Ws,
+    sender_id: String,
+    expected: u64,
+    start: Instant,
+    progress: Arc<Progress>,
+    checks: Arc<Checks>,
+    hist: Arc<Mutex<Histogram<u64>>>,
+    total: Arc<AtomicU64>,
+    last_delivery: Arc<AtomicU64>,
+    got: Arc<AtomicU64>,
+) {
+    let mut local = new_histogram();
+    let mut last_seq: Option<u64> = None;
+    // read_frame is not cancel-safe, so a receiver that waits forever is
+    // aborted from outside and its shortfall read from `got`.
+    while got.load(Relaxed) < expected {
+        let Ok(frame) = ws.read_frame().await else {
+            checks.errors.fetch_add(1, Relaxed);
+            break;
+        };
+        if frame.opcode != OpCode::Text {
+            if frame.opcode == OpCode::Close {
+                checks.errors.fetch_add(1, Relaxed);
+                break;
+            }
+            continue;
+        }
+        let now = start.elapsed().as_nanos() as u64;
+        let Ok(d) = serde_json::from_slice::<Delivery<'_>>(&frame.payload) else {
+            if !is_system(&frame.payload) {
+                checks.errors.fetch_add(1, Relaxed);
+            }
+            continue;
+        };
+        if d.kind != "bench" {
+            if !is_system(&frame.payload) {
+                checks.errors.fetch_add(1, Relaxed);
+            }
+            continue;
+        }
+        if d.from.id != Some(sender_id.as_str()) {
+            checks.bad_from.fetch_add(1, Relaxed);
+        }
+        if last_seq.is_some_and(|l| d.payload.seq <= l) {
+            checks.duplicated_or_reordered.fetch_add(1, Relaxed);
+        }
+        last_seq = Some(d.payload.seq);
+        got.fetch_add(1, Relaxed);
+        let _ = local.record(now.saturating_sub(d.payload.t).max(1));
+        total.fetch_add(1, Relaxed);
+        last_delivery.fetch_max(now, Relaxed);
+        progress.delivered.fetch_add(1, Relaxed);
+        progress.wake.notify_one();
+    }
+    let _ = hist.lock().await.add(&local);
+}
+
+async fn rpc(
+    server: SocketAddr,
+    pairs: usize,
+    projects: usize,
+    requests: u64,
+    size: usize,
+    deadline: Instant,
+) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(
+        pairs > 0 && projects > 0 && requests > 0,
+        "counts must be positive"
+    );
+    let run = run_id();
+    let checks = Arc::new(Checks::default());
+    let pad = "x".repeat(size);
+    let mut tasks = Vec::new();
+    let mut sockets = Vec::new();
+    for i in 0..pairs {
+        let project = format!("{run}-{}", i % projects);
+        let (client, client_id) = connect(server, "runtime", &project).await?;
+        let (agent, agent_id) = connect(server, "data-agent", &project).await?;
+        sockets.push((client, client_id, agent, agent_id));
+    }
+    let start = Instant::now();
+    for (mut client, client_id, mut agent, agent_id) in sockets {
+        let checks = checks.clone();
+        let pad = pad.clone();
+        // The responder answers each request to its sender.
+        let responder = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            loop {
+                let Ok(text) = read_text(&mut agent).await else {
+                    break;
+                };
+                let Ok(d) = serde_json::from_slice::<Delivery<'_>>(&text) else {
+                    break;
+                };
+                let Some(from) = d.from.id else { break };
+                buf.clear();
+                let reply = json!({"id": d.payload.seq.to_string(), "type": "bench",
+                                   "to": {"id": from},
+                                   "payload": {"seq": d.payload.seq, "t": d.payload.t}});
+                serde_json::to_writer(&mut buf, &reply).expect("serialize to a Vec");
+                if send_text(&mut agent, &buf).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tasks.push(tokio::spawn(async move {
+            let mut h = new_histogram();
+            let mut buf = Vec::new();
+            for seq in 0..requests {
+                if Instant::now() > deadline {
+                    checks.lost.fetch_add(requests - seq, Relaxed);
+                    break;
+                }
+                buf.clear();
+                let t = start.elapsed().as_nanos() as u64;
+                serde_json::to_writer(
+                    &mut buf,
+                    &json!({"id": seq.to_string(), "type": "bench", "to": {"id": agent_id},
+                            "payload": {"seq": seq, "t": t, "pad": pad}}),
+                )
+                .expect("serialize to a Vec");
+                let sent = Instant::now();
+                if send_text(&mut client, &buf).await.is_err() {
+                    checks.errors.fetch_add(1, Relaxed);
+                    break;
+                }
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let reply = tokio::time::timeout(remaining, async {
+                    loop {
+                        let text = read_text(&mut client).await?;
+                        // System messages (another pair leaving the
+                        // project, say) are not replies.
+                        if is_system(&text) {
+                            continue;
+                        }
+                        return anyhow::Ok(text);
+                    }
+                });
+                let Ok(Ok(text)) = reply.await else {
+                    checks.lost.fetch_add(requests - seq, Relaxed);
+                    break;
+                };
+                let _ = h.record(sent.elapsed().as_nanos() as u64);
+                match serde_json::from_slice::<Delivery<'_>>(&text) {
+                    Ok(d) if d.payload.seq == seq && d.from.id == Some(agent_id.as_str()) => {}
+                    Ok(d) if d.payload.seq != seq => {
+                        checks.duplicated_or_reordered.fetch_add(1, Relaxed);
+                    }
+                    Ok(_) => {
+                        checks.bad_from.fetch_add(1, Relaxed);
+                    }
+                    Err(_) => {
+                        checks.errors.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            (h, client, client_id, responder)
+        }));
+    }
+    let mut hist = new_histogram();
+    let mut keep = Vec::new();
+    for t in tasks {
+        let (h, client, _, responder) = t.await?;
+        let _ = hist.add(h);
+        // Nobody leaves before everyone is done: a leaving client would
+        // send `client_left` into the other pairs' measurements.
+        keep.push((client, responder));
+    }
+    let elapsed = start.elapsed();
+    let done = hist.len();
+    Ok(json!({
+        "scenario": "rpc",
+        "pairs": pairs, "projects": projects, "requestsPerPair": requests, "size": size,
+        "requests": done,
+        "seconds": elapsed.as_secs_f64(),
+        "requestsPerSec": done as f64 / elapsed.as_secs_f64().max(1e-9),
+        "roundTrip": percentiles(&hist),
+        "checks": checks.json(),
+        "ok": checks.ok(),
+    }))
+}
+
+/// The resident memory of a process, in bytes.
+fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS line")?;
+    Ok(kb * 1024)
+}
+
+async fn connect_many(
+    server: SocketAddr,
+    connections: usize,
+    projects: usize,
+    concurrency: usize,
+    server_pid: Option<u32>,
+    deadline: Instant,
+) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(
+        connections > 0 && projects > 0 && concurrency > 0,
+        "counts must be positive"
+    );
+    anyhow::ensure!(
+        projects <= connections,
+        "--projects must not exceed --connections"
+    );
+    let run = run_id();
+    let rss0 = server_pid.map(rss_bytes).transpose()?;
+    let hist = Arc::new(Mutex::new(new_histogram()));
+    let checks = Arc::new(Checks::default());
+    let mut sockets = Vec::with_capacity(connections);
+    let start = Instant::now();
+    let mut rss_rooms = None;
+    // Phase 1 opens one connection per project (rooms), phase 2 the rest.
+    for (from, to) in [(0, projects), (projects, connections)] {
+        let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        let mut tasks = Vec::with_capacity(to - from);
+        for i in from..to {
+            let permit = sem.clone().acquire_owned().await?;
+            let project = format!("{run}-{}", i % projects);
+            let hist = hist.clone();
+            let checks = checks.clone();
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let remaining = deadline.saturating_duration_since(t);
+                let ws = match tokio::time::timeout(remaining, connect(server, "runtime", &project))
+                    .await
+                {
+                    Ok(Ok((ws, _))) => Some(ws),
+                    _ => {
+                        checks.errors.fetch_add(1, Relaxed);
+                        None
+                    }
+                };
+                let _ = hist.lock().await.record(t.elapsed().as_nanos() as u64);
+                drop(permit);
+                ws
+            }));
+        }
+        for t in tasks {
+            if let Some(ws) = t.await? {
+                sockets.push(ws);
+            }
+        }
+        if from == 0 {
+            // Let the server settle before reading its memory.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            rss_rooms = server_pid.map(rss_bytes).transpose()?;
+        }
+    }
+    let elapsed = start.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_all = server_pid.map(rss_bytes).transpose()?;
+    let memory = match (rss0, rss_rooms, rss_all) {
+        (Some(r0), Some(r1), Some(r2)) => {
+            let extra = (connections - projects).max(1) as f64;
+            let per_conn = r2.saturating_sub(r1) as f64 / extra;
+            let per_room = (r1.saturating_sub(r0) as f64 / projects as f64 - per_conn).max(0.0);
+            json!({
+                "rssBeforeBytes": r0, "rssRoomsBytes": r1, "rssAllBytes": r2,
+                "bytesPerIdleConnection": per_conn,
+                "bytesPerRoom": per_room,
+            })
+        }
+        _ => serde_json::Value::Null,
+    };
+    let hist = hist.lock().await;
+    let opened = sockets.len();
+    drop(sockets);
+    Ok(json!({
+        "scenario": "connect",
+        "connections": connections, "projects": projects, "concurrency": concurrency,
+        "opened": opened,
+        "seconds": elapsed.as_secs_f64(),
+        "connectionsPerSec": opened as f64 / elapsed.as_secs_f64().max(1e-9),
+        "timeToConnected": percentiles(&hist),
+        "memory": memory,
+        "checks": checks.json(),
+        "ok": checks.ok(),
+    }))
+}
+
+fn print_report(r: &serde_json::Value) {
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    let lat = |v: &serde_json::Value| {
+        format!(
+            "p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs",
+            f(&v["p50Us"]),
+            f(&v["p90Us"]),
+            f(&v["p99Us"]),
+            f(&v["p999Us"]),
+            f(&v["maxUs"])
+        )
+    };
+    match r["scenario"].as_str() {
+        Some("fanout") => {
+            println!(
+                "fanout {} × {} receivers, {} B, route {}: {} deliveries in {:.2} s = {:.0} deliveries/s",
+                r["projects"],
+                r["receivers"],
+                r["size"],
+                r["route"].as_str().unwrap_or(""),
+                r["deliveries"],
+                f(&r["seconds"]),
+                f(&r["deliveriesPerSec"])
+            );
+            println!("latency: {}", lat(&r["latency"]));
+        }
+        Some("rpc") => {
+            println!(
+                "rpc {} pairs over {} projects: {} requests in {:.2} s = {:.0} requests/s",
+                r["pairs"],
+                r["projects"],
+                r["requests"],
+                f(&r["seconds"]),
+                f(&r["requestsPerSec"])
+            );
+            println!("round trip: {}", lat(&r["roundTrip"]));
+        }
+        _ => {
+            println!(
+                "connect {} over {} projects: {} opened in {:.2} s = {:.0} connections/s",
+                r["connections"],
+                r["projects"],
+                r["opened"],
+                f(&r["seconds"]),
+                f(&r["connectionsPerSec"])
+            );
+            println!("time to connected: {}", lat(&r["timeToConnected"]));
+            if !r["memory"].is_null() {
+                println!(
+                    "server memory: {:.0} B per idle connection, {:.0} B per room",
+                    f(&r["memory"]["bytesPerIdleConnection"]),
+                    f(&r["memory"]["bytesPerRoom"])
+                );
+            }
+        }
+    }
+    println!("checks: {}", r["checks"]);
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let ip: IpAddr = cli.server.ip();
+    if !ip.is_loopback() {
+        bail!("wsroom-load only drives servers on loopback addresses; {ip} is not one");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let deadline = Instant::now() + Duration::from_secs(cli.timeout_secs);
+    let report = runtime.block_on(async {
+        match cli.scenario {
+            Scenario::Fanout {
+                projects,
+                receivers,
+                size,
+                messages,
+                route,
+                window,
+                rate,
+            } => {
+                fanout(
+                    cli.server, projects, receivers, size, messages, route, window, rate, deadline,
+                )
+                .await
+            }
+            Scenario::Rpc {
+                pairs,
+                projects,
+                requests,
+                size,
+            } => rpc(cli.server, pairs, projects, requests, size, deadline).await,
+            Scenario::Connect {
+                connections,
+                projects,
+                concurrency,
+                server_pid,
+            } => {
+                connect_many(
+                    cli.server,
+                    connections,
+                    projects,
+                    concurrency,
+                    server_pid,
+                    deadline,
+                )
+                .await
+            }
+        }
+    })?;
+    if cli.json {
+        println!("{report}");
+    } else {
+        print_report(&report);
+    }
+    // Exit at once: idle sockets and tasks need no orderly teardown.
+    std::process::exit(if report["ok"] == true { 0 } else { 1 })
+}
