@@ -1017,3 +1017,156 @@ async fn the_load_tool_refuses_other_hosts() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }
+
+// -------------------------------------------------- isolation, hibernation
+
+#[tokio::test]
+async fn a_looping_room_does_not_stall_other_projects() {
+    let server = Server::start(&["--component", FIXTURE_ROOM, "--cpu-budget-ms", "5000"]);
+    let (bad, good) = (project(), project());
+    let (mut g, _) = server.connect("runtime", &good).await;
+    let (mut b, _) = server.connect("runtime", &bad).await;
+    send_text(&mut b, "loop").await;
+    // While the bad room spins, the good one answers round trip after round
+    // trip, and /status answers for both without asking either room.
+    for i in 0..20 {
+        let text = format!("ping {i}");
+        send_text(&mut g, &text).await;
+        assert_eq!(recv(&mut g).await, json!({ "echo": text }));
+    }
+    let (_, status) = server.get(&format!("/status?projectId={bad}")).await;
+    assert_eq!(
+        status["clientCount"], 1,
+        "the loop was stopped too early to prove anything"
+    );
+    assert_eq!(recv_close(&mut b).await.0, 1011);
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["counters"]["roomFailures"], 1);
+}
+
+#[tokio::test]
+async fn hibernation_is_invisible_to_clients() {
+    let server = Server::start(&["--hibernate-after-ms", "200", "--ping-interval-ms", "150"]);
+    let p = project();
+    let (mut r, r_id) = server.connect("runtime", &p).await;
+    let (mut d, d_id) = server.connect("data-agent", &p).await;
+    let (mut a, _) = server.connect("admin", &p).await;
+    server
+        .wait_health("the room to hibernate", |h| {
+            h["counters"]["instancesLive"] == 0 && h["counters"]["hibernations"] == 1
+        })
+        .await;
+    // Pings keep flowing (the clients answer them) without waking the room.
+    idle(&mut [&mut r, &mut d, &mut a], 600).await;
+    let (_, health) = server.get("/health").await;
+    assert_eq!(
+        health["counters"]["instancesLive"], 0,
+        "pings woke the room: {health}"
+    );
+    // /status needs no instance.
+    let (_, status) = server.get(&format!("/status?projectId={p}")).await;
+    assert_eq!(status["clientCount"], 3);
+    // The next message wakes it, and routing works as before.
+    send(
+        &mut r,
+        &json!({"id": "m1", "type": "t", "to": {"id": d_id}}),
+    )
+    .await;
+    let got = recv(&mut d).await;
+    assert_eq!(got["id"], "m1");
+    assert_eq!(got["from"]["id"], r_id.as_str());
+    assert_eq!(recv(&mut a).await["id"], "m1");
+    // Hibernate again, then leave: client_left still counts right.
+    server
+        .wait_health("the room to hibernate again", |h| {
+            h["counters"]["hibernations"] == 2
+        })
+        .await;
+    within(d.close(None)).await.unwrap();
+    for ws in [&mut r, &mut a] {
+        let left = recv(ws).await;
+        assert_eq!(left["type"], "client_left");
+        assert_eq!(left["payload"]["clientId"], d_id.as_str());
+        assert_eq!(left["payload"]["clientCount"], 2);
+    }
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["counters"]["roomsCreated"], 1);
+}
+
+#[tokio::test]
+async fn attachments_survive_hibernation() {
+    let server = Server::start(&["--component", FIXTURE_ROOM, "--hibernate-after-ms", "150"]);
+    let (mut ws, _) = server.connect("runtime", &project()).await;
+    send_text(&mut ws, "attach:kept across instances").await;
+    assert_eq!(recv(&mut ws).await, json!({"echo": "ok"}));
+    server
+        .wait_health("the room to hibernate", |h| {
+            h["counters"]["hibernations"] == 1
+        })
+        .await;
+    send_text(&mut ws, "attachment").await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"echo": "kept across instances"})
+    );
+    let too_big = format!("attach:{}", "x".repeat(17 * 1024));
+    send_text(&mut ws, &too_big).await;
+    assert_eq!(recv(&mut ws).await, json!({"echo": "too-large"}));
+}
+
+#[tokio::test]
+async fn a_failing_alarm_is_retried_with_backoff() {
+    let server = Server::start(&[
+        "--component",
+        FIXTURE_ROOM,
+        "--cleanup-delay-ms",
+        "50",
+        "--alarm-retry-base-ms",
+        "50",
+        "--room-config",
+        "fixture-alarm-failures=2",
+    ]);
+    let p = project();
+    let (mut ws, _) = server.connect("runtime", &p).await;
+    within(ws.close(None)).await.unwrap();
+    // Two failed attempts, then the third one runs, then the room goes.
+    server
+        .wait_health("the room to be removed", |h| h["rooms"] == 0)
+        .await;
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["counters"]["roomFailures"], 2, "{health}");
+    assert_eq!(health["counters"]["alarmsGivenUp"], 0);
+    let log = server.stderr();
+    assert!(log.contains("fixture alarm ran (retry 2)"), "{log}");
+}
+
+#[tokio::test]
+async fn an_alarm_that_always_fails_is_given_up_and_logged() {
+    let server = Server::start(&[
+        "--component",
+        FIXTURE_ROOM,
+        "--cleanup-delay-ms",
+        "50",
+        "--alarm-retry-base-ms",
+        "20",
+        "--alarm-retries",
+        "2",
+        "--room-config",
+        "fixture-alarm-failures=100",
+    ]);
+    let p = project();
+    let (mut ws, _) = server.connect("runtime", &p).await;
+    within(ws.close(None)).await.unwrap();
+    server
+        .wait_health("the alarm to be given up", |h| {
+            h["counters"]["alarmsGivenUp"] == 1
+        })
+        .await;
+    server
+        .wait_health("the room to be removed", |h| h["rooms"] == 0)
+        .await;
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["counters"]["roomFailures"], 3, "{health}");
+    let log = server.stderr();
+    assert!(log.contains("giving up") && log.contains(&p), "{log}");
+}

@@ -88,7 +88,7 @@ impl Guest for Room {
         rules::on_close(&mut Host, &client.id, &client.kind);
     }
 
-    fn alarm() {
+    fn alarm(_info: wit::AlarmInfo) {
         rules::on_alarm(&mut Host);
     }
 }

@@ -61,6 +61,21 @@ pub struct Cli {
     #[arg(long, env = "WSROOM_MAX_CONNECTIONS", default_value_t = 50_000)]
     pub max_connections: usize,
 
+    /// A room with no events for this long drops its wasm instance but keeps
+    /// its clients (hibernation); the next event creates a fresh instance.
+    /// In milliseconds; 0 never hibernates.
+    #[arg(long, env = "WSROOM_HIBERNATE_AFTER_MS", default_value_t = 10_000)]
+    pub hibernate_after_ms: u64,
+
+    /// How many times an alarm whose handler trapped is retried.
+    #[arg(long, env = "WSROOM_ALARM_RETRIES", default_value_t = 3)]
+    pub alarm_retries: u32,
+
+    /// Delay before the first alarm retry, in milliseconds; it doubles with
+    /// each further retry.
+    #[arg(long, env = "WSROOM_ALARM_RETRY_BASE_MS", default_value_t = 1_000)]
+    pub alarm_retry_base_ms: u64,
+
     /// Interval of keep-alive pings, in milliseconds. A client that sends
     /// nothing (not even a pong) for two intervals is treated as gone.
     #[arg(long, env = "WSROOM_PING_INTERVAL_MS", default_value_t = 30_000)]
@@ -87,6 +102,9 @@ pub struct Config {
     pub room_inbox: usize,
     pub max_connections: usize,
     pub ping_interval: Duration,
+    pub hibernate_after: Option<Duration>,
+    pub alarm_retries: u32,
+    pub alarm_retry_base: Duration,
 }
 
 impl Cli {
@@ -127,6 +145,10 @@ impl Cli {
             room_inbox: self.room_inbox,
             max_connections: self.max_connections,
             ping_interval: Duration::from_millis(self.ping_interval_ms),
+            hibernate_after: (self.hibernate_after_ms > 0)
+                .then(|| Duration::from_millis(self.hibernate_after_ms)),
+            alarm_retries: self.alarm_retries,
+            alarm_retry_base: Duration::from_millis(self.alarm_retry_base_ms),
         })
     }
 }

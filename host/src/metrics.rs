@@ -13,6 +13,9 @@ pub struct Metrics {
     rooms_created: AtomicU64,
     rooms_live: AtomicU64,
     room_failures: AtomicU64,
+    instances_live: AtomicU64,
+    hibernations: AtomicU64,
+    alarms_given_up: AtomicU64,
 }
 
 impl Metrics {
@@ -47,6 +50,18 @@ impl Metrics {
     pub fn room_failed(&self) {
         self.room_failures.fetch_add(1, Relaxed);
     }
+    pub fn instance_created(&self) {
+        self.instances_live.fetch_add(1, Relaxed);
+    }
+    pub fn instance_dropped(&self) {
+        self.instances_live.fetch_sub(1, Relaxed);
+    }
+    pub fn hibernated(&self) {
+        self.hibernations.fetch_add(1, Relaxed);
+    }
+    pub fn alarm_given_up(&self) {
+        self.alarms_given_up.fetch_add(1, Relaxed);
+    }
     pub fn open_connections(&self) -> u64 {
         self.connections_open.load(Relaxed)
     }
@@ -65,6 +80,9 @@ impl Metrics {
             "roomsCreated": self.rooms_created.load(Relaxed),
             "roomsLive": self.rooms_live.load(Relaxed),
             "roomFailures": self.room_failures.load(Relaxed),
+            "instancesLive": self.instances_live.load(Relaxed),
+            "hibernations": self.hibernations.load(Relaxed),
+            "alarmsGivenUp": self.alarms_given_up.load(Relaxed),
         })
     }
 }

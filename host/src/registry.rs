@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 
 use crate::engine::Runtime;
 use crate::metrics::Metrics;
-use crate::room::{self, RoomHandle};
+use crate::room::{self, RoomHandle, Settings};
 
 pub struct Registry {
     rooms: Mutex<HashMap<Arc<str>, RoomHandle>>,
     runtime: Runtime,
     room_config: Arc<BTreeMap<String, String>>,
-    inbox: usize,
+    settings: Settings,
     metrics: Arc<Metrics>,
     generations: AtomicU64,
 }
@@ -22,14 +22,14 @@ impl Registry {
     pub fn new(
         runtime: Runtime,
         room_config: BTreeMap<String, String>,
-        inbox: usize,
+        settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Arc<Registry> {
         Arc::new(Registry {
             rooms: Mutex::new(HashMap::new()),
             runtime,
             room_config: Arc::new(room_config),
-            inbox,
+            settings,
             metrics,
             generations: AtomicU64::new(0),
         })
@@ -56,7 +56,7 @@ impl Registry {
             generation,
             self.clone(),
             self.runtime.clone(),
-            self.inbox,
+            self.settings.clone(),
             self.metrics.clone(),
         );
         rooms.insert(project, handle.clone());

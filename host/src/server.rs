@@ -18,7 +18,7 @@ use crate::engine::Runtime;
 use crate::http::{self, App};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::room::Event;
+use crate::room::{Event, Settings};
 
 /// How long shutdown waits for clients to receive their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -35,7 +35,12 @@ pub async fn run(
     let registry = Registry::new(
         runtime,
         config.room_config.clone(),
-        config.room_inbox,
+        Settings {
+            inbox: config.room_inbox,
+            hibernate_after: config.hibernate_after,
+            alarm_retries: config.alarm_retries,
+            alarm_retry_base: config.alarm_retry_base,
+        },
         metrics.clone(),
     );
     let limit = Arc::new(Semaphore::new(config.max_connections));

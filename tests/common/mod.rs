@@ -252,3 +252,19 @@ pub async fn assert_nothing_before_marker(ws: &mut Ws, id: &str, from: &mut Ws) 
     let got = recv(ws).await;
     assert_eq!(got["id"], marker, "expected the marker, got {got}");
 }
+
+/// Keeps reading every socket for `ms` milliseconds (so pings get their
+/// pongs), failing on any message.
+pub async fn idle(clients: &mut [&mut Ws], ms: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+    let polls = clients.iter_mut().map(|ws| async move {
+        loop {
+            match tokio::time::timeout_at(deadline, ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
+        }
+    });
+    futures_util::future::join_all(polls).await;
+}

@@ -10,6 +10,9 @@ use fastwebsockets::OpCode;
 
 use crate::engine::host_bindings::Host;
 
+/// Largest attachment a room may keep with one client.
+pub const MAX_ATTACHMENT: usize = 16 * 1024;
+
 impl wit::Host for RoomState {}
 
 fn client_info(meta: &ClientMeta) -> wit::ClientInfo {
@@ -73,12 +76,34 @@ impl Host for RoomState {
         self.table.count(kind.as_deref()) as u32
     }
 
+    fn set_attachment(
+        &mut self,
+        client: String,
+        data: Option<Vec<u8>>,
+    ) -> Result<(), wit::AttachmentError> {
+        if data.as_ref().is_some_and(|d| d.len() > MAX_ATTACHMENT) {
+            return Err(wit::AttachmentError::TooLarge);
+        }
+        let conn = self
+            .table
+            .find_mut(&client)
+            .ok_or(wit::AttachmentError::NoSuchClient)?;
+        conn.attachment = data;
+        Ok(())
+    }
+
+    fn attachment(&mut self, client: String) -> Option<Vec<u8>> {
+        self.table.find(&client)?.attachment.clone()
+    }
+
     fn set_alarm(&mut self, delay_ms: u64) {
         self.table.alarm_at = Some(now_ms().saturating_add(delay_ms));
+        self.table.alarm_retry = 0;
     }
 
     fn cancel_alarm(&mut self) {
         self.table.alarm_at = None;
+        self.table.alarm_retry = 0;
     }
 
     fn alarm_at(&mut self) -> Option<u64> {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use wasmtime::Store;
 
 use crate::engine::{self, Room, RoomState, Runtime, wit};
@@ -104,6 +104,19 @@ impl RoomShared {
     }
 }
 
+/// How rooms behave, from the host's configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Capacity of a room's inbox, in events.
+    pub inbox: usize,
+    /// Idle time after which a room drops its instance.
+    pub hibernate_after: Option<Duration>,
+    /// Retries of an alarm whose handler trapped.
+    pub alarm_retries: u32,
+    /// Delay before the first retry; doubles with each further one.
+    pub alarm_retry_base: Duration,
+}
+
 /// A live room as the registry and connections see it.
 #[derive(Clone)]
 pub struct RoomHandle {
@@ -124,10 +137,10 @@ pub fn spawn(
     generation: u64,
     registry: Arc<Registry>,
     runtime: Runtime,
-    inbox: usize,
+    settings: Settings,
     metrics: Arc<Metrics>,
 ) -> RoomHandle {
-    let (tx, rx) = mpsc::channel(inbox);
+    let (tx, rx) = mpsc::channel(settings.inbox);
     let shared = Arc::new(RoomShared::default());
     let table = Table::new(
         project.clone(),
@@ -140,6 +153,7 @@ pub fn spawn(
         generation,
         registry,
         runtime,
+        settings,
         metrics,
         live: None,
         idle: Some(table),
@@ -157,6 +171,7 @@ struct Actor {
     generation: u64,
     registry: Arc<Registry>,
     runtime: Runtime,
+    settings: Settings,
     metrics: Arc<Metrics>,
     /// The instance, with the table inside its store.
     live: Option<(Store<RoomState>, Room)>,
@@ -193,8 +208,16 @@ impl Actor {
         info!(project = %self.project, "room created");
         loop {
             let alarm = self.table().alarm_at;
+            let hibernate = self
+                .settings
+                .hibernate_after
+                .filter(|_| self.live.is_some());
             let event = tokio::select! {
                 event = rx.recv() => event,
+                () = tokio::time::sleep(hibernate.unwrap_or_default()), if hibernate.is_some() => {
+                    self.hibernate();
+                    continue;
+                }
                 () = sleep_until_ms(alarm.unwrap_or(0)), if alarm.is_some() => {
                     self.fire_alarm().await;
                     self.settle().await;
@@ -224,8 +247,26 @@ impl Actor {
                 // Dropping `reply` is the signal.
             }
         }
+        self.drop_instance();
         self.metrics.room_removed();
         info!(project = %self.project, "room removed");
+    }
+
+    /// Drops the instance (if any), keeping the table.
+    fn drop_instance(&mut self) {
+        if let Some((store, _)) = self.live.take() {
+            self.idle = Some(store.into_data().table);
+            self.metrics.instance_dropped();
+        }
+    }
+
+    /// Idle: drop the instance but keep the clients, the attachments and the
+    /// alarm. The next event creates a fresh instance.
+    fn hibernate(&mut self) {
+        self.drop_instance();
+        self.metrics.hibernated();
+        let clients = self.table().len();
+        debug!(project = %self.project, clients, "room hibernated");
     }
 
     /// Removes the room if it is empty with no alarm set.
@@ -311,10 +352,28 @@ impl Actor {
         }
     }
 
+    /// Calls the alarm handler; if it traps, resets the room like any trap
+    /// and schedules a retry with exponential backoff, a few times.
     async fn fire_alarm(&mut self) {
+        let retry = self.table().alarm_retry;
         self.table().alarm_at = None;
-        if let Err(Trapped(e)) = call!(self, |room, store| room.call_alarm(store)) {
+        self.table().alarm_retry = 0;
+        let info = wit::AlarmInfo { retry_count: retry };
+        if let Err(Trapped(e)) = call!(self, |room, store| room.call_alarm(store, info)) {
             self.fail("alarm", e);
+            if retry < self.settings.alarm_retries {
+                let delay = self
+                    .settings
+                    .alarm_retry_base
+                    .saturating_mul(1u32.checked_shl(retry).unwrap_or(u32::MAX));
+                let table = self.table();
+                table.alarm_at = Some(now_ms().saturating_add(delay.as_millis() as u64));
+                table.alarm_retry = retry + 1;
+                warn!(project = %self.project, retry = retry + 1, delay_ms = delay.as_millis() as u64, "alarm handler failed; retrying");
+            } else {
+                self.metrics.alarm_given_up();
+                error!(project = %self.project, attempts = retry + 1, "alarm handler failed every time; giving up");
+            }
         }
     }
 
@@ -343,7 +402,10 @@ impl Actor {
                 .take()
                 .expect("idle table present when no instance");
             match self.runtime.instantiate(table).await {
-                Ok(live) => self.live = Some(live),
+                Ok(live) => {
+                    self.live = Some(live);
+                    self.metrics.instance_created();
+                }
                 Err((table, e)) => {
                     self.idle = Some(table);
                     return Err(Trapped(e));
@@ -360,16 +422,14 @@ impl Actor {
         self.metrics.room_failed();
         let clients = self.table().len();
         warn!(project = %self.project, during, clients, error = %format!("{error:#}"), "room failed; closing its clients");
-        let mut table = match self.live.take() {
-            Some((store, _)) => store.into_data().table,
-            None => self.idle.take().expect("table present"),
-        };
+        self.drop_instance();
+        let table = self.table();
         for c in table.drain() {
             c.outbox.close(CLOSE_ROOM_FAILED, "room failed");
         }
         table.alarm_at = None;
+        table.alarm_retry = 0;
         table.overflowed.clear();
-        self.idle = Some(table);
     }
 }
 

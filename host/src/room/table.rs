@@ -23,6 +23,8 @@ pub struct ConnRef {
 pub struct Conn {
     pub meta: Arc<ClientMeta>,
     pub outbox: Arc<Outbox>,
+    /// The room's own data for this client (`set-attachment`).
+    pub attachment: Option<Vec<u8>>,
     serial: u64,
     /// The last send that reached this client (for de-duplication).
     mark: u64,
@@ -40,6 +42,8 @@ pub struct Table {
     pub config: Arc<BTreeMap<String, String>>,
     /// When the alarm fires, in milliseconds since the Unix epoch.
     pub alarm_at: Option<u64>,
+    /// Retries of the pending alarm so far (its handler trapped this often).
+    pub alarm_retry: u32,
     shared: Arc<RoomShared>,
     metrics: Arc<Metrics>,
     slots: Slab<Conn>,
@@ -65,6 +69,7 @@ impl Table {
             project,
             config,
             alarm_at: None,
+            alarm_retry: 0,
             shared,
             metrics,
             slots: Slab::new(),
@@ -99,6 +104,7 @@ impl Table {
         let slot = self.slots.insert(Conn {
             meta,
             outbox,
+            attachment: None,
             serial,
             mark: 0,
         });
@@ -116,6 +122,11 @@ impl Table {
 
     pub fn find(&self, id: &str) -> Option<&Conn> {
         self.by_id.get(id).and_then(|&slot| self.slots.get(slot))
+    }
+
+    pub fn find_mut(&mut self, id: &str) -> Option<&mut Conn> {
+        let &slot = self.by_id.get(id)?;
+        self.slots.get_mut(slot)
     }
 
     pub fn conn_ref(&self, id: &str) -> Option<ConnRef> {

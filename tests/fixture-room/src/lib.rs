@@ -5,7 +5,12 @@
 //! - `panic`: panics (a trap);
 //! - `loop`: spins forever (stopped by the CPU budget);
 //! - `alloc`: allocates until the memory cap stops it;
-//! - `print`: writes a line to stdout and stderr, then echoes.
+//! - `print`: writes a line to stdout and stderr, then echoes;
+//! - `attach:TEXT`: stores TEXT as the client's attachment;
+//! - `attachment`: echoes the stored attachment.
+//!
+//! Its alarm traps on the first `fixture-alarm-failures` attempts (room
+//! config) and logs `fixture alarm ran (retry N)` when it succeeds.
 
 #![cfg(target_arch = "wasm32")]
 
@@ -15,7 +20,7 @@ wit_bindgen::generate!({
 });
 
 use wsroom::room::host;
-use wsroom::room::types::{Selector, Target};
+use wsroom::room::types::{AttachmentError, LogLevel, Selector, Target};
 
 struct Fixture;
 
@@ -51,6 +56,19 @@ impl Guest for Fixture {
                 eprintln!("fixture room writes to stderr");
                 echo(&sender.id, &text);
             }
+            "attachment" => {
+                let data = host::attachment(&sender.id).unwrap_or_default();
+                echo(&sender.id, &String::from_utf8_lossy(&data));
+            }
+            _ if text.starts_with("attach:") => {
+                let data = text["attach:".len()..].as_bytes().to_vec();
+                let result = match host::set_attachment(&sender.id, Some(&data)) {
+                    Ok(()) => "ok",
+                    Err(AttachmentError::TooLarge) => "too-large",
+                    Err(AttachmentError::NoSuchClient) => "no-such-client",
+                };
+                echo(&sender.id, result);
+            }
             _ => echo(&sender.id, &text),
         }
     }
@@ -64,7 +82,20 @@ impl Guest for Fixture {
         }
     }
 
-    fn alarm() {}
+    /// Traps on the first `fixture-alarm-failures` attempts (room config),
+    /// then logs that it ran.
+    fn alarm(info: AlarmInfo) {
+        let failures: u32 = host::config("fixture-alarm-failures")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if info.retry_count < failures {
+            panic!("alarm attempt {} fails on purpose", info.retry_count);
+        }
+        host::log(
+            LogLevel::Info,
+            &format!("fixture alarm ran (retry {})", info.retry_count),
+        );
+    }
 }
 
 /// Sends `{"echo": text}` back.
