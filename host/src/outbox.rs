@@ -89,8 +89,22 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a data frame, refusing it past the bound.
+    /// Queues a data frame, refusing it past the bound, and wakes the writer.
     pub fn push(&self, frame: Bytes) -> Result<(), Refused> {
+        self.push_quiet(frame)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Wakes the writer for frames queued with [`Outbox::push_quiet`].
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Queues a data frame without waking the writer: the room wakes each
+    /// touched writer once after a batch of events, so a writer takes many
+    /// frames per write instead of one.
+    pub fn push_quiet(&self, frame: Bytes) -> Result<(), Refused> {
         let mut s = self.lock();
         if s.closing || s.aborted {
             return Err(Refused::Closed);
@@ -109,8 +123,6 @@ impl Outbox {
         }
         s.bytes += frame.len();
         s.frames.push_back(frame);
-        drop(s);
-        self.wake.notify_one();
         Ok(())
     }
 

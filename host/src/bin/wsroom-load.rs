@@ -295,8 +295,6 @@ async fn fanout(
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::new();
     let mut receiver_tasks = Vec::new();
-    let total_deliveries = AtomicU64::new(0);
-    let total_deliveries = Arc::new(total_deliveries);
     let hist = Arc::new(Mutex::new(new_histogram()));
     let last_delivery = Arc::new(AtomicU64::new(0));
     for p in 0..projects {
@@ -323,7 +321,6 @@ async fn fanout(
                 progress.clone(),
                 checks.clone(),
                 hist.clone(),
-                total_deliveries.clone(),
                 last_delivery.clone(),
                 got.clone(),
             ));
@@ -402,19 +399,19 @@ async fn fanout(
         }
     }
     let sent_at = send_start.elapsed();
+    let mut deliveries = 0;
     for (mut task, got, expected) in receiver_tasks {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if tokio::time::timeout(remaining, &mut task).await.is_err() {
             task.abort();
             stop.store(true, Relaxed);
         }
-        checks
-            .lost
-            .fetch_add(expected.saturating_sub(got.load(Relaxed)), Relaxed);
+        let got = got.load(Relaxed);
+        deliveries += got;
+        checks.lost.fetch_add(expected.saturating_sub(got), Relaxed);
     }
     stop.store(true, Relaxed);
     drop(sender_sockets);
-    let deliveries = total_deliveries.load(Relaxed);
     let elapsed = Duration::from_nanos(last_delivery.load(Relaxed))
         .saturating_sub(send_start.duration_since(start))
         .max(sent_at);
@@ -443,12 +440,13 @@ async fn receive(
     progress: Arc<Progress>,
     checks: Arc<Checks>,
     hist: Arc<Mutex<Histogram<u64>>>,
-    total: Arc<AtomicU64>,
     last_delivery: Arc<AtomicU64>,
     got: Arc<AtomicU64>,
 ) {
     let mut local = new_histogram();
     let mut last_seq: Option<u64> = None;
+    // Time of this receiver's latest delivery.
+    let mut last = 0u64;
     // read_frame is not cancel-safe, so a receiver that waits forever is
     // aborted from outside and its shortfall read from `got`.
     while got.load(Relaxed) < expected {
@@ -464,7 +462,13 @@ async fn receive(
             continue;
         }
         let now = start.elapsed().as_nanos() as u64;
-        let Ok(d) = serde_json::from_slice::<Delivery<'_>>(&frame.payload) else {
+        // One UTF-8 check for the whole frame; parsing from a `str` then
+        // skips the per-string checks.
+        let Ok(text) = std::str::from_utf8(&frame.payload) else {
+            checks.errors.fetch_add(1, Relaxed);
+            continue;
+        };
+        let Ok(d) = serde_json::from_str::<Delivery<'_>>(text) else {
             if !is_system(&frame.payload) {
                 checks.errors.fetch_add(1, Relaxed);
             }
@@ -485,11 +489,11 @@ async fn receive(
         last_seq = Some(d.payload.seq);
         got.fetch_add(1, Relaxed);
         let _ = local.record(now.saturating_sub(d.payload.t).max(1));
-        total.fetch_add(1, Relaxed);
-        last_delivery.fetch_max(now, Relaxed);
+        last = now;
         progress.delivered.fetch_add(1, Relaxed);
         progress.wake.notify_one();
     }
+    last_delivery.fetch_max(last, Relaxed);
     let _ = hist.lock().await.add(&local);
 }
 

@@ -21,6 +21,8 @@ use table::{ConnRef, Table};
 
 /// Close code for the clients of a room that failed (1011: internal error).
 pub const CLOSE_ROOM_FAILED: u16 = 1011;
+/// Most events handled before the writers are woken.
+const BATCH: usize = 64;
 /// Close code when the server shuts down (1001: going away).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
@@ -206,6 +208,7 @@ impl Actor {
     async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
         self.metrics.room_created();
         info!(project = %self.project, "room created");
+        let mut shutdown = false;
         loop {
             let alarm = self.table().alarm_at;
             let hibernate = self
@@ -220,22 +223,34 @@ impl Actor {
                 }
                 () = sleep_until_ms(alarm.unwrap_or(0)), if alarm.is_some() => {
                     self.fire_alarm().await;
+                    self.table().wake_writers();
                     self.settle().await;
+                    self.table().wake_writers();
                     if self.try_remove() { break; }
                     continue;
                 }
             };
             let Some(event) = event else { break };
             if matches!(event, Event::Shutdown) {
-                for c in self.table().drain() {
-                    c.outbox.close(CLOSE_GOING_AWAY, "server shutting down");
-                }
-                self.registry.remove_if(&self.project, self.generation);
+                self.shut_down();
                 break;
             }
             self.handle(event).await;
+            // Take whatever else is already waiting before waking the
+            // writers, so each writes many frames at once.
+            for _ in 0..BATCH {
+                let Ok(event) = rx.try_recv() else { break };
+                if matches!(event, Event::Shutdown) {
+                    self.shut_down();
+                    shutdown = true;
+                    break;
+                }
+                self.handle(event).await;
+            }
+            self.table().wake_writers();
             self.settle().await;
-            if self.try_remove() {
+            self.table().wake_writers();
+            if shutdown || self.try_remove() {
                 break;
             }
         }
@@ -267,6 +282,15 @@ impl Actor {
         self.metrics.hibernated();
         let clients = self.table().len();
         debug!(project = %self.project, clients, "room hibernated");
+    }
+
+    /// Server shutdown: every client gets 1001 after what is queued for it.
+    fn shut_down(&mut self) {
+        self.table().wake_writers();
+        for c in self.table().drain() {
+            c.outbox.close(CLOSE_GOING_AWAY, "server shutting down");
+        }
+        self.registry.remove_if(&self.project, self.generation);
     }
 
     /// Removes the room if it is empty with no alarm set.

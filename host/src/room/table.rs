@@ -28,6 +28,8 @@ pub struct Conn {
     serial: u64,
     /// The last send that reached this client (for de-duplication).
     mark: u64,
+    /// Frames were queued for it since the last [`Table::wake_writers`].
+    touched: bool,
 }
 
 /// Which clients a send reaches (the WIT `selector`, resolved).
@@ -56,6 +58,8 @@ pub struct Table {
     /// Clients whose outbox overflowed during a call; the room removes them
     /// (and tells the guest) once the call returns.
     pub overflowed: Vec<ConnRef>,
+    /// Slots with frames queued but their writer not yet woken.
+    touched: Vec<usize>,
 }
 
 impl Table {
@@ -79,6 +83,17 @@ impl Table {
             next_serial: 0,
             sends: 0,
             overflowed: Vec::new(),
+            touched: Vec::new(),
+        }
+    }
+
+    /// Wakes every writer that has frames queued since the last call.
+    pub fn wake_writers(&mut self) {
+        for slot in self.touched.drain(..) {
+            if let Some(c) = self.slots.get_mut(slot) {
+                c.touched = false;
+                c.outbox.wake();
+            }
         }
     }
 
@@ -107,6 +122,7 @@ impl Table {
             attachment: None,
             serial,
             mark: 0,
+            touched: false,
         });
         self.by_id.insert(id, slot);
         self.by_kind.entry(kind).or_default().push(slot);
@@ -187,6 +203,7 @@ impl Table {
         let mut pushed = 0u64;
         for (select, except) in targets {
             let mut n = 0u32;
+            let touched = &mut self.touched;
             let mut visit = |slot: usize, slots: &mut Slab<Conn>, overflowed: &mut Vec<ConnRef>| {
                 if except.contains(&slot) {
                     return;
@@ -196,10 +213,14 @@ impl Table {
                     return;
                 }
                 c.mark = mark;
-                match c.outbox.push(frame.clone()) {
+                match c.outbox.push_quiet(frame.clone()) {
                     Ok(()) => {
                         n += 1;
                         pushed += 1;
+                        if !c.touched {
+                            c.touched = true;
+                            touched.push(slot);
+                        }
                     }
                     Err(Refused::Overflow) => overflowed.push(ConnRef {
                         slot,
