@@ -1170,3 +1170,101 @@ async fn an_alarm_that_always_fails_is_given_up_and_logged() {
     let log = server.stderr();
     assert!(log.contains("giving up") && log.contains(&p), "{log}");
 }
+
+// --------------------------------------------------------------------- TLS
+
+#[tokio::test]
+async fn wss_and_https_with_a_certificate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{self, pki_types::CertificateDer, pki_types::pem::PemObject};
+
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+    let cert = format!("{fixtures}/localhost.crt");
+    let key = format!("{fixtures}/localhost.key");
+    let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]);
+
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(format!("{fixtures}/ca.crt")).unwrap() {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let addr = server.addr;
+    let tls = move |c: tokio_rustls::TlsConnector| async move {
+        let tcp = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        within(c.connect(name, tcp)).await.expect("tls handshake")
+    };
+
+    // https
+    let mut stream = tls(connector.clone()).await;
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    within(stream.read_to_string(&mut response)).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"healthy\""), "{response}");
+
+    // wss, and routing across two secure clients
+    let p = project();
+    let mut clients = Vec::new();
+    for kind in ["runtime", "data-agent"] {
+        let stream = tls(connector.clone()).await;
+        let url = format!(
+            "wss://localhost:{}/websocket?type={kind}&projectId={p}",
+            server.addr.port()
+        );
+        let (mut ws, _) = within(tokio_tungstenite::client_async(url, stream))
+            .await
+            .unwrap();
+        let hello = within(futures_util::StreamExt::next(&mut ws))
+            .await
+            .unwrap()
+            .unwrap();
+        let hello: Value = serde_json::from_str(hello.to_text().unwrap()).unwrap();
+        assert_eq!(hello["type"], "connected");
+        clients.push((
+            ws,
+            hello["payload"]["clientId"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let (mut d, _) = clients.pop().unwrap();
+    let (mut r, r_id) = clients.pop().unwrap();
+    within(r.send(Message::text(
+        json!({"id": "s1", "type": "t", "to": {"type": "data-agent"}}).to_string(),
+    )))
+    .await
+    .unwrap();
+    let got = within(futures_util::StreamExt::next(&mut d))
+        .await
+        .unwrap()
+        .unwrap();
+    let got: Value = serde_json::from_str(got.to_text().unwrap()).unwrap();
+    assert_eq!(got["id"], "s1");
+    assert_eq!(got["from"]["id"], r_id.as_str());
+}
+
+#[tokio::test]
+async fn a_bad_tls_key_is_refused_at_start() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &format!("{fixtures}/localhost.crt"),
+        ])
+        .args(["--tls-key", &format!("{fixtures}/ca.crt")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("private key"), "{stderr}");
+}

@@ -17,6 +17,15 @@ pub struct Cli {
     #[arg(long, env = "WSROOM_LISTEN", default_value = "127.0.0.1:8787")]
     pub listen: SocketAddr,
 
+    /// PEM certificate chain for TLS: with --tls-key, the server speaks
+    /// https and wss only.
+    #[arg(long, env = "WSROOM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for TLS (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "WSROOM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Room component to run instead of the embedded default room. It must
     /// implement the `wsroom:room/room` world of wit/room.wit.
     #[arg(long, env = "WSROOM_COMPONENT")]
@@ -93,6 +102,8 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub component: Option<PathBuf>,
+    /// Certificate chain and key files, when serving TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub room_config: BTreeMap<String, String>,
     pub cpu_budget: Duration,
     pub room_memory_bytes: usize,
@@ -135,6 +146,7 @@ impl Cli {
         room_config.insert("cleanup-delay-ms".into(), self.cleanup_delay_ms.to_string());
         Ok(Config {
             component: self.component.clone(),
+            tls: self.tls_cert.clone().zip(self.tls_key.clone()),
             room_config,
             cpu_budget: Duration::from_millis(self.cpu_budget_ms),
             room_memory_bytes: usize::try_from(self.room_memory_mib << 20)

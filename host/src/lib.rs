@@ -3,6 +3,7 @@
 //! Map of the modules:
 //! - [`config`]: command-line flags and the validated [`config::Config`].
 //! - [`server`]: the accept loop, graceful shutdown.
+//! - [`tls`]: rustls termination for https/wss.
 //! - [`http`]: the routes (`/websocket`, `/status`, `/health`).
 //! - [`conn`]: one WebSocket connection (reader, writer, keep-alive).
 //! - [`outbox`]: a connection's bounded outgoing queue of framed bytes.
@@ -20,5 +21,6 @@ pub mod outbox;
 pub mod registry;
 pub mod room;
 pub mod server;
+pub mod tls;
 
 pub use server::{run, shutdown_signal};

@@ -20,6 +20,8 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::room::{Event, Settings};
 
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for clients to receive their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -30,6 +32,10 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
+        None => None,
+    };
     let runtime = Runtime::new(&config)?;
     let metrics = Arc::new(Metrics::default());
     let registry = Registry::new(
@@ -55,7 +61,8 @@ pub async fn run(
         .local_addr()
         .context("cannot read the bound address")?;
     // The readiness line: tests and scripts wait for it.
-    println!("wsroom listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("wsroom listening on {scheme}://{addr}");
     info!(%addr, "listening");
 
     tokio::pin!(shutdown);
@@ -81,13 +88,37 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| http::route(app.clone(), req));
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await
-            {
+            let served = match tls {
+                None => {
+                    http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await
+                }
+                Some(tls) => {
+                    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) => {
+                            http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades()
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "tls handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "tls handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
                 debug!(%peer, error = %e, "http connection ended with an error");
             }
             drop(permit);

@@ -70,7 +70,7 @@ impl Server {
             }
         };
         let addr = line
-            .rsplit("http://")
+            .rsplit("://")
             .next()
             .and_then(|a| a.trim().parse().ok())
             .unwrap_or_else(|| panic!("unexpected readiness line {line:?}"));
