@@ -1268,3 +1268,30 @@ async fn a_bad_tls_key_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("private key"), "{stderr}");
 }
+
+#[tokio::test]
+async fn websockets_past_the_limit_are_refused_with_503() {
+    let server = Server::start(&["--max-connections", "2"]);
+    let p = project();
+    let (_a, _) = server.connect("runtime", &p).await;
+    let (mut b, _) = server.connect("runtime", &p).await;
+    let err = within(tokio_tungstenite::connect_async(
+        server.url(&format!("type=runtime&projectId={p}")),
+    ))
+    .await
+    .expect_err("over the limit");
+    let tungstenite::Error::Http(resp) = err else {
+        panic!("expected an HTTP error, got {err}");
+    };
+    assert_eq!(resp.status(), 503);
+    let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"")).unwrap();
+    assert_eq!(body["error"], "too_many_connections");
+    // HTTP still answers, and a slot frees up when a client leaves.
+    let (status, _) = server.get("/health").await;
+    assert_eq!(status, 200);
+    within(b.close(None)).await.unwrap();
+    server
+        .wait_health("the client to be gone", |h| h["connections"] == 1)
+        .await;
+    let (_c, _) = server.connect("admin", &p).await;
+}

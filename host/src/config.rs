@@ -66,7 +66,8 @@ pub struct Cli {
     #[arg(long, env = "WSROOM_ROOM_INBOX", default_value_t = 1024)]
     pub room_inbox: usize,
 
-    /// Most simultaneous TCP connections; further ones wait to be accepted.
+    /// Most open WebSockets (more are refused with 503) and most HTTP
+    /// connections being served (more wait to be accepted).
     #[arg(long, env = "WSROOM_MAX_CONNECTIONS", default_value_t = 50_000)]
     pub max_connections: usize,
 

@@ -39,12 +39,15 @@ impl Ended {
     }
 }
 
-/// Runs an admitted connection to its end.
+/// Runs an admitted connection to its end; `permit` is its place under
+/// `--max-connections`.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     upgrade: UpgradeFut,
     room: RoomHandle,
     conn: ConnRef,
     outbox: Arc<Outbox>,
+    permit: tokio::sync::OwnedSemaphorePermit,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
 ) {
@@ -68,6 +71,7 @@ pub async fn serve(
             reason: ended.reason,
         })
         .await;
+    drop(permit);
     metrics.connection_closed();
 }
 

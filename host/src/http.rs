@@ -31,6 +31,8 @@ pub struct App {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
     pub tracker: TaskTracker,
+    /// One permit per open WebSocket (`--max-connections`).
+    pub websockets: Arc<tokio::sync::Semaphore>,
     pub started: std::time::Instant,
 }
 
@@ -265,6 +267,14 @@ async fn websocket(app: &Arc<App>, mut req: Request<Body>, query: Query) -> Repl
         user_agent: header(hyper::header::USER_AGENT),
         origin: header(hyper::header::ORIGIN),
     });
+    let Ok(permit) = app.websockets.clone().try_acquire_owned() else {
+        warn!(project = %project, "refusing a websocket: --max-connections reached");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "the server is at its connection limit; try again later",
+        );
+    };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => {
@@ -291,12 +301,12 @@ async fn websocket(app: &Arc<App>, mut req: Request<Body>, query: Query) -> Repl
             // The room was being removed; a new one will be made.
             Err(_) => continue,
             Ok(Ok(conn)) => {
-                let app = app.clone();
                 app.tracker.spawn(conn::serve(
                     upgrade,
                     room,
                     conn,
                     outbox,
+                    permit,
                     app.config.clone(),
                     app.metrics.clone(),
                 ));

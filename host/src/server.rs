@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
@@ -20,6 +20,8 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::room::{Event, Settings};
 
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for clients to receive their close frames.
@@ -50,11 +52,13 @@ pub async fn run(
         metrics.clone(),
     );
     let limit = Arc::new(Semaphore::new(config.max_connections));
+    let websockets = Arc::new(Semaphore::new(config.max_connections));
     let app = Arc::new(App {
         registry: registry.clone(),
         config: Arc::new(config),
         metrics,
         tracker: TaskTracker::new(),
+        websockets,
         started: Instant::now(),
     });
     let addr = listener
@@ -91,10 +95,13 @@ pub async fn run(
         let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| http::route(app.clone(), req));
+            // A client gets this long to send its request headers.
+            let mut http = http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
             let served = match tls {
                 None => {
-                    http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
+                    http.serve_connection(TokioIo::new(stream), service)
                         .with_upgrades()
                         .await
                 }
@@ -102,8 +109,7 @@ pub async fn run(
                     let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream));
                     match handshake.await {
                         Ok(Ok(stream)) => {
-                            http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service)
+                            http.serve_connection(TokioIo::new(stream), service)
                                 .with_upgrades()
                                 .await
                         }
