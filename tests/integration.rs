@@ -1006,6 +1006,7 @@ async fn the_load_tool_checks_delivery_at_a_small_size() {
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["opened"], 100);
     assert!(r["memory"]["rssAllBytes"].as_u64().unwrap() > 0);
+    assert!(r["memory"]["pssAllBytes"].as_u64().unwrap() > 0);
 }
 
 #[tokio::test]

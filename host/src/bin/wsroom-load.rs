@@ -95,7 +95,7 @@ enum Scenario {
         /// Connections being opened at once.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
-        /// The server's pid, to read its memory (VmRSS) from /proc.
+        /// The server's pid, to read its memory (PSS and RSS) from /proc.
         #[arg(long)]
         server_pid: Option<u32>,
     },
@@ -622,17 +622,33 @@ async fn rpc(
     }))
 }
 
-/// The resident memory of a process, in bytes.
-fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS line")?;
-    Ok(kb * 1024)
+/// A process's memory in bytes: resident (RSS) and proportional (PSS).
+///
+/// Every room instance maps the same copy-on-write image of the component's
+/// initial memory; RSS counts those shared pages once per instance, PSS
+/// once in all, so PSS is the memory a room really costs.
+#[derive(Clone, Copy)]
+struct Memory {
+    rss: u64,
+    pss: u64,
+}
+
+fn memory(pid: u32) -> anyhow::Result<Memory> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let rollup = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let kb: u64 = rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {name} line in {path}"))?;
+        Ok(kb * 1024)
+    };
+    Ok(Memory {
+        rss: field("Rss:")?,
+        pss: field("Pss:")?,
+    })
 }
 
 async fn connect_many(
@@ -652,12 +668,12 @@ async fn connect_many(
         "--projects must not exceed --connections"
     );
     let run = run_id();
-    let rss0 = server_pid.map(rss_bytes).transpose()?;
+    let mem0 = server_pid.map(memory).transpose()?;
     let hist = Arc::new(Mutex::new(new_histogram()));
     let checks = Arc::new(Checks::default());
     let mut sockets = Vec::with_capacity(connections);
     let start = Instant::now();
-    let mut rss_rooms = None;
+    let mut mem_rooms = None;
     // Phase 1 opens one connection per project (rooms), phase 2 the rest.
     for (from, to) in [(0, projects), (projects, connections)] {
         let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
@@ -692,21 +708,31 @@ async fn connect_many(
         if from == 0 {
             // Let the server settle before reading its memory.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            rss_rooms = server_pid.map(rss_bytes).transpose()?;
+            mem_rooms = server_pid.map(memory).transpose()?;
         }
     }
     let elapsed = start.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_all = server_pid.map(rss_bytes).transpose()?;
-    let memory = match (rss0, rss_rooms, rss_all) {
-        (Some(r0), Some(r1), Some(r2)) => {
+    let mem_all = server_pid.map(memory).transpose()?;
+    let memory = match (mem0, mem_rooms, mem_all) {
+        (Some(m0), Some(m1), Some(m2)) => {
             let extra = (connections - projects).max(1) as f64;
-            let per_conn = r2.saturating_sub(r1) as f64 / extra;
-            let per_room = (r1.saturating_sub(r0) as f64 / projects as f64 - per_conn).max(0.0);
+            // Phase 2 adds only connections; phase 1 a room and a connection
+            // per project.
+            let split = |b0: u64, b1: u64, b2: u64| {
+                let per_conn = b2.saturating_sub(b1) as f64 / extra;
+                let per_room = (b1.saturating_sub(b0) as f64 / projects as f64 - per_conn).max(0.0);
+                (per_conn, per_room)
+            };
+            let (pss_conn, pss_room) = split(m0.pss, m1.pss, m2.pss);
+            let (rss_conn, rss_room) = split(m0.rss, m1.rss, m2.rss);
             json!({
-                "rssBeforeBytes": r0, "rssRoomsBytes": r1, "rssAllBytes": r2,
-                "bytesPerIdleConnection": per_conn,
-                "bytesPerRoom": per_room,
+                "rssBeforeBytes": m0.rss, "rssRoomsBytes": m1.rss, "rssAllBytes": m2.rss,
+                "pssBeforeBytes": m0.pss, "pssRoomsBytes": m1.pss, "pssAllBytes": m2.pss,
+                "bytesPerIdleConnection": pss_conn,
+                "bytesPerRoom": pss_room,
+                "rssBytesPerIdleConnection": rss_conn,
+                "rssBytesPerRoom": rss_room,
             })
         }
         _ => serde_json::Value::Null,
@@ -775,10 +801,14 @@ fn print_report(r: &serde_json::Value) {
             );
             println!("time to connected: {}", lat(&r["timeToConnected"]));
             if !r["memory"].is_null() {
+                let m = &r["memory"];
                 println!(
-                    "server memory: {:.0} B per idle connection, {:.0} B per room",
-                    f(&r["memory"]["bytesPerIdleConnection"]),
-                    f(&r["memory"]["bytesPerRoom"])
+                    "server memory (PSS): {:.0} B per idle connection, {:.0} B per room \
+                     (RSS: {:.0} B, {:.0} B)",
+                    f(&m["bytesPerIdleConnection"]),
+                    f(&m["bytesPerRoom"]),
+                    f(&m["rssBytesPerIdleConnection"]),
+                    f(&m["rssBytesPerRoom"])
                 );
             }
         }
