@@ -4,6 +4,11 @@ use tracing_subscriber::EnvFilter;
 
 use wsroom::config::Cli;
 
+// jemalloc: measured here against the system allocator, less memory per idle
+// connection and no loss of throughput.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
