@@ -909,11 +909,24 @@ async fn a_client_that_stops_answering_pings_is_dropped() {
 
 // ------------------------------------------------------------ load tool
 
-/// Runs the load tool against `server` and returns its JSON report.
+/// Runs the load tool against `server` and returns its JSON report; the
+/// tool must report success.
 fn load(server: &Server, args: &[&str]) -> Value {
+    let args: Vec<&str> = ["--timeout-secs", "30"]
+        .iter()
+        .chain(args)
+        .copied()
+        .collect();
+    let (ok, report) = load_any(server, &args);
+    assert!(ok, "load tool failed: {report}");
+    report
+}
+
+/// Runs the load tool; returns whether it exited 0, and its report.
+fn load_any(server: &Server, args: &[&str]) -> (bool, Value) {
     let addr = server.addr.to_string();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom-load"))
-        .args(["--server", &addr, "--json", "--timeout-secs", "30"])
+        .args(["--server", &addr, "--json"])
         .args(args)
         .output()
         .expect("run wsroom-load");
@@ -924,8 +937,7 @@ fn load(server: &Server, args: &[&str]) -> Value {
             String::from_utf8_lossy(&out.stderr)
         )
     });
-    assert!(out.status.success(), "load tool failed: {report}");
-    report
+    (out.status.success(), report)
 }
 
 // The server is its own process, so blocking this test's thread on the
@@ -1007,6 +1019,30 @@ async fn the_load_tool_checks_delivery_at_a_small_size() {
     assert_eq!(r["opened"], 100);
     assert!(r["memory"]["rssAllBytes"].as_u64().unwrap() > 0);
     assert!(r["memory"]["pssAllBytes"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn the_load_tool_reports_what_was_not_delivered() {
+    // The fixture room echoes to the sender instead of routing, so the
+    // receivers get nothing: the tool must say so and fail.
+    let server = Server::start(&["--component", FIXTURE_ROOM]);
+    let (ok, r) = load_any(
+        &server,
+        &[
+            "--timeout-secs",
+            "3",
+            "fanout",
+            "--projects",
+            "1",
+            "--receivers",
+            "2",
+            "--messages",
+            "10",
+        ],
+    );
+    assert!(!ok, "{r}");
+    assert_eq!(r["ok"], false);
+    assert_eq!(r["checks"]["lost"], 20, "{r}");
 }
 
 #[tokio::test]
