@@ -496,7 +496,7 @@ async fn receive(
         if from.find(text).is_none() {
             checks.bad_from.fetch_add(1, Relaxed);
         }
-        if got.load(Relaxed) % 64 == 0 {
+        if got.load(Relaxed).is_multiple_of(64) {
             match serde_json::from_slice::<Delivery<'_>>(text) {
                 Ok(d) if d.kind == "bench" && d.payload.seq == seq && d.payload.t == t => {
                     if d.from.id != Some(sender_id.as_str()) {
