@@ -697,10 +697,12 @@ async fn connect_many(
     let hist = Arc::new(Mutex::new(new_histogram()));
     let checks = Arc::new(Checks::default());
     let mut sockets = Vec::with_capacity(connections);
-    let start = Instant::now();
+    // Time spent opening connections (the pauses to read memory excluded).
+    let mut elapsed = Duration::ZERO;
     let mut mem_rooms = None;
     // Phase 1 opens one connection per project (rooms), phase 2 the rest.
     for (from, to) in [(0, projects), (projects, connections)] {
+        let phase = Instant::now();
         let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
         let mut tasks = Vec::with_capacity(to - from);
         for i in from..to {
@@ -730,13 +732,13 @@ async fn connect_many(
                 sockets.push(ws);
             }
         }
+        elapsed += phase.elapsed();
         if from == 0 {
             // Let the server settle before reading its memory.
             tokio::time::sleep(Duration::from_millis(500)).await;
             mem_rooms = server_pid.map(memory).transpose()?;
         }
     }
-    let elapsed = start.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mem_all = server_pid.map(memory).transpose()?;
     let memory = match (mem0, mem_rooms, mem_all) {
