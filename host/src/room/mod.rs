@@ -254,14 +254,10 @@ impl Actor {
                 break;
             }
         }
-        // Anyone who raced with the removal gets told the room is gone by
-        // the dropped reply sender, and retries with a new room.
+        // A connection that raced with the removal learns the room is gone
+        // when its reply sender is dropped here, and retries with a new room.
         rx.close();
-        while let Some(event) = rx.recv().await {
-            if let Event::Connect { .. } = event {
-                // Dropping `reply` is the signal.
-            }
-        }
+        while rx.recv().await.is_some() {}
         self.drop_instance();
         self.metrics.room_removed();
         info!(project = %self.project, "room removed");
