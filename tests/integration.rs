@@ -1332,3 +1332,25 @@ async fn websockets_past_the_limit_are_refused_with_503() {
         .await;
     let (_c, _) = server.connect("admin", &p).await;
 }
+
+#[tokio::test]
+async fn a_full_room_inbox_slows_senders_down_but_loses_nothing() {
+    let server = Server::start(&["--component", FIXTURE_ROOM, "--room-inbox", "2"]);
+    let (busy, other) = (project(), project());
+    let (mut b, _) = server.connect("runtime", &busy).await;
+    let (mut o, _) = server.connect("runtime", &other).await;
+    // The room is busy for a while; meanwhile far more than the inbox holds
+    // arrives from its client.
+    send_text(&mut b, "spin:400").await;
+    for i in 0..100 {
+        send_text(&mut b, &format!("m{i}")).await;
+    }
+    // Another project is not held up by it.
+    send_text(&mut o, "hello").await;
+    assert_eq!(recv(&mut o).await, json!({"echo": "hello"}));
+    // Every message is handled, in order, once the room catches up.
+    assert_eq!(recv(&mut b).await, json!({"echo": "spin:400"}));
+    for i in 0..100 {
+        assert_eq!(recv(&mut b).await, json!({ "echo": format!("m{i}") }));
+    }
+}

@@ -6,6 +6,7 @@
 //! - `loop`: spins forever (stopped by the CPU budget);
 //! - `alloc`: allocates until the memory cap stops it;
 //! - `print`: writes a line to stdout and stderr, then echoes;
+//! - `spin:MS`: stays busy for MS milliseconds, then echoes;
 //! - `attach:TEXT`: stores TEXT as the client's attachment;
 //! - `attachment`: echoes the stored attachment.
 //!
@@ -59,6 +60,15 @@ impl Guest for Fixture {
             "attachment" => {
                 let data = host::attachment(&sender.id).unwrap_or_default();
                 echo(&sender.id, &String::from_utf8_lossy(&data));
+            }
+            _ if text.starts_with("spin:") => {
+                // Busy for that many milliseconds, then echo.
+                let ms: u64 = text["spin:".len()..].parse().unwrap_or(0);
+                let until = host::now_ms() + ms;
+                while host::now_ms() < until {
+                    std::hint::spin_loop();
+                }
+                echo(&sender.id, &text);
             }
             _ if text.starts_with("attach:") => {
                 let data = text["attach:".len()..].as_bytes().to_vec();
