@@ -291,9 +291,9 @@ fn system_message(env: &impl Env, kind: &str, payload: serde_json::Value) -> Str
 
 /// Where a valid message goes.
 #[derive(Debug, PartialEq, Eq)]
-enum Route {
-    ToId(String),
-    ToType(String),
+enum Route<'a> {
+    ToId(Cow<'a, str>),
+    ToType(Cow<'a, str>),
     Broadcast,
 }
 
@@ -313,26 +313,42 @@ impl<'a> Fields<'a> {
             .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
     }
 
-    fn route(&self) -> Result<Route, &'static str> {
+    fn route(&self) -> Result<Route<'a>, &'static str> {
+        /// `to`'s fields, borrowed; other fields are skipped. A field that
+        /// is present, even as `null`, is `Some`.
+        #[derive(Deserialize)]
+        struct To<'a> {
+            #[serde(borrow, default, deserialize_with = "present")]
+            id: Option<&'a RawValue>,
+            #[serde(borrow, default, rename = "type", deserialize_with = "present")]
+            kind: Option<&'a RawValue>,
+        }
+        fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+            <&'de RawValue>::deserialize(d).map(Some)
+        }
         let Some(raw) = self.get("to") else {
             return Ok(Route::Broadcast);
         };
-        let to: Option<serde_json::Map<String, serde_json::Value>> =
-            serde_json::from_str(raw.get()).map_err(|_| "`to` must be an object or null")?;
-        let Some(to) = to else {
+        let text = raw.get();
+        if text == "null" {
             return Ok(Route::Broadcast);
+        }
+        // Only an object will do (serde would also take an array as a struct).
+        if !text.starts_with('{') {
+            return Err("`to` must be an object or null");
+        }
+        let to: To<'a> =
+            serde_json::from_str(text).map_err(|_| "`to` must be an object or null")?;
+        let string = |v: Option<&'a RawValue>, what| match v {
+            None => Ok(Cow::Borrowed("")),
+            Some(raw) => serde_json::from_str::<Cow<'a, str>>(raw.get()).map_err(|_| what),
         };
-        let field = |name, what| match to.get(name) {
-            None => Ok(""),
-            Some(serde_json::Value::String(s)) => Ok(s.as_str()),
-            Some(_) => Err(what),
-        };
-        let id = field("id", "`to.id` must be a string")?;
-        let kind = field("type", "`to.type` must be a string")?;
+        let id = string(to.id, "`to.id` must be a string")?;
+        let kind = string(to.kind, "`to.type` must be a string")?;
         Ok(if !id.is_empty() {
-            Route::ToId(id.to_owned())
+            Route::ToId(id)
         } else if !kind.is_empty() {
-            Route::ToType(kind.to_owned())
+            Route::ToType(kind)
         } else {
             Route::Broadcast
         })
@@ -348,16 +364,29 @@ impl<'a> Fields<'a> {
                 .sum::<usize>()
                 + 96,
         );
-        let stamp = |from: Option<&RawValue>| -> String {
-            let mut obj = from
+        let stamp = |out: &mut String, from: Option<&RawValue>| {
+            // A `from` object with fields of its own keeps them.
+            let extra = from
+                .filter(|raw| raw.get().starts_with('{') && raw.get() != "{}")
                 .and_then(|raw| {
                     serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get())
                         .ok()
                 })
-                .unwrap_or_default();
-            obj.insert("type".into(), kind.into());
-            obj.insert("id".into(), id.into());
-            serde_json::Value::Object(obj).to_string()
+                .filter(|obj| obj.keys().any(|k| k != "id" && k != "type"));
+            match extra {
+                Some(mut obj) => {
+                    obj.insert("type".into(), kind.into());
+                    obj.insert("id".into(), id.into());
+                    out.push_str(&serde_json::Value::Object(obj).to_string());
+                }
+                None => {
+                    out.push_str("{\"id\":");
+                    push_json_string(out, id);
+                    out.push_str(",\"type\":");
+                    push_json_string(out, kind);
+                    out.push('}');
+                }
+            }
         };
         let mut has_from = false;
         out.push('{');
@@ -365,11 +394,19 @@ impl<'a> Fields<'a> {
             if i > 0 {
                 out.push(',');
             }
-            push_json_string(&mut out, key);
+            match key {
+                // Borrowed keys had no escapes in the input: copy them.
+                Cow::Borrowed(k) => {
+                    out.push('"');
+                    out.push_str(k);
+                    out.push('"');
+                }
+                Cow::Owned(k) => push_json_string(&mut out, k),
+            }
             out.push(':');
             if key == "from" {
                 has_from = true;
-                out.push_str(&stamp(Some(value)));
+                stamp(&mut out, Some(value));
             } else {
                 out.push_str(value.get());
             }
@@ -379,16 +416,23 @@ impl<'a> Fields<'a> {
                 out.push(',');
             }
             out.push_str("\"from\":");
-            out.push_str(&stamp(None));
+            stamp(&mut out, None);
         }
         out.push('}');
         out
     }
 }
 
+/// Appends `s` as a JSON string.
 fn push_json_string(out: &mut String, s: &str) {
-    // Serializing a &str to JSON cannot fail.
-    out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        // Serializing a &str to JSON cannot fail.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    }
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {

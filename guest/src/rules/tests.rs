@@ -436,3 +436,27 @@ fn last_close_sets_cleanup_alarm() {
     on_close(&mut h, "r1", "runtime");
     assert_eq!(h.alarm, Some(250));
 }
+
+#[test]
+fn escaped_keys_and_odd_spacing_survive_the_rewrite() {
+    let mut h = room();
+    let text = "{ \"id\" : \"m1\" , \"we\\\"ird\\u0041\" : [1] , \"to\" :  null , \"from\" : {} }";
+    on_text(&mut h, "r1", "runtime", text);
+    let got = &h.got("r2")[0];
+    assert_eq!(got["we\"irdA"], json!([1]));
+    assert_eq!(got["from"], json!({"type": "runtime", "id": "r1"}));
+    let mut h = room();
+    on_text(&mut h, "r1", "runtime", "{\"to\" : { \"id\" : \"d1\" } }");
+    assert_eq!(h.got("d1").len(), 1);
+    assert!(h.got("r2").is_empty());
+}
+
+#[test]
+fn a_sender_type_with_quotes_is_escaped() {
+    let mut h = FakeHost::with(&[("q", "we\"ird"), ("r2", "runtime")]);
+    on_text(&mut h, "q", "we\"ird", r#"{"id":"m1"}"#);
+    assert_eq!(
+        h.got("r2")[0]["from"],
+        json!({"type": "we\"ird", "id": "q"})
+    );
+}
