@@ -334,10 +334,7 @@ impl Actor {
                 let Some(c) = self.table().get(conn) else {
                     return;
                 };
-                let sender = wit::Sender {
-                    id: c.meta.id.to_string(),
-                    kind: c.meta.kind.to_string(),
-                };
+                let sender = c.sender.clone();
                 self.table().touch();
                 let message = match message {
                     Incoming::Text(t) => wit::Incoming::Text(t),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use slab::Slab;
 
+use crate::engine::wit;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Refused};
 use crate::room::{ClientMeta, RoomShared};
@@ -22,6 +23,8 @@ pub struct ConnRef {
 
 pub struct Conn {
     pub meta: Arc<ClientMeta>,
+    /// The sender record passed to `on-message`, built once.
+    pub sender: Arc<wit::Sender>,
     pub outbox: Arc<Outbox>,
     /// The room's own data for this client (`set-attachment`).
     pub attachment: Option<Vec<u8>>,
@@ -116,8 +119,13 @@ impl Table {
         let id: Arc<str> = meta.id.clone();
         let kind: Arc<str> = meta.kind.clone();
         self.shared.add_client(meta.clone());
+        let sender = Arc::new(wit::Sender {
+            id: meta.id.to_string(),
+            kind: meta.kind.to_string(),
+        });
         let slot = self.slots.insert(Conn {
             meta,
+            sender,
             outbox,
             attachment: None,
             serial,
