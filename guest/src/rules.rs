@@ -185,7 +185,8 @@ pub fn on_text(env: &mut impl Env, sender_id: &str, sender_kind: &str, text: &st
             return;
         }
     };
-    let message_id = fields.string("id");
+    // Only an error reply needs the message's id.
+    let message_id = || fields.string("id");
     let route = match fields.route() {
         Ok(route) => route,
         Err(why) => {
@@ -194,7 +195,7 @@ pub fn on_text(env: &mut impl Env, sender_id: &str, sender_kind: &str, text: &st
                 sender_id,
                 ErrorCode::InvalidMessage,
                 why,
-                message_id.as_deref(),
+                message_id().as_deref(),
             );
             return;
         }
@@ -222,7 +223,7 @@ pub fn on_text(env: &mut impl Env, sender_id: &str, sender_kind: &str, text: &st
                     sender_id,
                     ErrorCode::UnknownTarget,
                     &format!("no client with id {id:?} in this project"),
-                    message_id.as_deref(),
+                    message_id().as_deref(),
                 );
             }
         }
