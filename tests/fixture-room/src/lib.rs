@@ -14,6 +14,8 @@
 //! config) and logs `fixture alarm ran (retry N)` when it succeeds.
 
 #![cfg(target_arch = "wasm32")]
+// The generated export glue takes one argument per flattened WIT value.
+#![allow(clippy::too_many_arguments)]
 
 wit_bindgen::generate!({
     world: "room",
@@ -71,7 +73,7 @@ impl Guest for Fixture {
                 echo(&sender.id, &text);
             }
             _ if text.starts_with("attach:") => {
-                let data = text["attach:".len()..].as_bytes().to_vec();
+                let data = text.as_bytes()["attach:".len()..].to_vec();
                 let result = match host::set_attachment(&sender.id, Some(&data)) {
                     Ok(()) => "ok",
                     Err(AttachmentError::TooLarge) => "too-large",
