@@ -1,5 +1,8 @@
 //! The thin layer between the WIT world and [`crate::rules`].
 
+// The generated export glue takes one argument per flattened WIT value.
+#![allow(clippy::too_many_arguments)]
+
 use crate::rules::{self, Env, Joining, Select, Target};
 
 wit_bindgen::generate!({
