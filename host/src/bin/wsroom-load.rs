@@ -780,6 +780,14 @@ async fn connect_many(
     }))
 }
 
+/// `println!` that ignores a closed stdout (`wsroom-load … | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn print_report(r: &serde_json::Value) {
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
     let lat = |v: &serde_json::Value| {
@@ -794,7 +802,7 @@ fn print_report(r: &serde_json::Value) {
     };
     match r["scenario"].as_str() {
         Some("fanout") => {
-            println!(
+            out!(
                 "fanout {} × {} receivers, {} B, route {}: {} deliveries in {:.2} s = {:.0} deliveries/s",
                 r["projects"],
                 r["receivers"],
@@ -804,10 +812,10 @@ fn print_report(r: &serde_json::Value) {
                 f(&r["seconds"]),
                 f(&r["deliveriesPerSec"])
             );
-            println!("latency: {}", lat(&r["latency"]));
+            out!("latency: {}", lat(&r["latency"]));
         }
         Some("rpc") => {
-            println!(
+            out!(
                 "rpc {} pairs over {} projects: {} requests in {:.2} s = {:.0} requests/s",
                 r["pairs"],
                 r["projects"],
@@ -815,10 +823,10 @@ fn print_report(r: &serde_json::Value) {
                 f(&r["seconds"]),
                 f(&r["requestsPerSec"])
             );
-            println!("round trip: {}", lat(&r["roundTrip"]));
+            out!("round trip: {}", lat(&r["roundTrip"]));
         }
         _ => {
-            println!(
+            out!(
                 "connect {} over {} projects: {} opened in {:.2} s = {:.0} connections/s",
                 r["connections"],
                 r["projects"],
@@ -826,10 +834,10 @@ fn print_report(r: &serde_json::Value) {
                 f(&r["seconds"]),
                 f(&r["connectionsPerSec"])
             );
-            println!("time to connected: {}", lat(&r["timeToConnected"]));
+            out!("time to connected: {}", lat(&r["timeToConnected"]));
             if !r["memory"].is_null() {
                 let m = &r["memory"];
-                println!(
+                out!(
                     "server memory (PSS): {:.0} B per idle connection, {:.0} B per room \
                      (RSS: {:.0} B, {:.0} B)",
                     f(&m["bytesPerIdleConnection"]),
@@ -840,7 +848,7 @@ fn print_report(r: &serde_json::Value) {
             }
         }
     }
-    println!("checks: {}", r["checks"]);
+    out!("checks: {}", r["checks"]);
 }
 
 fn main() -> anyhow::Result<()> {
@@ -895,7 +903,7 @@ fn main() -> anyhow::Result<()> {
         }
     })?;
     if cli.json {
-        println!("{report}");
+        out!("{report}");
     } else {
         print_report(&report);
     }
