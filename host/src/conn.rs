@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use crate::config::Config;
+use crate::engine::wit::Oversize;
 use crate::metrics::Metrics;
 use crate::outbox::{self, Next, Outbox};
 use crate::room::table::ConnRef;
@@ -256,10 +257,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
 }
 
 fn too_large(size: u64, limit: usize) -> Result<Incoming, ()> {
-    Ok(Incoming::TooLarge {
+    Ok(Incoming::TooLarge(Oversize {
         size,
         limit: limit as u64,
-    })
+    }))
 }
 
 fn whole(opcode: OpCode, payload: Vec<u8>) -> Result<Incoming, ()> {

@@ -65,9 +65,6 @@ impl Metrics {
     pub fn open_connections(&self) -> u64 {
         self.connections_open.load(Relaxed)
     }
-    pub fn live_rooms(&self) -> u64 {
-        self.rooms_live.load(Relaxed)
-    }
 
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({

@@ -172,11 +172,6 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    pub fn is_closing(&self) -> bool {
-        let s = self.lock();
-        s.closing || s.aborted
-    }
-
     /// Waits until something is queued, then moves all of it into `batch`.
     /// Cancel-safe: nothing is taken until it returns.
     pub async fn take(&self, batch: &mut Vec<Bytes>) -> Next {

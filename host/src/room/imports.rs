@@ -5,7 +5,7 @@ use tracing::{debug, error, info, trace, warn};
 use crate::engine::{RoomState, wit};
 use crate::outbox;
 use crate::room::table::Select;
-use crate::room::{ClientMeta, now_ms};
+use crate::room::{client_info, now_ms};
 use fastwebsockets::OpCode;
 
 use crate::engine::host_bindings::Host;
@@ -14,10 +14,6 @@ use crate::engine::host_bindings::Host;
 pub const MAX_ATTACHMENT: usize = 16 * 1024;
 
 impl wit::Host for RoomState {}
-
-fn client_info(meta: &ClientMeta) -> wit::ClientInfo {
-    super::client_info(meta)
-}
 
 impl Host for RoomState {
     fn project_id(&mut self) -> String {

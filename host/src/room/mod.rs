@@ -36,12 +36,8 @@ pub struct ClientMeta {
     pub origin: Option<String>,
 }
 
-/// One complete message from a client.
-pub enum Incoming {
-    Text(String),
-    Binary(Vec<u8>),
-    TooLarge { size: u64, limit: u64 },
-}
+/// One complete message from a client, as the room receives it.
+pub use crate::engine::wit::Incoming;
 
 pub enum Event {
     Connect {
@@ -336,13 +332,6 @@ impl Actor {
                 };
                 let sender = c.sender.clone();
                 self.table().touch();
-                let message = match message {
-                    Incoming::Text(t) => wit::Incoming::Text(t),
-                    Incoming::Binary(b) => wit::Incoming::Binary(b),
-                    Incoming::TooLarge { size, limit } => {
-                        wit::Incoming::TooLarge(wit::Oversize { size, limit })
-                    }
-                };
                 if let Err(Trapped(e)) = call!(self, |room, store| room
                     .call_on_message(store, &sender, &message))
                 {
@@ -450,7 +439,7 @@ impl Actor {
     }
 }
 
-fn client_info(meta: &ClientMeta) -> wit::ClientInfo {
+pub(crate) fn client_info(meta: &ClientMeta) -> wit::ClientInfo {
     wit::ClientInfo {
         id: meta.id.to_string(),
         kind: meta.kind.to_string(),
