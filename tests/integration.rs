@@ -1354,3 +1354,27 @@ async fn a_full_room_inbox_slows_senders_down_but_loses_nothing() {
         assert_eq!(recv(&mut b).await, json!({ "echo": format!("m{i}") }));
     }
 }
+
+#[tokio::test]
+async fn a_room_can_list_and_close_its_clients() {
+    let server = Server::start(&["--component", FIXTURE_ROOM]);
+    let p = project();
+    let (mut r, _) = server.connect("runtime", &p).await;
+    let (_a, _) = server.connect("admin", &p).await;
+    let (mut r2, _) = server.connect("runtime", &p).await;
+    send_text(&mut r, "who").await;
+    assert_eq!(recv(&mut r).await, json!({"echo": "3 2 runtime"}));
+    // A code the protocol allows is sent as is; the client is gone from
+    // the table at once and a second close finds nobody.
+    send_text(&mut r, "close:4001").await;
+    assert_eq!(
+        recv_close(&mut r).await,
+        (4001, "closed by the room".into())
+    );
+    send_text(&mut r2, "who").await;
+    assert_eq!(recv(&mut r2).await, json!({"echo": "2 1 runtime"}));
+    // A reserved code is replaced by 1000.
+    send_text(&mut r2, "close:1011").await;
+    assert_eq!(recv_close(&mut r2).await.0, 1000);
+    assert!(server.stderr().contains("fixture close: true then false"));
+}

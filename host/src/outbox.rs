@@ -140,14 +140,7 @@ impl Outbox {
     /// Queues a close frame after everything already queued; later pushes are
     /// refused. Does nothing if the connection is already closing.
     pub fn close(&self, code: u16, reason: &str) {
-        let mut s = self.lock();
-        if s.closing || s.aborted {
-            return;
-        }
-        s.closing = true;
-        s.frames.push_back(close_frame(code, reason));
-        drop(s);
-        self.wake.notify_one();
+        self.close_raw(close_frame(code, reason));
     }
 
     /// Queues an already framed close frame (the echo of a client's close).

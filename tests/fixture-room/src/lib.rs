@@ -6,6 +6,9 @@
 //! - `loop`: spins forever (stopped by the CPU budget);
 //! - `alloc`: allocates until the memory cap stops it;
 //! - `print`: writes a line to stdout and stderr, then echoes;
+//! - `who`: echoes "<clients> <clients of my type> <my type>" from the host;
+//! - `close:CODE`: has the host close the sender with CODE (twice: the
+//!   second must say there is no such client);
 //! - `spin:MS`: stays busy for MS milliseconds, then echoes;
 //! - `attach:TEXT`: stores TEXT as the client's attachment;
 //! - `attachment`: echoes the stored attachment.
@@ -62,6 +65,29 @@ impl Guest for Fixture {
             "attachment" => {
                 let data = host::attachment(&sender.id).unwrap_or_default();
                 echo(&sender.id, &String::from_utf8_lossy(&data));
+            }
+            "who" => {
+                // What the host's table says: everyone, and this sender.
+                let all = host::clients(None);
+                let me = host::client(&sender.id).map(|c| c.kind).unwrap_or_default();
+                echo(
+                    &sender.id,
+                    &format!(
+                        "{} {} {}",
+                        all.len(),
+                        host::client_count(Some(&sender.kind)),
+                        me
+                    ),
+                );
+            }
+            _ if text.starts_with("close:") => {
+                let code: u16 = text["close:".len()..].parse().unwrap_or(0);
+                let closed = host::close(&sender.id, code, "closed by the room");
+                let again = host::close(&sender.id, code, "closed by the room");
+                host::log(
+                    LogLevel::Info,
+                    &format!("fixture close: {closed} then {again}"),
+                );
             }
             _ if text.starts_with("spin:") => {
                 // Busy for that many milliseconds, then echo.
