@@ -70,6 +70,11 @@ impl Runtime {
     pub fn new(config: &config::Config) -> anyhow::Result<Runtime> {
         let mut wasm_config = Config::new();
         wasm_config.epoch_interruption(true);
+        // WSROOM_PERFMAP=1: write /tmp/perf-PID.map so `perf report` names
+        // the room's own functions instead of "[JIT]".
+        if std::env::var_os("WSROOM_PERFMAP").is_some_and(|v| v == "1") {
+            wasm_config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&wasm_config)
             .map_err(anyhow::Error::from)
             .context("cannot create the wasmtime engine")?;
