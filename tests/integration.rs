@@ -1378,3 +1378,409 @@ async fn a_room_can_list_and_close_its_clients() {
     assert_eq!(recv_close(&mut r2).await.0, 1000);
     assert!(server.stderr().contains("fixture close: true then false"));
 }
+
+// ---------------------------------------------------------- access control
+
+const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token signed here with the jsonwebtoken crate, independently of the
+/// server's code.
+fn sign(secret: &str, claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn grant(project: &str, types: &[&str]) -> String {
+    sign(
+        SECRET,
+        json!({"project": project, "types": types, "exp": now_secs() + 600}),
+    )
+}
+
+/// A file in the temp dir with `contents`, unique to this test run.
+fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("wsroom-test-{}-{name}", uuid::Uuid::new_v4()));
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+fn secured(extra: &[&str]) -> Server {
+    let secret = temp_file("secret", &format!("{SECRET}\n"));
+    let mut args = vec!["--auth-secret-file", secret.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// Opens a WebSocket with extra request headers; on refusal, the status and
+/// JSON body.
+async fn open(url: &str, headers: &[(&str, &str)]) -> Result<Ws, (u16, Value)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        req.headers_mut().insert(
+            tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    match within(tokio_tungstenite::connect_async(req)).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(resp)) => {
+            let body = resp.body().clone().unwrap_or_default();
+            let json = serde_json::from_slice(&body).unwrap_or_else(|e| {
+                panic!(
+                    "refusal body is not JSON ({e}): {:?}",
+                    String::from_utf8_lossy(&body)
+                )
+            });
+            Err((resp.status().as_u16(), json))
+        }
+        Err(e) => panic!("unexpected websocket error: {e}"),
+    }
+}
+
+async fn refused(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    match open(url, headers).await {
+        Ok(_) => panic!("{url} was admitted"),
+        Err((status, body)) => (status, body["error"].as_str().unwrap_or("").to_owned()),
+    }
+}
+
+async fn hello(mut ws: Ws) -> (Ws, String) {
+    let hello = recv(&mut ws).await;
+    assert_eq!(hello["type"], "connected", "{hello}");
+    let id = hello["payload"]["clientId"].as_str().unwrap().to_owned();
+    (ws, id)
+}
+
+#[tokio::test]
+async fn with_a_secret_every_websocket_needs_a_token_that_grants_it() {
+    let server = secured(&[]);
+    let p = project();
+    let url = |kind: &str, token: Option<&str>| {
+        let mut u = server.url(&format!("type={kind}&projectId={p}"));
+        if let Some(t) = token {
+            u.push_str(&format!("&token={t}"));
+        }
+        u
+    };
+    let runtime = grant(&p, &["runtime"]);
+
+    assert_eq!(
+        refused(&url("runtime", None), &[]).await,
+        (401, "missing_token".into())
+    );
+    let expired = sign(
+        SECRET,
+        json!({"project": p, "types": ["runtime"], "exp": now_secs() - 3600}),
+    );
+    assert_eq!(
+        refused(&url("runtime", Some(&expired)), &[]).await,
+        (401, "token_expired".into())
+    );
+    // Claims of an admin token under a runtime token's signature.
+    let admin = grant(&p, &["admin"]);
+    let mut parts: Vec<&str> = runtime.split('.').collect();
+    parts[1] = admin.split('.').nth(1).unwrap();
+    let tampered = parts.join(".");
+    assert_eq!(
+        refused(&url("admin", Some(&tampered)), &[]).await,
+        (401, "invalid_token".into())
+    );
+    let foreign = sign(
+        "another-secret-0123456789abcdef-0123456789",
+        json!({"project": p, "types": ["runtime"], "exp": now_secs() + 600}),
+    );
+    assert_eq!(
+        refused(&url("runtime", Some(&foreign)), &[]).await,
+        (401, "invalid_token".into())
+    );
+    let other = grant(&project(), &["runtime"]);
+    assert_eq!(
+        refused(&url("runtime", Some(&other)), &[]).await,
+        (403, "project_not_allowed".into())
+    );
+    assert_eq!(
+        refused(&url("admin", Some(&runtime)), &[]).await,
+        (403, "type_not_allowed".into())
+    );
+    // A bearer header counts like the query parameter.
+    let header = format!("Bearer {other}");
+    assert_eq!(
+        refused(&url("runtime", None), &[("authorization", &header)]).await,
+        (403, "project_not_allowed".into())
+    );
+
+    // Admitted: a runtime by query, a data-agent by header, an admin whose
+    // token names the project by pattern. Routing works as without tokens.
+    let (mut r, r_id) = hello(open(&url("runtime", Some(&runtime)), &[]).await.unwrap()).await;
+    let agent = format!("Bearer {}", grant(&p, &["data-agent"]));
+    let (mut d, _) = hello(
+        open(&url("data-agent", None), &[("authorization", &agent)])
+            .await
+            .unwrap(),
+    )
+    .await;
+    let pattern = grant(&format!("{}*", &p[..6]), &["admin", "runtime"]);
+    let (mut a, _) = hello(open(&url("admin", Some(&pattern)), &[]).await.unwrap()).await;
+    send(
+        &mut r,
+        &json!({"id": "m1", "type": "t", "to": {"type": "data-agent"}}),
+    )
+    .await;
+    let got = recv(&mut d).await;
+    assert_eq!(
+        (got["id"].as_str(), got["from"]["id"].as_str()),
+        (Some("m1"), Some(r_id.as_str()))
+    );
+    // The admin sees the routed message (skipping join notices).
+    loop {
+        let seen = recv(&mut a).await;
+        if seen.to_string().contains("\"m1\"") {
+            break;
+        }
+    }
+
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["counters"]["authRefused"], 7, "{health}");
+    // Tokens never reach the log.
+    let log = server.stderr();
+    for t in [&runtime, &expired, &tampered, &other, &pattern] {
+        assert!(!log.contains(t.as_str()), "token in log:\n{log}");
+    }
+}
+
+#[tokio::test]
+async fn with_a_secret_status_needs_admin_and_project_health_needs_a_token() {
+    let server = secured(&[]);
+    let p = project();
+    let get = |path: String, token: Option<String>| {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n");
+        let server = &server;
+        async move { server.request(&raw).await }
+    };
+    let (status, body) = get(format!("/status?projectId={p}"), None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("missing_token"))
+    );
+    let (status, body) = get(
+        format!("/status?projectId={p}"),
+        Some(grant(&p, &["runtime"])),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("admin_required"))
+    );
+    let (status, body) = get(
+        format!("/status?projectId={p}"),
+        Some(grant("other", &["admin"])),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("project_not_allowed"))
+    );
+    let (status, body) = get(
+        format!("/status?projectId={p}"),
+        Some(grant(&p, &["admin"])),
+    )
+    .await;
+    assert_eq!(
+        (status, body["projectId"].as_str()),
+        (200, Some(p.as_str())),
+        "{body}"
+    );
+    // The query parameter works for /status too.
+    let (status, _) = get(
+        format!("/status?projectId={p}&token={}", grant(&p, &["admin"])),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let (status, body) = get(format!("/health?projectId={p}"), None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("missing_token"))
+    );
+    let (status, body) = get(
+        format!("/health?projectId={p}"),
+        Some(grant(&p, &["data-agent"])),
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("healthy")),
+        "{body}"
+    );
+    // Liveness without a project stays open for load balancers.
+    let (status, _) = get("/health".into(), None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn only_listed_origins_may_open_websockets() {
+    let server = Server::start(&["--allowed-origin", "https://app.example.com/"]);
+    let p = project();
+    let url = server.url(&format!("type=runtime&projectId={p}"));
+    assert_eq!(
+        refused(&url, &[("origin", "https://evil.example.com")]).await,
+        (403, "origin_not_allowed".into())
+    );
+    hello(
+        open(&url, &[("origin", "https://APP.example.com")])
+            .await
+            .unwrap(),
+    )
+    .await;
+    // No Origin: not a browser, not affected.
+    hello(open(&url, &[]).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn wss_with_a_generated_certificate_and_a_minted_token() {
+    use tokio_rustls::rustls::{self, pki_types::CertificateDer, pki_types::pem::PemObject};
+
+    let cert = std::env::temp_dir().join(format!("wsroom-test-{}.crt", uuid::Uuid::new_v4()));
+    let server = secured(&[
+        "--tls-self-signed",
+        "--tls-self-signed-out",
+        cert.to_str().unwrap(),
+    ]);
+    assert!(server.stderr().contains("sha256"), "{}", server.stderr());
+
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+
+    // The operator's command mints the token.
+    let p = project();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
+        .args([
+            "token",
+            "--project",
+            &p,
+            "--types",
+            "runtime,data-agent",
+            "--ttl-secs",
+            "60",
+        ])
+        .env("WSROOM_AUTH_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+
+    let open_wss = |kind: &'static str, token: Option<String>| {
+        let connector = connector.clone();
+        let port = server.addr.port();
+        let addr = server.addr;
+        let p = p.clone();
+        async move {
+            let tcp = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = within(connector.connect(name, tcp))
+                .await
+                .expect("tls handshake");
+            let mut url = format!("wss://localhost:{port}/websocket?type={kind}&projectId={p}");
+            if let Some(t) = token {
+                url.push_str(&format!("&token={t}"));
+            }
+            within(tokio_tungstenite::client_async(url, tls)).await
+        }
+    };
+    let Err(tungstenite::Error::Http(resp)) = open_wss("runtime", None).await else {
+        panic!("admitted without a token");
+    };
+    assert_eq!(resp.status(), 401);
+    async fn next_json<S>(ws: &mut S) -> Value
+    where
+        S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+    {
+        let msg = within(futures_util::StreamExt::next(ws))
+            .await
+            .unwrap()
+            .unwrap();
+        serde_json::from_str(msg.to_text().unwrap()).unwrap()
+    }
+    let (mut r, _) = open_wss("runtime", Some(token.clone())).await.unwrap();
+    let (mut d, _) = open_wss("data-agent", Some(token.clone())).await.unwrap();
+    let hello_r = next_json(&mut r).await;
+    assert_eq!(hello_r["type"], "connected");
+    assert_eq!(next_json(&mut d).await["type"], "connected");
+    within(r.send(Message::text(
+        json!({"id": "s1", "type": "t", "to": {"type": "data-agent"}}).to_string(),
+    )))
+    .await
+    .unwrap();
+    let got = next_json(&mut d).await;
+    assert_eq!(got["id"], "s1");
+    assert_eq!(got["from"]["id"], hello_r["payload"]["clientId"]);
+    let Err(tungstenite::Error::Http(resp)) = open_wss("admin", Some(token)).await else {
+        panic!("a runtime/data-agent token joined as admin");
+    };
+    assert_eq!(resp.status(), 403);
+    let _ = std::fs::remove_file(cert);
+}
+
+#[tokio::test]
+async fn bad_access_settings_are_refused_at_start() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("WSROOM_AUTH_SECRET")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(run(&["--auth-secret", "short"]).contains("at least 32"));
+    assert!(
+        run(&["--auth-secret-file", "/nonexistent/secret"])
+            .contains("cannot read the auth secret file")
+    );
+    assert!(run(&["--allowed-origin", "example.com"]).contains("--allowed-origin"));
+    assert!(
+        run(&[
+            "--tls-self-signed",
+            "--tls-self-signed-out",
+            "/nonexistent/dir/c.pem"
+        ])
+        .contains("cannot write the self-signed certificate")
+    );
+    let mint = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
+        .args(["token", "--project", "p", "--types", "runtime"])
+        .env_remove("WSROOM_AUTH_SECRET")
+        .output()
+        .unwrap();
+    assert!(!mint.status.success());
+    assert!(String::from_utf8_lossy(&mint.stderr).contains("secret"));
+}

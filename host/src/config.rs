@@ -4,15 +4,21 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
+
+use crate::auth::{self, Auth};
 
 /// Self-hosted Durable-Object-style WebSocket rooms: one WebAssembly
 /// component instance per project.
 #[derive(Debug, Clone, Parser)]
 #[command(version, about)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "WSROOM_LISTEN", default_value = "127.0.0.1:8787")]
     pub listen: SocketAddr,
@@ -25,6 +31,43 @@ pub struct Cli {
     /// PEM private key for TLS (PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "WSROOM_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// For development: serve https and wss with a certificate for
+    /// localhost, 127.0.0.1 and ::1 generated at start. Its PEM is written
+    /// to --tls-self-signed-out for clients to trust.
+    #[arg(long, env = "WSROOM_TLS_SELF_SIGNED", conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub tls_self_signed: bool,
+
+    /// Where --tls-self-signed writes the generated certificate (PEM).
+    #[arg(long, env = "WSROOM_TLS_SELF_SIGNED_OUT", requires = "tls_self_signed")]
+    pub tls_self_signed_out: Option<PathBuf>,
+
+    /// Secret that signs access tokens (HS256, at least 32 bytes). With it,
+    /// /websocket, /status and /health?projectId= need a token; without it
+    /// anyone who knows a projectId may join it, as admin too. Prefer
+    /// --auth-secret-file or the environment: arguments are visible in `ps`.
+    #[arg(
+        long,
+        env = "WSROOM_AUTH_SECRET",
+        hide_env_values = true,
+        conflicts_with = "auth_secret_file"
+    )]
+    pub auth_secret: Option<Secret>,
+
+    /// File holding the token secret (a trailing newline is ignored).
+    #[arg(long, env = "WSROOM_AUTH_SECRET_FILE")]
+    pub auth_secret_file: Option<PathBuf>,
+
+    /// Browser origin allowed to open WebSockets (scheme://host[:port]);
+    /// repeatable. When set, an upgrade whose Origin header is not listed is
+    /// refused with 403; clients that send no Origin (non-browsers) are
+    /// not affected.
+    #[arg(
+        long = "allowed-origin",
+        env = "WSROOM_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
 
     /// Room component to run instead of the embedded default room. It must
     /// implement the `wsroom:room/room` world of wit/room.wit.
@@ -92,6 +135,107 @@ pub struct Cli {
     pub ping_interval_ms: u64,
 }
 
+/// Commands other than serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Print a signed access token for a project and client types.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The projectId the token admits: exact, or a prefix ending in `*`
+    /// (`acme-*`); `*` admits every project.
+    #[arg(long)]
+    pub project: String,
+
+    /// Client types it admits, comma-separated (`runtime,data-agent`);
+    /// `admin` also grants /status.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub types: Vec<String>,
+
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_secs: u64,
+
+    /// Who the token is for (the `sub` claim; for your records).
+    #[arg(long)]
+    pub subject: Option<String>,
+
+    /// The server's secret (as --auth-secret).
+    #[arg(
+        long,
+        env = "WSROOM_AUTH_SECRET",
+        hide_env_values = true,
+        conflicts_with = "secret_file"
+    )]
+    pub secret: Option<Secret>,
+
+    /// File holding the server's secret (as --auth-secret-file).
+    #[arg(long, env = "WSROOM_AUTH_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    pub fn mint(&self) -> anyhow::Result<String> {
+        let secret =
+            load_secret(self.secret.as_ref(), self.secret_file.as_deref())?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "give the server's secret: --secret-file, --secret or WSROOM_AUTH_SECRET"
+                )
+            })?;
+        auth::mint(
+            &secret,
+            &self.project,
+            &self.types,
+            Duration::from_secs(self.ttl_secs),
+            self.subject.clone(),
+        )
+    }
+}
+
+/// A secret from the command line or environment; never printed.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+fn load_secret(
+    secret: Option<&Secret>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    if let Some(path) = file {
+        let mut bytes = std::fs::read(path).map_err(|e| {
+            anyhow::anyhow!("cannot read the auth secret file {}: {e}", path.display())
+        })?;
+        while bytes.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
+            bytes.pop();
+        }
+        return Ok(Some(bytes));
+    }
+    Ok(secret.map(|s| s.0.clone().into_bytes()))
+}
+
+/// Where the TLS certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// PEM files given by the operator.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Generated at start; its certificate is written to `out`.
+    SelfSigned { out: PathBuf },
+}
+
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
@@ -103,8 +247,12 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub component: Option<PathBuf>,
-    /// Certificate chain and key files, when serving TLS.
-    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Where the certificate comes from, when serving TLS.
+    pub tls: Option<TlsSource>,
+    /// Token verifier, when a secret is configured.
+    pub auth: Option<Arc<Auth>>,
+    /// Normalized browser origins allowed to open WebSockets; empty: any.
+    pub allowed_origins: Vec<String>,
     pub room_config: BTreeMap<String, String>,
     pub cpu_budget: Duration,
     pub room_memory_bytes: usize,
@@ -143,11 +291,35 @@ impl Cli {
             self.ping_interval_ms > 0,
             "--ping-interval-ms must be positive"
         );
+        let tls = if self.tls_self_signed {
+            Some(TlsSource::SelfSigned {
+                out: self
+                    .tls_self_signed_out
+                    .clone()
+                    .unwrap_or_else(|| std::env::temp_dir().join("wsroom-self-signed.crt")),
+            })
+        } else {
+            self.tls_cert
+                .clone()
+                .zip(self.tls_key.clone())
+                .map(|(cert, key)| TlsSource::Files { cert, key })
+        };
+        let auth = load_secret(self.auth_secret.as_ref(), self.auth_secret_file.as_deref())?
+            .map(|secret| Auth::new(&secret).map(Arc::new))
+            .transpose()?;
+        let allowed_origins = self
+            .allowed_origins
+            .iter()
+            .filter(|o| !o.trim().is_empty())
+            .map(|o| auth::check_origin(o))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut room_config: BTreeMap<String, String> = self.room_config.iter().cloned().collect();
         room_config.insert("cleanup-delay-ms".into(), self.cleanup_delay_ms.to_string());
         Ok(Config {
             component: self.component.clone(),
-            tls: self.tls_cert.clone().zip(self.tls_key.clone()),
+            tls,
+            auth,
+            allowed_origins,
             room_config,
             cpu_budget: Duration::from_millis(self.cpu_budget_ms),
             room_memory_bytes: usize::try_from(self.room_memory_mib << 20)

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
+use crate::auth::{self, Access};
 use crate::config::Config;
 use crate::conn;
 use crate::metrics::Metrics;
@@ -50,11 +51,67 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Reply {
     json_reply(status, &json!({"error": code, "message": message.into()}))
 }
 
+/// Checks the request's token against `access` when a secret is configured.
+fn authorize(
+    app: &App,
+    req: &Request<Body>,
+    query: &Query,
+    access: Access<'_>,
+) -> Result<(), Box<Reply>> {
+    let Some(auth) = &app.config.auth else {
+        return Ok(());
+    };
+    let header = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match auth.check(auth::bearer(header, query.token.as_deref()), access) {
+        Ok(_) => Ok(()),
+        Err(denied) => {
+            app.metrics.auth_refused();
+            let status = StatusCode::from_u16(denied.status).unwrap_or(StatusCode::FORBIDDEN);
+            let mut resp = error(status, denied.code, denied.message);
+            if status == StatusCode::UNAUTHORIZED {
+                resp.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                );
+            }
+            Err(Box::new(resp))
+        }
+    }
+}
+
+/// Refuses a browser whose Origin is not on the allow-list (when one is set).
+fn check_origin(app: &App, req: &Request<Body>) -> Result<(), Box<Reply>> {
+    if app.config.allowed_origins.is_empty() {
+        return Ok(());
+    }
+    let Some(origin) = req.headers().get(hyper::header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin
+        .to_str()
+        .map(auth::normalize_origin)
+        .unwrap_or_default();
+    if app.config.allowed_origins.contains(&origin) {
+        return Ok(());
+    }
+    app.metrics.auth_refused();
+    Err(Box::new(error(
+        StatusCode::FORBIDDEN,
+        "origin_not_allowed",
+        "this page's origin may not open WebSockets on this server",
+    )))
+}
+
 /// The query parameters the routes read.
 #[derive(Default)]
 struct Query {
     project_id: Option<String>,
     kind: Option<String>,
+    /// An access token (never logged).
+    token: Option<String>,
 }
 
 fn parse_query(query: Option<&str>) -> Query {
@@ -63,6 +120,7 @@ fn parse_query(query: Option<&str>) -> Query {
         match &*k {
             "projectId" if q.project_id.is_none() => q.project_id = Some(v.into_owned()),
             "type" if q.kind.is_none() => q.kind = Some(v.into_owned()),
+            "token" if q.token.is_none() => q.token = Some(v.into_owned()),
             _ => {}
         }
     }
@@ -137,16 +195,19 @@ pub async fn route(app: Arc<App>, req: Request<Body>) -> Result<Reply, std::conv
             }
             resp
         }
-        "/status" => status(&app, &query),
-        _ => health(&app, &query),
+        "/status" => status(&app, &req, &query),
+        _ => health(&app, &req, &query),
     })
 }
 
-fn status(app: &App, query: &Query) -> Reply {
+fn status(app: &App, req: &Request<Body>, query: &Query) -> Reply {
     let project = match check_project_id(query.project_id.as_deref()) {
         Ok(p) => p,
         Err(bad) => return bad.reply(),
     };
+    if let Err(denied) = authorize(app, req, query, Access::Status { project }) {
+        return *denied;
+    }
     let now = now_ms();
     let room = app.registry.get(project);
     let clients: Vec<Value> = room
@@ -187,7 +248,7 @@ fn last_activity(shared: &crate::room::RoomShared) -> Option<u64> {
     }
 }
 
-fn health(app: &App, query: &Query) -> Reply {
+fn health(app: &App, req: &Request<Body>, query: &Query) -> Reply {
     let now = now_ms();
     if query.project_id.is_none() {
         return json_reply(
@@ -207,6 +268,9 @@ fn health(app: &App, query: &Query) -> Reply {
         Ok(p) => p,
         Err(bad) => return bad.reply(),
     };
+    if let Err(denied) = authorize(app, req, query, Access::Health { project }) {
+        return *denied;
+    }
     let room = app.registry.get(project);
     json_reply(
         StatusCode::OK,
@@ -242,6 +306,20 @@ async fn websocket(app: &Arc<App>, mut req: Request<Body>, query: Query) -> Repl
         }
         Some(k) => k.to_owned(),
     };
+    if let Err(denied) = check_origin(app, &req) {
+        return *denied;
+    }
+    if let Err(denied) = authorize(
+        app,
+        &req,
+        &query,
+        Access::Join {
+            project: &project,
+            kind: &kind,
+        },
+    ) {
+        return *denied;
+    }
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         let mut resp = error(
             StatusCode::UPGRADE_REQUIRED,

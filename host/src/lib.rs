@@ -1,6 +1,7 @@
 //! wsroom: self-hosted Durable-Object-style WebSocket rooms.
 //!
 //! Map of the modules:
+//! - [`auth`]: access tokens (JWT, HS256) and the browser-origin allow-list.
 //! - [`config`]: command-line flags and the validated [`config::Config`].
 //! - [`server`]: the accept loop, graceful shutdown.
 //! - [`tls`]: rustls termination for https/wss.
@@ -12,6 +13,7 @@
 //! - [`engine`]: wasmtime: the compiled component, stores, CPU and memory limits.
 //! - [`metrics`]: process-wide counters for `/health`.
 
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod engine;

@@ -16,6 +16,7 @@ pub struct Metrics {
     instances_live: AtomicU64,
     hibernations: AtomicU64,
     alarms_given_up: AtomicU64,
+    auth_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -62,6 +63,9 @@ impl Metrics {
     pub fn alarm_given_up(&self) {
         self.alarms_given_up.fetch_add(1, Relaxed);
     }
+    pub fn auth_refused(&self) {
+        self.auth_refused.fetch_add(1, Relaxed);
+    }
     pub fn open_connections(&self) -> u64 {
         self.connections_open.load(Relaxed)
     }
@@ -80,6 +84,7 @@ impl Metrics {
             "instancesLive": self.instances_live.load(Relaxed),
             "hibernations": self.hibernations.load(Relaxed),
             "alarmsGivenUp": self.alarms_given_up.load(Relaxed),
+            "authRefused": self.auth_refused.load(Relaxed),
         })
     }
 }

@@ -35,7 +35,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let tls = match &config.tls {
-        Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
+        Some(source) => Some(crate::tls::from_source(source)?),
         None => None,
     };
     let runtime = Runtime::new(&config)?;
@@ -68,6 +68,12 @@ pub async fn run(
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("wsroom listening on {scheme}://{addr}");
     info!(%addr, "listening");
+    if app.config.auth.is_none() {
+        warn!(
+            "no --auth-secret: anyone who can reach this server and knows a projectId may join it, \
+             as admin too"
+        );
+    }
 
     tokio::pin!(shutdown);
     loop {

@@ -5,9 +5,52 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsSource;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The acceptor for a configured certificate source.
+pub fn from_source(source: &TlsSource) -> anyhow::Result<TlsAcceptor> {
+    match source {
+        TlsSource::Files { cert, key } => acceptor(cert, key),
+        TlsSource::SelfSigned { out } => self_signed(out),
+    }
+}
+
+/// Generates a certificate for localhost, writes its PEM to `out` for clients
+/// to trust, and logs its SHA-256 fingerprint.
+fn self_signed(out: &Path) -> anyhow::Result<TlsAcceptor> {
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let generated =
+        rcgen::generate_simple_self_signed(names).context("cannot generate a certificate")?;
+    std::fs::write(out, generated.cert.pem()).with_context(|| {
+        format!(
+            "cannot write the self-signed certificate to {}",
+            out.display()
+        )
+    })?;
+    let der = generated.cert.der().clone();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &der);
+    let fingerprint = digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    tracing::warn!(
+        certificate = %out.display(),
+        sha256 = %fingerprint,
+        "serving TLS with a self-signed certificate for localhost (development only)"
+    );
+    let key = PrivateKeyDer::Pkcs8(generated.signing_key.serialize_der().into());
+    build(vec![der], key)
+}
 
 /// Loads a PEM certificate chain and private key into an acceptor.
 pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
@@ -22,6 +65,13 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     );
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("cannot read a TLS private key from {}", key.display()))?;
+    build(chain, key)
+}
+
+fn build(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<TlsAcceptor> {
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

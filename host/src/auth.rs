@@ -1,0 +1,256 @@
+//! Access control: signed tokens (JWT, HS256) that say which projects and
+//! which client types a bearer may use, and an optional allow-list of
+//! browser origins.
+//!
+//! With no secret configured every request is admitted, as in the original.
+//! With a secret, `/websocket`, `/status` and `/health?projectId=` need a
+//! token, from `Authorization: Bearer …` or the `token` query parameter
+//! (browsers cannot set headers on a WebSocket). Tokens are never logged.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// Shortest secret accepted: HS256 wants at least as many bytes as the hash.
+pub const MIN_SECRET_BYTES: usize = 32;
+/// Clock skew tolerated on `exp`, in seconds.
+pub const LEEWAY_SECS: u64 = 30;
+/// The client type that may also read `/status`.
+pub const ADMIN: &str = "admin";
+
+/// What a token grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The projectId it admits: exact, or a prefix ending in `*` (`acme-*`);
+    /// `*` alone admits every project.
+    pub project: String,
+    /// The client types it admits; `admin` also grants `/status`.
+    pub types: Vec<String>,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Issued at, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Who the token is for (free text, for the operator's records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+}
+
+impl Claims {
+    /// Whether the token's project pattern covers `project`.
+    pub fn allows_project(&self, project: &str) -> bool {
+        match self.project.strip_suffix('*') {
+            Some(prefix) => project.starts_with(prefix),
+            None => self.project == project,
+        }
+    }
+
+    pub fn allows_type(&self, kind: &str) -> bool {
+        self.types.iter().any(|t| t == kind)
+    }
+}
+
+/// Why a request was refused: the HTTP status, error code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Denied {
+    fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Denied {
+            status: 401,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Denied {
+            status: 403,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a request asks for, to be checked against a token.
+#[derive(Debug, Clone, Copy)]
+pub enum Access<'a> {
+    /// Join `project` as a client of type `kind`.
+    Join { project: &'a str, kind: &'a str },
+    /// Read `/status` of `project`: needs `admin`.
+    Status { project: &'a str },
+    /// Read `/health` of `project`: any type.
+    Health { project: &'a str },
+}
+
+/// The verifier built from the configured secret.
+pub struct Auth {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Auth { secret: <redacted> }")
+    }
+}
+
+/// Checks a secret's length; the message names the flag.
+pub fn check_secret(secret: &[u8]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        secret.len() >= MIN_SECRET_BYTES,
+        "the auth secret is {} bytes; use at least {MIN_SECRET_BYTES} random bytes \
+         (for example: openssl rand -hex 32)",
+        secret.len()
+    );
+    Ok(())
+}
+
+impl Auth {
+    pub fn new(secret: &[u8]) -> anyhow::Result<Auth> {
+        check_secret(secret)?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = LEEWAY_SECS;
+        validation.set_required_spec_claims(&["exp"]);
+        Ok(Auth {
+            key: DecodingKey::from_secret(secret),
+            validation,
+        })
+    }
+
+    /// Verifies `token` and checks that it grants `access`.
+    pub fn check(&self, token: Option<&str>, access: Access<'_>) -> Result<Claims, Denied> {
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Err(Denied::unauthorized(
+                "missing_token",
+                "this server requires a token: an Authorization: Bearer header or a token query parameter",
+            ));
+        };
+        let claims = match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
+            Ok(data) => data.claims,
+            Err(e) => {
+                return Err(match e.kind() {
+                    ErrorKind::ExpiredSignature => {
+                        Denied::unauthorized("token_expired", "the token has expired")
+                    }
+                    ErrorKind::InvalidSignature => Denied::unauthorized(
+                        "invalid_token",
+                        "the token's signature does not match",
+                    ),
+                    ErrorKind::InvalidAlgorithm => {
+                        Denied::unauthorized("invalid_token", "the token must be signed with HS256")
+                    }
+                    ErrorKind::MissingRequiredClaim(claim) => Denied::unauthorized(
+                        "invalid_token",
+                        format!("the token has no {claim} claim"),
+                    ),
+                    _ => Denied::unauthorized(
+                        "invalid_token",
+                        "the token is not a valid JWT with project, types and exp claims",
+                    ),
+                });
+            }
+        };
+        let project = match access {
+            Access::Join { project, .. }
+            | Access::Status { project }
+            | Access::Health { project } => project,
+        };
+        if !claims.allows_project(project) {
+            return Err(Denied::forbidden(
+                "project_not_allowed",
+                "the token does not grant this projectId",
+            ));
+        }
+        match access {
+            Access::Join { kind, .. } if !claims.allows_type(kind) => Err(Denied::forbidden(
+                "type_not_allowed",
+                format!("the token does not grant the client type {kind:?}"),
+            )),
+            Access::Status { .. } if !claims.allows_type(ADMIN) => Err(Denied::forbidden(
+                "admin_required",
+                "/status needs a token that grants the admin type",
+            )),
+            _ => Ok(claims),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Signs a token granting `types` on `project` for `ttl`.
+pub fn mint(
+    secret: &[u8],
+    project: &str,
+    types: &[String],
+    ttl: Duration,
+    sub: Option<String>,
+) -> anyhow::Result<String> {
+    check_secret(secret)?;
+    anyhow::ensure!(!project.is_empty(), "--project must not be empty");
+    anyhow::ensure!(!types.is_empty(), "--types must name at least one type");
+    anyhow::ensure!(ttl.as_secs() > 0, "--ttl-secs must be positive");
+    let now = unix_now();
+    let claims = Claims {
+        project: project.to_owned(),
+        types: types.to_vec(),
+        exp: now.saturating_add(ttl.as_secs()),
+        iat: Some(now),
+        sub,
+    };
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )?)
+}
+
+/// The bearer token of a request: the `Authorization: Bearer` header, else
+/// the `token` query parameter. A non-Bearer Authorization header counts as
+/// no token.
+pub fn bearer<'a>(authorization: Option<&'a str>, query_token: Option<&'a str>) -> Option<&'a str> {
+    authorization
+        .and_then(|h| {
+            let (scheme, token) = h.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then_some(token.trim())
+        })
+        .or(query_token)
+}
+
+/// Normalizes an origin for comparison: lower case, no trailing `/`.
+pub fn normalize_origin(origin: &str) -> String {
+    origin.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+/// Checks an `--allowed-origin` value: `scheme://host[:port]`, nothing more.
+pub fn check_origin(origin: &str) -> anyhow::Result<String> {
+    let normalized = normalize_origin(origin);
+    let url = url::Url::parse(&normalized)
+        .map_err(|e| anyhow::anyhow!("--allowed-origin {origin:?} is not a URL: {e}"))?;
+    anyhow::ensure!(
+        matches!(url.scheme(), "http" | "https")
+            && url.host_str().is_some()
+            && url.path() == "/"
+            && url.query().is_none()
+            && url.fragment().is_none()
+            && url.username().is_empty(),
+        "--allowed-origin {origin:?} must look like https://example.com or http://localhost:3000"
+    );
+    Ok(normalized)
+}
+
+#[cfg(test)]
+mod tests;
