@@ -1304,6 +1304,16 @@ async fn a_bad_tls_key_is_refused_at_start() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("private key"), "{stderr}");
+    // A valid key of the same kind that belongs to another certificate.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--tls-cert", &format!("{fixtures}/localhost.crt")])
+        .args(["--tls-key", &format!("{fixtures}/other.key")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("do not fit together"), "{stderr}");
 }
 
 #[tokio::test]
