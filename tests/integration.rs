@@ -1794,3 +1794,123 @@ async fn bad_access_settings_are_refused_at_start() {
     assert!(!mint.status.success());
     assert!(String::from_utf8_lossy(&mint.stderr).contains("secret"));
 }
+
+// ------------------------------------------------- components: swap, reload
+
+/// The default room as a file, built by the host's build script.
+const DEFAULT_ROOM: &str = concat!(env!("OUT_DIR"), "/default-room.wasm");
+
+fn sighup(server: &Server) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn projects_matching_a_pattern_run_their_own_component() {
+    let server = Server::start(&["--project-component", &format!("echo-*={FIXTURE_ROOM}")]);
+    // The fixture room answers every text with {"echo": text} ...
+    let (mut e, _) = server
+        .connect("runtime", &format!("echo-{}", project()))
+        .await;
+    send_text(&mut e, "hello").await;
+    assert_eq!(recv(&mut e).await, json!({"echo": "hello"}));
+    // ... the default room, for everyone else, says the text is not JSON.
+    let (mut d, _) = server.connect("runtime", &project()).await;
+    send_text(&mut d, "hello").await;
+    let reply = recv(&mut d).await;
+    assert_eq!(reply["type"], "error", "{reply}");
+}
+
+#[tokio::test]
+async fn a_component_with_an_import_the_host_lacks_is_refused_by_name() {
+    let bad = std::env::temp_dir().join(format!("wsroom-test-{}.wasm", uuid::Uuid::new_v4()));
+    let wasm = wat::parse_str(
+        r#"(component (import "acme:missing/thing@1.0.0" (instance (export "f" (func)))))"#,
+    )
+    .unwrap();
+    std::fs::write(&bad, wasm).unwrap();
+    for flag in ["--component".to_owned(), "--project-component".to_owned()] {
+        let value = if flag == "--component" {
+            bad.display().to_string()
+        } else {
+            format!("p-*={}", bad.display())
+        };
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
+            .args(["--listen", "127.0.0.1:0", &flag, &value])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("acme:missing/thing@1.0.0"), "{stderr}");
+        assert!(stderr.contains(&bad.display().to_string()), "{stderr}");
+    }
+    let _ = std::fs::remove_file(bad);
+}
+
+#[tokio::test]
+async fn sighup_upgrades_room_code_without_dropping_a_socket() {
+    let path = std::env::temp_dir().join(format!("wsroom-test-{}.wasm", uuid::Uuid::new_v4()));
+    std::fs::copy(DEFAULT_ROOM, &path).unwrap();
+    let server = Server::start(&["--component", path.to_str().unwrap()]);
+    let p = project();
+    let (mut r, r_id) = server.connect("runtime", &p).await;
+    let (mut d, _) = server.connect("data-agent", &p).await;
+    let msg = |i: usize| json!({"id": format!("m{i}"), "type": "t", "to": {"type": "data-agent"}});
+
+    // Traffic before, across and after a reload of the same code.
+    for i in 0..100 {
+        send(&mut r, &msg(i)).await;
+    }
+    sighup(&server);
+    for i in 100..150 {
+        send(&mut r, &msg(i)).await;
+    }
+    server
+        .wait_health("the reload", |h| h["counters"]["reloads"] == 1)
+        .await;
+    for i in 150..200 {
+        send(&mut r, &msg(i)).await;
+    }
+    for i in 0..200 {
+        let got = recv(&mut d).await;
+        assert_eq!(got["id"], format!("m{i}"), "{got}");
+        assert_eq!(got["from"]["id"], r_id.as_str());
+    }
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["counters"]["roomsUpgraded"], 1, "{health}");
+    assert_eq!(health["connections"], 2, "{health}");
+
+    // A broken file: the reload fails, the old code keeps running.
+    std::fs::write(&path, b"not wasm").unwrap();
+    sighup(&server);
+    server
+        .wait_health("the failed reload", |h| {
+            h["counters"]["reloadFailures"] == 1
+        })
+        .await;
+    send(&mut r, &msg(200)).await;
+    assert_eq!(recv(&mut d).await["id"], "m200");
+    assert!(
+        server.stderr().contains("reload failed"),
+        "{}",
+        server.stderr()
+    );
+
+    // New code: the same sockets now talk to the fixture room, which echoes.
+    std::fs::copy(FIXTURE_ROOM, &path).unwrap();
+    sighup(&server);
+    server
+        .wait_health("the second reload", |h| h["counters"]["reloads"] == 2)
+        .await;
+    send_text(&mut r, "after").await;
+    assert_eq!(recv(&mut r).await, json!({"echo": "after"}));
+    send_text(&mut d, "me too").await;
+    assert_eq!(recv(&mut d).await, json!({"echo": "me too"}));
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["connections"], 2, "{health}");
+    assert_eq!(health["counters"]["roomFailures"], 0, "{health}");
+    let _ = std::fs::remove_file(path);
+}

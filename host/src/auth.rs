@@ -41,10 +41,7 @@ pub struct Claims {
 impl Claims {
     /// Whether the token's project pattern covers `project`.
     pub fn allows_project(&self, project: &str) -> bool {
-        match self.project.strip_suffix('*') {
-            Some(prefix) => project.starts_with(prefix),
-            None => self.project == project,
-        }
+        crate::config::project_matches(&self.project, project)
     }
 
     pub fn allows_type(&self, kind: &str) -> bool {

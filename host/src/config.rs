@@ -79,6 +79,12 @@ pub struct Cli {
     #[arg(long, env = "WSROOM_CLEANUP_DELAY_MS", default_value_t = 300_000)]
     pub cleanup_delay_ms: u64,
 
+    /// Run another component for the projects whose projectId matches
+    /// PATTERN (exact, or a prefix ending in `*`), as PATTERN=PATH;
+    /// repeatable, first match wins. Other projects run --component.
+    #[arg(long = "project-component", env = "WSROOM_PROJECT_COMPONENTS", value_delimiter = ',', value_parser = parse_key_value)]
+    pub project_components: Vec<(String, String)>,
+
     /// Extra configuration for the room, as key=value; repeatable. The room
     /// reads it with the `config` import.
     #[arg(long = "room-config", env = "WSROOM_ROOM_CONFIG", value_delimiter = ',', value_parser = parse_key_value)]
@@ -236,6 +242,15 @@ pub enum TlsSource {
     SelfSigned { out: PathBuf },
 }
 
+/// Whether a projectId pattern (exact, or a prefix ending in `*`; `*` alone
+/// matches everything) matches `project`.
+pub fn project_matches(pattern: &str, project: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => project.starts_with(prefix),
+        None => pattern == project,
+    }
+}
+
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
@@ -247,6 +262,8 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub component: Option<PathBuf>,
+    /// `(projectId pattern, component)`, first match wins.
+    pub project_components: Vec<(String, PathBuf)>,
     /// Where the certificate comes from, when serving TLS.
     pub tls: Option<TlsSource>,
     /// Token verifier, when a secret is configured.
@@ -317,6 +334,11 @@ impl Cli {
         room_config.insert("cleanup-delay-ms".into(), self.cleanup_delay_ms.to_string());
         Ok(Config {
             component: self.component.clone(),
+            project_components: self
+                .project_components
+                .iter()
+                .map(|(pattern, path)| (pattern.clone(), PathBuf::from(path)))
+                .collect(),
             tls,
             auth,
             allowed_origins,

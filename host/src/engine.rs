@@ -7,6 +7,9 @@
 //! Between ticks a running call yields to tokio, so a room that loops does
 //! not hold a worker thread away from other projects.
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -55,18 +58,48 @@ impl WasiView for RoomState {
     }
 }
 
-/// The compiled room component, ready to instantiate.
-#[derive(Clone)]
-pub struct Runtime {
+/// The compiled room components, ready to instantiate, and which project
+/// runs which. Replaced as a whole by [`Runtime::reload`].
+struct Components {
+    /// For projects no mapping matches (`None` only while starting).
+    default: Option<RoomPre<RoomState>>,
+    /// `(pattern, component)`, first match wins.
+    by_project: Vec<(String, RoomPre<RoomState>)>,
+}
+
+impl Components {
+    fn for_project(&self, project: &str) -> Option<&RoomPre<RoomState>> {
+        self.by_project
+            .iter()
+            .find(|(pattern, _)| config::project_matches(pattern, project))
+            .map(|(_, pre)| pre)
+            .or(self.default.as_ref())
+    }
+}
+
+struct Inner {
     engine: Engine,
-    pre: RoomPre<RoomState>,
+    linker: Linker<RoomState>,
+    /// Where the components come from (`None`: the embedded default room).
+    default_source: Option<PathBuf>,
+    project_sources: Vec<(String, PathBuf)>,
+    current: RwLock<Arc<Components>>,
+    /// Bumped by every successful reload; rooms compare it with the version
+    /// their instance was made from.
+    version: AtomicU64,
     budget_ticks: u64,
     memory_bytes: usize,
 }
 
+/// The engine and the room components; cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
 impl Runtime {
-    /// Compiles the configured component (or the embedded default room) and
-    /// checks it against the `room` world.
+    /// Compiles the configured components (or the embedded default room) and
+    /// checks each against the `room` world.
     pub fn new(config: &config::Config) -> anyhow::Result<Runtime> {
         let mut wasm_config = Config::new();
         wasm_config.epoch_interruption(true);
@@ -78,14 +111,6 @@ impl Runtime {
         let engine = Engine::new(&wasm_config)
             .map_err(anyhow::Error::from)
             .context("cannot create the wasmtime engine")?;
-        let component = match &config.component {
-            Some(path) => Component::from_file(&engine, path)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("cannot load room component {}", path.display()))?,
-            None => Component::new(&engine, DEFAULT_ROOM)
-                .map_err(anyhow::Error::from)
-                .context("cannot compile the embedded default room")?,
-        };
         let mut linker = Linker::<RoomState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
@@ -93,29 +118,42 @@ impl Runtime {
         Room::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)
             .context("cannot link the room host interface")?;
-        let what = config
-            .component
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "the default room".into());
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!("{what} does not fit the wsroom:room/room world (its imports)")
-            })?;
-        let pre = RoomPre::new(pre)
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!("{what} does not fit the wsroom:room/room world (its exports)")
-            })?;
-        start_ticker(&engine).context("cannot start the epoch ticker thread")?;
-        Ok(Runtime {
+        let mut inner = Inner {
             engine,
-            pre,
+            linker,
+            default_source: config.component.clone(),
+            project_sources: config.project_components.clone(),
+            current: RwLock::new(Arc::new(Components {
+                default: None,
+                by_project: Vec::new(),
+            })),
+            version: AtomicU64::new(0),
             budget_ticks: (config.cpu_budget.as_millis() / TICK.as_millis()).max(1) as u64,
             memory_bytes: config.room_memory_bytes,
+        };
+        inner.current = RwLock::new(Arc::new(inner.load()?));
+        start_ticker(&inner.engine).context("cannot start the epoch ticker thread")?;
+        Ok(Runtime {
+            inner: Arc::new(inner),
         })
+    }
+
+    /// Compiles every component again from its file. On success, rooms
+    /// switch to the new code at their next event; on failure nothing
+    /// changes. Returns the new version.
+    pub fn reload(&self) -> anyhow::Result<u64> {
+        let components = self.inner.load()?;
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(components);
+        Ok(self.inner.version.fetch_add(1, SeqCst) + 1)
+    }
+
+    /// The version of the components new instances are made from.
+    pub fn version(&self) -> u64 {
+        self.inner.version.load(SeqCst)
     }
 
     /// A new store and instance for one project.
@@ -123,20 +161,32 @@ impl Runtime {
     pub async fn instantiate(
         &self,
         table: Table,
-    ) -> Result<(Store<RoomState>, Room), (Table, anyhow::Error)> {
+    ) -> Result<(Store<RoomState>, Room, u64), (Table, anyhow::Error)> {
+        let inner = &*self.inner;
+        // Read the version first: if a reload lands in between, the room
+        // sees an older version than its code and switches once more.
+        let version = inner.version.load(SeqCst);
+        let components = inner
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(pre) = components.for_project(&table.project) else {
+            return Err((table, anyhow::anyhow!("no room component is loaded")));
+        };
         let state = RoomState {
             table,
             wasi: WasiCtxBuilder::new().inherit_stderr().build(),
             resources: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
-                .memory_size(self.memory_bytes)
+                .memory_size(inner.memory_bytes)
                 .trap_on_grow_failure(true)
                 .build(),
             ticks: 0,
         };
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(&inner.engine, state);
         store.limiter(|s| &mut s.limits);
-        let budget = self.budget_ticks;
+        let budget = inner.budget_ticks;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
@@ -146,13 +196,62 @@ impl Runtime {
             }
             Ok(UpdateDeadline::Yield(1))
         });
-        match self.pre.instantiate_async(&mut store).await {
-            Ok(room) => Ok((store, room)),
+        match pre.instantiate_async(&mut store).await {
+            Ok(room) => Ok((store, room, version)),
             Err(e) => Err((
                 store.into_data().table,
                 anyhow::Error::from(e).context("cannot instantiate the room"),
             )),
         }
+    }
+}
+
+impl Inner {
+    /// Compiles and checks every configured component.
+    fn load(&self) -> anyhow::Result<Components> {
+        let default = match &self.default_source {
+            Some(path) => self.load_file(path)?,
+            None => {
+                let component = Component::new(&self.engine, DEFAULT_ROOM)
+                    .map_err(anyhow::Error::from)
+                    .context("cannot compile the embedded default room")?;
+                self.check(&component, "the default room")?
+            }
+        };
+        let mut by_project = Vec::with_capacity(self.project_sources.len());
+        for (pattern, path) in &self.project_sources {
+            by_project.push((pattern.clone(), self.load_file(path)?));
+        }
+        Ok(Components {
+            default: Some(default),
+            by_project,
+        })
+    }
+
+    fn load_file(&self, path: &Path) -> anyhow::Result<RoomPre<RoomState>> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read room component {}", path.display()))?;
+        let component = Component::new(&self.engine, &bytes)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("cannot load room component {}", path.display()))?;
+        self.check(&component, &path.display().to_string())
+    }
+
+    /// Links a component against the host: every import must be provided
+    /// and every export of the room world present.
+    fn check(&self, component: &Component, what: &str) -> anyhow::Result<RoomPre<RoomState>> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!("{what} does not fit the wsroom:room/room world (its imports)")
+            })?;
+        RoomPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!("{what} does not fit the wsroom:room/room world (its exports)")
+            })
     }
 }
 

@@ -17,6 +17,9 @@ pub struct Metrics {
     hibernations: AtomicU64,
     alarms_given_up: AtomicU64,
     auth_refused: AtomicU64,
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
+    rooms_upgraded: AtomicU64,
 }
 
 impl Metrics {
@@ -63,6 +66,16 @@ impl Metrics {
     pub fn alarm_given_up(&self) {
         self.alarms_given_up.fetch_add(1, Relaxed);
     }
+    pub fn reloaded(&self, ok: bool) {
+        if ok {
+            self.reloads.fetch_add(1, Relaxed);
+        } else {
+            self.reload_failures.fetch_add(1, Relaxed);
+        }
+    }
+    pub fn room_upgraded(&self) {
+        self.rooms_upgraded.fetch_add(1, Relaxed);
+    }
     pub fn auth_refused(&self) {
         self.auth_refused.fetch_add(1, Relaxed);
     }
@@ -85,6 +98,9 @@ impl Metrics {
             "hibernations": self.hibernations.load(Relaxed),
             "alarmsGivenUp": self.alarms_given_up.load(Relaxed),
             "authRefused": self.auth_refused.load(Relaxed),
+            "reloads": self.reloads.load(Relaxed),
+            "reloadFailures": self.reload_failures.load(Relaxed),
+            "roomsUpgraded": self.rooms_upgraded.load(Relaxed),
         })
     }
 }

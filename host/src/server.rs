@@ -11,7 +11,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::engine::Runtime;
@@ -40,6 +40,7 @@ pub async fn run(
     };
     let runtime = Runtime::new(&config)?;
     let metrics = Arc::new(Metrics::default());
+    reload_on_sighup(runtime.clone(), metrics.clone());
     let registry = Registry::new(
         runtime,
         config.room_config.clone(),
@@ -150,6 +151,50 @@ pub async fn run(
         warn!("some connections did not close in time");
     }
     Ok(())
+}
+
+/// On SIGHUP, compiles the room components again from their files; rooms
+/// switch to the new code at their next event, and no connection is
+/// dropped. If a component fails to load, the old code keeps running.
+fn reload_on_sighup(runtime: Runtime, metrics: Arc<Metrics>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP: reloading is off");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                info!("SIGHUP: reloading the room components");
+                let runtime = runtime.clone();
+                // Compiling takes a while: keep it off the async workers.
+                let result = tokio::task::spawn_blocking(move || runtime.reload()).await;
+                match result {
+                    Ok(Ok(version)) => {
+                        metrics.reloaded(true);
+                        info!(
+                            version,
+                            "room components reloaded; rooms switch at their next event"
+                        );
+                    }
+                    Ok(Err(e)) => {
+                        metrics.reloaded(false);
+                        error!(error = %format!("{e:#}"), "reload failed; the running components stay");
+                    }
+                    Err(e) => {
+                        metrics.reloaded(false);
+                        error!(error = %e, "reload failed; the running components stay");
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (runtime, metrics);
 }
 
 /// Resolves on SIGINT (ctrl-c) or SIGTERM.

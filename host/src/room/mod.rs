@@ -154,6 +154,7 @@ pub fn spawn(
         settings,
         metrics,
         live: None,
+        live_version: 0,
         idle: Some(table),
     };
     tokio::spawn(actor.run(rx));
@@ -173,6 +174,8 @@ struct Actor {
     metrics: Arc<Metrics>,
     /// The instance, with the table inside its store.
     live: Option<(Store<RoomState>, Room)>,
+    /// The component version the live instance was made from.
+    live_version: u64,
     /// The table while no instance is live.
     idle: Option<Table>,
 }
@@ -402,14 +405,22 @@ impl Actor {
 
     /// The live instance, created first if there is none.
     async fn ensure_live(&mut self) -> Result<(&mut Store<RoomState>, &Room), Trapped> {
+        if self.live.is_some() && self.live_version != self.runtime.version() {
+            // The components were reloaded: continue on the new code, from
+            // the host's table, as after hibernation. No client notices.
+            self.drop_instance();
+            self.metrics.room_upgraded();
+            info!(project = %self.project, "room switched to the reloaded component");
+        }
         if self.live.is_none() {
             let table = self
                 .idle
                 .take()
                 .expect("idle table present when no instance");
             match self.runtime.instantiate(table).await {
-                Ok(live) => {
-                    self.live = Some(live);
+                Ok((store, room, version)) => {
+                    self.live = Some((store, room));
+                    self.live_version = version;
                     self.metrics.instance_created();
                 }
                 Err((table, e)) => {
