@@ -1,6 +1,7 @@
 //! Builds the default room (`guest/`) for `wasm32-wasip2` and puts the
 //! component in `OUT_DIR` for `include_bytes!`. It builds the misbehaving
-//! room of the tests (`tests/fixture-room/`) alongside, in the same cargo run.
+//! room of the tests (`tests/fixture-room/`) and the SDK's example chat room
+//! (`sdk/examples/chat-room/`) alongside, in the same cargo run.
 //!
 //! The guest gets its own target directory (a nested cargo must not wait on
 //! the outer build's lock) and none of the outer build's flags. If the
@@ -26,6 +27,10 @@ fn main() {
         "guest/Cargo.toml",
         "tests/fixture-room/src",
         "tests/fixture-room/Cargo.toml",
+        "sdk/src",
+        "sdk/Cargo.toml",
+        "sdk/examples/chat-room/src",
+        "sdk/examples/chat-room/Cargo.toml",
         "wit",
         "Cargo.lock",
     ] {
@@ -41,6 +46,7 @@ fn main() {
         .args(["build", "--release"])
         .args(["--package", "wsroom-default-room"])
         .args(["--package", "wsroom-fixture-room"])
+        .args(["--package", "wsroom-chat-room"])
         .args(["--target", TARGET])
         .arg("--target-dir")
         .arg(&target_dir);
@@ -67,6 +73,7 @@ fn main() {
     for (built, dest) in [
         ("wsroom_default_room.wasm", "default-room.wasm"),
         ("wsroom_fixture_room.wasm", "fixture-room.wasm"),
+        ("wsroom_chat_room.wasm", "chat-room.wasm"),
     ] {
         let built = target_dir.join(TARGET).join("release").join(built);
         let dest = out_dir.join(dest);

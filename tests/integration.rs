@@ -1914,3 +1914,88 @@ async fn sighup_upgrades_room_code_without_dropping_a_socket() {
     assert_eq!(health["counters"]["roomFailures"], 0, "{health}");
     let _ = std::fs::remove_file(path);
 }
+
+// ------------------------------------------------------ the SDK's chat room
+
+/// The SDK's example room, built by the host's build script.
+const CHAT_ROOM: &str = concat!(env!("OUT_DIR"), "/chat-room.wasm");
+
+/// Joins the chat; returns the socket and the replayed history.
+async fn join_chat(server: &Server, p: &str) -> (Ws, Vec<Value>) {
+    let url = server.url(&format!("type=member&projectId={p}"));
+    let (mut ws, _) = within(tokio_tungstenite::connect_async(url)).await.unwrap();
+    let history = recv(&mut ws).await;
+    assert_eq!(history["type"], "history", "{history}");
+    let messages = history["messages"].as_array().unwrap().clone();
+    (ws, messages)
+}
+
+#[tokio::test]
+async fn chat_room_replays_recent_lines_and_trims_them_with_its_alarm() {
+    let server = Server::start(&[
+        "--component",
+        CHAT_ROOM,
+        "--room-config",
+        "chat-history=3",
+        "--room-config",
+        "chat-trim-ms=100",
+        "--hibernate-after-ms",
+        "300",
+    ]);
+    let p = project();
+    let (mut a, history) = join_chat(&server, &p).await;
+    assert!(history.is_empty(), "{history:?}");
+    let (mut b, _) = join_chat(&server, &p).await;
+    for i in 1..=5 {
+        send(&mut a, &json!({"text": format!("line {i}")})).await;
+        // Everyone, the sender too, gets each line as it is said.
+        for ws in [&mut a, &mut b] {
+            let got = recv(ws).await;
+            assert_eq!(
+                (got["type"].as_str(), got["text"].as_str()),
+                (Some("chat"), Some(format!("line {i}").as_str()))
+            );
+        }
+    }
+    // The alarm trims the store to the newest 3; a newcomer gets exactly
+    // those, in order (polled: the alarm fires 100 ms after the first line).
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let (_c, history) = join_chat(&server, &p).await;
+        let texts: Vec<&str> = history
+            .iter()
+            .map(|m| m["text"].as_str().unwrap())
+            .collect();
+        if texts == ["line 3", "line 4", "line 5"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never trimmed: {texts:?}"
+        );
+        assert!(
+            texts.len() >= 3 && texts.ends_with(&["line 3", "line 4", "line 5"]),
+            "{texts:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The store is the host's: it outlives the instance. Let the room
+    // hibernate (its instance and memory dropped), then join again.
+    let hibernations = server
+        .wait_health("hibernation", |h| {
+            h["counters"]["hibernations"].as_u64() >= Some(1)
+        })
+        .await;
+    assert!(
+        hibernations["counters"]["instancesLive"] == 0,
+        "{hibernations}"
+    );
+    let (_d, history) = join_chat(&server, &p).await;
+    let texts: Vec<&str> = history
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["line 3", "line 4", "line 5"]);
+    let from = &history[0]["from"];
+    assert!(from.as_str().is_some_and(|f| f.len() == 36), "{from}");
+}

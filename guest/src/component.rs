@@ -1,99 +1,94 @@
-//! The thin layer between the WIT world and [`crate::rules`].
+//! The thin layer between the room SDK and [`crate::rules`].
 
-// The generated export glue takes one argument per flattened WIT value.
-#![allow(clippy::too_many_arguments)]
+use wsroom_room_sdk::{
+    AlarmInfo, ClientInfo, Ctx, Incoming, Refusal, Room, Selector, Sender, export_room,
+};
 
 use crate::rules::{self, Env, Joining, Select, Target};
 
-wit_bindgen::generate!({
-    world: "room",
-    path: "../wit",
-});
+#[derive(Default)]
+struct DefaultRoom;
 
-use wsroom::room::host;
-use wsroom::room::types as wit;
+/// [`Env`] over the SDK's context.
+struct Host<'a>(&'a mut Ctx);
 
-struct Room;
-
-/// [`Env`] over the host's imports.
-struct Host;
-
-impl Env for Host {
+impl Env for Host<'_> {
     fn project_id(&self) -> String {
-        host::project_id()
+        self.0.project_id()
     }
 
     fn send(&mut self, text: &str, targets: &[Target<'_>]) -> Vec<u32> {
-        let targets: Vec<wit::Target> = targets
+        let targets: Vec<wsroom_room_sdk::Target> = targets
             .iter()
-            .map(|t| wit::Target {
+            .map(|t| wsroom_room_sdk::Target {
                 select: match t.select {
-                    Select::Client(id) => wit::Selector::Client(id.to_owned()),
-                    Select::Kind(kind) => wit::Selector::Kind(kind.to_owned()),
-                    Select::All => wit::Selector::All,
+                    Select::Client(id) => Selector::Client(id.to_owned()),
+                    Select::Kind(kind) => Selector::Kind(kind.to_owned()),
+                    Select::All => Selector::All,
                 },
                 except: t.except.iter().map(|id| id.to_string()).collect(),
             })
             .collect();
-        host::send(text, &targets)
+        self.0.send(text, &targets)
     }
 
     fn client_count(&self) -> u32 {
-        host::client_count(None)
+        self.0.client_count(None)
     }
 
     fn now_ms(&self) -> u64 {
-        host::now_ms()
+        self.0.now_ms()
     }
 
     fn new_id(&self) -> String {
-        host::new_id()
+        self.0.new_id()
     }
 
     fn config(&self, key: &str) -> Option<String> {
-        host::config(key)
+        self.0.config(key)
     }
 
     fn set_alarm(&mut self, delay_ms: u64) {
-        host::set_alarm(delay_ms)
+        self.0.set_alarm(delay_ms)
     }
 
     fn cancel_alarm(&mut self) {
-        host::cancel_alarm()
+        self.0.cancel_alarm()
     }
 }
 
-impl Guest for Room {
-    fn on_connect(client: wit::ClientInfo) -> Result<(), wit::Refusal> {
+impl Room for DefaultRoom {
+    fn on_connect(&mut self, ctx: &mut Ctx, client: &ClientInfo) -> Result<(), Refusal> {
         rules::on_connect(
-            &mut Host,
+            &mut Host(ctx),
             Joining {
                 id: &client.id,
                 kind: &client.kind,
             },
         )
-        .map_err(|r| wit::Refusal {
+        .map_err(|r| Refusal {
             status: r.status,
             error: r.error,
             message: r.message,
         })
     }
 
-    fn on_message(sender: wit::Sender, message: Incoming) {
+    fn on_message(&mut self, ctx: &mut Ctx, sender: &Sender, message: Incoming) {
+        let host = &mut Host(ctx);
         match message {
-            Incoming::Text(text) => rules::on_text(&mut Host, &sender.id, &sender.kind, &text),
-            Incoming::Binary(_) => rules::on_binary(&mut Host, &sender.id),
-            Incoming::TooLarge(o) => rules::on_too_large(&mut Host, &sender.id, o.size, o.limit),
+            Incoming::Text(text) => rules::on_text(host, &sender.id, &sender.kind, &text),
+            Incoming::Binary(_) => rules::on_binary(host, &sender.id),
+            Incoming::TooLarge(o) => rules::on_too_large(host, &sender.id, o.size, o.limit),
         }
     }
 
-    fn on_close(client: wit::ClientInfo, _code: u16, _reason: String) {
-        rules::on_close(&mut Host, &client.id, &client.kind);
+    fn on_close(&mut self, ctx: &mut Ctx, client: &ClientInfo, _code: u16, _reason: &str) {
+        rules::on_close(&mut Host(ctx), &client.id, &client.kind);
     }
 
-    fn alarm(_info: wit::AlarmInfo) {
-        rules::on_alarm(&mut Host);
+    fn on_alarm(&mut self, ctx: &mut Ctx, _info: AlarmInfo) {
+        rules::on_alarm(&mut Host(ctx));
     }
 }
 
-export!(Room);
+export_room!(DefaultRoom);

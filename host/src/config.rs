@@ -99,6 +99,11 @@ pub struct Cli {
     #[arg(long, env = "WSROOM_ROOM_MEMORY_MIB", default_value_t = 128)]
     pub room_memory_mib: u64,
 
+    /// Bytes one room's store (the `storage-*` imports) may hold, keys and
+    /// values counted.
+    #[arg(long, env = "WSROOM_ROOM_STORAGE_BYTES", default_value_t = 1 << 20)]
+    pub room_storage_bytes: usize,
+
     /// Largest message a client may send, in bytes. A larger message is
     /// discarded and answered with a `message_too_large` error; a single
     /// frame over four times this closes the connection with 1009.
@@ -273,6 +278,7 @@ pub struct Config {
     pub room_config: BTreeMap<String, String>,
     pub cpu_budget: Duration,
     pub room_memory_bytes: usize,
+    pub room_storage_bytes: usize,
     pub max_message_bytes: usize,
     pub max_frame_bytes: usize,
     pub outbox_limit_bytes: usize,
@@ -346,6 +352,7 @@ impl Cli {
             cpu_budget: Duration::from_millis(self.cpu_budget_ms),
             room_memory_bytes: usize::try_from(self.room_memory_mib << 20)
                 .map_err(|_| anyhow::anyhow!("--room-memory-mib is too large"))?,
+            room_storage_bytes: self.room_storage_bytes,
             max_message_bytes: self.max_message_bytes,
             max_frame_bytes: self.max_message_bytes.saturating_mul(4),
             outbox_limit_bytes: self.outbox_limit_bytes,

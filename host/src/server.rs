@@ -49,6 +49,7 @@ pub async fn run(
             hibernate_after: config.hibernate_after,
             alarm_retries: config.alarm_retries,
             alarm_retry_base: config.alarm_retry_base,
+            storage_bytes: config.room_storage_bytes,
         },
         metrics.clone(),
     );

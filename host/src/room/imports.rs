@@ -92,6 +92,22 @@ impl Host for RoomState {
         self.table.find(&client)?.attachment.clone()
     }
 
+    fn storage_get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.table.storage.get(&key)
+    }
+
+    fn storage_set(&mut self, key: String, value: Vec<u8>) -> Result<(), wit::StorageError> {
+        self.table.storage.set(key, value)
+    }
+
+    fn storage_delete(&mut self, key: String) -> bool {
+        self.table.storage.delete(&key)
+    }
+
+    fn storage_keys(&mut self, prefix: String, limit: u32) -> Vec<String> {
+        self.table.storage.keys(&prefix, limit)
+    }
+
     fn set_alarm(&mut self, delay_ms: u64) {
         self.table.alarm_at = Some(now_ms().saturating_add(delay_ms));
         self.table.alarm_retry = 0;

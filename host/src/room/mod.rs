@@ -3,6 +3,7 @@
 //! close) from a bounded inbox, fires the alarm, and calls the guest.
 
 mod imports;
+pub mod storage;
 pub mod table;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -113,6 +114,8 @@ pub struct Settings {
     pub alarm_retries: u32,
     /// Delay before the first retry; doubles with each further one.
     pub alarm_retry_base: Duration,
+    /// Bytes a room's store may hold (keys and values).
+    pub storage_bytes: usize,
 }
 
 /// A live room as the registry and connections see it.
@@ -145,6 +148,7 @@ pub fn spawn(
         registry.room_config(),
         shared.clone(),
         metrics.clone(),
+        settings.storage_bytes,
     );
     let actor = Actor {
         project,

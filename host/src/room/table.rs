@@ -12,6 +12,7 @@ use slab::Slab;
 use crate::engine::wit;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Refused};
+use crate::room::storage::Storage;
 use crate::room::{ClientMeta, RoomShared};
 
 /// Names one connection of a room. The serial tells a reused slot apart.
@@ -49,6 +50,8 @@ pub struct Table {
     pub alarm_at: Option<u64>,
     /// Retries of the pending alarm so far (its handler trapped this often).
     pub alarm_retry: u32,
+    /// The room's key-value store.
+    pub storage: Storage,
     shared: Arc<RoomShared>,
     metrics: Arc<Metrics>,
     slots: Slab<Conn>,
@@ -71,12 +74,14 @@ impl Table {
         config: Arc<BTreeMap<String, String>>,
         shared: Arc<RoomShared>,
         metrics: Arc<Metrics>,
+        storage_limit: usize,
     ) -> Table {
         Table {
             project,
             config,
             alarm_at: None,
             alarm_retry: 0,
+            storage: Storage::new(storage_limit),
             shared,
             metrics,
             slots: Slab::new(),

@@ -1,0 +1,282 @@
+//! Write a [wsroom](../README.md) room in Rust.
+//!
+//! Implement [`Room`] for a type with a [`Default`], export it with
+//! [`export_room!`], and build the crate as a `cdylib` for `wasm32-wasip2`:
+//!
+//! ```ignore
+//! use wsroom_room_sdk::{Ctx, Incoming, Room, Sender, export_room};
+//!
+//! #[derive(Default)]
+//! struct Echo;
+//!
+//! impl Room for Echo {
+//!     fn on_message(&mut self, ctx: &mut Ctx, from: &Sender, message: Incoming) {
+//!         if let Incoming::Text(text) = message {
+//!             ctx.send_to_client(&from.id, &text);
+//!         }
+//!     }
+//! }
+//!
+//! export_room!(Echo);
+//! ```
+//!
+//! The host keeps the connection table, each client's attachment, the
+//! room's store and its alarm. The value of your type lives in the room's
+//! instance, which the host drops when the room hibernates or its code is
+//! reloaded; the next event starts from `Default` again. Keep what must
+//! survive in [`Ctx::storage_set`] or [`Ctx::set_attachment`].
+
+/// The generated bindings of the `wsroom:room/room` world.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "room",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_room_world",
+        default_bindings_module: "wsroom_room_sdk::bindings",
+    });
+}
+
+use bindings::wsroom::room::host;
+pub use bindings::wsroom::room::types::{
+    AlarmInfo, AttachmentError, ClientInfo, Incoming, LogLevel, Oversize, Refusal, Selector,
+    Sender, StorageError, Target,
+};
+
+/// A room's handlers. Only `on_message` is required.
+pub trait Room: Default + 'static {
+    /// A client asks to join. Return a [`Refusal`] (see [`refuse`]) to turn
+    /// it away with an HTTP status before the WebSocket opens.
+    fn on_connect(&mut self, ctx: &mut Ctx, client: &ClientInfo) -> Result<(), Refusal> {
+        let _ = (ctx, client);
+        Ok(())
+    }
+
+    /// A message from a client. A message over the host's size limit
+    /// arrives as [`Incoming::TooLarge`], without its contents.
+    fn on_message(&mut self, ctx: &mut Ctx, from: &Sender, message: Incoming);
+
+    /// A client left (it is no longer in the table).
+    fn on_close(&mut self, ctx: &mut Ctx, client: &ClientInfo, code: u16, reason: &str) {
+        let _ = (ctx, client, code, reason);
+    }
+
+    /// The alarm set with [`Ctx::set_alarm`] fired.
+    fn on_alarm(&mut self, ctx: &mut Ctx, info: AlarmInfo) {
+        let _ = (ctx, info);
+    }
+}
+
+/// A refusal for [`Room::on_connect`].
+pub fn refuse(status: u16, error: &str, message: &str) -> Refusal {
+    Refusal {
+        status,
+        error: error.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+/// What a handler can do: send, look up clients, keep data, set the alarm.
+/// Every call acts on this room's own project only.
+pub struct Ctx {
+    _private: (),
+}
+
+impl Ctx {
+    #[doc(hidden)]
+    pub fn __new() -> Ctx {
+        Ctx { _private: () }
+    }
+
+    /// Sends `text` to one client; whether it is connected.
+    pub fn send_to_client(&mut self, id: &str, text: &str) -> bool {
+        self.send(
+            text,
+            &[Target {
+                select: Selector::Client(id.to_owned()),
+                except: Vec::new(),
+            }],
+        )[0] > 0
+    }
+
+    /// Sends `text` to every client of a type; how many got it.
+    pub fn send_to_type(&mut self, kind: &str, text: &str) -> u32 {
+        self.send(
+            text,
+            &[Target {
+                select: Selector::Kind(kind.to_owned()),
+                except: Vec::new(),
+            }],
+        )[0]
+    }
+
+    /// Sends `text` to every client; how many got it.
+    pub fn broadcast(&mut self, text: &str) -> u32 {
+        self.send(
+            text,
+            &[Target {
+                select: Selector::All,
+                except: Vec::new(),
+            }],
+        )[0]
+    }
+
+    /// Sends `text` to every client but one; how many got it.
+    pub fn broadcast_except(&mut self, except: &str, text: &str) -> u32 {
+        self.send(
+            text,
+            &[Target {
+                select: Selector::All,
+                except: vec![except.to_owned()],
+            }],
+        )[0]
+    }
+
+    /// The general form: `text` goes once to each client in the union of
+    /// `targets` (the host frames it once and de-duplicates). Returns how
+    /// many clients each target added.
+    pub fn send(&mut self, text: &str, targets: &[Target]) -> Vec<u32> {
+        let counts = host::send(text, targets);
+        // The host answers one count per target; never index past it.
+        if counts.len() == targets.len() {
+            counts
+        } else {
+            vec![0; targets.len()]
+        }
+    }
+
+    /// Closes a client's WebSocket with `code` and `reason`; whether it was
+    /// connected.
+    pub fn close(&mut self, id: &str, code: u16, reason: &str) -> bool {
+        host::close(id, code, reason)
+    }
+
+    /// One client, if connected.
+    pub fn client(&self, id: &str) -> Option<ClientInfo> {
+        host::client(id)
+    }
+
+    /// Connected clients, of one type or all, in connection order.
+    pub fn clients(&self, kind: Option<&str>) -> Vec<ClientInfo> {
+        host::clients(kind)
+    }
+
+    /// How many clients are connected, of one type or all.
+    pub fn client_count(&self, kind: Option<&str>) -> u32 {
+        host::client_count(kind)
+    }
+
+    /// Keeps up to 16 KiB with a client while it is connected; `None` clears.
+    pub fn set_attachment(&mut self, id: &str, data: Option<&[u8]>) -> Result<(), AttachmentError> {
+        host::set_attachment(id, data)
+    }
+
+    pub fn attachment(&self, id: &str) -> Option<Vec<u8>> {
+        host::attachment(id)
+    }
+
+    /// The room's store (kept by the host across hibernation and reloads,
+    /// for as long as the room exists).
+    pub fn storage_get(&self, key: &str) -> Option<Vec<u8>> {
+        host::storage_get(key)
+    }
+
+    pub fn storage_set(&mut self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        host::storage_set(key, value)
+    }
+
+    /// Removes a key; whether it was there.
+    pub fn storage_delete(&mut self, key: &str) -> bool {
+        host::storage_delete(key)
+    }
+
+    /// Up to `limit` keys starting with `prefix`, in byte order.
+    pub fn storage_keys(&self, prefix: &str, limit: u32) -> Vec<String> {
+        host::storage_keys(prefix, limit)
+    }
+
+    /// Sets the alarm `delay_ms` from now, replacing any other.
+    pub fn set_alarm(&mut self, delay_ms: u64) {
+        host::set_alarm(delay_ms);
+    }
+
+    pub fn cancel_alarm(&mut self) {
+        host::cancel_alarm();
+    }
+
+    /// When the alarm fires (ms since the Unix epoch), if set.
+    pub fn alarm_at(&self) -> Option<u64> {
+        host::alarm_at()
+    }
+
+    pub fn project_id(&self) -> String {
+        host::project_id()
+    }
+
+    /// A value of the host's `--room-config`.
+    pub fn config(&self, key: &str) -> Option<String> {
+        host::config(key)
+    }
+
+    /// Wall clock, ms since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        host::now_ms()
+    }
+
+    /// A fresh random UUID.
+    pub fn new_id(&self) -> String {
+        host::new_id()
+    }
+
+    /// A line in the host's log, tagged with the project.
+    pub fn log(&self, level: LogLevel, message: &str) {
+        host::log(level, message);
+    }
+}
+
+/// Exports a [`Room`] type as the component's room.
+#[macro_export]
+macro_rules! export_room {
+    ($room:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static ROOM: ::core::cell::RefCell<::core::option::Option<$room>> =
+                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
+            }
+
+            fn with<T>(f: impl FnOnce(&mut $room, &mut $crate::Ctx) -> T) -> T {
+                ROOM.with(|cell| {
+                    let mut slot = cell.borrow_mut();
+                    let room = slot.get_or_insert_with(::core::default::Default::default);
+                    f(room, &mut $crate::Ctx::__new())
+                })
+            }
+
+            struct Export;
+
+            impl $crate::bindings::Guest for Export {
+                fn on_connect(
+                    client: $crate::ClientInfo,
+                ) -> ::core::result::Result<(), $crate::Refusal> {
+                    with(|room, ctx| $crate::Room::on_connect(room, ctx, &client))
+                }
+
+                fn on_message(from: $crate::Sender, message: $crate::Incoming) {
+                    with(|room, ctx| $crate::Room::on_message(room, ctx, &from, message))
+                }
+
+                fn on_close(client: $crate::ClientInfo, code: u16, reason: ::std::string::String) {
+                    with(|room, ctx| $crate::Room::on_close(room, ctx, &client, code, &reason))
+                }
+
+                fn alarm(info: $crate::AlarmInfo) {
+                    with(|room, ctx| $crate::Room::on_alarm(room, ctx, info))
+                }
+            }
+
+    $crate::bindings::__export_room_world!(Export with_types_in $crate::bindings);
+        };
+    };
+}
