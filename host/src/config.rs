@@ -79,6 +79,13 @@ pub struct Cli {
     #[arg(long, env = "WSROOM_CLEANUP_DELAY_MS", default_value_t = 300_000)]
     pub cleanup_delay_ms: u64,
 
+    /// Do not keep compiled components on disk. By default wasmtime's cache
+    /// (its config in ~/.config/wasmtime/config.toml, its files under
+    /// ~/.cache/wasmtime) makes restarts and reloads of unchanged
+    /// components skip compilation.
+    #[arg(long, env = "WSROOM_NO_COMPILE_CACHE")]
+    pub no_compile_cache: bool,
+
     /// Run another component for the projects whose projectId matches
     /// PATTERN (exact, or a prefix ending in `*`), as PATTERN=PATH;
     /// repeatable, first match wins. Other projects run --component.
@@ -269,6 +276,8 @@ pub struct Config {
     pub component: Option<PathBuf>,
     /// `(projectId pattern, component)`, first match wins.
     pub project_components: Vec<(String, PathBuf)>,
+    /// Keep compiled components in wasmtime's on-disk cache.
+    pub compile_cache: bool,
     /// Where the certificate comes from, when serving TLS.
     pub tls: Option<TlsSource>,
     /// Token verifier, when a secret is configured.
@@ -340,6 +349,7 @@ impl Cli {
         room_config.insert("cleanup-delay-ms".into(), self.cleanup_delay_ms.to_string());
         Ok(Config {
             component: self.component.clone(),
+            compile_cache: !self.no_compile_cache,
             project_components: self
                 .project_components
                 .iter()

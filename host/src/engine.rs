@@ -108,6 +108,19 @@ impl Runtime {
         if std::env::var_os("WSROOM_PERFMAP").is_some_and(|v| v == "1") {
             wasm_config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
+        if config.compile_cache {
+            // Compiled code is kept on disk (by default under
+            // ~/.cache/wasmtime), so a restart or a reload of an unchanged
+            // component skips compiling it again.
+            match wasmtime::Cache::from_file(None) {
+                Ok(cache) => {
+                    wasm_config.cache(Some(cache));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "no compilation cache; compiling every component at start");
+                }
+            }
+        }
         let engine = Engine::new(&wasm_config)
             .map_err(anyhow::Error::from)
             .context("cannot create the wasmtime engine")?;

@@ -31,7 +31,31 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts the server with `args`. With `WSROOM_TEST_ROOM=PATH` in the
+    /// environment, a server whose args name no component runs PATH instead
+    /// of the built-in room: the same tests then check another room (the
+    /// Python port of the default room, for one).
     pub fn start(args: &[&str]) -> Server {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let own = args
+            .iter()
+            .any(|a| a == "--component" || a == "--project-component");
+        if let (Some(room), false) = (std::env::var_os("WSROOM_TEST_ROOM"), own) {
+            args.push("--component".into());
+            args.push(room.to_string_lossy().into_owned());
+            // The first server compiles the room into wasmtime's cache while
+            // the others wait, instead of all compiling it at once.
+            static WARM: Mutex<bool> = Mutex::new(false);
+            let mut warm = WARM.lock().unwrap_or_else(|e| e.into_inner());
+            if !*warm {
+                drop(Server::spawn(&args));
+                *warm = true;
+            }
+        }
+        Server::spawn(&args)
+    }
+
+    fn spawn(args: &[String]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wsroom"))
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
