@@ -10,6 +10,9 @@
 //! - `connect`: C connections over P projects; connections/s, time to the
 //!   `connected` message, and (with `--server-pid`) the server's memory per
 //!   idle connection and per room.
+//! - `reference-server`: not a scenario but a yardstick: a lean native
+//!   server (no wasm) that routes like the default room, to run the same
+//!   scenarios against on the same machine.
 //!
 //! Every run is bounded in messages and in time, and only connects to
 //! loopback addresses.
@@ -31,6 +34,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Notify};
+
+mod reference;
 
 #[derive(Parser)]
 #[command(
@@ -99,6 +104,9 @@ enum Scenario {
         #[arg(long)]
         server_pid: Option<u32>,
     },
+    /// Serve as a lean native reference server (no wasm, routing like the
+    /// default room) on --server, to compare wsroom with on this machine.
+    ReferenceServer,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -889,6 +897,9 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
+    if let Scenario::ReferenceServer = cli.scenario {
+        return runtime.block_on(reference::serve(cli.server));
+    }
     let deadline = Instant::now() + Duration::from_secs(cli.timeout_secs);
     let report = runtime.block_on(async {
         match cli.scenario {
@@ -928,6 +939,7 @@ fn main() -> anyhow::Result<()> {
                 )
                 .await
             }
+            Scenario::ReferenceServer => unreachable!("handled above"),
         }
     })?;
     if cli.json {
