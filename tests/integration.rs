@@ -1999,3 +1999,58 @@ async fn chat_room_replays_recent_lines_and_trims_them_with_its_alarm() {
     let from = &history[0]["from"];
     assert!(from.as_str().is_some_and(|f| f.len() == 36), "{from}");
 }
+
+// ------------------------------------------------------------ slow clients
+
+/// Reads until the server closes the connection; what it sent.
+async fn read_to_close(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    // The server's header and handshake timeouts are 10 s.
+    tokio::time::timeout(std::time::Duration::from_secs(25), s.read_to_end(&mut got))
+        .await
+        .expect("the server never closed the stalled connection")
+        .ok();
+    got
+}
+
+#[tokio::test]
+async fn stalled_requests_and_handshakes_are_cut_off_without_blocking_others() {
+    use tokio::io::AsyncWriteExt;
+    let cert = std::env::temp_dir().join(format!("wsroom-test-{}.crt", uuid::Uuid::new_v4()));
+    let plain = Server::start(&[]);
+    let tls = Server::start(&[
+        "--tls-self-signed",
+        "--tls-self-signed-out",
+        cert.to_str().unwrap(),
+    ]);
+
+    // Half a request line, then nothing (slowloris); and a TCP connection to
+    // the TLS port that never starts its handshake.
+    let mut slow = within(tokio::net::TcpStream::connect(plain.addr))
+        .await
+        .unwrap();
+    within(slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n"))
+        .await
+        .unwrap();
+    let mut mute = within(tokio::net::TcpStream::connect(tls.addr))
+        .await
+        .unwrap();
+
+    // Meanwhile everyone else is served.
+    let (status, _) = plain.get("/health").await;
+    assert_eq!(status, 200);
+    let (mut ws, _) = plain.connect("runtime", &project()).await;
+    send_text(&mut ws, "{nope").await;
+    assert_eq!(recv(&mut ws).await["type"], "error");
+
+    let (slow_got, mute_got) = tokio::join!(read_to_close(&mut slow), read_to_close(&mut mute));
+    // hyper answers a timed-out request head with 408 or just closes.
+    let text = String::from_utf8_lossy(&slow_got);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    assert!(mute_got.is_empty());
+    let _ = std::fs::remove_file(cert);
+}
