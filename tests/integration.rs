@@ -2054,3 +2054,37 @@ async fn stalled_requests_and_handshakes_are_cut_off_without_blocking_others() {
     assert!(mute_got.is_empty());
     let _ = std::fs::remove_file(cert);
 }
+
+#[tokio::test]
+async fn a_chatty_room_cannot_flood_the_log() {
+    let server = Server::start(&[
+        "--component",
+        FIXTURE_ROOM,
+        "--room-log-lines-per-sec",
+        "10",
+    ]);
+    let (mut ws, _) = server.connect("runtime", &project()).await;
+    send_text(&mut ws, "log:200").await;
+    assert_eq!(recv(&mut ws).await, json!({"echo": "log:200"}));
+    // A burst of 20 gets through; the rest is dropped and counted.
+    let (_, health) = server.get("/health").await;
+    let dropped = health["counters"]["logLinesDropped"].as_u64().unwrap();
+    assert!((150..=180).contains(&dropped), "{health}");
+    let logged = server.stderr().matches("fixture log line").count();
+    assert!((20..=50).contains(&logged), "{logged} lines logged");
+    // Once the budget refills, the next line says how many were dropped.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !server.stderr().contains("log lines dropped") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            server.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        send_text(&mut ws, "log:1").await;
+        recv(&mut ws).await;
+    }
+    // The room served everyone throughout.
+    send_text(&mut ws, "still here").await;
+    assert_eq!(recv(&mut ws).await, json!({"echo": "still here"}));
+}

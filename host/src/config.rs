@@ -111,6 +111,12 @@ pub struct Cli {
     #[arg(long, env = "WSROOM_ROOM_STORAGE_BYTES", default_value_t = 1 << 20)]
     pub room_storage_bytes: usize,
 
+    /// `log` lines one room may write per second (bursts of twice that);
+    /// more are dropped, counted, and reported with the next line let
+    /// through. Lines are cut at 4 KiB.
+    #[arg(long, env = "WSROOM_ROOM_LOG_LINES_PER_SEC", default_value_t = 50)]
+    pub room_log_lines_per_sec: u32,
+
     /// Largest message a client may send, in bytes. A larger message is
     /// discarded and answered with a `message_too_large` error; a single
     /// frame over four times this closes the connection with 1009.
@@ -288,6 +294,7 @@ pub struct Config {
     pub cpu_budget: Duration,
     pub room_memory_bytes: usize,
     pub room_storage_bytes: usize,
+    pub room_log_lines_per_sec: u32,
     pub max_message_bytes: usize,
     pub max_frame_bytes: usize,
     pub outbox_limit_bytes: usize,
@@ -363,6 +370,7 @@ impl Cli {
             room_memory_bytes: usize::try_from(self.room_memory_mib << 20)
                 .map_err(|_| anyhow::anyhow!("--room-memory-mib is too large"))?,
             room_storage_bytes: self.room_storage_bytes,
+            room_log_lines_per_sec: self.room_log_lines_per_sec,
             max_message_bytes: self.max_message_bytes,
             max_frame_bytes: self.max_message_bytes.saturating_mul(4),
             outbox_limit_bytes: self.outbox_limit_bytes,

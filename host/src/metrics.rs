@@ -20,6 +20,7 @@ pub struct Metrics {
     reloads: AtomicU64,
     reload_failures: AtomicU64,
     rooms_upgraded: AtomicU64,
+    log_lines_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -73,6 +74,9 @@ impl Metrics {
             self.reload_failures.fetch_add(1, Relaxed);
         }
     }
+    pub fn log_line_dropped(&self) {
+        self.log_lines_dropped.fetch_add(1, Relaxed);
+    }
     pub fn room_upgraded(&self) {
         self.rooms_upgraded.fetch_add(1, Relaxed);
     }
@@ -101,6 +105,7 @@ impl Metrics {
             "reloads": self.reloads.load(Relaxed),
             "reloadFailures": self.reload_failures.load(Relaxed),
             "roomsUpgraded": self.rooms_upgraded.load(Relaxed),
+            "logLinesDropped": self.log_lines_dropped.load(Relaxed),
         })
     }
 }

@@ -50,6 +50,7 @@ pub async fn run(
             alarm_retries: config.alarm_retries,
             alarm_retry_base: config.alarm_retry_base,
             storage_bytes: config.room_storage_bytes,
+            log_lines_per_sec: config.room_log_lines_per_sec,
         },
         metrics.clone(),
     );

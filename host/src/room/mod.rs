@@ -3,6 +3,7 @@
 //! close) from a bounded inbox, fires the alarm, and calls the guest.
 
 mod imports;
+pub mod log_limit;
 pub mod storage;
 pub mod table;
 
@@ -116,6 +117,8 @@ pub struct Settings {
     pub alarm_retry_base: Duration,
     /// Bytes a room's store may hold (keys and values).
     pub storage_bytes: usize,
+    /// `log` lines a room may write per second (twice that in a burst).
+    pub log_lines_per_sec: u32,
 }
 
 /// A live room as the registry and connections see it.
@@ -149,6 +152,7 @@ pub fn spawn(
         shared.clone(),
         metrics.clone(),
         settings.storage_bytes,
+        settings.log_lines_per_sec,
     );
     let actor = Actor {
         project,

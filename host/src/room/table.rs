@@ -12,6 +12,7 @@ use slab::Slab;
 use crate::engine::wit;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Refused};
+use crate::room::log_limit::LogLimit;
 use crate::room::storage::Storage;
 use crate::room::{ClientMeta, RoomShared};
 
@@ -52,6 +53,8 @@ pub struct Table {
     pub alarm_retry: u32,
     /// The room's key-value store.
     pub storage: Storage,
+    /// The room's budget of `log` lines.
+    pub log_limit: LogLimit,
     shared: Arc<RoomShared>,
     metrics: Arc<Metrics>,
     slots: Slab<Conn>,
@@ -75,6 +78,7 @@ impl Table {
         shared: Arc<RoomShared>,
         metrics: Arc<Metrics>,
         storage_limit: usize,
+        log_lines_per_sec: u32,
     ) -> Table {
         Table {
             project,
@@ -82,6 +86,7 @@ impl Table {
             alarm_at: None,
             alarm_retry: 0,
             storage: Storage::new(storage_limit),
+            log_limit: LogLimit::new(log_lines_per_sec),
             shared,
             metrics,
             slots: Slab::new(),
@@ -93,6 +98,11 @@ impl Table {
             overflowed: Vec::new(),
             touched: Vec::new(),
         }
+    }
+
+    /// Counts a `log` line dropped by the rate limit.
+    pub fn log_dropped(&self) {
+        self.metrics.log_line_dropped();
     }
 
     /// Wakes every writer that has frames queued since the last call.

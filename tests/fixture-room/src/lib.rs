@@ -11,7 +11,8 @@
 //!   second must say there is no such client);
 //! - `spin:MS`: stays busy for MS milliseconds, then echoes;
 //! - `attach:TEXT`: stores TEXT as the client's attachment;
-//! - `attachment`: echoes the stored attachment.
+//! - `attachment`: echoes the stored attachment;
+//! - `log:N`: writes N lines with the `log` import, then echoes.
 //!
 //! Its alarm traps on the first `fixture-alarm-failures` attempts (room
 //! config) and logs `fixture alarm ran (retry N)` when it succeeds.
@@ -95,6 +96,13 @@ impl Guest for Fixture {
                 let until = host::now_ms() + ms;
                 while host::now_ms() < until {
                     std::hint::spin_loop();
+                }
+                echo(&sender.id, &text);
+            }
+            _ if text.starts_with("log:") => {
+                let n: u32 = text["log:".len()..].parse().unwrap_or(0);
+                for i in 0..n {
+                    host::log(LogLevel::Info, &format!("fixture log line {i}"));
                 }
                 echo(&sender.id, &text);
             }

@@ -1,0 +1,105 @@
+//! A room's budget for `log` lines: a token bucket, so a chatty or looping
+//! room cannot flood the host's log. Lines over the budget are dropped and
+//! counted; the next line that fits says how many were dropped.
+
+use std::time::Instant;
+
+/// Longest log line kept, in bytes; longer ones are cut.
+pub const MAX_LINE: usize = 4096;
+
+pub struct LogLimit {
+    /// Lines per second, and the burst the bucket holds.
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+    /// Lines dropped since the last one that was let through.
+    dropped: u64,
+}
+
+/// The verdict on one line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Log it; `dropped` lines were dropped before it.
+    Log {
+        dropped: u64,
+    },
+    Drop,
+}
+
+impl LogLimit {
+    pub fn new(lines_per_sec: u32) -> LogLimit {
+        let rate = f64::from(lines_per_sec);
+        LogLimit {
+            rate,
+            burst: (rate * 2.0).max(1.0),
+            tokens: (rate * 2.0).max(1.0),
+            last: Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    pub fn check(&mut self, now: Instant) -> Verdict {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Verdict::Log {
+                dropped: std::mem::take(&mut self.dropped),
+            }
+        } else {
+            self.dropped += 1;
+            Verdict::Drop
+        }
+    }
+}
+
+/// `line` cut to [`MAX_LINE`] bytes at a character boundary.
+pub fn cut(line: &str) -> &str {
+    let mut end = line.len().min(MAX_LINE);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    &line[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_burst_then_the_rate_and_a_count_of_what_was_dropped() {
+        let t0 = Instant::now();
+        let mut l = LogLimit::new(10);
+        l.last = t0;
+        for _ in 0..20 {
+            assert_eq!(l.check(t0), Verdict::Log { dropped: 0 });
+        }
+        for _ in 0..5 {
+            assert_eq!(l.check(t0), Verdict::Drop);
+        }
+        // 100 ms at 10 lines/s: one more line, which reports the five.
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(l.check(t1), Verdict::Log { dropped: 5 });
+        assert_eq!(l.check(t1), Verdict::Drop);
+    }
+
+    #[test]
+    fn zero_means_silence() {
+        let mut l = LogLimit::new(0);
+        let t = Instant::now();
+        // The bucket starts with one line, then nothing refills it.
+        assert!(matches!(l.check(t), Verdict::Log { .. }));
+        assert_eq!(l.check(t + Duration::from_secs(100)), Verdict::Drop);
+    }
+
+    #[test]
+    fn long_lines_are_cut_at_a_character() {
+        let long = "é".repeat(MAX_LINE);
+        let c = cut(&long);
+        assert!(c.len() <= MAX_LINE && c.len() >= MAX_LINE - 1);
+        assert_eq!(cut("short"), "short");
+    }
+}
