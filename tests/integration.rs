@@ -2088,3 +2088,57 @@ async fn a_chatty_room_cannot_flood_the_log() {
     send_text(&mut ws, "still here").await;
     assert_eq!(recv(&mut ws).await, json!({"echo": "still here"}));
 }
+
+#[tokio::test]
+async fn a_client_that_talks_but_never_reads_is_dropped_when_its_socket_stalls() {
+    use futures_util::StreamExt;
+    // A huge outbox bound, so it is the stalled socket that ends this client,
+    // not an overflowing queue.
+    let server = Server::start(&[
+        "--ping-interval-ms",
+        "300",
+        "--outbox-limit-bytes",
+        "536870912",
+    ]);
+    let p = project();
+    let (stalled, stalled_id) = server.connect("data-agent", &p).await;
+    let (mut r, _) = server.connect("runtime", &p).await;
+    let (mut observer, _) = server.connect("admin", &p).await;
+    // It keeps sending (so it never counts as silent) and never reads.
+    let (mut sink, stream) = stalled.split();
+    let me = stalled_id.clone();
+    let talker = tokio::spawn(async move {
+        for _ in 0..300 {
+            let msg = json!({"type": "keepalive", "to": {"id": me}}).to_string();
+            if sink.send(Message::text(msg)).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        drop(stream);
+    });
+    // Tens of megabytes for it: far more than the kernel's socket buffers.
+    let pad = "x".repeat(600_000);
+    for i in 0..60 {
+        send(
+            &mut r,
+            &json!({"id": format!("big{i}"), "type": "t", "to": {"id": stalled_id}, "payload": pad}),
+        )
+        .await;
+    }
+    // The others see it leave.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled client was never dropped"
+        );
+        let msg = recv(&mut observer).await;
+        if msg["type"] == "client_left" && msg["payload"]["clientId"] == stalled_id.as_str() {
+            break;
+        }
+    }
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["counters"]["outboxOverflows"], 0, "{health}");
+    talker.abort();
+}
