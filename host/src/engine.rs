@@ -61,28 +61,25 @@ impl WasiView for RoomState {
 /// The compiled room components, ready to instantiate, and which project
 /// runs which. Replaced as a whole by [`Runtime::reload`].
 struct Components {
-    /// For projects no mapping matches (`None` only while starting).
-    default: Option<RoomPre<RoomState>>,
+    /// For projects no mapping matches.
+    default: RoomPre<RoomState>,
     /// `(pattern, component)`, first match wins.
     by_project: Vec<(String, RoomPre<RoomState>)>,
 }
 
 impl Components {
-    fn for_project(&self, project: &str) -> Option<&RoomPre<RoomState>> {
+    fn for_project(&self, project: &str) -> &RoomPre<RoomState> {
         self.by_project
             .iter()
             .find(|(pattern, _)| config::project_matches(pattern, project))
-            .map(|(_, pre)| pre)
-            .or(self.default.as_ref())
+            .map_or(&self.default, |(_, pre)| pre)
     }
 }
 
 struct Inner {
     engine: Engine,
     linker: Linker<RoomState>,
-    /// Where the components come from (`None`: the embedded default room).
-    default_source: Option<PathBuf>,
-    project_sources: Vec<(String, PathBuf)>,
+    sources: Sources,
     current: RwLock<Arc<Components>>,
     /// Bumped by every successful reload; rooms compare it with the version
     /// their instance was made from.
@@ -131,20 +128,20 @@ impl Runtime {
         Room::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)
             .context("cannot link the room host interface")?;
-        let mut inner = Inner {
+        let sources = Sources {
+            default: config.component.clone(),
+            by_project: config.project_components.clone(),
+        };
+        let components = sources.load(&engine, &linker)?;
+        let inner = Inner {
             engine,
             linker,
-            default_source: config.component.clone(),
-            project_sources: config.project_components.clone(),
-            current: RwLock::new(Arc::new(Components {
-                default: None,
-                by_project: Vec::new(),
-            })),
+            sources,
+            current: RwLock::new(Arc::new(components)),
             version: AtomicU64::new(0),
             budget_ticks: (config.cpu_budget.as_millis() / TICK.as_millis()).max(1) as u64,
             memory_bytes: config.room_memory_bytes,
         };
-        inner.current = RwLock::new(Arc::new(inner.load()?));
         start_ticker(&inner.engine).context("cannot start the epoch ticker thread")?;
         Ok(Runtime {
             inner: Arc::new(inner),
@@ -155,7 +152,8 @@ impl Runtime {
     /// switch to the new code at their next event; on failure nothing
     /// changes. Returns the new version.
     pub fn reload(&self) -> anyhow::Result<u64> {
-        let components = self.inner.load()?;
+        let inner = &*self.inner;
+        let components = inner.sources.load(&inner.engine, &inner.linker)?;
         *self
             .inner
             .current
@@ -184,9 +182,7 @@ impl Runtime {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let Some(pre) = components.for_project(&table.project) else {
-            return Err((table, anyhow::anyhow!("no room component is loaded")));
-        };
+        let pre = components.for_project(&table.project);
         let state = RoomState {
             table,
             wasi: WasiCtxBuilder::new().inherit_stderr().build(),
@@ -219,53 +215,63 @@ impl Runtime {
     }
 }
 
-impl Inner {
+/// Where the components come from.
+struct Sources {
+    /// `None`: the embedded default room.
+    default: Option<PathBuf>,
+    by_project: Vec<(String, PathBuf)>,
+}
+
+impl Sources {
     /// Compiles and checks every configured component.
-    fn load(&self) -> anyhow::Result<Components> {
-        let default = match &self.default_source {
-            Some(path) => self.load_file(path)?,
+    fn load(&self, engine: &Engine, linker: &Linker<RoomState>) -> anyhow::Result<Components> {
+        let default = match &self.default {
+            Some(path) => load_file(engine, linker, path)?,
             None => {
-                let component = Component::new(&self.engine, DEFAULT_ROOM)
+                let component = Component::new(engine, DEFAULT_ROOM)
                     .map_err(anyhow::Error::from)
                     .context("cannot compile the embedded default room")?;
-                self.check(&component, "the default room")?
+                check(linker, &component, "the default room")?
             }
         };
-        let mut by_project = Vec::with_capacity(self.project_sources.len());
-        for (pattern, path) in &self.project_sources {
-            by_project.push((pattern.clone(), self.load_file(path)?));
+        let mut by_project = Vec::with_capacity(self.by_project.len());
+        for (pattern, path) in &self.by_project {
+            by_project.push((pattern.clone(), load_file(engine, linker, path)?));
         }
         Ok(Components {
-            default: Some(default),
+            default,
             by_project,
         })
     }
+}
 
-    fn load_file(&self, path: &Path) -> anyhow::Result<RoomPre<RoomState>> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read room component {}", path.display()))?;
-        let component = Component::new(&self.engine, &bytes)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("cannot load room component {}", path.display()))?;
-        self.check(&component, &path.display().to_string())
-    }
+fn load_file(
+    engine: &Engine,
+    linker: &Linker<RoomState>,
+    path: &Path,
+) -> anyhow::Result<RoomPre<RoomState>> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read room component {}", path.display()))?;
+    let component = Component::new(engine, &bytes)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot load room component {}", path.display()))?;
+    check(linker, &component, &path.display().to_string())
+}
 
-    /// Links a component against the host: every import must be provided
-    /// and every export of the room world present.
-    fn check(&self, component: &Component, what: &str) -> anyhow::Result<RoomPre<RoomState>> {
-        let pre = self
-            .linker
-            .instantiate_pre(component)
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!("{what} does not fit the wsroom:room/room world (its imports)")
-            })?;
-        RoomPre::new(pre)
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!("{what} does not fit the wsroom:room/room world (its exports)")
-            })
-    }
+/// Links a component against the host: every import must be provided and
+/// every export of the room world present.
+fn check(
+    linker: &Linker<RoomState>,
+    component: &Component,
+    what: &str,
+) -> anyhow::Result<RoomPre<RoomState>> {
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("{what} does not fit the wsroom:room/room world (its imports)"))?;
+    RoomPre::new(pre)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("{what} does not fit the wsroom:room/room world (its exports)"))
 }
 
 /// Advances the engine's epoch every [`TICK`] until the engine is dropped.
