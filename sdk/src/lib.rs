@@ -173,16 +173,20 @@ impl Ctx {
         host::set_attachment(id, data)
     }
 
+    /// What `set_attachment` stored with a client, if anything.
     pub fn attachment(&self, id: &str) -> Option<Vec<u8>> {
         host::attachment(id)
     }
 
     /// The room's store (kept by the host across hibernation and reloads,
     /// for as long as the room exists).
+    /// The value stored under `key`, if any.
     pub fn storage_get(&self, key: &str) -> Option<Vec<u8>> {
         host::storage_get(key)
     }
 
+    /// Stores `value` under `key` (keys: 1 byte to 1 KiB); `Full` when the
+    /// store would pass the host's `--room-storage-bytes`.
     pub fn storage_set(&mut self, key: &str, value: &[u8]) -> Result<(), StorageError> {
         host::storage_set(key, value)
     }
@@ -202,6 +206,7 @@ impl Ctx {
         host::set_alarm(delay_ms);
     }
 
+    /// Cancels the alarm, if one is set.
     pub fn cancel_alarm(&mut self) {
         host::cancel_alarm();
     }
@@ -211,6 +216,7 @@ impl Ctx {
         host::alarm_at()
     }
 
+    /// The project this room serves.
     pub fn project_id(&self) -> String {
         host::project_id()
     }
