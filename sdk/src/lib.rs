@@ -178,9 +178,9 @@ impl Ctx {
         host::attachment(id)
     }
 
-    /// The room's store (kept by the host across hibernation and reloads,
-    /// for as long as the room exists).
-    /// The value stored under `key`, if any.
+    /// The value stored under `key` in the room's store, if any. The store
+    /// is kept by the host across hibernation and reloads, for as long as
+    /// the room exists.
     pub fn storage_get(&self, key: &str) -> Option<Vec<u8>> {
         host::storage_get(key)
     }
