@@ -1847,6 +1847,24 @@ async fn a_component_with_an_import_the_host_lacks_is_refused_by_name() {
         assert!(stderr.contains("acme:missing/thing@1.0.0"), "{stderr}");
         assert!(stderr.contains(&bad.display().to_string()), "{stderr}");
     }
+    // `wsroom check` says the same without starting a server, and passes a
+    // component that fits.
+    let check = |path: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
+            .args(["check", path])
+            .output()
+            .unwrap()
+    };
+    let out = check(bad.to_str().unwrap());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("acme:missing/thing@1.0.0"));
+    let out = check(FIXTURE_ROOM);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fits the wsroom:room/room world"));
     let _ = std::fs::remove_file(bad);
 }
 

@@ -164,6 +164,13 @@ pub struct Cli {
 pub enum Command {
     /// Print a signed access token for a project and client types.
     Token(TokenArgs),
+    /// Compile and link room components as the server would, and say
+    /// whether each fits the wsroom:room/room world (before a SIGHUP, say).
+    Check {
+        /// Component files to check.
+        #[arg(required = true)]
+        components: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -18,9 +18,22 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if let Some(Command::Token(args)) = &cli.command {
-        println!("{}", args.mint()?);
-        return Ok(());
+    match &cli.command {
+        Some(Command::Token(args)) => {
+            println!("{}", args.mint()?);
+            return Ok(());
+        }
+        Some(Command::Check { components }) => {
+            let mut config = cli.config()?;
+            config.project_components.clear();
+            for path in components {
+                config.component = Some(path.clone());
+                wsroom::engine::Runtime::new(&config)?;
+                println!("{}: fits the wsroom:room/room world", path.display());
+            }
+            return Ok(());
+        }
+        None => {}
     }
     let config = cli.config()?;
     let listener = tokio::net::TcpListener::bind(cli.listen)
