@@ -897,9 +897,6 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    if let Scenario::ReferenceServer = cli.scenario {
-        return runtime.block_on(reference::serve(cli.server));
-    }
     let deadline = Instant::now() + Duration::from_secs(cli.timeout_secs);
     let report = runtime.block_on(async {
         match cli.scenario {
@@ -939,7 +936,10 @@ fn main() -> anyhow::Result<()> {
                 )
                 .await
             }
-            Scenario::ReferenceServer => unreachable!("handled above"),
+            // Serves until killed; returns only on error.
+            Scenario::ReferenceServer => reference::serve(cli.server)
+                .await
+                .map(|()| json!({"ok": true})),
         }
     })?;
     if cli.json {

@@ -39,6 +39,8 @@ struct Room {
 
 type Rooms = Arc<Mutex<HashMap<String, Arc<Room>>>>;
 
+/// Serves until the process is killed; returns only if it cannot listen
+/// or accept.
 pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
     anyhow::ensure!(
         listen.ip().is_loopback(),
