@@ -42,21 +42,8 @@ pub struct Cli {
     #[arg(long, env = "WSROOM_TLS_SELF_SIGNED_OUT", requires = "tls_self_signed")]
     pub tls_self_signed_out: Option<PathBuf>,
 
-    /// Secret that signs access tokens (HS256, at least 32 bytes). With it,
-    /// /websocket, /status and /health?projectId= need a token; without it
-    /// anyone who knows a projectId may join it, as admin too. Prefer
-    /// --auth-secret-file or the environment: arguments are visible in `ps`.
-    #[arg(
-        long,
-        env = "WSROOM_AUTH_SECRET",
-        hide_env_values = true,
-        conflicts_with = "auth_secret_file"
-    )]
-    pub auth_secret: Option<Secret>,
-
-    /// File holding the token secret (a trailing newline is ignored).
-    #[arg(long, env = "WSROOM_AUTH_SECRET_FILE")]
-    pub auth_secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub secret: SecretArgs,
 
     /// Browser origin allowed to open WebSockets (scheme://host[:port]);
     /// repeatable. When set, an upgrade whose Origin header is not listed is
@@ -193,28 +180,17 @@ pub struct TokenArgs {
     #[arg(long)]
     pub subject: Option<String>,
 
-    /// The server's secret (as --auth-secret).
-    #[arg(
-        long,
-        env = "WSROOM_AUTH_SECRET",
-        hide_env_values = true,
-        conflicts_with = "secret_file"
-    )]
-    pub secret: Option<Secret>,
-
-    /// File holding the server's secret (as --auth-secret-file).
-    #[arg(long, env = "WSROOM_AUTH_SECRET_FILE")]
-    pub secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub secret: SecretArgs,
 }
 
 impl TokenArgs {
     pub fn mint(&self) -> anyhow::Result<String> {
-        let secret =
-            load_secret(self.secret.as_ref(), self.secret_file.as_deref())?.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "give the server's secret: --secret-file, --secret or WSROOM_AUTH_SECRET"
-                )
-            })?;
+        let secret = self.secret.load()?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "give the server's secret: --auth-secret-file, --auth-secret or WSROOM_AUTH_SECRET"
+            )
+        })?;
         auth::mint(
             &secret,
             &self.project,
@@ -242,20 +218,41 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-fn load_secret(
-    secret: Option<&Secret>,
-    file: Option<&std::path::Path>,
-) -> anyhow::Result<Option<Vec<u8>>> {
-    if let Some(path) = file {
-        let mut bytes = std::fs::read(path).map_err(|e| {
-            anyhow::anyhow!("cannot read the auth secret file {}: {e}", path.display())
-        })?;
-        while bytes.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
-            bytes.pop();
+/// The token secret, from the command line, the environment or a file; the
+/// server and `wsroom token` take it the same way.
+#[derive(Debug, Clone, Args)]
+pub struct SecretArgs {
+    /// Secret that signs access tokens (HS256, at least 32 bytes). With it,
+    /// /websocket, /status and /health?projectId= need a token; without it
+    /// anyone who knows a projectId may join it, as admin too. Prefer
+    /// --auth-secret-file or the environment: arguments are visible in `ps`.
+    #[arg(
+        long,
+        env = "WSROOM_AUTH_SECRET",
+        hide_env_values = true,
+        conflicts_with = "auth_secret_file"
+    )]
+    pub auth_secret: Option<Secret>,
+
+    /// File holding the token secret (a trailing newline is ignored).
+    #[arg(long, env = "WSROOM_AUTH_SECRET_FILE")]
+    pub auth_secret_file: Option<PathBuf>,
+}
+
+impl SecretArgs {
+    /// The secret's bytes, if one was given.
+    pub fn load(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        if let Some(path) = &self.auth_secret_file {
+            let mut bytes = std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("cannot read the auth secret file {}: {e}", path.display())
+            })?;
+            while bytes.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
+                bytes.pop();
+            }
+            return Ok(Some(bytes));
         }
-        return Ok(Some(bytes));
+        Ok(self.auth_secret.as_ref().map(|s| s.0.clone().into_bytes()))
     }
-    Ok(secret.map(|s| s.0.clone().into_bytes()))
 }
 
 /// Where the TLS certificate comes from.
@@ -350,7 +347,9 @@ impl Cli {
                 .zip(self.tls_key.clone())
                 .map(|(cert, key)| TlsSource::Files { cert, key })
         };
-        let auth = load_secret(self.auth_secret.as_ref(), self.auth_secret_file.as_deref())?
+        let auth = self
+            .secret
+            .load()?
             .map(|secret| Auth::new(&secret).map(Arc::new))
             .transpose()?;
         let allowed_origins = self
