@@ -338,7 +338,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 ///
 /// The `IoSlice`s live on the heap for the duration of the write only: kept
 /// in the future they would cost every idle connection a kilobyte.
-async fn write_all<W: AsyncWrite + Unpin>(
+pub async fn write_all<W: AsyncWrite + Unpin>(
     write: &mut W,
     batch: &mut [Bytes],
 ) -> std::io::Result<()> {

@@ -10,20 +10,19 @@
 //! outbox bound: it is a yardstick, not a server to run.
 
 use std::collections::HashMap;
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use fastwebsockets::{OpCode, Role};
 use http_body_util::Empty;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use wsroom::conn::write_all;
 use wsroom::outbox::{self, Next, Outbox};
 
 struct Client {
@@ -200,31 +199,4 @@ fn route(room: &Room, sender: &str, sender_kind: &str, text: &[u8]) {
             .filter(|c| &*c.id != sender)
             .for_each(deliver),
     }
-}
-
-async fn write_all<W: AsyncWrite + Unpin>(
-    write: &mut W,
-    batch: &mut [Bytes],
-) -> std::io::Result<()> {
-    let mut i = 0;
-    while i < batch.len() {
-        let end = batch.len().min(i + 1024);
-        let slices: Vec<IoSlice<'_>> = batch[i..end].iter().map(|b| IoSlice::new(b)).collect();
-        let mut written = write.write_vectored(&slices).await?;
-        drop(slices);
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while written > 0 && i < batch.len() {
-            let len = batch[i].len();
-            if written >= len {
-                written -= len;
-                i += 1;
-            } else {
-                batch[i].advance(written);
-                written = 0;
-            }
-        }
-    }
-    write.flush().await
 }
