@@ -2160,3 +2160,53 @@ async fn a_client_that_talks_but_never_reads_is_dropped_when_its_socket_stalls()
     assert_eq!(health["counters"]["outboxOverflows"], 0, "{health}");
     talker.abort();
 }
+
+#[tokio::test]
+async fn the_reference_server_passes_the_load_tools_checks() {
+    use std::io::BufRead;
+    // The yardstick the README compares wsroom with must route correctly too.
+    /// Kills the server however the test ends.
+    struct Reference(std::process::Child);
+    impl Drop for Reference {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reference(
+        std::process::Command::new(env!("CARGO_BIN_EXE_wsroom-load"))
+            .args(["--server", "127.0.0.1:0", "reference-server"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().rsplit("://").next().unwrap().to_owned();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom-load"))
+            .args(["--server", &addr, "--json", "--timeout-secs", "30"])
+            .args(args)
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(out.status.success(), "{report}");
+        report
+    };
+    for route in ["type", "id", "broadcast"] {
+        let r = run(&[
+            "fanout",
+            "--receivers",
+            "5",
+            "--messages",
+            "200",
+            "--route",
+            route,
+        ]);
+        assert_eq!(r["checks"]["lost"], 0, "{r}");
+    }
+    let r = run(&["rpc", "--pairs", "4", "--projects", "2", "--requests", "50"]);
+    assert_eq!(r["checks"]["errors"], 0, "{r}");
+}
