@@ -786,10 +786,10 @@ async fn a_trapping_room_closes_only_its_own_clients() {
     }
     let (_, health) = server.get("/health").await;
     assert_eq!(health["counters"]["roomFailures"], 3);
-    assert!(
-        server.stderr().contains(&bad),
-        "the failure is logged with the project id"
-    );
+    // The failure is logged with the project id.
+    server
+        .wait_stderr("the failure", |log| log.contains(&bad))
+        .await;
 }
 
 #[tokio::test]
@@ -1173,8 +1173,11 @@ async fn a_failing_alarm_is_retried_with_backoff() {
     let (_, health) = server.get("/health").await;
     assert_eq!(health["counters"]["roomFailures"], 2, "{health}");
     assert_eq!(health["counters"]["alarmsGivenUp"], 0);
-    let log = server.stderr();
-    assert!(log.contains("fixture alarm ran (retry 2)"), "{log}");
+    server
+        .wait_stderr("the third attempt", |log| {
+            log.contains("fixture alarm ran (retry 2)")
+        })
+        .await;
 }
 
 #[tokio::test]
@@ -1204,8 +1207,11 @@ async fn an_alarm_that_always_fails_is_given_up_and_logged() {
         .await;
     let (_, health) = server.get("/health").await;
     assert_eq!(health["counters"]["roomFailures"], 3, "{health}");
-    let log = server.stderr();
-    assert!(log.contains("giving up") && log.contains(&p), "{log}");
+    server
+        .wait_stderr("giving up", |log| {
+            log.contains("giving up") && log.contains(&p)
+        })
+        .await;
 }
 
 // --------------------------------------------------------------------- TLS
@@ -1386,7 +1392,11 @@ async fn a_room_can_list_and_close_its_clients() {
     // A reserved code is replaced by 1000.
     send_text(&mut r2, "close:1011").await;
     assert_eq!(recv_close(&mut r2).await.0, 1000);
-    assert!(server.stderr().contains("fixture close: true then false"));
+    server
+        .wait_stderr("the room's log line", |log| {
+            log.contains("fixture close: true then false")
+        })
+        .await;
 }
 
 // ---------------------------------------------------------- access control
@@ -1672,7 +1682,9 @@ async fn wss_with_a_generated_certificate_and_a_minted_token() {
         "--tls-self-signed-out",
         cert.to_str().unwrap(),
     ]);
-    assert!(server.stderr().contains("sha256"), "{}", server.stderr());
+    server
+        .wait_stderr("the fingerprint", |log| log.contains("sha256"))
+        .await;
 
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(&cert).unwrap() {
@@ -1911,11 +1923,9 @@ async fn sighup_upgrades_room_code_without_dropping_a_socket() {
         .await;
     send(&mut r, &msg(200)).await;
     assert_eq!(recv(&mut d).await["id"], "m200");
-    assert!(
-        server.stderr().contains("reload failed"),
-        "{}",
-        server.stderr()
-    );
+    server
+        .wait_stderr("the reload error", |log| log.contains("reload failed"))
+        .await;
 
     // New code: the same sockets now talk to the fixture room, which echoes.
     std::fs::copy(FIXTURE_ROOM, &path).unwrap();
@@ -2088,7 +2098,12 @@ async fn a_chatty_room_cannot_flood_the_log() {
     let (_, health) = server.get("/health").await;
     let dropped = health["counters"]["logLinesDropped"].as_u64().unwrap();
     assert!((150..=180).contains(&dropped), "{health}");
-    let logged = server.stderr().matches("fixture log line").count();
+    let log = server
+        .wait_stderr("the burst", |log| {
+            log.matches("fixture log line").count() >= 20
+        })
+        .await;
+    let logged = log.matches("fixture log line").count();
     assert!((20..=50).contains(&logged), "{logged} lines logged");
     // Once the budget refills, the next line says how many were dropped.
     let deadline = tokio::time::Instant::now() + TIMEOUT;

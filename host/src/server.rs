@@ -184,12 +184,12 @@ fn reload_on_sighup(runtime: Runtime, metrics: Arc<Metrics>) {
                         );
                     }
                     Ok(Err(e)) => {
-                        metrics.reloaded(false);
                         error!(error = %format!("{e:#}"), "reload failed; the running components stay");
+                        metrics.reloaded(false);
                     }
                     Err(e) => {
-                        metrics.reloaded(false);
                         error!(error = %e, "reload failed; the running components stay");
+                        metrics.reloaded(false);
                     }
                 }
             }

@@ -184,6 +184,23 @@ impl Server {
         }
     }
 
+    /// Waits until the server's stderr (read by another thread, so a line
+    /// may lag behind what /health already shows) satisfies `f`; returns it.
+    pub async fn wait_stderr(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let log = self.stderr();
+            if f(&log) {
+                return log;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what} in the log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
