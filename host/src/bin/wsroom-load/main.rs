@@ -17,6 +17,7 @@
 //! Every run is bounded in messages and in time, and only connects to
 //! loopback addresses.
 
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -259,19 +260,39 @@ fn stamped_from(sender_id: &str) -> String {
     format!(r#""from":{{"id":"{sender_id}","type":"runtime"}}"#)
 }
 
-/// The unsigned integer right after the first match of `key` in `text`.
-fn number_after(text: &[u8], key: &memchr::memmem::Finder<'_>) -> Option<u64> {
-    let at = key.find(text)? + key.needle().len();
-    let digits = &text[at..];
+/// The unsigned integer at the start of `digits`, and its length.
+fn leading_number(digits: &[u8]) -> Option<(u64, usize)> {
     let len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
     if len == 0 || len > 19 {
         return None;
     }
-    Some(
-        digits[..len]
-            .iter()
-            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
-    )
+    let n = digits[..len]
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some((n, len))
+}
+
+/// The unsigned integer right after the first match of `key` in `text`.
+fn number_after(text: &[u8], key: &memchr::memmem::Finder<'_>) -> Option<u64> {
+    let at = key.find(text)? + key.needle().len();
+    leading_number(&text[at..]).map(|(n, _)| n)
+}
+
+/// How the load tool's messages start; a room that keeps the order of
+/// fields (the default room does) delivers them starting the same way.
+const BENCH_PREFIX: &[u8] = br#"{"payload":{"seq":"#;
+
+/// A bench message's sequence number and send time: read in place when the
+/// delivery starts as sent, searched for otherwise.
+fn seq_and_time(text: &[u8], keys: &Keys) -> Option<(u64, u64)> {
+    if let Some(rest) = text.strip_prefix(BENCH_PREFIX)
+        && let Some((seq, len)) = leading_number(rest)
+        && let Some(rest) = rest[len..].strip_prefix(br#","t":"#)
+        && let Some((t, _)) = leading_number(rest)
+    {
+        return Some((seq, t));
+    }
+    Some((number_after(text, &keys.seq)?, number_after(text, &keys.t)?))
 }
 
 /// Searchers for the two numbers every bench payload carries, built once
@@ -343,6 +364,13 @@ async fn fanout(
     let mut receiver_tasks = Vec::new();
     let hist = Arc::new(Mutex::new(new_histogram()));
     let last_delivery = Arc::new(AtomicU64::new(0));
+    // How many deliveries a receiver holds before telling its sender: the
+    // held-back total stays below the window, so no sender waits on it.
+    let window_deliveries = match route {
+        Route::Id => window,
+        _ => window.saturating_mul(receivers as u64),
+    };
+    let report_every = (window_deliveries / receivers as u64).clamp(1, 32);
     for p in 0..projects {
         let project = format!("{run}-{p}");
         let progress = Arc::new(Progress {
@@ -369,6 +397,7 @@ async fn fanout(
                 hist.clone(),
                 last_delivery.clone(),
                 got.clone(),
+                report_every,
             ));
             receiver_tasks.push((task, got, expected));
         }
@@ -386,6 +415,10 @@ async fn fanout(
                 Route::Id => 1,
                 _ => receiver_ids.len() as u64,
             };
+            let receiver_ids: Vec<String> = receiver_ids
+                .iter()
+                .map(|id| serde_json::Value::from(id.as_str()).to_string())
+                .collect();
             let mut ticker = rate.map(|r| {
                 let mut t = tokio::time::interval(Duration::from_nanos(1_000_000_000 / r.max(1)));
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -408,21 +441,24 @@ async fn fanout(
                         progress.wake.notified().await;
                     }
                 }
-                let to = match route {
-                    Route::Type => json!({"type": "data-agent"}),
-                    Route::Id => {
-                        json!({"id": receiver_ids[(seq % receiver_ids.len() as u64) as usize]})
-                    }
-                    Route::Broadcast => serde_json::Value::Null,
-                };
+                // The payload comes first and starts with the two numbers
+                // the receivers look for, so their search stops early (the
+                // room keeps the order of fields).
                 buf.clear();
                 let t = start.elapsed().as_nanos() as u64;
-                serde_json::to_writer(
-                    &mut buf,
-                    &json!({"id": seq.to_string(), "type": "bench", "to": to,
-                            "payload": {"seq": seq, "t": t, "pad": pad}}),
-                )
-                .expect("serialize to a Vec");
+                let _ = write!(
+                    buf,
+                    r#"{{"payload":{{"seq":{seq},"t":{t},"pad":"{pad}"}},"type":"bench","id":"{seq}""#
+                );
+                match route {
+                    Route::Type => buf.extend_from_slice(br#","to":{"type":"data-agent"}"#),
+                    Route::Id => {
+                        let id = &receiver_ids[(seq % receiver_ids.len() as u64) as usize];
+                        let _ = write!(buf, r#","to":{{"id":{id}}}"#);
+                    }
+                    Route::Broadcast => {}
+                }
+                buf.push(b'}');
                 if send_text(&mut ws, &buf).await.is_err() {
                     checks.errors.fetch_add(1, Relaxed);
                     break;
@@ -488,6 +524,7 @@ async fn receive(
     hist: Arc<Mutex<Histogram<u64>>>,
     last_delivery: Arc<AtomicU64>,
     got: Arc<AtomicU64>,
+    report_every: u64,
 ) {
     let mut local = new_histogram();
     let mut last_seq: Option<u64> = None;
@@ -496,6 +533,11 @@ async fn receive(
     let keys = Keys::new();
     // Time of this receiver's latest delivery.
     let mut last = 0u64;
+    // Deliveries are reported to the sender in small batches (a shared
+    // counter touched per delivery costs the tool more than the server's
+    // routing). Fewer than `window` per receiver, so a sender never waits
+    // for deliveries that are held back.
+    let mut unreported = 0u64;
     // read_frame is not cancel-safe, so a receiver that waits forever is
     // aborted from outside and its shortfall read from `got`.
     while got.load(Relaxed) < expected {
@@ -516,8 +558,7 @@ async fn receive(
         // `from` the server must stamp, found by byte search (the load
         // tool's JSON parsing would otherwise cost more CPU than the
         // server). Every 64th delivery is also parsed in full and compared.
-        let (Some(seq), Some(t)) = (number_after(text, &keys.seq), number_after(text, &keys.t))
-        else {
+        let Some((seq, t)) = seq_and_time(text, &keys) else {
             if !is_system(text) {
                 checks.errors.fetch_add(1, Relaxed);
             }
@@ -551,9 +592,15 @@ async fn receive(
         got.fetch_add(1, Relaxed);
         let _ = local.record(now.saturating_sub(t).max(1));
         last = now;
-        progress.delivered.fetch_add(1, Relaxed);
-        progress.wake.notify_one();
+        unreported += 1;
+        if unreported == report_every {
+            progress.delivered.fetch_add(unreported, Relaxed);
+            progress.wake.notify_one();
+            unreported = 0;
+        }
     }
+    progress.delivered.fetch_add(unreported, Relaxed);
+    progress.wake.notify_one();
     last_delivery.fetch_max(last, Relaxed);
     let _ = hist.lock().await.add(&local);
 }
@@ -966,6 +1013,12 @@ mod tests {
         assert_eq!(number_after(DELIVERY.as_bytes(), &keys.t), Some(123456));
         assert_eq!(number_after(b"{\"x\":1}", &keys.seq), None);
         assert_eq!(number_after(b"{\"seq\":x}", &keys.seq), None);
+        // In place, and searched for when a room reorders the fields.
+        let sent = r#"{"payload":{"seq":42,"t":99,"pad":"x"},"type":"bench","id":"42"}"#;
+        assert_eq!(seq_and_time(sent.as_bytes(), &keys), Some((42, 99)));
+        let reordered = r#"{"type":"bench","payload":{"t":99,"seq":42,"pad":"x"}}"#;
+        assert_eq!(seq_and_time(reordered.as_bytes(), &keys), Some((42, 99)));
+        assert_eq!(seq_and_time(br#"{"payload":{"seq":42}}"#, &keys), None);
     }
 
     #[test]
