@@ -1,8 +1,9 @@
 //! A connection's outgoing queue: whole WebSocket frames (header and payload
 //! in one shared [`Bytes`]) waiting for the connection's writer.
 //!
-//! The room pushes without ever waiting; the writer takes everything queued
-//! at once and writes it with one vectored write. The queue is bounded in
+//! The room pushes without ever waiting (what it sent during a batch of
+//! events, under one lock); the writer takes everything queued at once and
+//! writes it with one vectored write. The queue is bounded in
 //! bytes: a push that would pass the bound drops what is queued and leaves
 //! only a close frame (1013), so a slow client costs at most the bound.
 
@@ -91,39 +92,38 @@ impl Outbox {
 
     /// Queues a data frame, refusing it past the bound, and wakes the writer.
     pub fn push(&self, frame: Bytes) -> Result<(), Refused> {
-        self.push_quiet(frame)?;
-        self.wake();
-        Ok(())
+        self.push_all(std::iter::once(frame))
     }
 
-    /// Wakes the writer for frames queued with [`Outbox::push_quiet`].
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Queues a data frame without waking the writer: the room wakes each
-    /// touched writer once after a batch of events, so a writer takes many
-    /// frames per write instead of one.
-    pub fn push_quiet(&self, frame: Bytes) -> Result<(), Refused> {
+    /// Queues data frames in order under one lock and wakes the writer once.
+    /// The bound applies frame by frame, as if each were pushed alone: one
+    /// that would pass it drops everything queued and leaves only a close
+    /// frame (1013). A single frame larger than the bound still goes to a
+    /// client with nothing queued.
+    pub fn push_all(&self, frames: impl IntoIterator<Item = Bytes>) -> Result<(), Refused> {
         let mut s = self.lock();
         if s.closing || s.aborted {
             return Err(Refused::Closed);
         }
-        if s.bytes + frame.len() > self.limit && !s.frames.is_empty() {
-            s.frames.clear();
-            s.bytes = 0;
-            s.closing = true;
-            s.frames.push_back(close_frame(
-                CLOSE_TOO_SLOW,
-                "outgoing queue full: client too slow",
-            ));
-            drop(s);
-            self.wake.notify_one();
-            return Err(Refused::Overflow);
+        let mut result = Ok(());
+        for frame in frames {
+            if s.bytes + frame.len() > self.limit && !s.frames.is_empty() {
+                s.frames.clear();
+                s.bytes = 0;
+                s.closing = true;
+                s.frames.push_back(close_frame(
+                    CLOSE_TOO_SLOW,
+                    "outgoing queue full: client too slow",
+                ));
+                result = Err(Refused::Overflow);
+                break;
+            }
+            s.bytes += frame.len();
+            s.frames.push_back(frame);
         }
-        s.bytes += frame.len();
-        s.frames.push_back(frame);
-        Ok(())
+        drop(s);
+        self.wake.notify_one();
+        result
     }
 
     /// Queues a control frame (ping, pong); they are small and not counted.
@@ -228,6 +228,21 @@ mod tests {
         let mut batch = Vec::new();
         assert_eq!(o.take(&mut batch).await, Next::Finish);
         assert_eq!(batch.len(), 1);
+        assert_eq!(&batch[0][2..4], &CLOSE_TOO_SLOW.to_be_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_bounded_frame_by_frame() {
+        let o = Outbox::new(100);
+        o.push_all([text(30), text(30)]).unwrap();
+        assert_eq!(
+            o.push_all([text(30), text(30), text(1)]),
+            Err(Refused::Overflow)
+        );
+        assert_eq!(o.push_all([text(1)]), Err(Refused::Closed));
+        let mut batch = Vec::new();
+        assert_eq!(o.take(&mut batch).await, Next::Finish);
+        assert_eq!(batch.len(), 1, "only the close frame is left");
         assert_eq!(&batch[0][2..4], &CLOSE_TOO_SLOW.to_be_bytes());
     }
 

@@ -230,9 +230,9 @@ impl Actor {
                 }
                 () = sleep_until_ms(alarm.unwrap_or(0)), if alarm.is_some() => {
                     self.fire_alarm().await;
-                    self.table().wake_writers();
+                    self.table().flush();
                     self.settle().await;
-                    self.table().wake_writers();
+                    self.table().flush();
                     if self.try_remove() { break; }
                     continue;
                 }
@@ -254,9 +254,9 @@ impl Actor {
                 }
                 self.handle(event).await;
             }
-            self.table().wake_writers();
+            self.table().flush();
             self.settle().await;
-            self.table().wake_writers();
+            self.table().flush();
             if shutdown || self.try_remove() {
                 break;
             }
@@ -289,7 +289,7 @@ impl Actor {
 
     /// Server shutdown: every client gets 1001 after what is queued for it.
     fn shut_down(&mut self) {
-        self.table().wake_writers();
+        self.table().flush();
         for c in self.table().drain() {
             c.outbox.close(CLOSE_GOING_AWAY, "server shutting down");
         }

@@ -33,8 +33,29 @@ pub struct Conn {
     serial: u64,
     /// The last send that reached this client (for de-duplication).
     mark: u64,
-    /// Frames were queued for it since the last [`Table::wake_writers`].
+    /// Frames sent to it since the last [`Table::flush`], not yet in its
+    /// outbox: handed over once per batch of events, so the outbox's lock
+    /// (which its writer, likely on another core, also takes) is taken once
+    /// per batch instead of once per frame.
+    pending: Vec<Bytes>,
+    pending_bytes: usize,
+    /// It is listed in the table's `touched`.
     touched: bool,
+}
+
+/// Bytes gathered for one client before they go to its outbox there and then
+/// (where the outgoing bound applies) instead of at the end of the batch.
+const PENDING_FLUSH_BYTES: usize = 64 * 1024;
+
+impl Conn {
+    /// Hands the frames gathered for this client to its outbox.
+    fn flush(&mut self) -> Result<(), Refused> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.pending_bytes = 0;
+        self.outbox.push_all(std::mem::take(&mut self.pending))
+    }
 }
 
 /// Which clients a send reaches (the WIT `selector`, resolved).
@@ -64,10 +85,10 @@ pub struct Table {
     order: Vec<usize>,
     next_serial: u64,
     sends: u64,
-    /// Clients whose outbox overflowed during a call; the room removes them
-    /// (and tells the guest) once the call returns.
+    /// Clients whose outbox overflowed during a call or a flush; the room
+    /// removes them (and tells the guest) once the call returns.
     pub overflowed: Vec<ConnRef>,
-    /// Slots with frames queued but their writer not yet woken.
+    /// Slots with frames pending (see [`Conn::pending`]).
     touched: Vec<usize>,
 }
 
@@ -105,12 +126,18 @@ impl Table {
         self.metrics.log_line_dropped();
     }
 
-    /// Wakes every writer that has frames queued since the last call.
-    pub fn wake_writers(&mut self) {
+    /// Hands every client's pending frames to its outbox and wakes its
+    /// writer. Clients whose outbox overflowed are added to `overflowed`.
+    pub fn flush(&mut self) {
         for slot in self.touched.drain(..) {
             if let Some(c) = self.slots.get_mut(slot) {
                 c.touched = false;
-                c.outbox.wake();
+                if c.flush() == Err(Refused::Overflow) {
+                    self.overflowed.push(ConnRef {
+                        slot,
+                        serial: c.serial,
+                    });
+                }
             }
         }
     }
@@ -145,6 +172,8 @@ impl Table {
             attachment: None,
             serial,
             mark: 0,
+            pending: Vec::new(),
+            pending_bytes: 0,
             touched: false,
         });
         self.by_id.insert(id, slot);
@@ -174,9 +203,12 @@ impl Table {
         Some(ConnRef { slot, serial })
     }
 
+    /// Removes a client; what was sent to it before goes to its outbox first,
+    /// so it arrives before anything the caller queues next (a close frame).
     pub fn remove(&mut self, conn: ConnRef) -> Option<Conn> {
         self.get(conn)?;
-        let c = self.slots.remove(conn.slot);
+        let mut c = self.slots.remove(conn.slot);
+        let _ = c.flush();
         self.by_id.remove(&*c.meta.id);
         if let Some(list) = self.by_kind.get_mut(&*c.meta.kind) {
             list.retain(|&s| s != conn.slot);
@@ -197,6 +229,10 @@ impl Table {
         let conns = order
             .into_iter()
             .filter_map(|slot| self.slots.try_remove(slot))
+            .map(|mut c| {
+                let _ = c.flush();
+                c
+            })
             .collect();
         self.shared.clear_clients();
         conns
@@ -218,7 +254,9 @@ impl Table {
     }
 
     /// Queues one framed message for the union of the targets, each client
-    /// at most once. Returns how many clients each target added.
+    /// at most once. Returns how many clients each target added (a client
+    /// whose connection is closing, but whose leave the room has not handled
+    /// yet, still counts).
     pub fn fanout(&mut self, frame: &Bytes, targets: &[(Select<'_>, Vec<usize>)]) -> Vec<u32> {
         self.sends += 1;
         let mark = self.sends;
@@ -236,20 +274,19 @@ impl Table {
                     return;
                 }
                 c.mark = mark;
-                match c.outbox.push_quiet(frame.clone()) {
-                    Ok(()) => {
-                        n += 1;
-                        pushed += 1;
-                        if !c.touched {
-                            c.touched = true;
-                            touched.push(slot);
-                        }
-                    }
-                    Err(Refused::Overflow) => overflowed.push(ConnRef {
+                n += 1;
+                pushed += 1;
+                c.pending.push(frame.clone());
+                c.pending_bytes += frame.len();
+                if !c.touched {
+                    c.touched = true;
+                    touched.push(slot);
+                }
+                if c.pending_bytes >= PENDING_FLUSH_BYTES && c.flush() == Err(Refused::Overflow) {
+                    overflowed.push(ConnRef {
                         slot,
                         serial: c.serial,
-                    }),
-                    Err(Refused::Closed) => {}
+                    });
                 }
             };
             match select {
