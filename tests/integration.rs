@@ -973,6 +973,27 @@ async fn the_load_tool_checks_delivery_at_a_small_size() {
         assert_eq!(r["checks"]["badFrom"], 0);
         assert!(r["latency"]["p50Us"].as_f64().unwrap() > 0.0);
     }
+    // A window smaller than the receivers' batched progress reports: the
+    // senders must still get through (no wait on held-back reports).
+    for (route, window) in [("type", "3"), ("id", "3"), ("id", "40")] {
+        let r = load(
+            &server,
+            &[
+                "fanout",
+                "--projects",
+                "2",
+                "--receivers",
+                "5",
+                "--messages",
+                "300",
+                "--route",
+                route,
+                "--window",
+                window,
+            ],
+        );
+        assert_eq!(r["ok"], true, "{route} window {window}: {r}");
+    }
     let r = load(
         &server,
         &[
