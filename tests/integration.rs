@@ -1401,9 +1401,11 @@ async fn a_room_can_list_and_close_its_clients() {
     let (mut r2, _) = server.connect("runtime", &p).await;
     send_text(&mut r, "who").await;
     assert_eq!(recv(&mut r).await, json!({"echo": "3 2 runtime"}));
-    // A code the protocol allows is sent as is; the client is gone from
-    // the table at once and a second close finds nobody.
+    // A code the protocol allows is sent as is; what the room sent just
+    // before arrives first; the client is gone from the table at once and a
+    // second close finds nobody.
     send_text(&mut r, "close:4001").await;
+    assert_eq!(recv(&mut r).await, json!({"echo": "bye"}));
     assert_eq!(
         recv_close(&mut r).await,
         (4001, "closed by the room".into())
@@ -1412,6 +1414,7 @@ async fn a_room_can_list_and_close_its_clients() {
     assert_eq!(recv(&mut r2).await, json!({"echo": "2 1 runtime"}));
     // A reserved code is replaced by 1000.
     send_text(&mut r2, "close:1011").await;
+    assert_eq!(recv(&mut r2).await, json!({"echo": "bye"}));
     assert_eq!(recv_close(&mut r2).await.0, 1000);
     server
         .wait_stderr("the room's log line", |log| {

@@ -7,8 +7,8 @@
 //! - `alloc`: allocates until the memory cap stops it;
 //! - `print`: writes a line to stdout and stderr, then echoes;
 //! - `who`: echoes "<clients> <clients of my type> <my type>" from the host;
-//! - `close:CODE`: has the host close the sender with CODE (twice: the
-//!   second must say there is no such client);
+//! - `close:CODE`: echoes "bye", then has the host close the sender with
+//!   CODE (twice: the second must say there is no such client);
 //! - `spin:MS`: stays busy for MS milliseconds, then echoes;
 //! - `attach:TEXT`: stores TEXT as the client's attachment;
 //! - `attachment`: echoes the stored attachment;
@@ -83,6 +83,8 @@ impl Guest for Fixture {
             }
             _ if text.starts_with("close:") => {
                 let code: u16 = text["close:".len()..].parse().unwrap_or(0);
+                // Sent in the same call: it must arrive before the close.
+                echo(&sender.id, "bye");
                 let closed = host::close(&sender.id, code, "closed by the room");
                 let again = host::close(&sender.id, code, "closed by the room");
                 host::log(
