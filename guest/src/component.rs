@@ -6,6 +6,13 @@ use wsroom_room_sdk::{
 
 use crate::rules::{self, Env, Joining, Select, Target};
 
+// Every message costs the room about eight small allocations (the lowered
+// arguments, the parsed fields, the re-serialized message, the targets);
+// talc serves them in fewer instructions than the default dlmalloc.
+#[cfg(not(target_feature = "atomics"))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 #[derive(Default)]
 struct DefaultRoom;
 
