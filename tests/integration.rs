@@ -1009,6 +1009,8 @@ async fn the_load_tool_checks_delivery_at_a_small_size() {
         ],
     );
     assert_eq!(r["deliveries"], 100);
+    assert!(r["serverCpu"].is_null(), "no pid, no CPU figures: {r}");
+    let pid = server.pid().to_string();
     let r = load(
         &server,
         &[
@@ -1019,11 +1021,16 @@ async fn the_load_tool_checks_delivery_at_a_small_size() {
             "2",
             "--requests",
             "100",
+            "--server-pid",
+            &pid,
         ],
     );
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["requests"], 400);
-    let pid = server.pid().to_string();
+    let cpu = &r["serverCpu"];
+    assert!(cpu["userSeconds"].as_f64().unwrap() >= 0.0, "{r}");
+    assert!(cpu["systemSeconds"].as_f64().unwrap() >= 0.0, "{r}");
+    assert!(cpu["microsPerUnit"].as_f64().unwrap() >= 0.0, "{r}");
     let r = load(
         &server,
         &[

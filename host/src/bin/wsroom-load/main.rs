@@ -53,6 +53,10 @@ struct Cli {
     /// Give up after this many seconds, whatever is left.
     #[arg(long, default_value_t = 60, global = true)]
     timeout_secs: u64,
+    /// The server's pid: reports the server's CPU time per delivery or
+    /// request (fanout, rpc) and its memory (connect), read from /proc.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -103,9 +107,6 @@ enum Scenario {
         /// Connections being opened at once.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
-        /// The server's pid, to read its memory (PSS and RSS) from /proc.
-        #[arg(long)]
-        server_pid: Option<u32>,
     },
     /// Serve as a lean native reference server (no wasm, routing like the
     /// default room) on --server, to compare wsroom with on this machine.
@@ -352,6 +353,7 @@ async fn fanout(
     route: Route,
     window: u64,
     rate: Option<u64>,
+    server_pid: Option<u32>,
     deadline: Instant,
 ) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(
@@ -406,6 +408,7 @@ async fn fanout(
         senders.push((sender_ws, receiver_ids, progress));
     }
     let pad = "x".repeat(size);
+    let cpu0 = server_pid.map(cpu_times).transpose()?;
     let send_start = Instant::now();
     let mut sender_tasks = Vec::new();
     for (ws, receiver_ids, progress) in senders {
@@ -515,6 +518,7 @@ async fn fanout(
         checks.lost.fetch_add(expected.saturating_sub(got), Relaxed);
     }
     stop.store(true, Relaxed);
+    let cpu = server_cpu(server_pid, cpu0, deliveries)?;
     drop(sender_sockets);
     let elapsed = Duration::from_nanos(last_delivery.load(Relaxed))
         .saturating_sub(send_start.duration_since(start))
@@ -530,6 +534,7 @@ async fn fanout(
         "seconds": elapsed.as_secs_f64(),
         "deliveriesPerSec": per_sec,
         "latency": percentiles(&hist),
+        "serverCpu": cpu,
         "checks": checks.json(),
         "ok": checks.ok(),
     }))
@@ -633,6 +638,7 @@ async fn rpc(
     projects: usize,
     requests: u64,
     size: usize,
+    server_pid: Option<u32>,
     deadline: Instant,
 ) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(
@@ -650,6 +656,7 @@ async fn rpc(
         let (agent, agent_id) = connect(server, "data-agent", &project).await?;
         sockets.push((client, client_id, agent, agent_id));
     }
+    let cpu0 = server_pid.map(cpu_times).transpose()?;
     let start = Instant::now();
     for (mut client, client_id, mut agent, agent_id) in sockets {
         let checks = checks.clone();
@@ -740,6 +747,7 @@ async fn rpc(
     }
     let elapsed = start.elapsed();
     let done = hist.len();
+    let cpu = server_cpu(server_pid, cpu0, done)?;
     Ok(json!({
         "scenario": "rpc",
         "pairs": pairs, "projects": projects, "requestsPerPair": requests, "size": size,
@@ -747,8 +755,49 @@ async fn rpc(
         "seconds": elapsed.as_secs_f64(),
         "requestsPerSec": done as f64 / elapsed.as_secs_f64().max(1e-9),
         "roundTrip": percentiles(&hist),
+        "serverCpu": cpu,
         "checks": checks.json(),
         "ok": checks.ok(),
+    }))
+}
+
+/// A process's CPU time so far (all its threads), in seconds: user, system.
+fn cpu_times(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: utime and stime are the 12th and 13th, in clock ticks
+    // (USER_HZ, 100 per second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        let t: u64 = fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("unexpected format of {path}"))?;
+        Ok(t as f64 / 100.0)
+    };
+    Ok((ticks(11)?, ticks(12)?))
+}
+
+/// The server's CPU time since `before`, and per unit of work (`null`
+/// without `--server-pid`).
+fn server_cpu(
+    pid: Option<u32>,
+    before: Option<(f64, f64)>,
+    units: u64,
+) -> anyhow::Result<serde_json::Value> {
+    let (Some(pid), Some((user0, sys0))) = (pid, before) else {
+        return Ok(serde_json::Value::Null);
+    };
+    let (user, sys) = cpu_times(pid)?;
+    let (user, sys) = (user - user0, sys - sys0);
+    Ok(json!({
+        "userSeconds": user,
+        "systemSeconds": sys,
+        "microsPerUnit": (user + sys) * 1e6 / units.max(1) as f64,
     }))
 }
 
@@ -953,6 +1002,20 @@ fn print_report(r: &serde_json::Value) {
             }
         }
     }
+    if !r["serverCpu"].is_null() {
+        let c = &r["serverCpu"];
+        let unit = if r["scenario"] == "rpc" {
+            "request"
+        } else {
+            "delivery"
+        };
+        out!(
+            "server CPU: {:.2} s user, {:.2} s system = {:.2} µs per {unit}",
+            f(&c["userSeconds"]),
+            f(&c["systemSeconds"]),
+            f(&c["microsPerUnit"])
+        );
+    }
     out!("checks: {}", r["checks"]);
 }
 
@@ -979,7 +1042,16 @@ fn main() -> anyhow::Result<()> {
                 rate,
             } => {
                 fanout(
-                    cli.server, projects, receivers, size, messages, route, window, rate, deadline,
+                    cli.server,
+                    projects,
+                    receivers,
+                    size,
+                    messages,
+                    route,
+                    window,
+                    rate,
+                    cli.server_pid,
+                    deadline,
                 )
                 .await
             }
@@ -988,19 +1060,29 @@ fn main() -> anyhow::Result<()> {
                 projects,
                 requests,
                 size,
-            } => rpc(cli.server, pairs, projects, requests, size, deadline).await,
+            } => {
+                rpc(
+                    cli.server,
+                    pairs,
+                    projects,
+                    requests,
+                    size,
+                    cli.server_pid,
+                    deadline,
+                )
+                .await
+            }
             Scenario::Connect {
                 connections,
                 projects,
                 concurrency,
-                server_pid,
             } => {
                 connect_many(
                     cli.server,
                     connections,
                     projects,
                     concurrency,
-                    server_pid,
+                    cli.server_pid,
                     deadline,
                 )
                 .await
@@ -1027,6 +1109,19 @@ mod tests {
     /// A delivery exactly as the default room re-serializes a load-tool
     /// message: fields in the sender's order, `from` appended.
     const DELIVERY: &str = r#"{"id":"7","type":"bench","to":{"type":"data-agent"},"payload":{"seq":7,"t":123456,"pad":"xx"},"from":{"id":"abc","type":"runtime"}}"#;
+
+    #[test]
+    fn reads_a_process_cpu_time() {
+        // Busy for a while, so there is something to count.
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(60) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let (user, sys) = cpu_times(std::process::id()).unwrap();
+        assert!(user > 0.0 && sys >= 0.0, "{user} {sys}");
+        assert!(cpu_times(u32::MAX).is_err());
+    }
 
     #[test]
     fn finds_sequence_and_time() {
