@@ -16,6 +16,18 @@ static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_all
 #[derive(Default)]
 struct DefaultRoom;
 
+/// A rules target as the SDK's (borrowed) WIT target.
+fn sdk_target<'a>(t: &Target<'a>, except: &'a Option<&'a str>) -> wsroom_room_sdk::Target<'a> {
+    wsroom_room_sdk::Target {
+        select: match t.select {
+            Select::Client(id) => Selector::Client(id),
+            Select::Kind(kind) => Selector::Kind(kind),
+            Select::All => Selector::All,
+        },
+        except: except.as_slice(),
+    }
+}
+
 /// [`Env`] over the SDK's context.
 struct Host<'a>(&'a mut Ctx);
 
@@ -25,18 +37,28 @@ impl Env for Host<'_> {
     }
 
     fn send(&mut self, text: &str, targets: &[Target<'_>]) -> Vec<u32> {
-        let targets: Vec<wsroom_room_sdk::Target> = targets
-            .iter()
-            .map(|t| wsroom_room_sdk::Target {
-                select: match t.select {
-                    Select::Client(id) => Selector::Client(id.to_owned()),
-                    Select::Kind(kind) => Selector::Kind(kind.to_owned()),
-                    Select::All => Selector::All,
-                },
-                except: t.except.iter().map(|id| id.to_string()).collect(),
-            })
-            .collect();
-        self.0.send(text, &targets)
+        // The rules send to at most two targets, each skipping at most one
+        // client: borrowed all the way to the host, nothing allocated.
+        let excepts: [Option<&str>; 2] = [
+            targets.first().and_then(|t| t.except),
+            targets.get(1).and_then(|t| t.except),
+        ];
+        match targets {
+            [a] => self.0.send(text, &[sdk_target(a, &excepts[0])]),
+            [a, b] => self.0.send(
+                text,
+                &[sdk_target(a, &excepts[0]), sdk_target(b, &excepts[1])],
+            ),
+            _ => {
+                let excepts: Vec<Option<&str>> = targets.iter().map(|t| t.except).collect();
+                let targets: Vec<_> = targets
+                    .iter()
+                    .zip(&excepts)
+                    .map(|(t, e)| sdk_target(t, e))
+                    .collect();
+                self.0.send(text, &targets)
+            }
+        }
     }
 
     fn client_count(&self) -> u32 {

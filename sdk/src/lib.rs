@@ -36,6 +36,11 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_room_world",
         default_bindings_module: "wsroom_room_sdk::bindings",
+        // Import parameters are borrowed: a `send` builds its targets from
+        // `&str`s, without allocating in the room per message.
+        ownership: Borrowing {
+            duplicate_if_necessary: true
+        },
     });
 }
 
@@ -95,8 +100,8 @@ impl Ctx {
         self.send(
             text,
             &[Target {
-                select: Selector::Client(id.to_owned()),
-                except: Vec::new(),
+                select: Selector::Client(id),
+                except: &[],
             }],
         )[0] > 0
     }
@@ -106,8 +111,8 @@ impl Ctx {
         self.send(
             text,
             &[Target {
-                select: Selector::Kind(kind.to_owned()),
-                except: Vec::new(),
+                select: Selector::Kind(kind),
+                except: &[],
             }],
         )[0]
     }
@@ -118,7 +123,7 @@ impl Ctx {
             text,
             &[Target {
                 select: Selector::All,
-                except: Vec::new(),
+                except: &[],
             }],
         )[0]
     }
@@ -129,7 +134,7 @@ impl Ctx {
             text,
             &[Target {
                 select: Selector::All,
-                except: vec![except.to_owned()],
+                except: &[except],
             }],
         )[0]
     }
@@ -137,7 +142,7 @@ impl Ctx {
     /// The general form: `text` goes once to each client in the union of
     /// `targets` (the host frames it once and de-duplicates). Returns how
     /// many clients each target added.
-    pub fn send(&mut self, text: &str, targets: &[Target]) -> Vec<u32> {
+    pub fn send(&mut self, text: &str, targets: &[Target<'_>]) -> Vec<u32> {
         let counts = host::send(text, targets);
         // The host answers one count per target; never index past it.
         if counts.len() == targets.len() {

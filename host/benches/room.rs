@@ -1,0 +1,239 @@
+//! What one message costs on its way through a room, without the network
+//! and the kernel: the hand-off into the room's inbox, the guest call (the
+//! embedded default room, in wasm), the fan-out into the receivers' outboxes
+//! and the writers' take. Beside it, the same routing rules compiled
+//! natively with the same framing and fan-out: the difference is the price
+//! of running the room as a wasm component.
+//!
+//! `cargo bench -p wsroom --bench room`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use fastwebsockets::OpCode;
+use tokio::runtime::Runtime as Tokio;
+use wsroom::config::Cli;
+use wsroom::engine::Runtime;
+use wsroom::metrics::Metrics;
+use wsroom::outbox::{self, Outbox};
+use wsroom::registry::Registry;
+use wsroom::room::table::ConnRef;
+use wsroom::room::{ClientMeta, Event, Incoming, RoomHandle, Settings};
+use wsroom_default_room::rules::{self, Env, Target};
+
+// The server's allocator.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// A 100-byte payload, as the load tool sends it.
+fn message(to: &str) -> String {
+    format!(
+        r#"{{"payload":{{"seq":1,"t":2,"pad":"{}"}},"type":"bench","id":"1","to":{to}}}"#,
+        "x".repeat(100)
+    )
+}
+
+struct Room {
+    handle: RoomHandle,
+    sender: ConnRef,
+    receivers: Vec<(Arc<str>, Arc<Outbox>)>,
+}
+
+/// One project with a `runtime` sender and `receivers` data agents, joined
+/// the way the HTTP layer joins them, with what they were sent on joining
+/// drained.
+async fn room_with(receivers: usize) -> Room {
+    let config = Cli::parse_from(["wsroom"])
+        .config()
+        .expect("default config");
+    let runtime = Runtime::new(&config).expect("engine and default room");
+    let registry = Registry::new(
+        runtime,
+        config.room_config.clone(),
+        Settings {
+            inbox: config.room_inbox,
+            hibernate_after: None,
+            alarm_retries: config.alarm_retries,
+            alarm_retry_base: config.alarm_retry_base,
+            storage_bytes: config.room_storage_bytes,
+            log_lines_per_sec: config.room_log_lines_per_sec,
+        },
+        Arc::new(Metrics::default()),
+    );
+    let handle = registry.get_or_create("bench");
+    let join = |kind: &'static str| {
+        let handle = handle.clone();
+        async move {
+            let meta = Arc::new(ClientMeta {
+                id: uuid::Uuid::new_v4().to_string().into(),
+                kind: kind.into(),
+                connected_at: 0,
+                user_agent: None,
+                origin: None,
+            });
+            // Large enough that nothing measured here overflows.
+            let outbox = Arc::new(Outbox::new(1 << 30));
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let event = Event::Connect {
+                meta: meta.clone(),
+                outbox: outbox.clone(),
+                reply,
+            };
+            assert!(handle.tx.send(event).await.is_ok(), "room is gone");
+            let conn = answer.await.expect("room answered").expect("admitted");
+            (meta.id.clone(), conn, outbox)
+        }
+    };
+    let (_, sender, sender_box) = join("runtime").await;
+    let mut joined = Vec::new();
+    for _ in 0..receivers {
+        let (id, _, outbox) = join("data-agent").await;
+        joined.push((id, outbox));
+    }
+    drain_idle(&sender_box).await;
+    for (_, outbox) in &joined {
+        drain_idle(outbox).await;
+    }
+    Room {
+        handle,
+        sender,
+        receivers: joined,
+    }
+}
+
+/// Takes whatever an outbox holds until it stays empty for a moment.
+async fn drain_idle(outbox: &Outbox) {
+    let mut batch = Vec::new();
+    while tokio::time::timeout(Duration::from_millis(20), outbox.take(&mut batch))
+        .await
+        .is_ok()
+    {
+        batch.clear();
+    }
+}
+
+impl Room {
+    /// Runs [`Room::round`] on a worker of `tokio`, as a connection's reader
+    /// runs in the server (a send from outside the runtime would wake a
+    /// worker thread per message).
+    fn timed(
+        self: &Arc<Self>,
+        tokio: &Tokio,
+        text: &Arc<str>,
+        n: u64,
+        expect: &[usize],
+    ) -> Duration {
+        let (room, text, expect) = (self.clone(), text.clone(), expect.to_vec());
+        tokio
+            .block_on(tokio.spawn(async move { room.round(&text, n, &expect).await }))
+            .expect("round finished")
+    }
+
+    /// Sends `n` copies of `text` from the sender and waits until each
+    /// receiver in `expect` has taken its `n` frames.
+    async fn round(&self, text: &str, n: u64, expect: &[usize]) -> Duration {
+        let start = Instant::now();
+        for _ in 0..n {
+            let event = Event::Message {
+                conn: self.sender,
+                message: Incoming::Text(text.to_owned()),
+            };
+            assert!(self.handle.tx.send(event).await.is_ok(), "room is gone");
+        }
+        let mut batch = Vec::new();
+        for &r in expect {
+            let outbox = &self.receivers[r].1;
+            let mut got = 0;
+            while got < n {
+                outbox.take(&mut batch).await;
+                got += batch.len() as u64;
+                batch.clear();
+            }
+            assert_eq!(got, n, "exactly one frame per message");
+        }
+        start.elapsed()
+    }
+}
+
+/// The default room's rules, natively, with the host's framing and a
+/// fan-out that clones the frame into each receiver's queue.
+struct Native {
+    queues: Vec<Vec<Bytes>>,
+}
+
+impl Env for Native {
+    fn project_id(&self) -> String {
+        "bench".into()
+    }
+    fn send(&mut self, text: &str, targets: &[Target<'_>]) -> Vec<u32> {
+        let frame = outbox::encode(OpCode::Text, text.as_bytes());
+        for q in &mut self.queues {
+            q.push(frame.clone());
+        }
+        vec![self.queues.len() as u32; targets.len()]
+    }
+    fn client_count(&self) -> u32 {
+        self.queues.len() as u32 + 1
+    }
+    fn now_ms(&self) -> u64 {
+        0
+    }
+    fn new_id(&self) -> String {
+        "id".into()
+    }
+    fn config(&self, _key: &str) -> Option<String> {
+        None
+    }
+    fn set_alarm(&mut self, _delay_ms: u64) {}
+    fn cancel_alarm(&mut self) {}
+}
+
+fn per_message(c: &mut Criterion) {
+    // Two workers, like the server on these machines.
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let ten = Arc::new(tokio.block_on(room_with(10)));
+    let one = Arc::new(tokio.block_on(room_with(1)));
+    let by_type: Arc<str> = message(r#"{"type":"data-agent"}"#).into();
+    let by_id: Arc<str> = message(&format!(r#"{{"id":"{}"}}"#, one.receivers[0].0)).into();
+
+    let mut g = c.benchmark_group("message");
+    g.throughput(Throughput::Elements(1));
+    let all: Vec<usize> = (0..10).collect();
+    g.bench_function("wasm room, to.type, 10 receivers", |b| {
+        b.iter_custom(|n| ten.timed(&tokio, &by_type, n, &all))
+    });
+    g.bench_function("wasm room, to.id, 1 receiver", |b| {
+        b.iter_custom(|n| one.timed(&tokio, &by_id, n, &[0]))
+    });
+    let mut native = Native {
+        queues: vec![Vec::new(); 10],
+    };
+    g.bench_function("native rules, to.type, 10 receivers", |b| {
+        b.iter(|| {
+            let text = by_type.to_string();
+            rules::on_text(&mut native, "sender-id", "runtime", &text);
+            for q in &mut native.queues {
+                q.clear();
+            }
+        })
+    });
+    g.finish();
+    shut(&tokio, &ten);
+    shut(&tokio, &one);
+}
+
+fn shut(tokio: &Tokio, room: &Room) {
+    tokio.block_on(async {
+        let _ = room.handle.tx.send(Event::Shutdown).await;
+    });
+}
+
+criterion_group!(benches, per_message);
+criterion_main!(benches);
