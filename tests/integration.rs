@@ -793,11 +793,57 @@ async fn a_trapping_room_closes_only_its_own_clients() {
 }
 
 #[tokio::test]
-async fn a_room_writing_to_stdout_breaks_nothing() {
+async fn what_a_room_prints_goes_to_the_log_with_its_project() {
     let server = Server::start(&["--component", FIXTURE_ROOM]);
-    let (mut ws, _) = server.connect("runtime", &project()).await;
+    let p = project();
+    let (mut ws, _) = server.connect("runtime", &p).await;
     send_text(&mut ws, "print").await;
     assert_eq!(recv(&mut ws).await, json!({"echo": "print"}));
+    server
+        .wait_stderr("both lines, with the project", |log| {
+            log.lines()
+                .any(|l| l.contains("room stdout: fixture room writes to stdout") && l.contains(&p))
+                && log.lines().any(|l| {
+                    l.contains("room stderr: fixture room writes to stderr") && l.contains(&p)
+                })
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_room_printing_in_a_loop_cannot_flood_the_log() {
+    let server = Server::start(&[
+        "--component",
+        FIXTURE_ROOM,
+        "--room-log-lines-per-sec",
+        "10",
+    ]);
+    let (mut ws, _) = server.connect("runtime", &project()).await;
+    send_text(&mut ws, "print:200").await;
+    assert_eq!(recv(&mut ws).await, json!({"echo": "print:200"}));
+    // A burst of 20 gets through; the rest is dropped and counted.
+    let (_, health) = server.get("/health").await;
+    let dropped = health["counters"]["logLinesDropped"].as_u64().unwrap();
+    assert!((150..=180).contains(&dropped), "{health}");
+    let log = server
+        .wait_stderr("the burst", |log| {
+            log.matches("fixture stderr line").count() >= 20
+        })
+        .await;
+    let logged = log.matches("fixture stderr line").count();
+    assert!((20..=50).contains(&logged), "{logged} lines logged");
+    // Once the budget refills, the next line says how many were dropped.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !server.stderr().contains("output lines dropped") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            server.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        send_text(&mut ws, "print:1").await;
+        recv(&mut ws).await;
+    }
 }
 
 #[tokio::test]

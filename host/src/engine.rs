@@ -183,9 +183,12 @@ impl Runtime {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let pre = components.for_project(&table.project);
+        // What the room prints goes to the host's log, line by line, under
+        // a budget (see room::output).
+        let (stdout, stderr) = table.output_streams();
         let state = RoomState {
             table,
-            wasi: WasiCtxBuilder::new().inherit_stderr().build(),
+            wasi: WasiCtxBuilder::new().stdout(stdout).stderr(stderr).build(),
             resources: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(inner.memory_bytes)

@@ -39,6 +39,11 @@ impl LogLimit {
         }
     }
 
+    /// The rate this budget was made with.
+    pub fn lines_per_sec(&self) -> u32 {
+        self.rate as u32
+    }
+
     pub fn check(&mut self, now: Instant) -> Verdict {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;

@@ -4,6 +4,7 @@
 
 mod imports;
 pub mod log_limit;
+pub mod output;
 pub mod storage;
 pub mod table;
 

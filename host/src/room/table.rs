@@ -13,6 +13,7 @@ use crate::engine::wit;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Refused};
 use crate::room::log_limit::LogLimit;
+use crate::room::output::{self, RoomOutput};
 use crate::room::storage::Storage;
 use crate::room::{ClientMeta, RoomShared};
 
@@ -124,6 +125,15 @@ impl Table {
     /// Counts a `log` line dropped by the rate limit.
     pub fn log_dropped(&self) {
         self.metrics.log_line_dropped();
+    }
+
+    /// The room's WASI stdout and stderr (see [`crate::room::output`]).
+    pub fn output_streams(&self) -> (RoomOutput, RoomOutput) {
+        output::streams(
+            self.project.clone(),
+            self.log_limit.lines_per_sec(),
+            self.metrics.clone(),
+        )
     }
 
     /// Hands every client's pending frames to its outbox and wakes its

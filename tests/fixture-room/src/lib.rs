@@ -12,7 +12,8 @@
 //! - `spin:MS`: stays busy for MS milliseconds, then echoes;
 //! - `attach:TEXT`: stores TEXT as the client's attachment;
 //! - `attachment`: echoes the stored attachment;
-//! - `log:N`: writes N lines with the `log` import, then echoes.
+//! - `log:N`: writes N lines with the `log` import, then echoes;
+//! - `print:N`: writes N lines to stderr, then echoes.
 //!
 //! Its alarm traps on the first `fixture-alarm-failures` attempts (room
 //! config) and logs `fixture alarm ran (retry N)` when it succeeds.
@@ -98,6 +99,13 @@ impl Guest for Fixture {
                 let until = host::now_ms() + ms;
                 while host::now_ms() < until {
                     std::hint::spin_loop();
+                }
+                echo(&sender.id, &text);
+            }
+            _ if text.starts_with("print:") => {
+                let n: u32 = text["print:".len()..].parse().unwrap_or(0);
+                for i in 0..n {
+                    eprintln!("fixture stderr line {i}");
                 }
                 echo(&sender.id, &text);
             }
