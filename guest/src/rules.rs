@@ -3,7 +3,7 @@
 //! The wit-bindgen glue in `lib.rs` implements [`Env`] with the host's imports.
 
 use serde::de::{self, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
@@ -93,13 +93,13 @@ pub fn on_connect(env: &mut impl Env, client: Joining<'_>) -> Result<(), Refusal
     }
     env.cancel_alarm();
     let project_id = env.project_id();
-    let payload = serde_json::json!({
-        "clientId": client.id,
-        "projectId": project_id,
-        "clientCount": env.client_count(),
-        "message": format!("connected to project {project_id} as {}", client.kind),
-        "timestamp": env.now_ms(),
-    });
+    let payload = Connected {
+        client_id: client.id,
+        project_id: &project_id,
+        client_count: env.client_count(),
+        message: format!("connected to project {project_id} as {}", client.kind),
+        timestamp: env.now_ms(),
+    };
     let text = system_message(env, "connected", payload);
     env.send(
         &text,
@@ -115,13 +115,13 @@ pub fn on_connect(env: &mut impl Env, client: Joining<'_>) -> Result<(), Refusal
 pub fn on_close(env: &mut impl Env, id: &str, kind: &str) {
     let remaining = env.client_count();
     if remaining > 0 {
-        let payload = serde_json::json!({
-            "clientId": id,
-            "clientType": kind,
-            "projectId": env.project_id(),
-            "clientCount": remaining,
-            "timestamp": env.now_ms(),
-        });
+        let payload = ClientLeft {
+            client_id: id,
+            client_type: kind,
+            project_id: env.project_id(),
+            client_count: remaining,
+            timestamp: env.now_ms(),
+        };
         let text = system_message(env, "client_left", payload);
         env.send(
             &text,
@@ -261,15 +261,13 @@ fn send_error(
     message: &str,
     message_id: Option<&str>,
 ) {
-    let mut payload = serde_json::json!({
-        "code": code.as_str(),
-        "message": message,
-        "projectId": env.project_id(),
-        "timestamp": env.now_ms(),
-    });
-    if let Some(id) = message_id {
-        payload["messageId"] = id.into();
-    }
+    let payload = ErrorPayload {
+        code: code.as_str(),
+        message,
+        project_id: env.project_id(),
+        timestamp: env.now_ms(),
+        message_id,
+    };
     let text = system_message(env, "error", payload);
     env.send(
         &text,
@@ -280,14 +278,63 @@ fn send_error(
     );
 }
 
-fn system_message(env: &impl Env, kind: &str, payload: serde_json::Value) -> String {
-    serde_json::json!({
-        "id": env.new_id(),
-        "type": kind,
-        "from": {"type": "system"},
-        "payload": payload,
-    })
-    .to_string()
+/// A message from the room itself (`from.type` "system"), serialized
+/// straight from these types (no intermediate `serde_json::Value`).
+#[derive(Serialize)]
+struct System<'a, P> {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    from: SystemFrom,
+    payload: P,
+}
+
+#[derive(Serialize)]
+struct SystemFrom {
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Connected<'a> {
+    client_id: &'a str,
+    project_id: &'a str,
+    client_count: u32,
+    message: String,
+    timestamp: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClientLeft<'a> {
+    client_id: &'a str,
+    client_type: &'a str,
+    project_id: String,
+    client_count: u32,
+    timestamp: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorPayload<'a> {
+    code: &'a str,
+    message: &'a str,
+    project_id: String,
+    timestamp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<&'a str>,
+}
+
+fn system_message(env: &impl Env, kind: &str, payload: impl Serialize) -> String {
+    let message = System {
+        id: env.new_id(),
+        kind,
+        from: SystemFrom { kind: "system" },
+        payload,
+    };
+    // These types always serialize (string keys, no maps that could fail).
+    serde_json::to_string(&message).unwrap_or_default()
 }
 
 /// Where a valid message goes.
