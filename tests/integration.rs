@@ -812,38 +812,8 @@ async fn what_a_room_prints_goes_to_the_log_with_its_project() {
 
 #[tokio::test]
 async fn a_room_printing_in_a_loop_cannot_flood_the_log() {
-    let server = Server::start(&[
-        "--component",
-        FIXTURE_ROOM,
-        "--room-log-lines-per-sec",
-        "10",
-    ]);
-    let (mut ws, _) = server.connect("runtime", &project()).await;
-    send_text(&mut ws, "print:200").await;
-    assert_eq!(recv(&mut ws).await, json!({"echo": "print:200"}));
-    // A burst of 20 gets through; the rest is dropped and counted.
-    let (_, health) = server.get("/health").await;
-    let dropped = health["counters"]["logLinesDropped"].as_u64().unwrap();
-    assert!((150..=180).contains(&dropped), "{health}");
-    let log = server
-        .wait_stderr("the burst", |log| {
-            log.matches("fixture stderr line").count() >= 20
-        })
-        .await;
-    let logged = log.matches("fixture stderr line").count();
-    assert!((20..=50).contains(&logged), "{logged} lines logged");
-    // Once the budget refills, the next line says how many were dropped.
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while !server.stderr().contains("output lines dropped") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{}",
-            server.stderr()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        send_text(&mut ws, "print:1").await;
-        recv(&mut ws).await;
-    }
+    // The same budget as the `log` import's (`a_chatty_room_…`).
+    lines_are_budgeted("print", "fixture stderr line").await;
 }
 
 #[tokio::test]
@@ -2162,6 +2132,13 @@ async fn stalled_requests_and_handshakes_are_cut_off_without_blocking_others() {
 
 #[tokio::test]
 async fn a_chatty_room_cannot_flood_the_log() {
+    lines_are_budgeted("log", "fixture log line").await;
+}
+
+/// A fixture room writes 200 lines with `COMMAND:200` under a budget of 10
+/// lines a second: a burst of 20 is logged, the rest dropped and counted,
+/// the next line let through says so, and the room serves on.
+async fn lines_are_budgeted(command: &str, line: &str) {
     let server = Server::start(&[
         "--component",
         FIXTURE_ROOM,
@@ -2169,32 +2146,31 @@ async fn a_chatty_room_cannot_flood_the_log() {
         "10",
     ]);
     let (mut ws, _) = server.connect("runtime", &project()).await;
-    send_text(&mut ws, "log:200").await;
-    assert_eq!(recv(&mut ws).await, json!({"echo": "log:200"}));
-    // A burst of 20 gets through; the rest is dropped and counted.
+    send_text(&mut ws, &format!("{command}:200")).await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({ "echo": format!("{command}:200") })
+    );
     let (_, health) = server.get("/health").await;
     let dropped = health["counters"]["logLinesDropped"].as_u64().unwrap();
     assert!((150..=180).contains(&dropped), "{health}");
     let log = server
-        .wait_stderr("the burst", |log| {
-            log.matches("fixture log line").count() >= 20
-        })
+        .wait_stderr("the burst", |log| log.matches(line).count() >= 20)
         .await;
-    let logged = log.matches("fixture log line").count();
+    let logged = log.matches(line).count();
     assert!((20..=50).contains(&logged), "{logged} lines logged");
     // Once the budget refills, the next line says how many were dropped.
     let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while !server.stderr().contains("log lines dropped") {
+    while !server.stderr().contains("lines dropped") {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{}",
             server.stderr()
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        send_text(&mut ws, "log:1").await;
+        send_text(&mut ws, &format!("{command}:1")).await;
         recv(&mut ws).await;
     }
-    // The room served everyone throughout.
     send_text(&mut ws, "still here").await;
     assert_eq!(recv(&mut ws).await, json!({"echo": "still here"}));
 }

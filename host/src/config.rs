@@ -98,9 +98,10 @@ pub struct Cli {
     #[arg(long, env = "WSROOM_ROOM_STORAGE_BYTES", default_value_t = 1 << 20)]
     pub room_storage_bytes: usize,
 
-    /// `log` lines one room may write per second (bursts of twice that),
-    /// and as many lines of its stdout/stderr; more are dropped, counted,
-    /// and reported with the next line let through. Lines are cut at 4 KiB.
+    /// Lines one room may write to the log per second, through `log` and its
+    /// stdout/stderr together (bursts of twice that); more are dropped,
+    /// counted, and reported with the next line let through. Lines are cut
+    /// at 4 KiB.
     #[arg(long, env = "WSROOM_ROOM_LOG_LINES_PER_SEC", default_value_t = 50)]
     pub room_log_lines_per_sec: u32,
 

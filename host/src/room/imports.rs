@@ -4,7 +4,7 @@ use tracing::{debug, error, info, trace, warn};
 
 use crate::engine::{RoomState, wit};
 use crate::outbox;
-use crate::room::log_limit::{self, Verdict};
+use crate::room::log_limit;
 use crate::room::table::Select;
 use crate::room::{client_info, now_ms};
 use fastwebsockets::OpCode;
@@ -133,18 +133,8 @@ impl Host for RoomState {
 
     fn log(&mut self, level: wit::LogLevel, message: String) {
         let project = &*self.table.project;
-        let dropped = match self.table.log_limit.check(std::time::Instant::now()) {
-            Verdict::Log { dropped } => dropped,
-            Verdict::Drop => {
-                self.table.log_dropped();
-                return;
-            }
-        };
-        if dropped > 0 {
-            warn!(
-                project,
-                dropped, "room: log lines dropped (over --room-log-lines-per-sec)"
-            );
+        if !self.table.log_budget.admit() {
+            return;
         }
         let message = log_limit::cut(&message);
         match level {

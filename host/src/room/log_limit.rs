@@ -1,8 +1,15 @@
-//! A room's budget for `log` lines: a token bucket, so a chatty or looping
-//! room cannot flood the host's log. Lines over the budget are dropped and
-//! counted; the next line that fits says how many were dropped.
+//! A room's budget for the lines it writes to the host's log (through the
+//! `log` import and its WASI stdout/stderr alike): a token bucket, so a
+//! chatty or looping room cannot flood the host's log. Lines over the budget
+//! are dropped and counted; the next line that fits says how many were
+//! dropped.
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use tracing::warn;
+
+use crate::metrics::Metrics;
 
 /// Longest log line kept, in bytes; longer ones are cut.
 pub const MAX_LINE: usize = 4096;
@@ -39,11 +46,6 @@ impl LogLimit {
         }
     }
 
-    /// The rate this budget was made with.
-    pub fn lines_per_sec(&self) -> u32 {
-        self.rate as u32
-    }
-
     pub fn check(&mut self, now: Instant) -> Verdict {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
@@ -56,6 +58,50 @@ impl LogLimit {
         } else {
             self.dropped += 1;
             Verdict::Drop
+        }
+    }
+}
+
+/// One room's [`LogLimit`], shared by the `log` import and the room's output
+/// streams, counting what it drops in `/health` `logLinesDropped`.
+pub struct LogBudget {
+    project: Arc<str>,
+    limit: Mutex<LogLimit>,
+    metrics: Arc<Metrics>,
+}
+
+impl LogBudget {
+    pub fn new(project: Arc<str>, lines_per_sec: u32, metrics: Arc<Metrics>) -> LogBudget {
+        LogBudget {
+            project,
+            limit: Mutex::new(LogLimit::new(lines_per_sec)),
+            metrics,
+        }
+    }
+
+    /// Whether one more line may be logged now. A dropped line is counted;
+    /// the first line let through after drops is preceded by a warning
+    /// saying how many.
+    pub fn admit(&self) -> bool {
+        let verdict = self
+            .limit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(Instant::now());
+        match verdict {
+            Verdict::Drop => {
+                self.metrics.log_line_dropped();
+                false
+            }
+            Verdict::Log { dropped } => {
+                if dropped > 0 {
+                    warn!(
+                        project = &*self.project,
+                        dropped, "room: lines dropped (over --room-log-lines-per-sec)"
+                    );
+                }
+                true
+            }
         }
     }
 }

@@ -1,21 +1,18 @@
 //! A room's WASI stdout and stderr. Each complete line goes to the host's
-//! log with the project id, under a per-room budget of lines (the rate of
-//! `--room-log-lines-per-sec`, a bucket shared by both streams and separate
-//! from the `log` import's), cut to [`MAX_LINE`] bytes: a room that prints
-//! in a loop cannot flood the host's log.
+//! log with the project id, under the room's budget of lines (shared with
+//! the `log` import, see [`LogBudget`]), cut to [`MAX_LINE`] bytes: a room
+//! that prints in a loop cannot flood the host's log.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use tokio::io::AsyncWrite;
-use tracing::{info, warn};
+use tracing::info;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
-use crate::metrics::Metrics;
-use crate::room::log_limit::{LogLimit, MAX_LINE, Verdict};
+use crate::room::log_limit::{LogBudget, MAX_LINE};
 
 /// One of a room's two output streams; cheap to clone (WASI asks for a
 /// fresh writer per stream handle).
@@ -27,25 +24,18 @@ pub struct RoomOutput {
 struct Lines {
     project: Arc<str>,
     stream: &'static str,
-    budget: Arc<Mutex<LogLimit>>,
-    metrics: Arc<Metrics>,
+    budget: Arc<LogBudget>,
     /// The line being written, up to [`MAX_LINE`] bytes.
     partial: Vec<u8>,
 }
 
-/// A room's stdout and stderr, sharing one budget of lines.
-pub fn streams(
-    project: Arc<str>,
-    lines_per_sec: u32,
-    metrics: Arc<Metrics>,
-) -> (RoomOutput, RoomOutput) {
-    let budget = Arc::new(Mutex::new(LogLimit::new(lines_per_sec)));
+/// A room's stdout and stderr.
+pub fn streams(project: Arc<str>, budget: Arc<LogBudget>) -> (RoomOutput, RoomOutput) {
     let stream = |name| RoomOutput {
         state: Arc::new(Mutex::new(Lines {
             project: project.clone(),
             stream: name,
             budget: budget.clone(),
-            metrics: metrics.clone(),
             partial: Vec::new(),
         })),
     };
@@ -78,25 +68,10 @@ impl Lines {
 
     fn emit(&mut self) {
         let line = std::mem::take(&mut self.partial);
-        let verdict = self
-            .budget
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .check(Instant::now());
-        let project = &*self.project;
-        match verdict {
-            Verdict::Drop => self.metrics.log_line_dropped(),
-            Verdict::Log { dropped } => {
-                if dropped > 0 {
-                    warn!(
-                        project,
-                        dropped, "room: output lines dropped (over --room-log-lines-per-sec)"
-                    );
-                }
-                let line = String::from_utf8_lossy(&line);
-                let line = line.trim_end_matches('\r');
-                info!(project, "room {}: {line}", self.stream);
-            }
+        if self.budget.admit() {
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches('\r');
+            info!(project = &*self.project, "room {}: {line}", self.stream);
         }
     }
 }
@@ -147,8 +122,11 @@ mod tests {
 
     #[test]
     fn lines_are_split_cut_and_budgeted() {
-        let metrics = Arc::new(Metrics::default());
-        let (out, _) = streams("p".into(), 1, metrics.clone());
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let (out, _) = streams(
+            "p".into(),
+            Arc::new(LogBudget::new("p".into(), 1, metrics.clone())),
+        );
         let mut lines = out.lines();
         // Budget: a burst of 2 lines at 1 per second.
         lines.write(b"one\ntw");

@@ -12,7 +12,7 @@ use slab::Slab;
 use crate::engine::wit;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Refused};
-use crate::room::log_limit::LogLimit;
+use crate::room::log_limit::LogBudget;
 use crate::room::output::{self, RoomOutput};
 use crate::room::storage::Storage;
 use crate::room::{ClientMeta, RoomShared};
@@ -76,7 +76,7 @@ pub struct Table {
     /// The room's key-value store.
     pub storage: Storage,
     /// The room's budget of `log` lines.
-    pub log_limit: LogLimit,
+    pub log_budget: Arc<LogBudget>,
     shared: Arc<RoomShared>,
     metrics: Arc<Metrics>,
     slots: Slab<Conn>,
@@ -102,13 +102,18 @@ impl Table {
         storage_limit: usize,
         log_lines_per_sec: u32,
     ) -> Table {
+        let log_budget = Arc::new(LogBudget::new(
+            project.clone(),
+            log_lines_per_sec,
+            metrics.clone(),
+        ));
         Table {
             project,
             config,
             alarm_at: None,
             alarm_retry: 0,
             storage: Storage::new(storage_limit),
-            log_limit: LogLimit::new(log_lines_per_sec),
+            log_budget,
             shared,
             metrics,
             slots: Slab::new(),
@@ -122,18 +127,9 @@ impl Table {
         }
     }
 
-    /// Counts a `log` line dropped by the rate limit.
-    pub fn log_dropped(&self) {
-        self.metrics.log_line_dropped();
-    }
-
     /// The room's WASI stdout and stderr (see [`crate::room::output`]).
     pub fn output_streams(&self) -> (RoomOutput, RoomOutput) {
-        output::streams(
-            self.project.clone(),
-            self.log_limit.lines_per_sec(),
-            self.metrics.clone(),
-        )
+        output::streams(self.project.clone(), self.log_budget.clone())
     }
 
     /// Hands every client's pending frames to its outbox and wakes its
