@@ -1097,6 +1097,17 @@ async fn the_load_tool_refuses_other_hosts() {
         .expect("run wsroom-load");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+    // A pid that is no process is refused before anything is measured.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom-load"))
+        .args(["--server-pid", &u32::MAX.to_string(), "rpc"])
+        .output()
+        .expect("run wsroom-load");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--server-pid") && stderr.contains("no such process"),
+        "{stderr}"
+    );
 }
 
 // -------------------------------------------------- isolation, hibernation

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
 use hdrhistogram::Histogram;
 use http_body_util::Empty;
@@ -64,53 +64,62 @@ struct Cli {
 #[derive(Subcommand)]
 enum Scenario {
     /// One sender and R receivers per project.
-    Fanout {
-        #[arg(long, default_value_t = 1)]
-        projects: usize,
-        #[arg(long, default_value_t = 100)]
-        receivers: usize,
-        /// Payload size in bytes.
-        #[arg(long, default_value_t = 100)]
-        size: usize,
-        /// Messages each sender sends.
-        #[arg(long, default_value_t = 20_000)]
-        messages: u64,
-        #[arg(long, value_enum, default_value_t = Route::Type)]
-        route: Route,
-        /// Messages a sender may be ahead of its receivers (saturated mode).
-        /// Deeper windows let the server write more frames per syscall and
-        /// cost latency; throughput levels off around 1024.
-        #[arg(long, default_value_t = 1024)]
-        window: u64,
-        /// Messages per second per sender instead of saturating.
-        #[arg(long)]
-        rate: Option<u64>,
-    },
+    Fanout(FanoutArgs),
     /// Request/response pairs routed by `to.id`, one request in flight each.
-    Rpc {
-        #[arg(long, default_value_t = 50)]
-        pairs: usize,
-        #[arg(long, default_value_t = 10)]
-        projects: usize,
-        /// Requests each pair makes.
-        #[arg(long, default_value_t = 2_000)]
-        requests: u64,
-        #[arg(long, default_value_t = 100)]
-        size: usize,
-    },
+    Rpc(RpcArgs),
     /// Many idle connections.
-    Connect {
-        #[arg(long, default_value_t = 10_000)]
-        connections: usize,
-        #[arg(long, default_value_t = 1_000)]
-        projects: usize,
-        /// Connections being opened at once.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-    },
+    Connect(ConnectArgs),
     /// Serve as a lean native reference server (no wasm, routing like the
     /// default room) on --server, to compare wsroom with on this machine.
     ReferenceServer,
+}
+
+#[derive(Args, Clone, Copy)]
+struct FanoutArgs {
+    #[arg(long, default_value_t = 1)]
+    projects: usize,
+    #[arg(long, default_value_t = 100)]
+    receivers: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Messages each sender sends.
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    #[arg(long, value_enum, default_value_t = Route::Type)]
+    route: Route,
+    /// Messages a sender may be ahead of its receivers (saturated mode).
+    /// Deeper windows let the server write more frames per syscall and
+    /// cost latency; throughput levels off around 1024.
+    #[arg(long, default_value_t = 1024)]
+    window: u64,
+    /// Messages per second per sender instead of saturating.
+    #[arg(long)]
+    rate: Option<u64>,
+}
+
+#[derive(Args, Clone, Copy)]
+struct RpcArgs {
+    #[arg(long, default_value_t = 50)]
+    pairs: usize,
+    #[arg(long, default_value_t = 10)]
+    projects: usize,
+    /// Requests each pair makes.
+    #[arg(long, default_value_t = 2_000)]
+    requests: u64,
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+}
+
+#[derive(Args, Clone, Copy)]
+struct ConnectArgs {
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    #[arg(long, default_value_t = 1_000)]
+    projects: usize,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -343,19 +352,21 @@ struct Progress {
     wake: Notify,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn fanout(
     server: SocketAddr,
-    projects: usize,
-    receivers: usize,
-    size: usize,
-    messages: u64,
-    route: Route,
-    window: u64,
-    rate: Option<u64>,
+    args: FanoutArgs,
     server_pid: Option<u32>,
     deadline: Instant,
 ) -> anyhow::Result<serde_json::Value> {
+    let FanoutArgs {
+        projects,
+        receivers,
+        size,
+        messages,
+        route,
+        window,
+        rate,
+    } = args;
     anyhow::ensure!(
         projects > 0 && receivers > 0 && messages > 0 && window > 0,
         "counts must be positive"
@@ -634,13 +645,16 @@ async fn receive(
 
 async fn rpc(
     server: SocketAddr,
-    pairs: usize,
-    projects: usize,
-    requests: u64,
-    size: usize,
+    args: RpcArgs,
     server_pid: Option<u32>,
     deadline: Instant,
 ) -> anyhow::Result<serde_json::Value> {
+    let RpcArgs {
+        pairs,
+        projects,
+        requests,
+        size,
+    } = args;
     anyhow::ensure!(
         pairs > 0 && projects > 0 && requests > 0,
         "counts must be positive"
@@ -832,12 +846,15 @@ fn memory(pid: u32) -> anyhow::Result<Memory> {
 
 async fn connect_many(
     server: SocketAddr,
-    connections: usize,
-    projects: usize,
-    concurrency: usize,
+    args: ConnectArgs,
     server_pid: Option<u32>,
     deadline: Instant,
 ) -> anyhow::Result<serde_json::Value> {
+    let ConnectArgs {
+        connections,
+        projects,
+        concurrency,
+    } = args;
     anyhow::ensure!(
         connections > 0 && projects > 0 && concurrency > 0,
         "counts must be positive"
@@ -1029,63 +1046,17 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
+    if let Some(pid) = cli.server_pid {
+        // Checked before any connection is made.
+        cpu_times(pid).with_context(|| format!("--server-pid {pid}: no such process"))?;
+    }
     let deadline = Instant::now() + Duration::from_secs(cli.timeout_secs);
     let report = runtime.block_on(async {
         match cli.scenario {
-            Scenario::Fanout {
-                projects,
-                receivers,
-                size,
-                messages,
-                route,
-                window,
-                rate,
-            } => {
-                fanout(
-                    cli.server,
-                    projects,
-                    receivers,
-                    size,
-                    messages,
-                    route,
-                    window,
-                    rate,
-                    cli.server_pid,
-                    deadline,
-                )
-                .await
-            }
-            Scenario::Rpc {
-                pairs,
-                projects,
-                requests,
-                size,
-            } => {
-                rpc(
-                    cli.server,
-                    pairs,
-                    projects,
-                    requests,
-                    size,
-                    cli.server_pid,
-                    deadline,
-                )
-                .await
-            }
-            Scenario::Connect {
-                connections,
-                projects,
-                concurrency,
-            } => {
-                connect_many(
-                    cli.server,
-                    connections,
-                    projects,
-                    concurrency,
-                    cli.server_pid,
-                    deadline,
-                )
-                .await
+            Scenario::Fanout(args) => fanout(cli.server, args, cli.server_pid, deadline).await,
+            Scenario::Rpc(args) => rpc(cli.server, args, cli.server_pid, deadline).await,
+            Scenario::Connect(args) => {
+                connect_many(cli.server, args, cli.server_pid, deadline).await
             }
             // Serves until killed; returns only on error.
             Scenario::ReferenceServer => reference::serve(cli.server)
