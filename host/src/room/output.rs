@@ -123,17 +123,25 @@ mod tests {
     #[test]
     fn lines_are_split_cut_and_budgeted() {
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let (out, _) = streams(
+        let (out, err) = streams(
             "p".into(),
             Arc::new(LogBudget::new("p".into(), 1, metrics.clone())),
         );
-        let mut lines = out.lines();
-        // Budget: a burst of 2 lines at 1 per second.
-        lines.write(b"one\ntw");
-        lines.write(b"o\nthree\n");
-        assert_eq!(metrics.to_json()["logLinesDropped"], 1);
-        // An over-long line keeps its first MAX_LINE bytes.
-        lines.write(&vec![b'x'; MAX_LINE + 10]);
-        assert_eq!(lines.partial.len(), MAX_LINE);
+        let dropped = || metrics.to_json()["logLinesDropped"].as_u64().unwrap();
+        {
+            let mut lines = out.lines();
+            // Budget: a burst of 2 lines at 1 per second, both streams.
+            lines.write(b"one\ntw");
+            lines.write(b"o\nthree\n");
+            assert_eq!(dropped(), 1);
+            // An over-long line keeps its first MAX_LINE bytes.
+            lines.write(&vec![b'x'; MAX_LINE + 10]);
+            assert_eq!(lines.partial.len(), MAX_LINE);
+        }
+        err.lines().write(b"on stderr\n");
+        assert_eq!(dropped(), 2, "stderr shares the budget");
+        // A last line without its newline still counts when the stream goes.
+        drop(out);
+        assert_eq!(dropped(), 3);
     }
 }
