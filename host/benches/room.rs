@@ -5,14 +5,21 @@
 //! natively with the same framing and fan-out: the difference is the price
 //! of running the room as a wasm component.
 //!
-//! `cargo bench -p wsroom --bench room`
+//! `cargo bench -p wsroom --bench room`: each path timed by the clock
+//! (group `message`) and by the CPU time the process used (group `cpu per
+//! message`, steadier on a shared machine).
+//!
+//! Instructions per message, which do not move with the machine's load: run
+//! the bench binary under callgrind twice with `ROOM_BENCH_MESSAGES` set
+//! (see [`counted`]) and divide the difference of the totals by the
+//! difference of the counts.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use fastwebsockets::OpCode;
 use tokio::runtime::Runtime as Tokio;
 use wsroom::config::Cli;
@@ -132,6 +139,15 @@ impl Room {
             .expect("round finished")
     }
 
+    /// Like [`Room::timed`], but the result is the CPU time the whole
+    /// process spent (every thread: the sender, the room, the takers), which
+    /// varies far less on a shared machine than the elapsed time.
+    fn cpu(self: &Arc<Self>, tokio: &Tokio, text: &Arc<str>, n: u64, expect: &[usize]) -> Duration {
+        let start = process_cpu();
+        self.timed(tokio, text, n, expect);
+        process_cpu().saturating_sub(start)
+    }
+
     /// Sends `n` copies of `text` from the sender and waits until each
     /// receiver in `expect` has taken its `n` frames.
     async fn round(&self, text: &str, n: u64, expect: &[usize]) -> Duration {
@@ -156,6 +172,18 @@ impl Room {
         }
         start.elapsed()
     }
+}
+
+/// CPU time used by this process so far, all threads.
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write into.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// The default room's rules, natively, with the host's framing and a
@@ -202,10 +230,10 @@ fn per_message(c: &mut Criterion) {
     let one = Arc::new(tokio.block_on(room_with(1)));
     let by_type: Arc<str> = message(r#"{"type":"data-agent"}"#).into();
     let by_id: Arc<str> = message(&format!(r#"{{"id":"{}"}}"#, one.receivers[0].0)).into();
+    let all: Vec<usize> = (0..10).collect();
 
     let mut g = c.benchmark_group("message");
     g.throughput(Throughput::Elements(1));
-    let all: Vec<usize> = (0..10).collect();
     g.bench_function("wasm room, to.type, 10 receivers", |b| {
         b.iter_custom(|n| ten.timed(&tokio, &by_type, n, &all))
     });
@@ -225,6 +253,18 @@ fn per_message(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // The same paths timed by the CPU the process used instead of by the
+    // clock: steadier on a shared machine, and it counts every thread.
+    let mut g = c.benchmark_group("cpu per message");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("wasm room, to.type, 10 receivers", |b| {
+        b.iter_custom(|n| ten.cpu(&tokio, &by_type, n, &all))
+    });
+    g.bench_function("wasm room, to.id, 1 receiver", |b| {
+        b.iter_custom(|n| one.cpu(&tokio, &by_id, n, &[0]))
+    });
+    g.finish();
     shut(&tokio, &ten);
     shut(&tokio, &one);
 }
@@ -235,5 +275,53 @@ fn shut(tokio: &Tokio, room: &Room) {
     });
 }
 
+/// `ROOM_BENCH_MESSAGES=N`: instead of criterion, send N messages by type
+/// (10 receivers) and N by id (1 receiver) and exit. For instruction counts
+/// under `valgrind --tool=callgrind`, which do not depend on what else the
+/// machine is doing: the difference between two runs with different N,
+/// divided by the difference in N, is the instructions per message.
+fn counted(n: u64) {
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let ten = Arc::new(tokio.block_on(room_with(10)));
+    let one = Arc::new(tokio.block_on(room_with(1)));
+    let by_type: Arc<str> = message(r#"{"type":"data-agent"}"#).into();
+    let by_id: Arc<str> = message(&format!(r#"{{"id":"{}"}}"#, one.receivers[0].0)).into();
+    let all: Vec<usize> = (0..10).collect();
+    ten.timed(&tokio, &by_type, n, &all);
+    one.timed(&tokio, &by_id, n, &[0]);
+    shut(&tokio, &ten);
+    shut(&tokio, &one);
+    // The same rules natively, as many times.
+    let mut native = Native {
+        queues: vec![Vec::new(); 10],
+    };
+    for _ in 0..n {
+        for text in [&by_type, &by_id] {
+            // Owned, as the host hands it over.
+            let text = text.to_string();
+            rules::on_text(&mut native, "sender-id", "runtime", &text);
+            for q in &mut native.queues {
+                q.clear();
+            }
+        }
+    }
+}
+
 criterion_group!(benches, per_message);
-criterion_main!(benches);
+
+fn main() {
+    if let Some(n) = std::env::var_os("ROOM_BENCH_MESSAGES") {
+        let n = n
+            .to_str()
+            .and_then(|n| n.parse().ok())
+            .expect("ROOM_BENCH_MESSAGES is a number of messages");
+        counted(n);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
