@@ -200,7 +200,18 @@ pub fn on_text(env: &mut impl Env, sender_id: &str, sender_kind: &str, text: &st
             return;
         }
     };
-    let out = fields.stamped(sender_id, sender_kind);
+    let Some(out) = fields.stamped(text, sender_id, sender_kind) else {
+        // Cannot happen: the fields were parsed from `text`. Refused rather
+        // than sent on with an unstamped `from`.
+        send_error(
+            env,
+            sender_id,
+            ErrorCode::InvalidMessage,
+            "message could not be stamped",
+            message_id().as_deref(),
+        );
+        return;
+    };
     let except = Some(sender_id);
     match route {
         Route::ToId(id) => {
@@ -402,16 +413,12 @@ impl<'a> Fields<'a> {
         })
     }
 
-    /// The message re-serialized with `from.id` and `from.type` set to the
-    /// sender's; every other field and every byte of other values unchanged.
-    fn stamped(&self, id: &str, kind: &str) -> String {
-        let mut out = String::with_capacity(
-            self.0
-                .iter()
-                .map(|(k, v)| k.len() + v.get().len() + 4)
-                .sum::<usize>()
-                + 96,
-        );
+    /// The message with `from.id` and `from.type` set to the sender's:
+    /// `text` copied as it is except for the value of every `from` (or with
+    /// `from` added before the closing brace), so every other byte, spacing
+    /// and key escapes included, is unchanged. `self` must have been parsed
+    /// from `text`; `None` if a value does not lie inside it.
+    fn stamped(&self, text: &str, id: &str, kind: &str) -> Option<String> {
         let stamp = |out: &mut String, from: Option<&RawValue>| {
             // A `from` object with fields of its own keeps them.
             let extra = from
@@ -436,38 +443,37 @@ impl<'a> Fields<'a> {
                 }
             }
         };
+        let mut out = String::with_capacity(text.len() + id.len() + kind.len() + 32);
+        let mut copied = 0;
         let mut has_from = false;
-        out.push('{');
-        for (i, (key, value)) in self.0.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
+        for (key, value) in &self.0 {
+            if key != "from" {
+                continue;
             }
-            match key {
-                // Borrowed keys had no escapes in the input: copy them.
-                Cow::Borrowed(k) => {
-                    out.push('"');
-                    out.push_str(k);
-                    out.push('"');
-                }
-                Cow::Owned(k) => push_json_string(&mut out, k),
+            has_from = true;
+            let start = (value.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+            let end = start.checked_add(value.get().len())?;
+            if text.get(start..end)? != value.get() {
+                return None;
             }
-            out.push(':');
-            if key == "from" {
-                has_from = true;
-                stamp(&mut out, Some(value));
-            } else {
-                out.push_str(value.get());
-            }
+            out.push_str(text.get(copied..start)?);
+            stamp(&mut out, Some(value));
+            copied = end;
         }
-        if !has_from {
+        if has_from {
+            out.push_str(text.get(copied..)?);
+        } else {
+            // A JSON object ends with its brace (and maybe whitespace).
+            let close = text.rfind('}')?;
+            out.push_str(&text[..close]);
             if !self.0.is_empty() {
                 out.push(',');
             }
             out.push_str("\"from\":");
             stamp(&mut out, None);
+            out.push_str(&text[close..]);
         }
-        out.push('}');
-        out
+        Some(out)
     }
 }
 

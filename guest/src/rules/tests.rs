@@ -7,6 +7,8 @@ use std::collections::HashMap;
 struct FakeHost {
     clients: Vec<(String, String)>,
     received: HashMap<String, Vec<Value>>,
+    /// The same, as the text sent.
+    texts: HashMap<String, Vec<String>>,
     alarm: Option<u64>,
     config: HashMap<String, String>,
     ids: std::cell::Cell<u32>,
@@ -25,6 +27,10 @@ impl FakeHost {
 
     fn got(&self, id: &str) -> &[Value] {
         self.received.get(id).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn texts(&self, id: &str) -> &[String] {
+        self.texts.get(id).map(Vec::as_slice).unwrap_or(&[])
     }
 
     fn total(&self) -> usize {
@@ -57,6 +63,10 @@ impl Env for FakeHost {
             counts.push(n);
         }
         for id in reached {
+            self.texts
+                .entry(id.to_string())
+                .or_default()
+                .push(text.to_string());
             self.received
                 .entry(id.to_string())
                 .or_default()
@@ -449,6 +459,31 @@ fn escaped_keys_and_odd_spacing_survive_the_rewrite() {
     on_text(&mut h, "r1", "runtime", "{\"to\" : { \"id\" : \"d1\" } }");
     assert_eq!(h.got("d1").len(), 1);
     assert!(h.got("r2").is_empty());
+}
+
+#[test]
+fn only_from_is_rewritten_byte_for_byte() {
+    let cases = [
+        (
+            r#"{ "a" : 1.50 , "from" : "me" , "b":[ 1 ] }"#,
+            r#"{ "a" : 1.50 , "from" : {"id":"r1","type":"runtime"} , "b":[ 1 ] }"#,
+        ),
+        (
+            r#"{"from":1,"x":"\u0041","from":{}}"#,
+            r#"{"from":{"id":"r1","type":"runtime"},"x":"\u0041","from":{"id":"r1","type":"runtime"}}"#,
+        ),
+        (
+            "{\"id\":\"m1\" }\n",
+            "{\"id\":\"m1\" ,\"from\":{\"id\":\"r1\",\"type\":\"runtime\"}}\n",
+        ),
+        ("{ }", r#"{ "from":{"id":"r1","type":"runtime"}}"#),
+    ];
+    for (sent, delivered) in cases {
+        let mut h = room();
+        on_text(&mut h, "r1", "runtime", sent);
+        let got = h.texts("r2");
+        assert_eq!(got, [delivered], "{sent}");
+    }
 }
 
 #[test]
