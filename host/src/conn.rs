@@ -265,7 +265,13 @@ fn too_large(size: u64, limit: usize) -> Result<Incoming, ()> {
 
 fn whole(opcode: OpCode, payload: Vec<u8>) -> Result<Incoming, ()> {
     if opcode == OpCode::Text {
-        String::from_utf8(payload).map(Incoming::Text).map_err(drop)
+        // simdutf8 (as fastwebsockets uses): several times faster than
+        // `String::from_utf8` on a message of a few hundred bytes.
+        simdutf8::basic::from_utf8(&payload).map_err(drop)?;
+        // SAFETY: `payload` was just checked to be valid UTF-8.
+        Ok(Incoming::Text(unsafe {
+            String::from_utf8_unchecked(payload)
+        }))
     } else {
         Ok(Incoming::Binary(payload))
     }

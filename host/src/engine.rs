@@ -128,6 +128,9 @@ impl Runtime {
         Room::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)
             .context("cannot link the room host interface")?;
+        crate::room::imports::add_send(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot link the room host interface (send)")?;
         let sources = Sources {
             default: config.component.clone(),
             by_project: config.project_components.clone(),

@@ -5,9 +5,12 @@ use tracing::{debug, error, info, trace, warn};
 use crate::engine::{RoomState, wit};
 use crate::outbox;
 use crate::room::log_limit;
-use crate::room::table::Select;
+use crate::room::table::{Except, Select};
 use crate::room::{client_info, now_ms};
 use fastwebsockets::OpCode;
+use smallvec::SmallVec;
+use wasmtime::StoreContextMut;
+use wasmtime::component::{ComponentType, Lift, Linker, WasmList, WasmStr};
 
 use crate::engine::host_bindings::Host;
 
@@ -15,6 +18,72 @@ use crate::engine::host_bindings::Host;
 pub const MAX_ATTACHMENT: usize = 16 * 1024;
 
 impl wit::Host for RoomState {}
+
+/// The WIT `selector`, its strings left in the room's memory.
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+enum RawSelector {
+    #[component(name = "client")]
+    Client(WasmStr),
+    #[component(name = "kind")]
+    Kind(WasmStr),
+    #[component(name = "all")]
+    All,
+}
+
+/// The WIT `target`, its strings left in the room's memory.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+struct RawTarget {
+    select: RawSelector,
+    except: WasmList<WasmStr>,
+}
+
+/// Replaces the `send` import the bindings define with one that reads the
+/// text and the targets straight from the room's memory: the text is copied
+/// once, into the frame, and nothing else is copied or allocated per target
+/// (the bindings' version lifts the text and every id into owned `String`s
+/// and `Vec`s first). `send` is called for nearly every message.
+pub fn add_send(linker: &mut Linker<RoomState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let added = linker
+        .instance("wsroom:room/host@0.1.0")
+        .and_then(|mut host| host.func_wrap("send", send_in_place));
+    linker.allow_shadowing(false);
+    added
+}
+
+fn send_in_place(
+    mut store: StoreContextMut<'_, RoomState>,
+    (text, targets): (WasmStr, WasmList<RawTarget>),
+) -> wasmtime::Result<(Vec<u32>,)> {
+    let frame = outbox::encode(OpCode::Text, text.to_str(&store)?.as_bytes());
+    let mut resolved: SmallVec<[(Select, Except); 4]> = SmallVec::with_capacity(targets.len());
+    for i in 0..targets.len() {
+        let Some(target) = targets.get(&mut store, i) else {
+            break;
+        };
+        let target = target?;
+        let table = &store.data().table;
+        let select = match target.select {
+            RawSelector::Client(id) => table.select_client(&id.to_str(&store)?),
+            RawSelector::Kind(kind) => table.select_kind(&kind.to_str(&store)?),
+            RawSelector::All => Select::All,
+        };
+        let mut except = Except::new();
+        for j in 0..target.except.len() {
+            let Some(id) = target.except.get(&mut store, j) else {
+                break;
+            };
+            let id = id?;
+            if let Some(slot) = store.data().table.slot_of(&id.to_str(&store)?) {
+                except.push(slot);
+            }
+        }
+        resolved.push((select, except));
+    }
+    Ok((store.data_mut().table.fanout(&frame, &resolved),))
+}
 
 impl Host for RoomState {
     fn project_id(&mut self) -> String {
@@ -25,18 +94,20 @@ impl Host for RoomState {
         self.table.config.get(&key).cloned()
     }
 
+    /// Not called: [`add_send`] replaces this import with one that reads
+    /// its arguments in place. Kept equivalent for completeness.
     fn send(&mut self, text: String, targets: Vec<wit::Target>) -> Vec<u32> {
         let frame = outbox::encode(OpCode::Text, text.as_bytes());
-        let resolved: Vec<(Select<'_>, Vec<usize>)> = targets
+        let resolved: Vec<(Select, Except)> = targets
             .iter()
             .map(|t| {
                 let select = match &t.select {
-                    wit::Selector::Client(id) => Select::Client(id),
-                    wit::Selector::Kind(kind) => Select::Kind(kind),
+                    wit::Selector::Client(id) => self.table.select_client(id),
+                    wit::Selector::Kind(kind) => self.table.select_kind(kind),
                     wit::Selector::All => Select::All,
                 };
-                let except = self.table.slots_of(t.except.iter().map(String::as_str));
-                (select, except)
+                let except = t.except.iter().filter_map(|id| self.table.slot_of(id));
+                (select, except.collect())
             })
             .collect();
         self.table.fanout(&frame, &resolved)

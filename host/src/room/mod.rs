@@ -2,7 +2,7 @@
 //! store, so guest calls need no lock; it takes events (connect, message,
 //! close) from a bounded inbox, fires the alarm, and calls the guest.
 
-mod imports;
+pub(crate) mod imports;
 pub mod log_limit;
 pub mod output;
 pub mod storage;
@@ -165,6 +165,7 @@ pub fn spawn(
         live: None,
         live_version: 0,
         idle: Some(table),
+        active: false,
     };
     tokio::spawn(actor.run(rx));
     RoomHandle {
@@ -187,6 +188,9 @@ struct Actor {
     live_version: u64,
     /// The table while no instance is live.
     idle: Option<Table>,
+    /// A connect or a message was handled since `/health`'s
+    /// `lastActivity` was last set (once per batch: it reads the clock).
+    active: bool,
 }
 
 /// A guest call (or instantiation) that failed.
@@ -255,6 +259,9 @@ impl Actor {
                 }
                 self.handle(event).await;
             }
+            if std::mem::take(&mut self.active) {
+                self.table().touch();
+            }
             self.table().flush();
             self.settle().await;
             self.table().flush();
@@ -314,7 +321,7 @@ impl Actor {
                 reply,
             } => {
                 let conn = self.table().insert(meta.clone(), outbox.clone());
-                self.table().touch();
+                self.active = true;
                 let info = client_info(&meta);
                 let result = match call!(self, |room, store| room.call_on_connect(store, &info)) {
                     Ok(Ok(())) => Ok(conn),
@@ -343,7 +350,7 @@ impl Actor {
                     return;
                 };
                 let sender = c.sender.clone();
-                self.table().touch();
+                self.active = true;
                 if let Err(Trapped(e)) = call!(self, |room, store| room
                     .call_on_message(store, &sender, &message))
                 {

@@ -3,11 +3,16 @@
 //! It lives in the room's store while an instance is live; the host imports
 //! act on it directly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+// foldhash instead of SipHash: the table is looked up a few times per
+// message (~2% of a message's instructions with SipHash); still seeded at
+// random, and the keys are the server's UUIDs and the project's client types.
+use foldhash::HashMap;
 use slab::Slab;
+use smallvec::SmallVec;
 
 use crate::engine::wit;
 use crate::metrics::Metrics;
@@ -59,12 +64,19 @@ impl Conn {
     }
 }
 
-/// Which clients a send reaches (the WIT `selector`, resolved).
-pub enum Select<'a> {
-    Client(&'a str),
-    Kind(&'a str),
+/// Which clients a send reaches: the WIT `selector`, looked up in the table
+/// (see [`Table::select_client`], [`Table::select_kind`]).
+pub enum Select {
+    /// The client in this slot; `None`: no client has that id.
+    Slot(Option<usize>),
+    /// The clients of this type (the key of the type's list); `None`: no
+    /// client has that type.
+    Kind(Option<Arc<str>>),
     All,
 }
+
+/// Slots a target leaves out; rarely more than one.
+pub type Except = SmallVec<[usize; 2]>;
 
 pub struct Table {
     pub project: Arc<str>,
@@ -117,8 +129,8 @@ impl Table {
             shared,
             metrics,
             slots: Slab::new(),
-            by_id: HashMap::new(),
-            by_kind: HashMap::new(),
+            by_id: HashMap::default(),
+            by_kind: HashMap::default(),
             order: Vec::new(),
             next_serial: 0,
             sends: 0,
@@ -259,11 +271,21 @@ impl Table {
         }
     }
 
+    /// Looks up a `client` selector.
+    pub fn select_client(&self, id: &str) -> Select {
+        Select::Slot(self.by_id.get(id).copied())
+    }
+
+    /// Looks up a `kind` selector.
+    pub fn select_kind(&self, kind: &str) -> Select {
+        Select::Kind(self.by_kind.get_key_value(kind).map(|(k, _)| k.clone()))
+    }
+
     /// Queues one framed message for the union of the targets, each client
     /// at most once. Returns how many clients each target added (a client
     /// whose connection is closing, but whose leave the room has not handled
     /// yet, still counts).
-    pub fn fanout(&mut self, frame: &Bytes, targets: &[(Select<'_>, Vec<usize>)]) -> Vec<u32> {
+    pub fn fanout(&mut self, frame: &Bytes, targets: &[(Select, Except)]) -> Vec<u32> {
         self.sends += 1;
         let mark = self.sends;
         let mut counts = Vec::with_capacity(targets.len());
@@ -296,13 +318,13 @@ impl Table {
                 }
             };
             match select {
-                Select::Client(id) => {
-                    if let Some(&slot) = self.by_id.get(*id) {
+                Select::Slot(slot) => {
+                    if let Some(slot) = *slot {
                         visit(slot, &mut self.slots, &mut self.overflowed);
                     }
                 }
                 Select::Kind(kind) => {
-                    if let Some(list) = self.by_kind.get(*kind) {
+                    if let Some(list) = kind.as_ref().and_then(|k| self.by_kind.get(k)) {
                         for &slot in list {
                             visit(slot, &mut self.slots, &mut self.overflowed);
                         }
@@ -320,10 +342,8 @@ impl Table {
         counts
     }
 
-    /// Resolves client ids to slots (unknown ids are dropped).
-    pub fn slots_of<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<usize> {
-        ids.into_iter()
-            .filter_map(|id| self.by_id.get(id).copied())
-            .collect()
+    /// The slot of the client with this id, if any.
+    pub fn slot_of(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).copied()
     }
 }
