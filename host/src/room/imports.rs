@@ -57,9 +57,10 @@ fn send_in_place(
     (text, targets): (WasmStr, WasmList<RawTarget>),
 ) -> wasmtime::Result<(Vec<u32>,)> {
     let frame = outbox::encode(OpCode::Text, text.to_str(&store)?.as_bytes());
-    // On the heap: this runs on the room's fiber stack, and an inline array
-    // here cost each room one more touched stack page (+3.6 KB per room).
-    let mut resolved: Vec<(Select, Except)> = Vec::with_capacity(targets.len());
+    let mark = store.data_mut().table.begin_send();
+    // Each target is looked up and fanned out before the next is read, so
+    // nothing here grows with the number of targets but the answer.
+    let mut counts = Vec::with_capacity(targets.len());
     for i in 0..targets.len() {
         let Some(target) = targets.get(&mut store, i) else {
             break;
@@ -81,9 +82,14 @@ fn send_in_place(
                 except.push(slot);
             }
         }
-        resolved.push((select, except));
+        counts.push(
+            store
+                .data_mut()
+                .table
+                .fanout(mark, &frame, &select, &except),
+        );
     }
-    Ok((store.data_mut().table.fanout(&frame, &resolved),))
+    Ok((counts,))
 }
 
 impl Host for RoomState {
@@ -99,7 +105,8 @@ impl Host for RoomState {
     /// its arguments in place. Kept equivalent for completeness.
     fn send(&mut self, text: String, targets: Vec<wit::Target>) -> Vec<u32> {
         let frame = outbox::encode(OpCode::Text, text.as_bytes());
-        let resolved: Vec<(Select, Except)> = targets
+        let mark = self.table.begin_send();
+        targets
             .iter()
             .map(|t| {
                 let select = match &t.select {
@@ -108,10 +115,10 @@ impl Host for RoomState {
                     wit::Selector::All => Select::All,
                 };
                 let except = t.except.iter().filter_map(|id| self.table.slot_of(id));
-                (select, except.collect())
+                let except: Except = except.collect();
+                self.table.fanout(mark, &frame, &select, &except)
             })
-            .collect();
-        self.table.fanout(&frame, &resolved)
+            .collect()
     }
 
     fn close(&mut self, client: String, code: u16, reason: String) -> bool {

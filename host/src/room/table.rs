@@ -281,69 +281,146 @@ impl Table {
         Select::Kind(self.by_kind.get_key_value(kind).map(|(k, _)| k.clone()))
     }
 
-    /// Queues one framed message for the union of the targets, each client
-    /// at most once. Returns how many clients each target added (a client
-    /// whose connection is closing, but whose leave the room has not handled
-    /// yet, still counts).
-    pub fn fanout(&mut self, frame: &Bytes, targets: &[(Select, Except)]) -> Vec<u32> {
+    /// Starts a send: the clients [`Table::fanout`] reaches under the
+    /// returned mark receive the frame at most once, across targets.
+    pub fn begin_send(&mut self) -> u64 {
         self.sends += 1;
-        let mark = self.sends;
-        let mut counts = Vec::with_capacity(targets.len());
-        let mut pushed = 0u64;
-        for (select, except) in targets {
-            let mut n = 0u32;
-            let touched = &mut self.touched;
-            let mut visit = |slot: usize, slots: &mut Slab<Conn>, overflowed: &mut Vec<ConnRef>| {
-                if except.contains(&slot) {
-                    return;
+        self.sends
+    }
+
+    /// Queues one framed message for the clients of one target of the send
+    /// `mark`, except those in `except` and those an earlier target of the
+    /// same send reached. Returns how many clients it added (a client whose
+    /// connection is closing, but whose leave the room has not handled yet,
+    /// still counts).
+    pub fn fanout(&mut self, mark: u64, frame: &Bytes, select: &Select, except: &[usize]) -> u32 {
+        let mut n = 0u32;
+        let touched = &mut self.touched;
+        let mut visit = |slot: usize, slots: &mut Slab<Conn>, overflowed: &mut Vec<ConnRef>| {
+            if except.contains(&slot) {
+                return;
+            }
+            let Some(c) = slots.get_mut(slot) else { return };
+            if c.mark == mark {
+                return;
+            }
+            c.mark = mark;
+            n += 1;
+            c.pending.push(frame.clone());
+            c.pending_bytes += frame.len();
+            if !c.touched {
+                c.touched = true;
+                touched.push(slot);
+            }
+            if c.pending_bytes >= PENDING_FLUSH_BYTES && c.flush() == Err(Refused::Overflow) {
+                overflowed.push(ConnRef {
+                    slot,
+                    serial: c.serial,
+                });
+            }
+        };
+        match select {
+            Select::Slot(slot) => {
+                if let Some(slot) = *slot {
+                    visit(slot, &mut self.slots, &mut self.overflowed);
                 }
-                let Some(c) = slots.get_mut(slot) else { return };
-                if c.mark == mark {
-                    return;
-                }
-                c.mark = mark;
-                n += 1;
-                pushed += 1;
-                c.pending.push(frame.clone());
-                c.pending_bytes += frame.len();
-                if !c.touched {
-                    c.touched = true;
-                    touched.push(slot);
-                }
-                if c.pending_bytes >= PENDING_FLUSH_BYTES && c.flush() == Err(Refused::Overflow) {
-                    overflowed.push(ConnRef {
-                        slot,
-                        serial: c.serial,
-                    });
-                }
-            };
-            match select {
-                Select::Slot(slot) => {
-                    if let Some(slot) = *slot {
-                        visit(slot, &mut self.slots, &mut self.overflowed);
-                    }
-                }
-                Select::Kind(kind) => {
-                    if let Some(list) = kind.as_ref().and_then(|k| self.by_kind.get(k)) {
-                        for &slot in list {
-                            visit(slot, &mut self.slots, &mut self.overflowed);
-                        }
-                    }
-                }
-                Select::All => {
-                    for &slot in &self.order {
+            }
+            Select::Kind(kind) => {
+                if let Some(list) = kind.as_ref().and_then(|k| self.by_kind.get(k)) {
+                    for &slot in list {
                         visit(slot, &mut self.slots, &mut self.overflowed);
                     }
                 }
             }
-            counts.push(n);
+            Select::All => {
+                for &slot in &self.order {
+                    visit(slot, &mut self.slots, &mut self.overflowed);
+                }
+            }
         }
-        self.metrics.frames_out(pushed);
-        counts
+        self.metrics.frames_out(u64::from(n));
+        n
     }
 
     /// The slot of the client with this id, if any.
     pub fn slot_of(&self, id: &str) -> Option<usize> {
         self.by_id.get(id).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Next, encode};
+    use fastwebsockets::OpCode;
+
+    fn table() -> Table {
+        Table::new(
+            "p".into(),
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+            1024,
+            10,
+        )
+    }
+
+    fn join(t: &mut Table, id: &str, kind: &str) -> Arc<Outbox> {
+        let outbox = Arc::new(Outbox::new(1 << 20));
+        let meta = Arc::new(ClientMeta {
+            id: id.into(),
+            kind: kind.into(),
+            connected_at: 0,
+            user_agent: None,
+            origin: None,
+        });
+        t.insert(meta, outbox.clone());
+        outbox
+    }
+
+    /// What the outbox holds now, without waiting.
+    fn frames(outbox: &Outbox) -> usize {
+        let mut batch = Vec::new();
+        let taken = outbox.take(&mut batch);
+        match poll_once(taken) {
+            Some(Next::Continue) => batch.len(),
+            _ => 0,
+        }
+    }
+
+    /// Polls a future once.
+    fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn a_send_reaches_each_client_once_across_its_targets() {
+        let mut t = table();
+        let r1 = join(&mut t, "r1", "runtime");
+        let a1 = join(&mut t, "a1", "admin");
+        let a2 = join(&mut t, "a2", "admin");
+        let frame = encode(OpCode::Text, b"{}");
+        let mark = t.begin_send();
+        let admins = t.select_kind("admin");
+        let except: Except = t.slot_of("a2").into_iter().collect();
+        // Admins but a2; then everyone: only those not yet reached count.
+        assert_eq!(t.fanout(mark, &frame, &admins, &except), 1);
+        assert_eq!(t.fanout(mark, &frame, &Select::All, &[]), 2);
+        assert_eq!(t.fanout(mark, &frame, &t.select_client("r1"), &[]), 0);
+        // Nobody by that id or type.
+        assert_eq!(t.fanout(mark, &frame, &t.select_client("zz"), &[]), 0);
+        assert_eq!(t.fanout(mark, &frame, &t.select_kind("zz"), &[]), 0);
+        // Nothing is in the outboxes before the flush; one frame each after.
+        assert_eq!(frames(&r1), 0);
+        t.flush();
+        assert_eq!([frames(&r1), frames(&a1), frames(&a2)], [1, 1, 1]);
+        // A new send reaches them again.
+        let mark = t.begin_send();
+        assert_eq!(t.fanout(mark, &frame, &Select::All, &[]), 3);
     }
 }
