@@ -101,7 +101,7 @@ pub struct Cli {
     /// Lines one room may write to the log per second, through `log` and its
     /// stdout/stderr together (bursts of twice that); more are dropped,
     /// counted, and reported with the next line let through. Lines are cut
-    /// at 4 KiB.
+    /// at 4 KiB. 0 turns rooms' logging off.
     #[arg(long, env = "WSROOM_ROOM_LOG_LINES_PER_SEC", default_value_t = 50)]
     pub room_log_lines_per_sec: u32,
 

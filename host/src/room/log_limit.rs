@@ -35,12 +35,14 @@ pub enum Verdict {
 }
 
 impl LogLimit {
+    /// `lines_per_sec` 0: nothing is logged (every line is counted as
+    /// dropped).
     pub fn new(lines_per_sec: u32) -> LogLimit {
         let rate = f64::from(lines_per_sec);
         LogLimit {
             rate,
-            burst: (rate * 2.0).max(1.0),
-            tokens: (rate * 2.0).max(1.0),
+            burst: rate * 2.0,
+            tokens: rate * 2.0,
             last: Instant::now(),
             dropped: 0,
         }
@@ -141,9 +143,13 @@ mod tests {
     fn zero_means_silence() {
         let mut l = LogLimit::new(0);
         let t = Instant::now();
-        // The bucket starts with one line, then nothing refills it.
-        assert!(matches!(l.check(t), Verdict::Log { .. }));
+        // Not even a first line, and nothing ever refills the bucket.
+        assert_eq!(l.check(t), Verdict::Drop);
         assert_eq!(l.check(t + Duration::from_secs(100)), Verdict::Drop);
+        let mut l = LogLimit::new(1);
+        assert!(matches!(l.check(t), Verdict::Log { .. }));
+        assert!(matches!(l.check(t), Verdict::Log { .. }));
+        assert_eq!(l.check(t), Verdict::Drop);
     }
 
     #[test]
