@@ -373,17 +373,17 @@ impl<'a> Fields<'a> {
     }
 
     fn route(&self) -> Result<Route<'a>, &'static str> {
-        /// `to`'s fields, borrowed; other fields are skipped. A field that
-        /// is present, even as `null`, is `Some`.
+        /// `to`'s fields, read in one pass; other fields are skipped. A
+        /// field that is present, even as `null`, is `Some`.
         #[derive(Deserialize)]
         struct To<'a> {
             #[serde(borrow, default, deserialize_with = "present")]
-            id: Option<&'a RawValue>,
+            id: Option<Field<'a>>,
             #[serde(borrow, default, rename = "type", deserialize_with = "present")]
-            kind: Option<&'a RawValue>,
+            kind: Option<Field<'a>>,
         }
-        fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-            <&'de RawValue>::deserialize(d).map(Some)
+        fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Field<'de>>, D::Error> {
+            Field::deserialize(d).map(Some)
         }
         let Some(raw) = self.get("to") else {
             return Ok(Route::Broadcast);
@@ -398,9 +398,10 @@ impl<'a> Fields<'a> {
         }
         let to: To<'a> =
             serde_json::from_str(text).map_err(|_| "`to` must be an object or null")?;
-        let string = |v: Option<&'a RawValue>, what| match v {
+        let string = |v: Option<Field<'a>>, what| match v {
             None => Ok(Cow::Borrowed("")),
-            Some(raw) => serde_json::from_str::<Cow<'a, str>>(raw.get()).map_err(|_| what),
+            Some(Field::Str(s)) => Ok(s),
+            Some(Field::Other) => Err(what),
         };
         let id = string(to.id, "`to.id` must be a string")?;
         let kind = string(to.kind, "`to.type` must be a string")?;
@@ -506,6 +507,58 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
             }
         }
         d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// A value of `to`: a string (borrowed unless it has escapes), or anything
+/// else, skipped.
+enum Field<'a> {
+    Str(Cow<'a, str>),
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Field<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Field<'a>, E> {
+                Ok(Field::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Field<'a>, E> {
+                Ok(Field::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Field<'a>, E> {
+                Ok(Field::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Field<'a>, E> {
+                Ok(Field::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Field<'a>, E> {
+                Ok(Field::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Field<'a>, E> {
+                Ok(Field::Other)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Field<'a>, E> {
+                Ok(Field::Other)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Field<'a>, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(Field::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field<'a>, A::Error> {
+                while map
+                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Field::Other)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 

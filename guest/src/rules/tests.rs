@@ -339,6 +339,8 @@ fn bad_to_is_invalid_message_with_message_id() {
         json!({"id": 5}),
         json!({"type": true}),
         json!({"id": null}),
+        json!({"id": {"x": [1]}}),
+        json!({"type": ["data-agent"]}),
     ] {
         let mut h = room();
         send(&mut h, "r1", json!({"id": "m9", "type": "q", "to": to}));
@@ -347,6 +349,26 @@ fn bad_to_is_invalid_message_with_message_id() {
         assert_eq!(error_code(err), "invalid_message", "{to}");
         assert_eq!(err["payload"]["messageId"], "m9");
     }
+}
+
+#[test]
+fn escaped_to_fields_route_like_plain_ones() {
+    let mut h = room();
+    on_text(
+        &mut h,
+        "r1",
+        "runtime",
+        r#"{"to":{"type":"data\u002dagent"}}"#,
+    );
+    assert_eq!(h.got("d1").len(), 1);
+    on_text(
+        &mut h,
+        "r1",
+        "runtime",
+        r#"{"to":{"note":{"a":[1,{}]},"id":"\u0064\u0031"}}"#,
+    );
+    assert_eq!(h.got("d1").len(), 2);
+    assert!(h.got("r2").is_empty());
 }
 
 #[test]
