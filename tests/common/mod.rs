@@ -19,6 +19,28 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// Upper bound of every await in the tests.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Runs `probe` every `every` until `done` holds for what it returned, and
+/// returns that; fails after [`TIMEOUT`] naming `what` and the last value.
+pub async fn poll_until<T: std::fmt::Display>(
+    what: &str,
+    every: Duration,
+    mut probe: impl AsyncFnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let value = probe().await;
+        if done(&value) {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last seen:\n{value}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// The misbehaving room built by the host's build script.
 pub const FIXTURE_ROOM: &str = concat!(env!("OUT_DIR"), "/fixture-room.wasm");
 
@@ -170,35 +192,25 @@ impl Server {
 
     /// Polls `/health` until `f` holds, or fails after [`TIMEOUT`].
     pub async fn wait_health(&self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
-        loop {
-            let (_, health) = self.get("/health").await;
-            if f(&health) {
-                return health;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}; last /health: {health}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        poll_until(
+            what,
+            Duration::from_millis(50),
+            async || self.get("/health").await.1,
+            f,
+        )
+        .await
     }
 
     /// Waits until the server's stderr (read by another thread, so a line
     /// may lag behind what /health already shows) satisfies `f`; returns it.
     pub async fn wait_stderr(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
-        loop {
-            let log = self.stderr();
-            if f(&log) {
-                return log;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what} in the log:\n{log}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        poll_until(
+            what,
+            Duration::from_millis(20),
+            async || self.stderr(),
+            |log: &String| f(log),
+        )
+        .await
     }
 
     /// Sends SIGTERM and waits for the exit status.
