@@ -379,6 +379,12 @@ async fn fanout(
     let mut receiver_tasks = Vec::new();
     let hist = Arc::new(Mutex::new(new_histogram()));
     let last_delivery = Arc::new(AtomicU64::new(0));
+    let tally = Tally {
+        start,
+        checks: checks.clone(),
+        hist: hist.clone(),
+        last_delivery: last_delivery.clone(),
+    };
     // How many deliveries a receiver holds before telling its sender: the
     // held-back total stays below the window, so no sender waits on it.
     let window_deliveries = match route {
@@ -404,15 +410,14 @@ async fn fanout(
             let got = Arc::new(AtomicU64::new(0));
             let task = tokio::spawn(receive(
                 ws,
-                sender_id.clone(),
-                expected,
-                start,
-                progress.clone(),
-                checks.clone(),
-                hist.clone(),
-                last_delivery.clone(),
-                got.clone(),
-                report_every,
+                Expect {
+                    sender_id: sender_id.clone(),
+                    count: expected,
+                    progress: progress.clone(),
+                    got: got.clone(),
+                    report_every,
+                },
+                tally.clone(),
             ));
             receiver_tasks.push((task, got, expected));
         }
@@ -551,19 +556,45 @@ async fn fanout(
     }))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn receive(
-    mut ws: Ws,
+/// What one fan-out receiver expects, and whom it tells.
+struct Expect {
+    /// The sender whose messages it receives (`from.id`).
     sender_id: String,
-    expected: u64,
-    start: Instant,
+    /// Deliveries it should get.
+    count: u64,
+    /// Its sender's count of deliveries, for the sender's window.
     progress: Arc<Progress>,
+    /// Deliveries so far (read from outside if the receiver is aborted).
+    got: Arc<AtomicU64>,
+    /// Deliveries held back before telling the sender.
+    report_every: u64,
+}
+
+/// Where every receiver of a run records what it saw.
+#[derive(Clone)]
+struct Tally {
+    /// The run's clock: send times in the messages are nanoseconds from it.
+    start: Instant,
     checks: Arc<Checks>,
     hist: Arc<Mutex<Histogram<u64>>>,
+    /// The latest delivery of all, in nanoseconds from `start`.
     last_delivery: Arc<AtomicU64>,
-    got: Arc<AtomicU64>,
-    report_every: u64,
-) {
+}
+
+async fn receive(mut ws: Ws, expect: Expect, tally: Tally) {
+    let Expect {
+        sender_id,
+        count: expected,
+        progress,
+        got,
+        report_every,
+    } = expect;
+    let Tally {
+        start,
+        checks,
+        hist,
+        last_delivery,
+    } = tally;
     let mut local = new_histogram();
     let mut last_seq: Option<u64> = None;
     let from_pattern = stamped_from(&sender_id);
