@@ -8,6 +8,7 @@ pub mod output;
 pub mod storage;
 pub mod table;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,26 +77,30 @@ pub enum Refusal {
 /// What `/status` and `/health` read without asking the room.
 #[derive(Default)]
 pub struct RoomShared {
-    clients: Mutex<Vec<Arc<ClientMeta>>>,
+    /// The room's clients by their table serial, which grows with each
+    /// connection: iterating gives connection order, and a client leaves in
+    /// O(log n) (a list scanned per leave made a mass disconnect quadratic).
+    clients: Mutex<BTreeMap<u64, Arc<ClientMeta>>>,
     /// Milliseconds since the Unix epoch of the last connect or message.
     pub last_activity: AtomicU64,
 }
 
 impl RoomShared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<ClientMeta>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<ClientMeta>>> {
         self.clients.lock().unwrap_or_else(|e| e.into_inner())
     }
-    fn add_client(&self, meta: Arc<ClientMeta>) {
-        self.lock().push(meta);
+    fn add_client(&self, serial: u64, meta: Arc<ClientMeta>) {
+        self.lock().insert(serial, meta);
     }
-    fn remove_client(&self, id: &str) {
-        self.lock().retain(|c| *c.id != *id);
+    fn remove_client(&self, serial: u64) {
+        self.lock().remove(&serial);
     }
     fn clear_clients(&self) {
         self.lock().clear();
     }
+    /// The clients in connection order.
     pub fn clients(&self) -> Vec<Arc<ClientMeta>> {
-        self.lock().clone()
+        self.lock().values().cloned().collect()
     }
     pub fn client_count(&self) -> usize {
         self.lock().len()

@@ -178,7 +178,7 @@ impl Table {
         let serial = self.next_serial;
         let id: Arc<str> = meta.id.clone();
         let kind: Arc<str> = meta.kind.clone();
-        self.shared.add_client(meta.clone());
+        self.shared.add_client(serial, meta.clone());
         let sender = Arc::new(wit::Sender {
             id: meta.id.to_string(),
             kind: meta.kind.to_string(),
@@ -235,7 +235,7 @@ impl Table {
             }
         }
         self.order.retain(|&s| s != conn.slot);
-        self.shared.remove_client(&c.meta.id);
+        self.shared.remove_client(c.serial);
         Some(c)
     }
 
@@ -366,6 +366,10 @@ mod tests {
     }
 
     fn join(t: &mut Table, id: &str, kind: &str) -> Arc<Outbox> {
+        join_ref(t, id, kind).1
+    }
+
+    fn join_ref(t: &mut Table, id: &str, kind: &str) -> (ConnRef, Arc<Outbox>) {
         let outbox = Arc::new(Outbox::new(1 << 20));
         let meta = Arc::new(ClientMeta {
             id: id.into(),
@@ -374,8 +378,7 @@ mod tests {
             user_agent: None,
             origin: None,
         });
-        t.insert(meta, outbox.clone());
-        outbox
+        (t.insert(meta, outbox.clone()), outbox)
     }
 
     /// What the outbox holds now, without waiting.
@@ -422,5 +425,26 @@ mod tests {
         // A new send reaches them again.
         let mark = t.begin_send();
         assert_eq!(t.fanout(mark, &frame, &Select::All, &[]), 3);
+    }
+
+    #[test]
+    fn status_lists_the_clients_in_connection_order() {
+        let mut t = table();
+        let ids = |t: &Table| -> Vec<String> {
+            t.shared
+                .clients()
+                .iter()
+                .map(|c| c.id.to_string())
+                .collect()
+        };
+        let (_, _) = join_ref(&mut t, "c1", "runtime");
+        let (c2, _) = join_ref(&mut t, "c2", "admin");
+        let (_, _) = join_ref(&mut t, "c3", "runtime");
+        assert!(t.remove(c2).is_some());
+        join_ref(&mut t, "c4", "admin");
+        assert_eq!(ids(&t), ["c1", "c3", "c4"]);
+        assert_eq!(t.shared.client_count(), 3);
+        assert_eq!(t.drain().len(), 3);
+        assert!(ids(&t).is_empty());
     }
 }
