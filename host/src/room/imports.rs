@@ -38,6 +38,10 @@ struct RawTarget {
     except: WasmList<WasmStr>,
 }
 
+/// The host interface as components import it: `wit/room.wit`'s package and
+/// version (a test keeps the two in step).
+const HOST_INTERFACE: &str = "wsroom:room/host@0.1.0";
+
 /// Replaces the `send` import the bindings define with one that reads the
 /// text and the targets straight from the room's memory: the text is copied
 /// once, into the frame, and nothing else is copied or allocated per target
@@ -46,7 +50,7 @@ struct RawTarget {
 pub fn add_send(linker: &mut Linker<RoomState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let added = linker
-        .instance("wsroom:room/host@0.1.0")
+        .instance(HOST_INTERFACE)
         .and_then(|mut host| host.func_wrap("send", send_in_place));
     linker.allow_shadowing(false);
     added
@@ -223,5 +227,21 @@ impl Host for RoomState {
             wit::LogLevel::Warn => warn!(project, "room: {message}"),
             wit::LogLevel::Error => error!(project, "room: {message}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_replaced_send_is_in_the_interface_the_wit_defines() {
+        let wit = include_str!("../../../wit/room.wit");
+        let (package, version) = super::HOST_INTERFACE
+            .split_once("/host@")
+            .expect("package/host@version");
+        assert!(
+            wit.contains(&format!("package {package}@{version};")),
+            "wit/room.wit's package is not {package}@{version}: update HOST_INTERFACE"
+        );
+        assert!(wit.contains("interface host {"));
     }
 }
