@@ -2092,8 +2092,8 @@ async fn chat_room_replays_recent_lines_and_trims_them_with_its_alarm() {
 async fn read_to_close(s: &mut tokio::net::TcpStream) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
     let mut got = Vec::new();
-    // The server's header and handshake timeouts are 10 s.
-    tokio::time::timeout(std::time::Duration::from_secs(25), s.read_to_end(&mut got))
+    // The servers below give a connection 1 s (--handshake-timeout-ms).
+    tokio::time::timeout(TIMEOUT, s.read_to_end(&mut got))
         .await
         .expect("the server never closed the stalled connection")
         .ok();
@@ -2104,8 +2104,10 @@ async fn read_to_close(s: &mut tokio::net::TcpStream) -> Vec<u8> {
 async fn stalled_requests_and_handshakes_are_cut_off_without_blocking_others() {
     use tokio::io::AsyncWriteExt;
     let cert = std::env::temp_dir().join(format!("wsroom-test-{}.crt", uuid::Uuid::new_v4()));
-    let plain = Server::start(&[]);
+    let plain = Server::start(&["--handshake-timeout-ms", "1000"]);
     let tls = Server::start(&[
+        "--handshake-timeout-ms",
+        "1000",
         "--tls-self-signed",
         "--tls-self-signed-out",
         cert.to_str().unwrap(),
@@ -2139,6 +2141,18 @@ async fn stalled_requests_and_handshakes_are_cut_off_without_blocking_others() {
     );
     assert!(mute_got.is_empty());
     let _ = std::fs::remove_file(cert);
+
+    // No timeout at all is refused at start, with the flag named.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
+        .args(["--listen", "127.0.0.1:0", "--handshake-timeout-ms", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--handshake-timeout-ms must be positive"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

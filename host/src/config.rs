@@ -145,6 +145,12 @@ pub struct Cli {
     /// nothing (not even a pong) for two intervals is treated as gone.
     #[arg(long, env = "WSROOM_PING_INTERVAL_MS", default_value_t = 30_000)]
     pub ping_interval_ms: u64,
+
+    /// Milliseconds a new connection has to finish its TLS handshake (on a
+    /// TLS port) and then to send its request headers, each; a connection
+    /// that takes longer is closed.
+    #[arg(long, env = "WSROOM_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
 }
 
 /// Commands other than serving.
@@ -306,6 +312,7 @@ pub struct Config {
     pub room_inbox: usize,
     pub max_connections: usize,
     pub ping_interval: Duration,
+    pub handshake_timeout: Duration,
     pub hibernate_after: Option<Duration>,
     pub alarm_retries: u32,
     pub alarm_retry_base: Duration,
@@ -334,6 +341,10 @@ impl Cli {
         anyhow::ensure!(
             self.ping_interval_ms > 0,
             "--ping-interval-ms must be positive"
+        );
+        anyhow::ensure!(
+            self.handshake_timeout_ms > 0,
+            "--handshake-timeout-ms must be positive"
         );
         let tls = if self.tls_self_signed {
             Some(TlsSource::SelfSigned {
@@ -384,6 +395,7 @@ impl Cli {
             room_inbox: self.room_inbox,
             max_connections: self.max_connections,
             ping_interval: Duration::from_millis(self.ping_interval_ms),
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             hibernate_after: (self.hibernate_after_ms > 0)
                 .then(|| Duration::from_millis(self.hibernate_after_ms)),
             alarm_retries: self.alarm_retries,

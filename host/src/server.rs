@@ -20,10 +20,6 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::room::{Event, Settings};
 
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to complete the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for clients to receive their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -102,12 +98,14 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let tls = tls.clone();
+        // A client gets this long for its TLS handshake, then for its
+        // request headers.
+        let handshake_timeout = app.config.handshake_timeout;
         tokio::spawn(async move {
             let service = service_fn(move |req| http::route(app.clone(), req));
-            // A client gets this long to send its request headers.
             let mut http = http1::Builder::new();
             http.timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
+                .header_read_timeout(handshake_timeout);
             let served = match tls {
                 None => {
                     http.serve_connection(TokioIo::new(stream), service)
@@ -115,7 +113,7 @@ pub async fn run(
                         .await
                 }
                 Some(tls) => {
-                    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream));
+                    let handshake = tokio::time::timeout(handshake_timeout, tls.accept(stream));
                     match handshake.await {
                         Ok(Ok(stream)) => {
                             http.serve_connection(TokioIo::new(stream), service)
