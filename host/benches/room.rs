@@ -219,38 +219,77 @@ impl Env for Native {
     fn cancel_alarm(&mut self) {}
 }
 
-fn per_message(c: &mut Criterion) {
-    // Two workers, like the server on these machines.
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let ten = Arc::new(tokio.block_on(room_with(10)));
-    let one = Arc::new(tokio.block_on(room_with(1)));
-    let by_type: Arc<str> = message(r#"{"type":"data-agent"}"#).into();
-    let by_id: Arc<str> = message(&format!(r#"{{"id":"{}"}}"#, one.receivers[0].0)).into();
-    let all: Vec<usize> = (0..10).collect();
+/// The two rooms (10 receivers, 1 receiver) on two tokio workers, like the
+/// server on these machines, and a message for each.
+struct Setup {
+    tokio: Tokio,
+    ten: Arc<Room>,
+    one: Arc<Room>,
+    by_type: Arc<str>,
+    by_id: Arc<str>,
+    all: Vec<usize>,
+}
 
+impl Setup {
+    fn new() -> Setup {
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let ten = Arc::new(tokio.block_on(room_with(10)));
+        let one = Arc::new(tokio.block_on(room_with(1)));
+        let by_type = message(r#"{"type":"data-agent"}"#).into();
+        let by_id = message(&format!(r#"{{"id":"{}"}}"#, one.receivers[0].0)).into();
+        Setup {
+            tokio,
+            ten,
+            one,
+            by_type,
+            by_id,
+            all: (0..10).collect(),
+        }
+    }
+
+    fn shut(&self) {
+        for room in [&self.ten, &self.one] {
+            self.tokio.block_on(async {
+                let _ = room.handle.tx.send(Event::Shutdown).await;
+            });
+        }
+    }
+}
+
+impl Native {
+    fn new() -> Native {
+        Native {
+            queues: vec![Vec::new(); 10],
+        }
+    }
+
+    /// One message through the rules, handed over owned as the host does.
+    fn round(&mut self, text: &str) {
+        let text = text.to_string();
+        rules::on_text(self, "sender-id", "runtime", &text);
+        for q in &mut self.queues {
+            q.clear();
+        }
+    }
+}
+
+fn per_message(c: &mut Criterion) {
+    let s = Setup::new();
     let mut g = c.benchmark_group("message");
     g.throughput(Throughput::Elements(1));
     g.bench_function("wasm room, to.type, 10 receivers", |b| {
-        b.iter_custom(|n| ten.timed(&tokio, &by_type, n, &all))
+        b.iter_custom(|n| s.ten.timed(&s.tokio, &s.by_type, n, &s.all))
     });
     g.bench_function("wasm room, to.id, 1 receiver", |b| {
-        b.iter_custom(|n| one.timed(&tokio, &by_id, n, &[0]))
+        b.iter_custom(|n| s.one.timed(&s.tokio, &s.by_id, n, &[0]))
     });
-    let mut native = Native {
-        queues: vec![Vec::new(); 10],
-    };
+    let mut native = Native::new();
     g.bench_function("native rules, to.type, 10 receivers", |b| {
-        b.iter(|| {
-            let text = by_type.to_string();
-            rules::on_text(&mut native, "sender-id", "runtime", &text);
-            for q in &mut native.queues {
-                q.clear();
-            }
-        })
+        b.iter(|| native.round(&s.by_type))
     });
     g.finish();
 
@@ -259,55 +298,30 @@ fn per_message(c: &mut Criterion) {
     let mut g = c.benchmark_group("cpu per message");
     g.throughput(Throughput::Elements(1));
     g.bench_function("wasm room, to.type, 10 receivers", |b| {
-        b.iter_custom(|n| ten.cpu(&tokio, &by_type, n, &all))
+        b.iter_custom(|n| s.ten.cpu(&s.tokio, &s.by_type, n, &s.all))
     });
     g.bench_function("wasm room, to.id, 1 receiver", |b| {
-        b.iter_custom(|n| one.cpu(&tokio, &by_id, n, &[0]))
+        b.iter_custom(|n| s.one.cpu(&s.tokio, &s.by_id, n, &[0]))
     });
     g.finish();
-    shut(&tokio, &ten);
-    shut(&tokio, &one);
-}
-
-fn shut(tokio: &Tokio, room: &Room) {
-    tokio.block_on(async {
-        let _ = room.handle.tx.send(Event::Shutdown).await;
-    });
+    s.shut();
 }
 
 /// `ROOM_BENCH_MESSAGES=N`: instead of criterion, send N messages by type
-/// (10 receivers) and N by id (1 receiver) and exit. For instruction counts
-/// under `valgrind --tool=callgrind`, which do not depend on what else the
-/// machine is doing: the difference between two runs with different N,
-/// divided by the difference in N, is the instructions per message.
+/// (10 receivers) and N by id (1 receiver), then run the same rules natively
+/// as many times, and exit. For instruction counts under `valgrind
+/// --tool=callgrind`, which do not depend on what else the machine is doing:
+/// the difference between two runs with different N, divided by the
+/// difference in N, is the instructions per pair of messages.
 fn counted(n: u64) {
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let ten = Arc::new(tokio.block_on(room_with(10)));
-    let one = Arc::new(tokio.block_on(room_with(1)));
-    let by_type: Arc<str> = message(r#"{"type":"data-agent"}"#).into();
-    let by_id: Arc<str> = message(&format!(r#"{{"id":"{}"}}"#, one.receivers[0].0)).into();
-    let all: Vec<usize> = (0..10).collect();
-    ten.timed(&tokio, &by_type, n, &all);
-    one.timed(&tokio, &by_id, n, &[0]);
-    shut(&tokio, &ten);
-    shut(&tokio, &one);
-    // The same rules natively, as many times.
-    let mut native = Native {
-        queues: vec![Vec::new(); 10],
-    };
+    let s = Setup::new();
+    s.ten.timed(&s.tokio, &s.by_type, n, &s.all);
+    s.one.timed(&s.tokio, &s.by_id, n, &[0]);
+    s.shut();
+    let mut native = Native::new();
     for _ in 0..n {
-        for text in [&by_type, &by_id] {
-            // Owned, as the host hands it over.
-            let text = text.to_string();
-            rules::on_text(&mut native, "sender-id", "runtime", &text);
-            for q in &mut native.queues {
-                q.clear();
-            }
-        }
+        native.round(&s.by_type);
+        native.round(&s.by_id);
     }
 }
 
