@@ -500,8 +500,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Fields<'a>, M::Error> {
                 let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(6));
-                while let Some((k, v)) = map.next_entry::<Key<'a>, &'a RawValue>()? {
-                    fields.push((k.0, v));
+                while let Some((k, v)) = map.next_entry::<Field<'a>, &'a RawValue>()? {
+                    // JSON object keys are always strings.
+                    let Field::Str(k) = k else {
+                        return Err(de::Error::custom("object key is not a string"));
+                    };
+                    fields.push((k, v));
                 }
                 Ok(Fields(fields))
             }
@@ -510,8 +514,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
     }
 }
 
-/// A value of `to`: a string (borrowed unless it has escapes), or anything
-/// else, skipped.
+/// An object key, or a value of `to`: a string (borrowed from the input
+/// unless it has escapes), or anything else, skipped.
 enum Field<'a> {
     Str(Cow<'a, str>),
     Other,
@@ -559,28 +563,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
             }
         }
         d.deserialize_any(V(std::marker::PhantomData))
-    }
-}
-
-/// An object key, borrowed from the input unless it contains escapes.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Key<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'a>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'a>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V(std::marker::PhantomData))
     }
 }
 
