@@ -69,9 +69,9 @@ impl Conn {
 pub enum Select {
     /// The client in this slot; `None`: no client has that id.
     Slot(Option<usize>),
-    /// The clients of this type (the key of the type's list); `None`: no
-    /// client has that type.
-    Kind(Option<Arc<str>>),
+    /// The clients of this type (the place of its list in the table);
+    /// `None`: no client has that type.
+    Kind(Option<usize>),
     All,
 }
 
@@ -93,7 +93,10 @@ pub struct Table {
     metrics: Arc<Metrics>,
     slots: Slab<Conn>,
     by_id: HashMap<Arc<str>, usize>,
-    by_kind: HashMap<Arc<str>, Vec<usize>>,
+    /// Each client type's place in `kinds`.
+    by_kind: HashMap<Arc<str>, usize>,
+    /// The slots of each client type's clients, in connection order.
+    kinds: Slab<Vec<usize>>,
     /// Slots in connection order.
     order: Vec<usize>,
     next_serial: u64,
@@ -131,6 +134,7 @@ impl Table {
             slots: Slab::new(),
             by_id: HashMap::default(),
             by_kind: HashMap::default(),
+            kinds: Slab::new(),
             order: Vec::new(),
             next_serial: 0,
             sends: 0,
@@ -195,7 +199,12 @@ impl Table {
             touched: false,
         });
         self.by_id.insert(id, slot);
-        self.by_kind.entry(kind).or_default().push(slot);
+        let kinds = &mut self.kinds;
+        let list = *self
+            .by_kind
+            .entry(kind)
+            .or_insert_with(|| kinds.insert(Vec::new()));
+        self.kinds[list].push(slot);
         self.order.push(slot);
         ConnRef { slot, serial }
     }
@@ -228,9 +237,10 @@ impl Table {
         let mut c = self.slots.remove(conn.slot);
         let _ = c.flush();
         self.by_id.remove(&*c.meta.id);
-        if let Some(list) = self.by_kind.get_mut(&*c.meta.kind) {
-            list.retain(|&s| s != conn.slot);
-            if list.is_empty() {
+        if let Some(&list) = self.by_kind.get(&*c.meta.kind) {
+            self.kinds[list].retain(|&s| s != conn.slot);
+            if self.kinds[list].is_empty() {
+                self.kinds.remove(list);
                 self.by_kind.remove(&*c.meta.kind);
             }
         }
@@ -244,6 +254,7 @@ impl Table {
         let order = std::mem::take(&mut self.order);
         self.by_id.clear();
         self.by_kind.clear();
+        self.kinds.clear();
         let conns = order
             .into_iter()
             .filter_map(|slot| self.slots.try_remove(slot))
@@ -267,7 +278,10 @@ impl Table {
     pub fn count(&self, kind: Option<&str>) -> usize {
         match kind {
             None => self.slots.len(),
-            Some(k) => self.by_kind.get(k).map_or(0, Vec::len),
+            Some(k) => self
+                .by_kind
+                .get(k)
+                .map_or(0, |&list| self.kinds[list].len()),
         }
     }
 
@@ -278,7 +292,7 @@ impl Table {
 
     /// Looks up a `kind` selector.
     pub fn select_kind(&self, kind: &str) -> Select {
-        Select::Kind(self.by_kind.get_key_value(kind).map(|(k, _)| k.clone()))
+        Select::Kind(self.by_kind.get(kind).copied())
     }
 
     /// Starts a send: the clients [`Table::fanout`] reaches under the
@@ -326,7 +340,7 @@ impl Table {
                 }
             }
             Select::Kind(kind) => {
-                if let Some(list) = kind.as_ref().and_then(|k| self.by_kind.get(k)) {
+                if let Some(list) = kind.and_then(|k| self.kinds.get(k)) {
                     for &slot in list {
                         visit(slot, &mut self.slots, &mut self.overflowed);
                     }
@@ -425,6 +439,17 @@ mod tests {
         // A new send reaches them again.
         let mark = t.begin_send();
         assert_eq!(t.fanout(mark, &frame, &Select::All, &[]), 3);
+        // A type whose clients all left is gone; a newcomer brings it back.
+        for id in ["a1", "a2"] {
+            let conn = t.conn_ref(id).unwrap();
+            assert!(t.remove(conn).is_some());
+        }
+        assert_eq!(t.count(Some("admin")), 0);
+        assert!(matches!(t.select_kind("admin"), Select::Kind(None)));
+        join(&mut t, "a3", "admin");
+        let mark = t.begin_send();
+        assert_eq!(t.fanout(mark, &frame, &t.select_kind("admin"), &[]), 1);
+        assert_eq!(t.count(Some("runtime")), 1);
     }
 
     #[test]
