@@ -2303,3 +2303,57 @@ async fn the_reference_server_passes_the_load_tools_checks() {
     let r = run(&["rpc", "--pairs", "4", "--projects", "2", "--requests", "50"]);
     assert_eq!(r["checks"]["errors"], 0, "{r}");
 }
+
+#[tokio::test]
+async fn fragmented_text_is_reassembled_and_its_utf8_checked() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let server = Server::start(&[]);
+    let p = project();
+    let (mut r, _) = server.connect("runtime", &p).await;
+    let (mut d, _) = server.connect("data-agent", &p).await;
+    let part =
+        |bytes: &[u8], opcode, fin| Message::Frame(Frame::message(bytes.to_vec(), opcode, fin));
+    // A message in two fragments arrives whole.
+    within(r.send(part(
+        br#"{"type":"t","to":{"type":"da"#,
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await
+    .unwrap();
+    within(r.send(part(
+        br#"ta-agent"},"id":"f1"}"#,
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await
+    .unwrap();
+    let got = recv(&mut d).await;
+    assert_eq!(
+        (got["id"].as_str(), got["type"].as_str()),
+        (Some("f1"), Some("t"))
+    );
+    // Invalid UTF-8 split across fragments (each fragment alone is not
+    // checked by the WebSocket layer) closes the sender with 1007.
+    within(r.send(part(br#"{"id":"x"#, OpCode::Data(Data::Text), false)))
+        .await
+        .unwrap();
+    within(r.send(part(b"\xff\"}", OpCode::Data(Data::Continue), true)))
+        .await
+        .unwrap();
+    assert_eq!(recv_close(&mut r).await.0, 1007);
+    // Nobody else is affected.
+    let (mut r2, _) = server.connect("runtime", &p).await;
+    send(
+        &mut r2,
+        &json!({"id": "after", "type": "t", "to": {"type": "data-agent"}}),
+    )
+    .await;
+    loop {
+        let got = recv(&mut d).await;
+        if got["id"] == "after" {
+            break;
+        }
+    }
+}
