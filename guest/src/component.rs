@@ -1,5 +1,6 @@
 //! The thin layer between the room SDK and [`crate::rules`].
 
+use wsroom_room_sdk::alloc::Recycler;
 use wsroom_room_sdk::{
     AlarmInfo, ClientInfo, Ctx, Incoming, Refusal, Room, Selector, Sender, export_room,
 };
@@ -8,10 +9,13 @@ use crate::rules::{self, Env, Joining, Select, Target};
 
 // Every message costs the room a handful of small allocations (the lowered
 // arguments, the parsed fields, the re-serialized message, the host's
-// answer); talc serves them in fewer instructions than the default dlmalloc.
+// answer), all freed by the end of the call: the SDK's recycler hands the
+// same blocks out again, talc (fewer instructions than the default
+// dlmalloc) serves the rest.
 #[cfg(not(target_feature = "atomics"))]
 #[global_allocator]
-static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+static ALLOCATOR: Recycler<talc::wasm::WasmDynamicTalc> =
+    Recycler::new(talc::wasm::new_wasm_dynamic_allocator());
 
 #[derive(Default)]
 struct DefaultRoom;
