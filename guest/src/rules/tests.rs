@@ -517,3 +517,12 @@ fn a_sender_type_with_quotes_is_escaped() {
         json!({"type": "we\"ird", "id": "q"})
     );
 }
+
+#[test]
+fn a_sender_id_with_a_backslash_or_control_character_is_escaped() {
+    for (id, kind) in [("a\\b", "runtime"), ("c", "run\ntime"), ("d\u{1}", "x")] {
+        let mut h = FakeHost::with(&[(id, kind), ("r2", "runtime")]);
+        on_text(&mut h, id, kind, r#"{"id":"m1"}"#);
+        assert_eq!(h.got("r2")[0]["from"], json!({"type": kind, "id": id}));
+    }
+}
