@@ -186,7 +186,7 @@ pub fn on_text(env: &mut impl Env, sender_id: &str, sender_kind: &str, text: &st
         }
     };
     // Only an error reply needs the message's id.
-    let message_id = || fields.string("id");
+    let message_id = || fields.message_id();
     let route = match fields.route() {
         Ok(route) => route,
         Err(why) => {
@@ -356,55 +356,51 @@ enum Route<'a> {
     Broadcast,
 }
 
-/// A message's top-level fields, each value kept as raw JSON text so the
-/// payload is validated once but never rebuilt: only `to` and `from` are
-/// looked into. Duplicate keys are kept in order, as JSON.parse on the
-/// receiving end would see them (the last one wins).
-struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+/// What the room reads of a message, in its one pass over the text: where
+/// `to` says it goes, every `from` value (to be replaced), the `id` (for an
+/// error reply). Every other value is validated and skipped, never rebuilt.
+/// Of duplicate keys the last `to` and `id` count, as JSON.parse on the
+/// receiving end would see them.
+struct Fields<'a> {
+    to: Option<To<'a>>,
+    from: Vec<&'a RawValue>,
+    id: Option<&'a RawValue>,
+    /// How many fields the object has.
+    count: usize,
+}
+
+/// The value of `to`.
+enum To<'a> {
+    Null,
+    /// An object; its `id` and `type` are `Some` when present, even as null.
+    Object {
+        id: Option<Field<'a>>,
+        kind: Option<Field<'a>>,
+    },
+    /// Anything else, or an object with `id` or `type` twice.
+    Invalid,
+}
 
 impl<'a> Fields<'a> {
-    fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
-    }
-
-    fn string(&self, key: &str) -> Option<String> {
-        self.get(key)
+    /// The message's `id`, if it is a string.
+    fn message_id(&self) -> Option<String> {
+        self.id
             .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
     }
 
     fn route(&self) -> Result<Route<'a>, &'static str> {
-        /// `to`'s fields, read in one pass; other fields are skipped. A
-        /// field that is present, even as `null`, is `Some`.
-        #[derive(Deserialize)]
-        struct To<'a> {
-            #[serde(borrow, default, deserialize_with = "present")]
-            id: Option<Field<'a>>,
-            #[serde(borrow, default, rename = "type", deserialize_with = "present")]
-            kind: Option<Field<'a>>,
-        }
-        fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Field<'de>>, D::Error> {
-            Field::deserialize(d).map(Some)
-        }
-        let Some(raw) = self.get("to") else {
-            return Ok(Route::Broadcast);
+        let (id, kind) = match &self.to {
+            None | Some(To::Null) => return Ok(Route::Broadcast),
+            Some(To::Invalid) => return Err("`to` must be an object or null"),
+            Some(To::Object { id, kind }) => (id, kind),
         };
-        let text = raw.get();
-        if text == "null" {
-            return Ok(Route::Broadcast);
-        }
-        // Only an object will do (serde would also take an array as a struct).
-        if !text.starts_with('{') {
-            return Err("`to` must be an object or null");
-        }
-        let to: To<'a> =
-            serde_json::from_str(text).map_err(|_| "`to` must be an object or null")?;
-        let string = |v: Option<Field<'a>>, what| match v {
+        let string = |v: &Option<Field<'a>>, what| match v {
             None => Ok(Cow::Borrowed("")),
-            Some(Field::Str(s)) => Ok(s),
+            Some(Field::Str(s)) => Ok(s.clone()),
             Some(Field::Other) => Err(what),
         };
-        let id = string(to.id, "`to.id` must be a string")?;
-        let kind = string(to.kind, "`to.type` must be a string")?;
+        let id = string(id, "`to.id` must be a string")?;
+        let kind = string(kind, "`to.type` must be a string")?;
         Ok(if !id.is_empty() {
             Route::ToId(id)
         } else if !kind.is_empty() {
@@ -440,12 +436,7 @@ impl<'a> Fields<'a> {
         };
         let mut out = String::with_capacity(text.len() + id.len() + kind.len() + 32);
         let mut copied = 0;
-        let mut has_from = false;
-        for (key, value) in &self.0 {
-            if key != "from" {
-                continue;
-            }
-            has_from = true;
+        for value in &self.from {
             let start = (value.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
             let end = start.checked_add(value.get().len())?;
             if text.get(start..end)? != value.get() {
@@ -455,13 +446,13 @@ impl<'a> Fields<'a> {
             stamp(&mut out, Some(value));
             copied = end;
         }
-        if has_from {
+        if !self.from.is_empty() {
             out.push_str(text.get(copied..)?);
         } else {
             // A JSON object ends with its brace (and maybe whitespace).
             let close = text.rfind('}')?;
             out.push_str(&text[..close]);
-            if !self.0.is_empty() {
+            if self.count > 0 {
                 out.push(',');
             }
             out.push_str("\"from\":");
@@ -520,22 +511,116 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
                 f.write_str("a JSON object")
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Fields<'a>, M::Error> {
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(6));
-                while let Some((k, v)) = map.next_entry::<Field<'a>, &'a RawValue>()? {
-                    // JSON object keys are always strings.
-                    let Field::Str(k) = k else {
-                        return Err(de::Error::custom("object key is not a string"));
-                    };
-                    fields.push((k, v));
+                let mut fields = Fields {
+                    to: None,
+                    from: Vec::new(),
+                    id: None,
+                    count: 0,
+                };
+                while let Some(key) = map.next_key::<Key>()? {
+                    fields.count += 1;
+                    match key {
+                        Key::To => fields.to = Some(map.next_value()?),
+                        Key::From => fields.from.push(map.next_value()?),
+                        Key::Id => fields.id = Some(map.next_value()?),
+                        Key::Other => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
                 }
-                Ok(Fields(fields))
+                Ok(fields)
             }
         }
         d.deserialize_map(V(std::marker::PhantomData))
     }
 }
 
-/// An object key, or a value of `to`: a string (borrowed from the input
+/// A top-level key, as far as the room cares. Escaped keys count by their
+/// value (`"t\u006f"` is `to`).
+enum Key {
+    To,
+    From,
+    Id,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(match v {
+                    "to" => Key::To,
+                    "from" => Key::From,
+                    "id" => Key::Id,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for To<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = To<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<To<'a>, E> {
+                Ok(To::Null)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<To<'a>, A::Error> {
+                let (mut id, mut kind, mut twice) = (None, None, false);
+                while let Some(key) = map.next_key::<Field<'a>>()? {
+                    let slot = match &key {
+                        Field::Str(k) if k == "id" => &mut id,
+                        Field::Str(k) if k == "type" => &mut kind,
+                        _ => {
+                            map.next_value::<de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    twice |= slot.is_some();
+                    *slot = Some(map.next_value::<Field<'a>>()?);
+                }
+                Ok(if twice {
+                    To::Invalid
+                } else {
+                    To::Object { id, kind }
+                })
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<To<'a>, E> {
+                Ok(To::Invalid)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<To<'a>, E> {
+                Ok(To::Invalid)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<To<'a>, E> {
+                Ok(To::Invalid)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<To<'a>, E> {
+                Ok(To::Invalid)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<To<'a>, E> {
+                Ok(To::Invalid)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<To<'a>, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(To::Invalid)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// A key or a value in `to`: a string (borrowed from the input
 /// unless it has escapes), or anything else, skipped.
 enum Field<'a> {
     Str(Cow<'a, str>),

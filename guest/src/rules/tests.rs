@@ -526,3 +526,38 @@ fn a_sender_id_with_a_backslash_or_control_character_is_escaped() {
         assert_eq!(h.got("r2")[0]["from"], json!({"type": kind, "id": id}));
     }
 }
+
+#[test]
+fn of_duplicate_keys_the_last_to_and_id_count_and_every_from_is_stamped() {
+    let mut h = room();
+    let text = r#"{"to":{"id":"r2"},"from":"x","to":{"type":"data-agent"},"from":{"id":"y"}}"#;
+    on_text(&mut h, "r1", "runtime", text);
+    assert!(h.got("r2").is_empty(), "the first `to` was overridden");
+    let got = &h.texts("d1")[0];
+    assert_eq!(
+        got,
+        r#"{"to":{"id":"r2"},"from":{"id":"r1","type":"runtime"},"to":{"type":"data-agent"},"from":{"id":"r1","type":"runtime"}}"#
+    );
+    let mut h = room();
+    on_text(&mut h, "r1", "runtime", r#"{"id":"m1","to":7,"id":"m2"}"#);
+    assert_eq!(h.got("r1")[0]["payload"]["messageId"], "m2");
+}
+
+#[test]
+fn a_to_with_id_or_type_twice_is_invalid() {
+    for to in [
+        r#"{"id":"d1","id":"r2"}"#,
+        r#"{"type":"admin","note":1,"type":"runtime"}"#,
+        r#"{"\u0069d":"d1","id":"d1"}"#,
+    ] {
+        let mut h = room();
+        on_text(
+            &mut h,
+            "r1",
+            "runtime",
+            &format!(r#"{{"id":"m3","to":{to}}}"#),
+        );
+        assert_eq!(h.total(), 1, "{to}");
+        assert_eq!(error_code(&h.got("r1")[0]), "invalid_message", "{to}");
+    }
+}
