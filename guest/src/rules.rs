@@ -565,6 +565,29 @@ impl<'de> Deserialize<'de> for Key {
     }
 }
 
+/// Visitor methods that take a boolean, a number or an array (skipping its
+/// elements) as `$value`: the values `to` and its fields only note.
+macro_rules! skip_scalars_and_arrays {
+    ($value:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+            Ok($value)
+        }
+    };
+}
+
 impl<'de: 'a, 'a> Deserialize<'de> for To<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V<'a>(std::marker::PhantomData<&'a ()>);
@@ -596,25 +619,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for To<'a> {
                     To::Object { id, kind }
                 })
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<To<'a>, E> {
-                Ok(To::Invalid)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<To<'a>, E> {
-                Ok(To::Invalid)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<To<'a>, E> {
-                Ok(To::Invalid)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<To<'a>, E> {
-                Ok(To::Invalid)
-            }
             fn visit_str<E: de::Error>(self, _: &str) -> Result<To<'a>, E> {
                 Ok(To::Invalid)
             }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<To<'a>, A::Error> {
-                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-                Ok(To::Invalid)
-            }
+            skip_scalars_and_arrays!(To::Invalid);
         }
         d.deserialize_any(V(std::marker::PhantomData))
     }
@@ -641,25 +649,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Field<'a>, E> {
                 Ok(Field::Str(Cow::Owned(v.to_owned())))
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Field<'a>, E> {
-                Ok(Field::Other)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Field<'a>, E> {
-                Ok(Field::Other)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Field<'a>, E> {
-                Ok(Field::Other)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Field<'a>, E> {
-                Ok(Field::Other)
-            }
             fn visit_unit<E: de::Error>(self) -> Result<Field<'a>, E> {
                 Ok(Field::Other)
             }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Field<'a>, A::Error> {
-                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-                Ok(Field::Other)
-            }
+            skip_scalars_and_arrays!(Field::Other);
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field<'a>, A::Error> {
                 while map
                     .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
