@@ -91,7 +91,8 @@ impl<A> Recycler<A> {
     }
 
     /// Free blocks kept now, by class (16 B first).
-    pub fn kept(&self) -> [u16; CLASSES] {
+    #[cfg(test)]
+    fn kept(&self) -> [u16; CLASSES] {
         // SAFETY: single-threaded (see `Sync`), and no reference into the
         // lists outlives a method.
         unsafe { (*self.lists.get()).kept }

@@ -462,11 +462,11 @@ mod tests {
                 .map(|c| c.id.to_string())
                 .collect()
         };
-        let (_, _) = join_ref(&mut t, "c1", "runtime");
+        join(&mut t, "c1", "runtime");
         let (c2, _) = join_ref(&mut t, "c2", "admin");
-        let (_, _) = join_ref(&mut t, "c3", "runtime");
+        join(&mut t, "c3", "runtime");
         assert!(t.remove(c2).is_some());
-        join_ref(&mut t, "c4", "admin");
+        join(&mut t, "c4", "admin");
         assert_eq!(ids(&t), ["c1", "c3", "c4"]);
         assert_eq!(t.shared.client_count(), 3);
         assert_eq!(t.drain().len(), 3);
