@@ -79,7 +79,10 @@ pub enum Refusal {
 pub struct RoomShared {
     /// The room's clients by their table serial, which grows with each
     /// connection: iterating gives connection order, and a client leaves in
-    /// O(log n) (a list scanned per leave made a mass disconnect quadratic).
+    /// O(log n) under the lock `/status` and `/health` also take (the list
+    /// it replaced was scanned per leave, comparing ids, under that lock).
+    /// The table's own lists are still scanned per leave, over slot numbers,
+    /// in the room's task.
     clients: Mutex<BTreeMap<u64, Arc<ClientMeta>>>,
     /// Milliseconds since the Unix epoch of the last connect or message.
     pub last_activity: AtomicU64,
