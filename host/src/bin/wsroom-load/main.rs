@@ -37,6 +37,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Notify};
 
 mod reference;
+mod wire;
 
 #[derive(Parser)]
 #[command(
@@ -132,7 +133,8 @@ enum Route {
     Broadcast,
 }
 
-type Ws = WebSocket<TokioIo<Upgraded>>;
+/// A client connection after the handshake (see [`wire`]).
+type Ws = wire::Client<TokioIo<Upgraded>>;
 
 struct SpawnExecutor;
 
@@ -165,11 +167,11 @@ async fn connect(server: SocketAddr, kind: &str, project: &str) -> anyhow::Resul
         )
         .header("Sec-WebSocket-Version", "13")
         .body(Empty::<Bytes>::new())?;
-    let (mut ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream)
+    let (ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream)
         .await
         .context("websocket handshake")?;
-    ws.set_auto_close(true);
-    ws.set_auto_pong(true);
+    // Nothing was read through fastwebsockets yet, so it holds no bytes.
+    let mut ws = wire::Client::new(ws.into_inner());
     let hello = read_text(&mut ws).await?;
     #[derive(Deserialize)]
     struct Hello {
@@ -196,7 +198,7 @@ async fn read_text(ws: &mut Ws) -> anyhow::Result<Vec<u8>> {
 }
 
 async fn send_text(ws: &mut Ws, text: &[u8]) -> anyhow::Result<()> {
-    ws.write_frame(Frame::text(Payload::Borrowed(text))).await?;
+    ws.write_text(text).await?;
     Ok(())
 }
 
@@ -642,7 +644,7 @@ async fn receive(mut ws: Ws, expect: Expect, tally: Tally) {
             unclocked = CLOCK_EVERY;
         }
         unclocked -= 1;
-        let text = &frame.payload[..];
+        let text = frame.payload;
         // Every delivery: its sequence number, its send time, and the exact
         // `from` the server must stamp, found by byte search (the load
         // tool's JSON parsing would otherwise cost more CPU than the
