@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
+use fastwebsockets::OpCode;
 use hdrhistogram::Histogram;
 use http_body_util::Empty;
 use hyper::upgrade::Upgraded;
@@ -432,12 +432,9 @@ async fn fanout(
     for (ws, receiver_ids, progress) in senders {
         // Saturated, a sender writes what its window allows in one go, as a
         // busy client's TCP stream would carry it: frames gather in a buffer
-        // flushed when full, before waiting on the window and at a fixed
-        // rate after every message.
-        let mut ws = WebSocket::after_handshake(
-            tokio::io::BufWriter::with_capacity(16 * 1024, ws.into_inner()),
-            Role::Client,
-        );
+        // written when it passes 16 KiB, before waiting on the window, and
+        // at a fixed rate after every message.
+        let mut ws = ws;
         let pad = pad.clone();
         let stop = stop.clone();
         let checks = checks.clone();
@@ -494,12 +491,13 @@ async fn fanout(
                     Route::Broadcast => {}
                 }
                 buf.push(b'}');
-                let sent = ws.write_frame(Frame::text(Payload::Borrowed(&buf))).await;
-                let flushed = match (&sent, ticker.is_some()) {
-                    (Ok(()), true) => ws.flush().await,
-                    _ => Ok(()),
+                ws.queue_text(&buf);
+                let flushed = if ticker.is_some() || ws.queued() >= 16 * 1024 {
+                    ws.flush().await
+                } else {
+                    Ok(())
                 };
-                if sent.is_err() || flushed.is_err() {
+                if flushed.is_err() {
                     checks.errors.fetch_add(1, Relaxed);
                     break;
                 }

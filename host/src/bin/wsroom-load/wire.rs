@@ -72,11 +72,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
-    /// The socket, for a writer of its own; unread frames are dropped.
-    pub fn into_inner(self) -> S {
-        self.io
-    }
-
     /// The next text, binary or close frame; pings are answered and pongs
     /// skipped on the way. Cancel-safe: a frame is consumed only when it is
     /// returned (a pong written for a ping may be cut short, though).
@@ -86,10 +81,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 Ok(Parsed { opcode, payload }) => {
                     self.start = payload.end;
                     match opcode {
-                        OpCode::Ping => {
-                            let ping = payload;
-                            self.write_frame(OpCode::Pong, ping).await?;
-                        }
+                        OpCode::Ping => self.write_pong(payload).await?,
                         OpCode::Pong => {}
                         _ => {
                             return Ok(Frame {
@@ -104,52 +96,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
-    /// Writes one masked text frame.
+    /// Writes one masked text frame (after anything queued).
     pub async fn write_text(&mut self, text: &[u8]) -> io::Result<()> {
-        self.out.clear();
-        self.out.extend_from_slice(text);
-        self.send_out(OpCode::Text).await
+        append_masked(&mut self.out, OpCode::Text, text);
+        self.flush().await
     }
 
-    /// Writes one masked frame whose payload is `buf[payload]` (a ping's,
-    /// echoed in its pong).
-    async fn write_frame(
-        &mut self,
-        opcode: OpCode,
-        payload: std::ops::Range<usize>,
-    ) -> io::Result<()> {
-        self.out.clear();
-        self.out.extend_from_slice(&self.buf[payload]);
-        self.send_out(opcode).await
+    /// Appends one masked text frame to what [`Client::flush`] writes; a
+    /// busy sender queues many and writes them at once.
+    pub fn queue_text(&mut self, text: &[u8]) {
+        append_masked(&mut self.out, OpCode::Text, text);
     }
 
-    /// Frames, masks and writes what `out` holds.
-    async fn send_out(&mut self, opcode: OpCode) -> io::Result<()> {
-        let len = self.out.len();
-        let mask: [u8; 4] = uuid::Uuid::new_v4().as_bytes()[..4]
-            .try_into()
-            .expect("4 bytes");
-        let mut head = [0u8; 14];
-        head[0] = 0x80 | opcode as u8;
-        let n = if len < 126 {
-            head[1] = 0x80 | len as u8;
-            2
-        } else if len < 65536 {
-            head[1] = 0x80 | 126;
-            head[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-            4
-        } else {
-            head[1] = 0x80 | 127;
-            head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-            10
-        };
-        head[n..n + 4].copy_from_slice(&mask);
-        for (i, b) in self.out.iter_mut().enumerate() {
-            *b ^= mask[i & 3];
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
         }
-        self.out.splice(0..0, head[..n + 4].iter().copied());
-        self.io.write_all(&self.out).await?;
         self.io.flush().await
+    }
+
+    /// Writes a ping's pong (after anything queued).
+    async fn write_pong(&mut self, ping: std::ops::Range<usize>) -> io::Result<()> {
+        append_masked(&mut self.out, OpCode::Pong, &self.buf[ping]);
+        self.flush().await
     }
 
     /// The next frame if it is all in the buffer, or how many more bytes
@@ -235,6 +211,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             self.buf.resize((self.buf.len() * 2).min(READ_SIZE), 0);
         }
         Ok(())
+    }
+}
+
+/// Appends a final, masked frame (a fresh random mask, as RFC 6455 asks of
+/// a client).
+fn append_masked(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    let len = payload.len();
+    let mask: [u8; 4] = uuid::Uuid::new_v4().as_bytes()[..4]
+        .try_into()
+        .expect("4 bytes");
+    let mut head = [0u8; 14];
+    head[0] = 0x80 | opcode as u8;
+    let n = if len < 126 {
+        head[1] = 0x80 | len as u8;
+        2
+    } else if len < 65536 {
+        head[1] = 0x80 | 126;
+        head[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
+    } else {
+        head[1] = 0x80 | 127;
+        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    head[n..n + 4].copy_from_slice(&mask);
+    out.extend_from_slice(&head[..n + 4]);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    let word = u32::from_ne_bytes(mask);
+    let mut chunks = out[start..].chunks_exact_mut(4);
+    for chunk in &mut chunks {
+        let x = u32::from_ne_bytes(chunk.try_into().expect("4 bytes")) ^ word;
+        chunk.copy_from_slice(&x.to_ne_bytes());
+    }
+    for (b, m) in chunks.into_remainder().iter_mut().zip(mask) {
+        *b ^= m;
     }
 }
 
@@ -335,6 +347,24 @@ mod tests {
         assert_eq!(payload, b"abc");
         drop(b);
         assert!(matches!(c.read_frame().await, Err(WireError::Eof)));
+    }
+
+    #[tokio::test]
+    async fn queued_frames_go_out_in_order_on_flush() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let mut c = Client::new(a);
+        let texts: Vec<String> = (0..50).map(|i| "m".repeat(i * 7)).collect();
+        for t in &texts {
+            c.queue_text(t.as_bytes());
+        }
+        assert!(c.queued() > 0);
+        c.flush().await.unwrap();
+        assert_eq!(c.queued(), 0);
+        let mut ws = fastwebsockets::WebSocket::after_handshake(b, fastwebsockets::Role::Server);
+        for t in &texts {
+            let f = ws.read_frame().await.unwrap();
+            assert_eq!(&f.payload[..], t.as_bytes());
+        }
     }
 
     #[tokio::test]
