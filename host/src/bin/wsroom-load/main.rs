@@ -616,8 +616,8 @@ async fn receive(mut ws: Ws, expect: Expect, tally: Tally) {
     const CLOCK_EVERY: u32 = 8;
     let mut now = 0u64;
     let mut unclocked = 0u32;
-    // read_frame is not cancel-safe, so a receiver that waits forever is
-    // aborted from outside and its shortfall read from `got`.
+    // A receiver that waits forever is aborted from outside and its
+    // shortfall read from `got`.
     while got.load(Relaxed) < expected {
         let mut read = std::pin::pin!(ws.read_frame());
         let mut first_poll = true;
