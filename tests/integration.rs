@@ -1405,6 +1405,48 @@ async fn websockets_past_the_limit_are_refused_with_503() {
 }
 
 #[tokio::test]
+async fn rooms_past_the_limit_are_refused_with_503() {
+    let server = Server::start(&["--max-rooms", "2", "--cleanup-delay-ms", "0"]);
+    let (a, b, c) = (project(), project(), project());
+    let (_a1, _) = server.connect("runtime", &a).await;
+    let (mut b1, _) = server.connect("runtime", &b).await;
+    // Another client of a live room makes no new room.
+    let (_a2, _) = server.connect("admin", &a).await;
+    let err = within(tokio_tungstenite::connect_async(
+        server.url(&format!("type=runtime&projectId={c}")),
+    ))
+    .await
+    .expect_err("a third room");
+    let tungstenite::Error::Http(resp) = err else {
+        panic!("expected an HTTP error, got {err}");
+    };
+    assert_eq!(resp.status(), 503);
+    let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"")).unwrap();
+    assert_eq!(body["error"], "too_many_rooms", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("2 live rooms"),
+        "{body}"
+    );
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["rooms"], 2, "{health}");
+    assert_eq!(health["maxRooms"], 2, "{health}");
+    // When a room goes, another project can have one.
+    within(b1.close(None)).await.unwrap();
+    server
+        .wait_health("the emptied room to be removed", |h| h["rooms"] == 1)
+        .await;
+    let (_c1, _) = server.connect("runtime", &c).await;
+    // No room at all is refused at start, with the flag named.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
+        .args(["--listen", "127.0.0.1:0", "--max-rooms", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--max-rooms must be positive"), "{stderr}");
+}
+
+#[tokio::test]
 async fn a_full_room_inbox_slows_senders_down_but_loses_nothing() {
     let server = Server::start(&["--component", FIXTURE_ROOM, "--room-inbox", "2"]);
     let (busy, other) = (project(), project());

@@ -69,8 +69,11 @@ async fn room_with(receivers: usize) -> Room {
             log_lines_per_sec: config.room_log_lines_per_sec,
         },
         Arc::new(Metrics::default()),
+        config.max_rooms,
     );
-    let handle = registry.get_or_create("bench");
+    let handle = registry
+        .get_or_create("bench")
+        .expect("the first room is under --max-rooms");
     let join = |kind: &'static str| {
         let handle = handle.clone();
         async move {

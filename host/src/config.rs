@@ -126,6 +126,14 @@ pub struct Cli {
     #[arg(long, env = "WSROOM_MAX_CONNECTIONS", default_value_t = 50_000)]
     pub max_connections: usize,
 
+    /// Most live rooms (projects with clients or a pending alarm); a
+    /// connection to another project is refused with 503. By default as many
+    /// as the kernel's `vm.max_map_count` leaves room for: each live room
+    /// instance takes about eight memory mappings, and a process past that
+    /// limit cannot map memory at all.
+    #[arg(long, env = "WSROOM_MAX_ROOMS")]
+    pub max_rooms: Option<usize>,
+
     /// A room with no events for this long drops its wasm instance but keeps
     /// its clients (hibernation); the next event creates a fresh instance.
     /// In milliseconds; 0 never hibernates.
@@ -311,6 +319,7 @@ pub struct Config {
     pub outbox_limit_bytes: usize,
     pub room_inbox: usize,
     pub max_connections: usize,
+    pub max_rooms: usize,
     pub ping_interval: Duration,
     pub handshake_timeout: Duration,
     pub hibernate_after: Option<Duration>,
@@ -394,6 +403,11 @@ impl Cli {
             outbox_limit_bytes: self.outbox_limit_bytes,
             room_inbox: self.room_inbox,
             max_connections: self.max_connections,
+            max_rooms: match self.max_rooms {
+                Some(0) => anyhow::bail!("--max-rooms must be positive"),
+                Some(n) => n,
+                None => rooms_the_map_count_allows(max_map_count()),
+            },
             ping_interval: Duration::from_millis(self.ping_interval_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             hibernate_after: (self.hibernate_after_ms > 0)
@@ -401,5 +415,41 @@ impl Cli {
             alarm_retries: self.alarm_retries,
             alarm_retry_base: Duration::from_millis(self.alarm_retry_base_ms),
         })
+    }
+}
+
+/// Memory mappings one live room instance takes, with some margin (measured
+/// with the default room: 6.9, its linear memory's reservation and
+/// copy-on-write image, and its fiber stack with a guard page).
+pub const MAPS_PER_ROOM: usize = 8;
+/// Mappings left for everything else in the process (code, heap, threads).
+pub const MAPS_RESERVED: usize = 4096;
+
+/// The kernel's limit of memory mappings per process (65530 unless raised).
+pub fn max_map_count() -> usize {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65530)
+}
+
+/// The default `--max-rooms` for a process allowed `max_map_count` mappings.
+pub fn rooms_the_map_count_allows(max_map_count: usize) -> usize {
+    (max_map_count.saturating_sub(MAPS_RESERVED) / MAPS_PER_ROOM).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_room_limit_leaves_mappings_for_the_rest() {
+        // Linux's default vm.max_map_count.
+        assert_eq!(rooms_the_map_count_allows(65530), 7679);
+        assert!(rooms_the_map_count_allows(65530) * MAPS_PER_ROOM + MAPS_RESERVED <= 65530);
+        // Raised, as for Elasticsearch.
+        assert_eq!(rooms_the_map_count_allows(262144), 32256);
+        // Absurdly low still allows one room.
+        assert_eq!(rooms_the_map_count_allows(100), 1);
     }
 }

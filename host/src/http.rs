@@ -259,6 +259,7 @@ fn health(app: &App, req: &Request<Body>, query: &Query) -> Reply {
                 "timestamp": now,
                 "uptimeMs": app.started.elapsed().as_millis() as u64,
                 "rooms": app.registry.len(),
+                "maxRooms": app.registry.max_rooms(),
                 "connections": app.metrics.open_connections(),
                 "counters": app.metrics.to_json(),
             }),
@@ -365,7 +366,18 @@ async fn websocket(app: &Arc<App>, mut req: Request<Body>, query: Query) -> Repl
     };
     let outbox = Arc::new(Outbox::new(app.config.outbox_limit_bytes));
     for _ in 0..CONNECT_ATTEMPTS {
-        let room = app.registry.get_or_create(&project);
+        let Some(room) = app.registry.get_or_create(&project) else {
+            app.metrics.connection_refused();
+            warn!(project = %project, "refusing a websocket: --max-rooms reached");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_rooms",
+                format!(
+                    "the server is at its limit of {} live rooms; try again later",
+                    app.registry.max_rooms()
+                ),
+            );
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let event = Event::Connect {
             meta: meta.clone(),

@@ -16,6 +16,8 @@ pub struct Registry {
     settings: Settings,
     metrics: Arc<Metrics>,
     generations: AtomicU64,
+    /// Most live rooms (`--max-rooms`).
+    max_rooms: usize,
 }
 
 impl Registry {
@@ -24,6 +26,7 @@ impl Registry {
         room_config: BTreeMap<String, String>,
         settings: Settings,
         metrics: Arc<Metrics>,
+        max_rooms: usize,
     ) -> Arc<Registry> {
         Arc::new(Registry {
             rooms: Mutex::new(HashMap::new()),
@@ -32,6 +35,7 @@ impl Registry {
             settings,
             metrics,
             generations: AtomicU64::new(0),
+            max_rooms,
         })
     }
 
@@ -43,11 +47,15 @@ impl Registry {
         self.room_config.clone()
     }
 
-    /// The project's live room, started if there is none.
-    pub fn get_or_create(self: &Arc<Self>, project: &str) -> RoomHandle {
+    /// The project's live room, started if there is none; `None` if there
+    /// is none and `--max-rooms` are live.
+    pub fn get_or_create(self: &Arc<Self>, project: &str) -> Option<RoomHandle> {
         let mut rooms = self.lock();
         if let Some(handle) = rooms.get(project) {
-            return handle.clone();
+            return Some(handle.clone());
+        }
+        if rooms.len() >= self.max_rooms {
+            return None;
         }
         let project: Arc<str> = project.into();
         let generation = self.generations.fetch_add(1, Relaxed);
@@ -60,7 +68,12 @@ impl Registry {
             self.metrics.clone(),
         );
         rooms.insert(project, handle.clone());
-        handle
+        Some(handle)
+    }
+
+    /// Most live rooms (`--max-rooms`).
+    pub fn max_rooms(&self) -> usize {
+        self.max_rooms
     }
 
     /// The project's live room, if it has one.

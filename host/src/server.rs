@@ -34,6 +34,19 @@ pub async fn run(
         Some(source) => Some(crate::tls::from_source(source)?),
         None => None,
     };
+    let map_count = crate::config::max_map_count();
+    let allowed = crate::config::rooms_the_map_count_allows(map_count);
+    if config.max_rooms > allowed {
+        warn!(
+            max_rooms = config.max_rooms,
+            max_map_count = map_count,
+            "--max-rooms is more than vm.max_map_count leaves room for (about {allowed} rooms): \
+             past that, rooms fail to start and the process cannot map memory; raise it with \
+             sysctl -w vm.max_map_count={}",
+            (config.max_rooms * crate::config::MAPS_PER_ROOM + crate::config::MAPS_RESERVED)
+                .next_power_of_two()
+        );
+    }
     let runtime = Runtime::new(&config)?;
     let metrics = Arc::new(Metrics::default());
     reload_on_sighup(runtime.clone(), metrics.clone());
@@ -49,6 +62,7 @@ pub async fn run(
             log_lines_per_sec: config.room_log_lines_per_sec,
         },
         metrics.clone(),
+        config.max_rooms,
     );
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let websockets = Arc::new(Semaphore::new(config.max_connections));
