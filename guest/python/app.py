@@ -106,7 +106,13 @@ def on_text(sender_id, sender_kind, text):
         send_error(sender_id, "invalid_message", str(e), message_id)
         return
     out = stamped(message, sender_id, sender_kind)
-    admins = target(types.Selector_Kind(ADMIN), sender_id)
+
+    # The sender never gets its own message; a target of another type
+    # cannot include it, so it needs no exception (as in the Rust room).
+    def of_kind(kind):
+        return target(types.Selector_Kind(kind), sender_id if kind == sender_kind else None)
+
+    admins = of_kind(ADMIN)
     if where == "id":
         reached = host.send(out, [to_client(value), admins])
         if not reached or reached[0] == 0:
@@ -117,7 +123,7 @@ def on_text(sender_id, sender_kind, text):
                 message_id,
             )
     elif where == "type":
-        host.send(out, [target(types.Selector_Kind(value), sender_id), admins])
+        host.send(out, [of_kind(value), admins])
     else:
         host.send(out, [target(types.Selector_All(), sender_id)])
 
