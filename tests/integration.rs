@@ -161,16 +161,8 @@ async fn bad_http_requests_get_json_errors() {
 async fn unknown_type_is_refused_by_the_room_with_400() {
     let server = Server::start(&[]);
     let p = project();
-    let err = within(tokio_tungstenite::connect_async(
-        server.url(&format!("type=robot&projectId={p}")),
-    ))
-    .await
-    .expect_err("the upgrade must be refused");
-    let tungstenite::Error::Http(resp) = err else {
-        panic!("expected an HTTP error, got {err}");
-    };
-    assert_eq!(resp.status(), 400);
-    let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"")).unwrap();
+    let (status, body) = server.refused(&format!("type=robot&projectId={p}")).await;
+    assert_eq!(status, 400);
     assert_eq!(body["error"], "invalid_type");
     assert!(body["message"].as_str().unwrap().contains("runtime"));
     let (_, status) = server.get(&format!("/status?projectId={p}")).await;
@@ -1383,16 +1375,8 @@ async fn websockets_past_the_limit_are_refused_with_503() {
     let p = project();
     let (_a, _) = server.connect("runtime", &p).await;
     let (mut b, _) = server.connect("runtime", &p).await;
-    let err = within(tokio_tungstenite::connect_async(
-        server.url(&format!("type=runtime&projectId={p}")),
-    ))
-    .await
-    .expect_err("over the limit");
-    let tungstenite::Error::Http(resp) = err else {
-        panic!("expected an HTTP error, got {err}");
-    };
-    assert_eq!(resp.status(), 503);
-    let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"")).unwrap();
+    let (status, body) = server.refused(&format!("type=runtime&projectId={p}")).await;
+    assert_eq!(status, 503);
     assert_eq!(body["error"], "too_many_connections");
     // HTTP still answers, and a slot frees up when a client leaves.
     let (status, _) = server.get("/health").await;
@@ -1412,16 +1396,8 @@ async fn rooms_past_the_limit_are_refused_with_503() {
     let (mut b1, _) = server.connect("runtime", &b).await;
     // Another client of a live room makes no new room.
     let (_a2, _) = server.connect("admin", &a).await;
-    let err = within(tokio_tungstenite::connect_async(
-        server.url(&format!("type=runtime&projectId={c}")),
-    ))
-    .await
-    .expect_err("a third room");
-    let tungstenite::Error::Http(resp) = err else {
-        panic!("expected an HTTP error, got {err}");
-    };
-    assert_eq!(resp.status(), 503);
-    let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"")).unwrap();
+    let (status, body) = server.refused(&format!("type=runtime&projectId={c}")).await;
+    assert_eq!(status, 503);
     assert_eq!(body["error"], "too_many_rooms", "{body}");
     assert!(
         body["message"].as_str().unwrap().contains("2 live rooms"),
@@ -1444,6 +1420,16 @@ async fn rooms_past_the_limit_are_refused_with_503() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--max-rooms must be positive"), "{stderr}");
+    // More than the kernel's mapping limit leaves room for is warned about
+    // at start, with the setting to raise.
+    let many = Server::start(&["--max-rooms", "100000000"]);
+    many.wait_stderr("the warning about vm.max_map_count", |log| {
+        log.contains("--max-rooms is more than vm.max_map_count")
+            && log.contains("sysctl -w vm.max_map_count=")
+    })
+    .await;
+    let (_, health) = many.get("/health").await;
+    assert_eq!(health["maxRooms"], 100_000_000);
 }
 
 #[tokio::test]

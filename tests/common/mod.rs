@@ -153,6 +153,20 @@ impl Server {
         (ws, id)
     }
 
+    /// A WebSocket upgrade the server must refuse; returns the HTTP status
+    /// and the JSON body of the refusal.
+    pub async fn refused(&self, query: &str) -> (u16, Value) {
+        let err = within(tokio_tungstenite::connect_async(self.url(query)))
+            .await
+            .expect_err("the upgrade must be refused");
+        let tokio_tungstenite::tungstenite::Error::Http(resp) = err else {
+            panic!("expected an HTTP error, got {err}");
+        };
+        let body = serde_json::from_slice(resp.body().as_deref().unwrap_or(b""))
+            .expect("the refusal's body is JSON");
+        (resp.status().as_u16(), body)
+    }
+
     /// A GET request; returns the status and the body parsed as JSON.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.request(&format!(
