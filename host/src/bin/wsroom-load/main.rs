@@ -429,12 +429,11 @@ async fn fanout(
     let cpu0 = server_pid.map(cpu_times).transpose()?;
     let send_start = Instant::now();
     let mut sender_tasks = Vec::new();
-    for (ws, receiver_ids, progress) in senders {
+    for (mut ws, receiver_ids, progress) in senders {
         // Saturated, a sender writes what its window allows in one go, as a
         // busy client's TCP stream would carry it: frames gather in a buffer
         // written when it passes 16 KiB, before waiting on the window, and
         // at a fixed rate after every message.
-        let mut ws = ws;
         let pad = pad.clone();
         let stop = stop.clone();
         let checks = checks.clone();

@@ -14,7 +14,7 @@
 
 use std::io;
 
-use fastwebsockets::OpCode;
+use fastwebsockets::{OpCode, Payload};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 /// The buffer's size at first: an idle connection (`connect` holds
@@ -217,26 +217,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 /// Appends a final, masked frame (a fresh random mask, as RFC 6455 asks of
 /// a client).
 fn append_masked(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
-    let len = payload.len();
     let mask: [u8; 4] = uuid::Uuid::new_v4().as_bytes()[..4]
         .try_into()
         .expect("4 bytes");
     let mut head = [0u8; 14];
-    head[0] = 0x80 | opcode as u8;
-    let n = if len < 126 {
-        head[1] = 0x80 | len as u8;
-        2
-    } else if len < 65536 {
-        head[1] = 0x80 | 126;
-        head[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-        4
-    } else {
-        head[1] = 0x80 | 127;
-        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-        10
-    };
-    head[n..n + 4].copy_from_slice(&mask);
-    out.extend_from_slice(&head[..n + 4]);
+    let n = fastwebsockets::Frame::new(true, opcode, Some(mask), Payload::Borrowed(payload))
+        .fmt_head(&mut head);
+    out.extend_from_slice(&head[..n]);
     let start = out.len();
     out.extend_from_slice(payload);
     let word = u32::from_ne_bytes(mask);
