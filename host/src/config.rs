@@ -423,7 +423,7 @@ impl Cli {
 /// copy-on-write image, and its fiber stack with a guard page).
 pub const MAPS_PER_ROOM: usize = 8;
 /// Mappings left for everything else in the process (code, heap, threads).
-pub const MAPS_RESERVED: usize = 4096;
+const MAPS_RESERVED: usize = 4096;
 
 /// The kernel's limit of memory mappings per process (65530 unless raised).
 pub fn max_map_count() -> usize {
@@ -436,6 +436,15 @@ pub fn max_map_count() -> usize {
 /// The default `--max-rooms` for a process allowed `max_map_count` mappings.
 pub fn rooms_the_map_count_allows(max_map_count: usize) -> usize {
     (max_map_count.saturating_sub(MAPS_RESERVED) / MAPS_PER_ROOM).max(1)
+}
+
+/// A `vm.max_map_count` that leaves room for `rooms` (rounded up to a power
+/// of two, as the setting is usually given).
+pub fn map_count_for_rooms(rooms: usize) -> usize {
+    rooms
+        .saturating_mul(MAPS_PER_ROOM)
+        .saturating_add(MAPS_RESERVED)
+        .next_power_of_two()
 }
 
 #[cfg(test)]
@@ -451,5 +460,9 @@ mod tests {
         assert_eq!(rooms_the_map_count_allows(262144), 32256);
         // Absurdly low still allows one room.
         assert_eq!(rooms_the_map_count_allows(100), 1);
+        // The setting suggested for a limit allows at least that many.
+        for rooms in [1, 7679, 7680, 100_000] {
+            assert!(rooms_the_map_count_allows(map_count_for_rooms(rooms)) >= rooms);
+        }
     }
 }

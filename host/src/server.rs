@@ -43,8 +43,7 @@ pub async fn run(
             "--max-rooms is more than vm.max_map_count leaves room for (about {allowed} rooms): \
              past that, rooms fail to start and the process cannot map memory; raise it with \
              sysctl -w vm.max_map_count={}",
-            (config.max_rooms * crate::config::MAPS_PER_ROOM + crate::config::MAPS_RESERVED)
-                .next_power_of_two()
+            crate::config::map_count_for_rooms(config.max_rooms)
         );
     }
     let runtime = Runtime::new(&config)?;
