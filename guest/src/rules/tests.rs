@@ -12,6 +12,8 @@ struct FakeHost {
     alarm: Option<u64>,
     config: HashMap<String, String>,
     ids: std::cell::Cell<u32>,
+    /// Every target's selector and exception, in the order sent.
+    targets: Vec<(String, Option<String>)>,
 }
 
 impl FakeHost {
@@ -48,6 +50,8 @@ impl Env for FakeHost {
         let mut reached: Vec<&str> = Vec::new();
         let mut counts = Vec::new();
         for t in targets {
+            self.targets
+                .push((format!("{:?}", t.select), t.except.map(str::to_owned)));
             let mut n = 0;
             for (id, kind) in &self.clients {
                 let hit = match &t.select {
@@ -210,6 +214,34 @@ fn to_type_excludes_sender_and_copies_admins() {
     assert!(h.got("d1").is_empty());
     assert_eq!(h.got("a1").len(), 1);
     assert_eq!(h.got("a2").len(), 1);
+}
+
+#[test]
+fn only_a_target_that_could_include_the_sender_leaves_it_out() {
+    // The host looks up every exception; one that cannot match is waste.
+    let except = |h: &FakeHost| -> Vec<Option<String>> {
+        h.targets.iter().map(|(_, e)| e.clone()).collect()
+    };
+    let mut h = room();
+    send(
+        &mut h,
+        "r1",
+        json!({"type": "q", "to": {"type": "data-agent"}}),
+    );
+    assert_eq!(except(&h), [None, None], "{:?}", h.targets);
+    let mut h = room();
+    send(
+        &mut h,
+        "r1",
+        json!({"type": "q", "to": {"type": "runtime"}}),
+    );
+    assert_eq!(except(&h), [Some("r1".into()), None], "{:?}", h.targets);
+    let mut h = room();
+    send(&mut h, "a1", json!({"type": "q", "to": {"id": "d1"}}));
+    assert_eq!(except(&h), [None, Some("a1".into())], "{:?}", h.targets);
+    let mut h = room();
+    send(&mut h, "r1", json!({"type": "q"}));
+    assert_eq!(except(&h), [Some("r1".into())], "{:?}", h.targets);
 }
 
 #[test]
