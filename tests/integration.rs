@@ -1053,6 +1053,19 @@ async fn the_load_tool_checks_delivery_at_a_small_size() {
     );
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["opened"], 100);
+    // CPU per connection, apart for the connections that created a room
+    // (one per project) and those that joined a live one.
+    let cpu = &r["cpu"];
+    assert_eq!(cpu["newRooms"]["connections"], 10, "{r}");
+    assert_eq!(cpu["liveRooms"]["connections"], 90, "{r}");
+    for phase in ["newRooms", "liveRooms"] {
+        let c = &cpu[phase];
+        assert!(
+            c["serverCpu"]["microsPerUnit"].as_f64().unwrap() >= 0.0,
+            "{r}"
+        );
+        assert!(c["toolMicrosPerUnit"].as_f64().unwrap() >= 0.0, "{r}");
+    }
     assert!(r["memory"]["rssAllBytes"].as_u64().unwrap() > 0);
     assert!(r["memory"]["pssAllBytes"].as_u64().unwrap() > 0);
 }

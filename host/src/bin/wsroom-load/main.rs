@@ -927,9 +927,13 @@ async fn connect_many(
     // Time spent opening connections (the pauses to read memory excluded).
     let mut elapsed = Duration::ZERO;
     let mut mem_rooms = None;
+    // CPU time of the server and of this tool while opening, per phase.
+    let mut cpu = Vec::with_capacity(2);
     // Phase 1 opens one connection per project (rooms), phase 2 the rest.
     for (from, to) in [(0, projects), (projects, connections)] {
         let phase = Instant::now();
+        let server0 = server_pid.map(cpu_times).transpose()?;
+        let tool0 = cpu_times(std::process::id())?;
         let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
         let mut tasks = Vec::with_capacity(to - from);
         for i in from..to {
@@ -960,6 +964,14 @@ async fn connect_many(
             }
         }
         elapsed += phase.elapsed();
+        let (user, sys) = cpu_times(std::process::id())?;
+        let tool = (user - tool0.0) + (sys - tool0.1);
+        let units = (to - from) as u64;
+        cpu.push(json!({
+            "connections": units,
+            "serverCpu": server_cpu(server_pid, server0, units)?,
+            "toolMicrosPerUnit": tool * 1e6 / units.max(1) as f64,
+        }));
         if from == 0 {
             // Let the server settle before reading its memory.
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1001,6 +1013,8 @@ async fn connect_many(
         "seconds": elapsed.as_secs_f64(),
         "connectionsPerSec": opened as f64 / elapsed.as_secs_f64().max(1e-9),
         "timeToConnected": percentiles(&hist),
+        // Phase 1 creates a room per connection; phase 2 joins live rooms.
+        "cpu": { "newRooms": cpu[0], "liveRooms": cpu[1] },
         "memory": memory,
         "checks": checks.json(),
         "ok": checks.ok(),
@@ -1062,6 +1076,17 @@ fn print_report(r: &serde_json::Value) {
                 f(&r["connectionsPerSec"])
             );
             out!("time to connected: {}", lat(&r["timeToConnected"]));
+            for (phase, what) in [("newRooms", "a new room"), ("liveRooms", "a live room")] {
+                let c = &r["cpu"][phase];
+                let server = &c["serverCpu"];
+                if c["connections"].as_u64().unwrap_or(0) > 0 && !server.is_null() {
+                    out!(
+                        "CPU per connection to {what}: server {:.1} µs, this tool {:.1} µs",
+                        f(&server["microsPerUnit"]),
+                        f(&c["toolMicrosPerUnit"])
+                    );
+                }
+            }
             if !r["memory"].is_null() {
                 let m = &r["memory"];
                 out!(
