@@ -2,9 +2,13 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use common::*;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 fn project() -> String {
@@ -726,7 +730,7 @@ async fn a_new_client_cancels_the_cleanup() {
         .wait_health("the client to be gone", |h| h["connections"] == 0)
         .await;
     let (mut ws2, id2) = server.connect("admin", &p).await;
-    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
     let (_, health) = server.get("/health").await;
     assert_eq!(health["rooms"], 1, "the room was removed under a client");
     assert_eq!(health["counters"]["roomsCreated"], 1);
@@ -908,8 +912,7 @@ async fn a_client_that_stops_answering_pings_is_dropped() {
     assert_eq!(left["type"], "client_left");
     assert_eq!(left["payload"]["clientId"], silent_id.as_str());
     // Well past several ping intervals, `live` is still connected.
-    let waited =
-        tokio::time::timeout(std::time::Duration::from_millis(1200), recv(&mut live)).await;
+    let waited = tokio::time::timeout(Duration::from_millis(1200), recv(&mut live)).await;
     assert!(waited.is_err(), "unexpected message {waited:?}");
     let (_, status) = server.get(&format!("/status?projectId={p}")).await;
     assert_eq!(status["clientCount"], 1);
@@ -1449,11 +1452,13 @@ async fn rooms_past_the_limit_are_refused_with_503() {
 async fn a_full_room_inbox_slows_senders_down_but_loses_nothing() {
     let server = Server::start(&["--component", FIXTURE_ROOM, "--room-inbox", "2"]);
     let (busy, other) = (project(), project());
+    let (mut h, _) = server.connect("runtime", &busy).await;
     let (mut b, _) = server.connect("runtime", &busy).await;
     let (mut o, _) = server.connect("runtime", &other).await;
-    // The room is busy for a while; meanwhile far more than the inbox holds
-    // arrives from its client.
-    send_text(&mut b, "spin:400").await;
+    // One client keeps the room busy for a while; meanwhile far more than
+    // the inbox holds arrives from another.
+    send_text(&mut h, "spin:400").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     for i in 0..100 {
         send_text(&mut b, &format!("m{i}")).await;
     }
@@ -1461,9 +1466,75 @@ async fn a_full_room_inbox_slows_senders_down_but_loses_nothing() {
     send_text(&mut o, "hello").await;
     assert_eq!(recv(&mut o).await, json!({"echo": "hello"}));
     // Every message is handled, in order, once the room catches up.
-    assert_eq!(recv(&mut b).await, json!({"echo": "spin:400"}));
+    assert_eq!(recv(&mut h).await, json!({"echo": "spin:400"}));
     for i in 0..100 {
         assert_eq!(recv(&mut b).await, json!({ "echo": format!("m{i}") }));
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_vanishes_while_the_room_runs_its_message_does_not_fail_the_room() {
+    // A reader runs its client's messages in the room itself when the room
+    // is idle; the connection failing meanwhile must not cut the guest's
+    // call short (that would fail the room for everyone).
+    let server = Server::start(&["--component", FIXTURE_ROOM, "--ping-interval-ms", "150"]);
+    let p = project();
+    let (mut a, _) = server.connect("runtime", &p).await;
+    let (mut b, _) = server.connect("runtime", &p).await;
+    send_text(&mut a, "spin:700").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Reset, not closed: the server's next ping to it fails at once.
+    match a.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.set_zero_linger().unwrap(),
+        _ => unreachable!("plain ws:// connection"),
+    }
+    drop(a);
+    send_text(&mut b, "still here?").await;
+    assert_eq!(recv(&mut b).await, json!({"echo": "still here?"}));
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["counters"]["roomFailures"], 0, "{health}");
+}
+
+#[tokio::test]
+async fn many_senders_in_one_room_each_keep_their_order() {
+    // Senders that find the room idle run their messages themselves, the
+    // others queue theirs: each sender's messages still arrive in order,
+    // every one of them, to the target and to the admin.
+    let server = Server::start(&[]);
+    let p = project();
+    let (mut target, target_id) = server.connect("data-agent", &p).await;
+    let (mut admin, _) = server.connect("admin", &p).await;
+    const SENDERS: usize = 8;
+    const EACH: u64 = 500;
+    let mut senders = Vec::new();
+    for _ in 0..SENDERS {
+        senders.push(server.connect("runtime", &p).await);
+    }
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|(mut ws, _)| {
+            let to = target_id.clone();
+            tokio::spawn(async move {
+                for seq in 0..EACH {
+                    send(&mut ws, &json!({"type": "n", "seq": seq, "to": {"id": to}})).await;
+                }
+                ws
+            })
+        })
+        .collect();
+    for ws in [&mut target, &mut admin] {
+        let mut next: HashMap<String, u64> = HashMap::new();
+        for _ in 0..SENDERS as u64 * EACH {
+            let m = recv(ws).await;
+            let from = m["from"]["id"].as_str().expect("from.id").to_owned();
+            let expected = next.entry(from).or_insert(0);
+            assert_eq!(m["seq"], *expected, "out of order: {m}");
+            *expected += 1;
+        }
+        assert_eq!(next.len(), SENDERS);
+    }
+    for t in tasks {
+        within(t).await.unwrap();
     }
 }
 

@@ -92,7 +92,7 @@ async fn room_with(receivers: usize) -> Room {
                 outbox: outbox.clone(),
                 reply,
             };
-            assert!(handle.tx.send(event).await.is_ok(), "room is gone");
+            assert!(handle.send(event).await.is_ok(), "room is gone");
             let conn = answer.await.expect("room answered").expect("admitted");
             (meta.id.clone(), conn, outbox)
         }
@@ -160,7 +160,7 @@ impl Room {
                 conn: self.sender,
                 message: Incoming::Text(text.to_owned()),
             };
-            assert!(self.handle.tx.send(event).await.is_ok(), "room is gone");
+            assert!(self.handle.send(event).await.is_ok(), "room is gone");
         }
         let mut batch = Vec::new();
         for &r in expect {
@@ -257,7 +257,7 @@ impl Setup {
     fn shut(&self) {
         for room in [&self.ten, &self.one] {
             self.tokio.block_on(async {
-                let _ = room.handle.tx.send(Event::Shutdown).await;
+                let _ = room.handle.send(Event::Shutdown).await;
             });
         }
     }

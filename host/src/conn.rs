@@ -2,9 +2,12 @@
 //! them to the room, and a writer that drains the connection's outbox with
 //! vectored writes and sends keep-alive pings. It knows nothing of routing.
 
+use std::future::Future;
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
@@ -18,7 +21,7 @@ use crate::engine::wit::Oversize;
 use crate::metrics::Metrics;
 use crate::outbox::{self, Next, Outbox};
 use crate::room::table::ConnRef;
-use crate::room::{Event, Incoming, RoomHandle};
+use crate::room::{Event, INLINE_BATCH, Incoming, RoomHandle, Running};
 
 /// How long a closing connection waits for the other side's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -65,7 +68,6 @@ pub async fn serve(
         }
     };
     let _ = room
-        .tx
         .send(Event::Close {
             conn,
             code: ended.code,
@@ -91,7 +93,10 @@ where
 {
     let start = Instant::now();
     let last_seen = AtomicU64::new(0);
-    let reader = read_loop(read, room, conn, outbox, config, metrics, start, &last_seen);
+    let in_guest = AtomicBool::new(false);
+    let reader = read_loop(
+        read, room, conn, outbox, config, metrics, start, &last_seen, &in_guest,
+    );
     let writer = write_loop(&mut write, outbox, config, start, &last_seen);
     tokio::pin!(reader, writer);
     tokio::select! {
@@ -105,16 +110,36 @@ where
         }
         peer_gone = &mut writer => {
             if peer_gone {
+                out_of_guest(reader, &in_guest).await;
                 return Ended::lost();
             }
             // We closed: give the client a moment to answer our close
             // frame, then drop it.
             match tokio::time::timeout(CLOSE_GRACE, &mut reader).await {
                 Ok(ended) => ended,
-                Err(_) => Ended::lost(),
+                Err(_) => {
+                    out_of_guest(reader, &in_guest).await;
+                    Ended::lost()
+                }
             }
         }
     }
+}
+
+/// Lets a reader that is running a message in the room's guest finish that
+/// call before it is dropped: a call dropped halfway fails the room, for
+/// all its clients.
+async fn out_of_guest<F: Future>(mut reader: Pin<&mut F>, in_guest: &AtomicBool) {
+    std::future::poll_fn(|cx| {
+        if !in_guest.load(Relaxed) {
+            return Poll::Ready(());
+        }
+        match reader.as_mut().poll(cx) {
+            Poll::Pending if in_guest.load(Relaxed) => Poll::Pending,
+            _ => Poll::Ready(()),
+        }
+    })
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -127,6 +152,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     metrics: &Metrics,
     start: Instant,
     last_seen: &AtomicU64,
+    in_guest: &AtomicBool,
 ) -> Ended {
     let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
     ws.set_max_message_size(config.max_frame_bytes);
@@ -148,8 +174,27 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut partial: Option<(OpCode, Vec<u8>)> = None;
     // Size of a fragmented message already over the limit, being skipped.
     let mut skipping: Option<u64> = None;
+    // The room, while this reader runs its messages itself, and how many
+    // it ran since it took it. Dropping it gives it back (on every return
+    // too) and wakes the writers of what the messages queued.
+    let mut running: Option<Running<'_>> = None;
+    let mut in_a_row = 0;
     loop {
-        let frame = match ws.read_frame(&mut obligated).await {
+        let frame = if running.is_some() {
+            // Keep the room only for frames already here: give it back
+            // before waiting for the client.
+            let mut read = std::pin::pin!(ws.read_frame(&mut obligated));
+            match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    running = None;
+                    read.await
+                }
+            }
+        } else {
+            ws.read_frame(&mut obligated).await
+        };
+        let frame = match frame {
             Ok(frame) => frame,
             Err(e) => return protocol_error(e, outbox),
         };
@@ -239,14 +284,26 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         };
         metrics.message_in();
-        // A full inbox makes this wait: the client's reads pause until the
-        // room catches up (TCP back-pressure), nothing is dropped.
-        if room
-            .tx
-            .send(Event::Message { conn, message })
-            .await
-            .is_err()
-        {
+        // An idle room runs the message here, without waking its task.
+        if running.is_none() {
+            running = room.try_run();
+            in_a_row = 0;
+        }
+        if let Some(room) = running.as_mut() {
+            in_guest.store(true, Relaxed);
+            room.message(conn, message).await;
+            in_guest.store(false, Relaxed);
+            in_a_row += 1;
+            if in_a_row == INLINE_BATCH {
+                // Let the room's task, and what waits for it, have a turn.
+                running = None;
+            }
+            continue;
+        }
+        // A busy room queues it. A full inbox makes this wait: the client's
+        // reads pause until the room catches up (TCP back-pressure),
+        // nothing is dropped.
+        if room.send(Event::Message { conn, message }).await.is_err() {
             outbox.close(crate::room::CLOSE_ROOM_FAILED, "room is gone");
             return Ended {
                 code: crate::room::CLOSE_ROOM_FAILED,

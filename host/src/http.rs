@@ -384,7 +384,7 @@ async fn websocket(app: &Arc<App>, mut req: Request<Body>, query: Query) -> Repl
             outbox: outbox.clone(),
             reply,
         };
-        if room.tx.send(event).await.is_err() {
+        if room.send(event).await.is_err() {
             continue;
         }
         match answer.await {

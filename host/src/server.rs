@@ -154,7 +154,7 @@ pub async fn run(
     info!("shutting down: closing every connection with 1001");
     drop(listener);
     for room in registry.all() {
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, room.tx.send(Event::Shutdown)).await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, room.send(Event::Shutdown)).await;
     }
     app.tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, app.tracker.wait())

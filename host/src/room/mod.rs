@@ -1,6 +1,12 @@
-//! The room actor: one task per live project. It alone touches the project's
-//! store, so guest calls need no lock; it takes events (connect, message,
-//! close) from a bounded inbox, fires the alarm, and calls the guest.
+//! The room actor: the state of one live project, run by one task at a time.
+//!
+//! Events (connect, message, close) wait in a bounded inbox; the room's own
+//! task takes them from there, fires the alarm and hibernates the instance.
+//! A connection's reader that finds the room idle and its inbox empty runs
+//! its messages itself instead (see [`RoomHandle::try_run`]): a message then
+//! reaches the guest without waking another task. Whoever runs the room
+//! holds its lock, so the guest is only ever called from one task, in the
+//! order the events arrived.
 
 pub(crate) mod imports;
 pub mod log_limit;
@@ -13,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 use wasmtime::Store;
 
@@ -133,9 +139,97 @@ pub struct Settings {
 /// A live room as the registry and connections see it.
 #[derive(Clone)]
 pub struct RoomHandle {
-    pub tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Event>,
+    core: Arc<Core>,
     pub shared: Arc<RoomShared>,
     pub generation: u64,
+}
+
+/// What every task that may run the room shares.
+struct Core {
+    actor: tokio::sync::Mutex<Actor>,
+    /// Wakes the room's task: an event was queued, or the alarm changed.
+    wake: Notify,
+}
+
+/// The room's lock, held by a reader running its messages itself. Dropping
+/// it wakes the writers of what the messages queued.
+pub struct Running<'a> {
+    actor: tokio::sync::MutexGuard<'a, Actor>,
+    core: &'a Core,
+    /// The alarm when the room was taken.
+    alarm: Option<u64>,
+    /// Whether it had a live instance then.
+    live: bool,
+}
+
+/// Messages a reader runs in a row before it lets the room's task (and the
+/// events queued meanwhile) have a turn.
+pub const INLINE_BATCH: usize = 64;
+
+impl RoomHandle {
+    /// Queues an event for the room's task. Waits while the inbox is full;
+    /// gives the event back if the room is gone.
+    pub async fn send(&self, event: Event) -> Result<(), Event> {
+        self.tx.send(event).await.map_err(|e| e.0)?;
+        self.core.wake.notify_one();
+        Ok(())
+    }
+
+    /// Takes the room to run a message in the calling task, if nobody runs
+    /// it and nothing waits in its inbox (whatever waits there came first).
+    pub fn try_run(&self) -> Option<Running<'_>> {
+        if self.tx.capacity() != self.tx.max_capacity() {
+            return None;
+        }
+        let mut actor = self.core.actor.try_lock().ok()?;
+        // Checked again under the lock: only its holder takes events from
+        // the inbox, so one queued before this point is still there.
+        if self.tx.capacity() != self.tx.max_capacity() || actor.finished {
+            return None;
+        }
+        let alarm = actor.table().alarm_at;
+        let live = actor.live.is_some();
+        Some(Running {
+            actor,
+            core: &self.core,
+            alarm,
+            live,
+        })
+    }
+}
+
+impl Running<'_> {
+    /// Hands a client's message to the guest.
+    ///
+    /// The future must be run to its end: dropped halfway, it would leave
+    /// the guest's call unfinished and the room failed.
+    pub async fn message(&mut self, conn: ConnRef, message: Incoming) {
+        self.actor.handle(Event::Message { conn, message }).await;
+    }
+}
+
+impl Drop for Running<'_> {
+    /// Wakes the writers of what the messages queued (each writes all of it
+    /// at once), and the room's task when there is work for it: clients
+    /// whose queue overflowed to close, an alarm moved, a room left empty,
+    /// an instance created or dropped (its hibernation timer).
+    fn drop(&mut self) {
+        let actor = &mut *self.actor;
+        if std::mem::take(&mut actor.active) {
+            actor.table().touch();
+        }
+        let live = actor.live.is_some();
+        let table = actor.table();
+        table.flush();
+        if table.alarm_at != self.alarm
+            || table.is_empty()
+            || !table.overflowed.is_empty()
+            || live != self.live
+        {
+            self.core.wake.notify_one();
+        }
+    }
 }
 
 pub fn now_ms() -> u64 {
@@ -170,14 +264,22 @@ pub fn spawn(
         runtime,
         settings,
         metrics,
+        rx,
         live: None,
         live_version: 0,
         idle: Some(table),
         active: false,
+        last_event: tokio::time::Instant::now(),
+        finished: false,
     };
-    tokio::spawn(actor.run(rx));
+    let core = Arc::new(Core {
+        actor: tokio::sync::Mutex::new(actor),
+        wake: Notify::new(),
+    });
+    tokio::spawn(run(core.clone()));
     RoomHandle {
         tx,
+        core,
         shared,
         generation,
     }
@@ -190,6 +292,8 @@ struct Actor {
     runtime: Runtime,
     settings: Settings,
     metrics: Arc<Metrics>,
+    /// The inbox; only the lock's holder takes events from it.
+    rx: mpsc::Receiver<Event>,
     /// The instance, with the table inside its store.
     live: Option<(Store<RoomState>, Room)>,
     /// The component version the live instance was made from.
@@ -199,6 +303,10 @@ struct Actor {
     /// A connect or a message was handled since `/health`'s
     /// `lastActivity` was last set (once per batch: it reads the clock).
     active: bool,
+    /// When the last event was handled (hibernation counts from it).
+    last_event: tokio::time::Instant,
+    /// Shut down or removed: nothing runs here any more.
+    finished: bool,
 }
 
 /// A guest call (or instantiation) that failed.
@@ -225,62 +333,47 @@ impl Actor {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
-        self.metrics.room_created();
-        info!(project = %self.project, "room created");
-        let mut shutdown = false;
+    /// Handles what waits in the inbox, in batches; true when the room is
+    /// finished (shut down, or removed for being empty).
+    async fn drain(&mut self) -> bool {
         loop {
-            let alarm = self.table().alarm_at;
-            let hibernate = self
-                .settings
-                .hibernate_after
-                .filter(|_| self.live.is_some());
-            let event = tokio::select! {
-                event = rx.recv() => event,
-                () = tokio::time::sleep(hibernate.unwrap_or_default()), if hibernate.is_some() => {
-                    self.hibernate();
-                    continue;
-                }
-                () = sleep_until_ms(alarm.unwrap_or(0)), if alarm.is_some() => {
-                    self.fire_alarm().await;
-                    self.table().flush();
-                    self.settle().await;
-                    self.table().flush();
-                    if self.try_remove() { break; }
-                    continue;
-                }
-            };
-            let Some(event) = event else { break };
-            if matches!(event, Event::Shutdown) {
-                self.shut_down();
-                break;
-            }
-            self.handle(event).await;
-            // Take whatever else is already waiting before waking the
-            // writers, so each writes many frames at once.
-            for _ in 0..BATCH {
-                let Ok(event) = rx.try_recv() else { break };
+            let mut handled = 0;
+            while handled < BATCH {
+                let Ok(event) = self.rx.try_recv() else { break };
                 if matches!(event, Event::Shutdown) {
                     self.shut_down();
-                    shutdown = true;
-                    break;
+                    return true;
                 }
                 self.handle(event).await;
+                handled += 1;
             }
-            if std::mem::take(&mut self.active) {
-                self.table().touch();
+            self.finish_batch().await;
+            if self.try_remove() {
+                return true;
             }
-            self.table().flush();
-            self.settle().await;
-            self.table().flush();
-            if shutdown || self.try_remove() {
-                break;
+            if handled < BATCH {
+                return false;
             }
         }
-        // A connection that raced with the removal learns the room is gone
-        // when its reply sender is dropped here, and retries with a new room.
-        rx.close();
-        while rx.recv().await.is_some() {}
+    }
+
+    /// After a batch of events: wake the writers (each writes many frames
+    /// at once), close the clients whose queue overflowed.
+    async fn finish_batch(&mut self) {
+        if std::mem::take(&mut self.active) {
+            self.table().touch();
+        }
+        self.table().flush();
+        self.settle().await;
+        self.table().flush();
+    }
+
+    /// The room is gone: connections racing with the removal learn it when
+    /// their reply sender is dropped here, and retry with a new room.
+    fn finish(&mut self) {
+        self.finished = true;
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {}
         self.drop_instance();
         self.metrics.room_removed();
         info!(project = %self.project, "room removed");
@@ -322,6 +415,7 @@ impl Actor {
     }
 
     async fn handle(&mut self, event: Event) {
+        self.last_event = tokio::time::Instant::now();
         match event {
             Event::Connect {
                 meta,
@@ -388,6 +482,7 @@ impl Actor {
     /// Calls the alarm handler; if it traps, resets the room like any trap
     /// and schedules a retry with exponential backoff, a few times.
     async fn fire_alarm(&mut self) {
+        self.last_event = tokio::time::Instant::now();
         let retry = self.table().alarm_retry;
         self.table().alarm_at = None;
         self.table().alarm_retry = 0;
@@ -474,6 +569,71 @@ impl Actor {
     }
 }
 
+/// The room's own task: runs what waits in the inbox, fires the alarm,
+/// hibernates an idle instance, until the room is finished.
+async fn run(core: Arc<Core>) {
+    {
+        let actor = core.actor.lock().await;
+        actor.metrics.room_created();
+        info!(project = %actor.project, "room created");
+    }
+    loop {
+        let (alarm, hibernate_at) = {
+            let mut actor = core.actor.lock().await;
+            if actor.finished {
+                return;
+            }
+            let hibernate_at = actor
+                .settings
+                .hibernate_after
+                .filter(|_| actor.live.is_some())
+                .map(|after| actor.last_event + after);
+            (actor.table().alarm_at, hibernate_at)
+        };
+        let woken = tokio::select! {
+            () = core.wake.notified() => Woken::Event,
+            () = tokio::time::sleep_until(hibernate_at.unwrap_or_else(tokio::time::Instant::now)), if hibernate_at.is_some() => Woken::Idle,
+            () = sleep_until_ms(alarm.unwrap_or(0)), if alarm.is_some() => Woken::Alarm,
+        };
+        let mut actor = core.actor.lock().await;
+        let actor = &mut *actor;
+        if actor.finished {
+            return;
+        }
+        match woken {
+            Woken::Event => {}
+            Woken::Idle => {
+                // Messages run by readers meanwhile move the deadline on.
+                let due = actor
+                    .settings
+                    .hibernate_after
+                    .is_some_and(|after| actor.last_event + after <= tokio::time::Instant::now());
+                if due && actor.live.is_some() {
+                    actor.hibernate();
+                }
+            }
+            Woken::Alarm => {
+                // The alarm may have been moved or cancelled meanwhile.
+                if actor.table().alarm_at.is_some_and(|at| at <= now_ms()) {
+                    actor.fire_alarm().await;
+                    actor.finish_batch().await;
+                }
+            }
+        }
+        if actor.drain().await {
+            actor.finish();
+            return;
+        }
+    }
+}
+
+/// Why the room's task woke.
+enum Woken {
+    Event,
+    Idle,
+    Alarm,
+}
+
 pub(crate) fn client_info(meta: &ClientMeta) -> wit::ClientInfo {
     wit::ClientInfo {
         id: meta.id.to_string(),
@@ -487,4 +647,66 @@ pub(crate) fn client_info(meta: &ClientMeta) -> wit::ClientInfo {
 async fn sleep_until_ms(at: u64) {
     let now = now_ms();
     tokio::time::sleep(Duration::from_millis(at.saturating_sub(now))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn registry() -> Arc<Registry> {
+        let config = crate::config::Cli::parse_from(["wsroom", "--no-compile-cache"])
+            .config()
+            .unwrap();
+        let settings = Settings {
+            inbox: 4,
+            hibernate_after: None,
+            alarm_retries: 0,
+            alarm_retry_base: Duration::from_millis(10),
+            storage_bytes: 1024,
+            log_lines_per_sec: 10,
+        };
+        let runtime = Runtime::new(&config).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        Registry::new(runtime, BTreeMap::new(), settings, metrics, 10)
+    }
+
+    fn joining() -> (Event, oneshot::Receiver<Result<ConnRef, Refusal>>) {
+        let (reply, answer) = oneshot::channel();
+        let meta = Arc::new(ClientMeta {
+            id: "c1".into(),
+            kind: "runtime".into(),
+            connected_at: 0,
+            user_agent: None,
+            origin: None,
+        });
+        let outbox = Arc::new(Outbox::new(1 << 20));
+        let event = Event::Connect {
+            meta,
+            outbox,
+            reply,
+        };
+        (event, answer)
+    }
+
+    // On this single-threaded runtime the room's task runs only when the
+    // test awaits something that waits.
+    #[tokio::test]
+    async fn a_reader_runs_the_room_only_when_it_is_idle_and_its_inbox_empty() {
+        let registry = registry();
+        let room = registry.get_or_create("p").unwrap();
+        let running = room.try_run().expect("an idle room with an empty inbox");
+        assert!(room.try_run().is_none(), "one runner at a time");
+        drop(running);
+        // An event waits in the inbox: it came first, so a reader's message
+        // must queue behind it rather than overtake it.
+        let (event, answer) = joining();
+        assert!(room.send(event).await.is_ok());
+        assert!(room.try_run().is_none(), "an event waits in the inbox");
+        // The room's task takes it (and admits the client)...
+        let admitted = tokio::time::timeout(Duration::from_secs(10), answer).await;
+        assert!(matches!(admitted, Ok(Ok(Ok(_)))));
+        // ...and the room is free to run in a reader again.
+        assert!(room.try_run().is_some());
+    }
 }
