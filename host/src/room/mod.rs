@@ -171,7 +171,12 @@ impl RoomHandle {
     /// Queues an event for the room's task. Waits while the inbox is full;
     /// gives the event back if the room is gone.
     pub async fn send(&self, event: Event) -> Result<(), Event> {
-        self.tx.send(event).await.map_err(|e| e.0)?;
+        // (A permit first: the event is not kept twice in this future, and
+        // every connection's task holds one of these.)
+        let Ok(permit) = self.tx.reserve().await else {
+            return Err(event);
+        };
+        permit.send(event);
         self.core.wake.notify_one();
         Ok(())
     }
