@@ -1,7 +1,8 @@
 //! What one message costs on its way through a room, without the network
-//! and the kernel: the hand-off into the room's inbox, the guest call (the
-//! embedded default room, in wasm), the fan-out into the receivers' outboxes
-//! and the writers' take. Beside it, the same routing rules compiled
+//! and the kernel: a reader running the idle room itself, as a connection's
+//! reader does (see `RoomHandle::try_run`), the guest call (the embedded
+//! default room, in wasm), the fan-out into the receivers' outboxes and the
+//! writers' take. Beside it, the same routing rules compiled
 //! natively with the same framing and fan-out: the difference is the price
 //! of running the room as a wasm component.
 //!
@@ -28,7 +29,7 @@ use wsroom::metrics::Metrics;
 use wsroom::outbox::{self, Outbox};
 use wsroom::registry::Registry;
 use wsroom::room::table::ConnRef;
-use wsroom::room::{ClientMeta, Event, Incoming, RoomHandle, Settings};
+use wsroom::room::{ClientMeta, Event, INLINE_BATCH, Incoming, RoomHandle, Settings};
 use wsroom_default_room::rules::{self, Env, Target};
 
 // The server's allocator.
@@ -155,12 +156,24 @@ impl Room {
     /// receiver in `expect` has taken its `n` frames.
     async fn round(&self, text: &str, n: u64, expect: &[usize]) -> Duration {
         let start = Instant::now();
-        for _ in 0..n {
-            let event = Event::Message {
-                conn: self.sender,
-                message: Incoming::Text(text.to_owned()),
+        let mut left = n;
+        while left > 0 {
+            // As a connection's reader: up to 64 messages in a row in the
+            // room, queued if the room is busy (it never is here).
+            let Some(mut running) = self.handle.try_run() else {
+                let event = Event::Message {
+                    conn: self.sender,
+                    message: Incoming::Text(text.to_owned()),
+                };
+                assert!(self.handle.send(event).await.is_ok(), "room is gone");
+                left -= 1;
+                continue;
             };
-            assert!(self.handle.send(event).await.is_ok(), "room is gone");
+            for _ in 0..left.min(INLINE_BATCH as u64) {
+                let message = Incoming::Text(text.to_owned());
+                Box::pin(running.message(self.sender, message)).await;
+                left -= 1;
+            }
         }
         let mut batch = Vec::new();
         for &r in expect {
