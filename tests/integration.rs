@@ -2341,14 +2341,21 @@ async fn a_client_that_talks_but_never_reads_is_dropped_when_its_socket_stalls()
         drop(stream);
     });
     // Tens of megabytes for it: far more than the kernel's socket buffers.
-    let pad = "x".repeat(600_000);
-    for i in 0..60 {
-        send(
-            &mut r,
-            &json!({"id": format!("big{i}"), "type": "t", "to": {"id": stalled_id}, "payload": pad}),
-        )
-        .await;
-    }
+    // Sent from a task of its own: the sender's reads are paced by its room
+    // (a slow room, such as the Python one, takes a while over each), and
+    // meanwhile the observer must keep reading, or its pings go unanswered.
+    let to = stalled_id.clone();
+    let sender = tokio::spawn(async move {
+        let pad = "x".repeat(600_000);
+        for i in 0..60 {
+            send(
+                &mut r,
+                &json!({"id": format!("big{i}"), "type": "t", "to": {"id": to}, "payload": pad}),
+            )
+            .await;
+        }
+        r
+    });
     // The others see it leave.
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
@@ -2364,6 +2371,7 @@ async fn a_client_that_talks_but_never_reads_is_dropped_when_its_socket_stalls()
     let (_, health) = server.get("/health").await;
     assert_eq!(health["counters"]["outboxOverflows"], 0, "{health}");
     talker.abort();
+    sender.abort();
 }
 
 #[tokio::test]
