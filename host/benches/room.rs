@@ -29,7 +29,7 @@ use wsroom::metrics::Metrics;
 use wsroom::outbox::{self, Outbox};
 use wsroom::registry::Registry;
 use wsroom::room::table::ConnRef;
-use wsroom::room::{ClientMeta, Event, INLINE_BATCH, Incoming, RoomHandle, Settings};
+use wsroom::room::{BATCH, ClientMeta, Event, Incoming, RoomHandle, Settings};
 use wsroom_default_room::rules::{self, Env, Target};
 
 // The server's allocator.
@@ -169,7 +169,7 @@ impl Room {
                 left -= 1;
                 continue;
             };
-            for _ in 0..left.min(INLINE_BATCH as u64) {
+            for _ in 0..left.min(BATCH as u64) {
                 let message = Incoming::Text(text.to_owned());
                 Box::pin(running.message(self.sender, message)).await;
                 left -= 1;

@@ -1,6 +1,7 @@
-//! One WebSocket connection: a reader that reassembles messages and hands
-//! them to the room, and a writer that drains the connection's outbox with
-//! vectored writes and sends keep-alive pings. It knows nothing of routing.
+//! One WebSocket connection: a reader that reassembles messages and runs
+//! them in the room when it is idle (queues them when it is busy), and a
+//! writer that drains the connection's outbox with vectored writes and sends
+//! keep-alive pings. It knows nothing of routing.
 
 use std::future::Future;
 use std::io::IoSlice;
@@ -21,7 +22,7 @@ use crate::engine::wit::Oversize;
 use crate::metrics::Metrics;
 use crate::outbox::{self, Next, Outbox};
 use crate::room::table::ConnRef;
-use crate::room::{Event, INLINE_BATCH, Incoming, RoomHandle, Running};
+use crate::room::{BATCH, Event, Incoming, RoomHandle, Running};
 
 /// How long a closing connection waits for the other side's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -293,7 +294,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Box::pin(room.message(conn, message)).await;
             in_guest.store(false, Relaxed);
             in_a_row += 1;
-            if in_a_row == INLINE_BATCH {
+            if in_a_row == BATCH {
                 // Let the room's task, and what waits for it, have a turn.
                 running = None;
             }

@@ -31,8 +31,9 @@ use table::{ConnRef, Table};
 
 /// Close code for the clients of a room that failed (1011: internal error).
 pub const CLOSE_ROOM_FAILED: u16 = 1011;
-/// Most events handled before the writers are woken.
-const BATCH: usize = 64;
+/// Most events handled before the writers are woken, by the room's task or
+/// by a reader running the room (which then gives the room a turn).
+pub const BATCH: usize = 64;
 /// Close code when the server shuts down (1001: going away).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
@@ -163,10 +164,6 @@ pub struct Running<'a> {
     live: bool,
 }
 
-/// Messages a reader runs in a row before it lets the room's task (and the
-/// events queued meanwhile) have a turn.
-pub const INLINE_BATCH: usize = 64;
-
 impl RoomHandle {
     /// Queues an event for the room's task. Waits while the inbox is full;
     /// gives the event back if the room is gone.
@@ -184,12 +181,9 @@ impl RoomHandle {
     /// Takes the room to run a message in the calling task, if nobody runs
     /// it and nothing waits in its inbox (whatever waits there came first).
     pub fn try_run(&self) -> Option<Running<'_>> {
-        if self.tx.capacity() != self.tx.max_capacity() {
-            return None;
-        }
         let mut actor = self.core.actor.try_lock().ok()?;
-        // Checked again under the lock: only its holder takes events from
-        // the inbox, so one queued before this point is still there.
+        // Checked under the lock: only its holder takes events from the
+        // inbox, so one queued before this point is still there.
         if self.tx.capacity() != self.tx.max_capacity() || actor.finished {
             return None;
         }
@@ -221,12 +215,9 @@ impl Drop for Running<'_> {
     /// an instance created or dropped (its hibernation timer).
     fn drop(&mut self) {
         let actor = &mut *self.actor;
-        if std::mem::take(&mut actor.active) {
-            actor.table().touch();
-        }
+        actor.flush();
         let live = actor.live.is_some();
         let table = actor.table();
-        table.flush();
         if table.alarm_at != self.alarm
             || table.is_empty()
             || !table.overflowed.is_empty()
@@ -365,11 +356,17 @@ impl Actor {
     /// After a batch of events: wake the writers (each writes many frames
     /// at once), close the clients whose queue overflowed.
     async fn finish_batch(&mut self) {
+        self.flush();
+        self.settle().await;
+        self.table().flush();
+    }
+
+    /// Wakes the writers of what the last events queued, and sets
+    /// `lastActivity` if one was a connect or a message.
+    fn flush(&mut self) {
         if std::mem::take(&mut self.active) {
             self.table().touch();
         }
-        self.table().flush();
-        self.settle().await;
         self.table().flush();
     }
 
