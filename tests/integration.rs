@@ -1496,6 +1496,22 @@ async fn a_client_that_vanishes_while_the_room_runs_its_message_does_not_fail_th
 }
 
 #[tokio::test]
+async fn an_alarm_set_by_a_message_fires_with_nothing_else_happening() {
+    // The message runs in its reader, not in the room's task, which sleeps
+    // until the alarm it last saw: it must learn of the new one. (No
+    // hibernation either, whose timer would wake it.)
+    let server = Server::start(&["--component", FIXTURE_ROOM, "--hibernate-after-ms", "0"]);
+    let (mut c, _) = server.connect("runtime", &project()).await;
+    send_text(&mut c, "alarm:100").await;
+    assert_eq!(recv(&mut c).await, json!({"echo": "alarm:100"}));
+    server
+        .wait_stderr("the alarm to fire", |log| {
+            log.contains("fixture alarm ran (retry 0)")
+        })
+        .await;
+}
+
+#[tokio::test]
 async fn many_senders_in_one_room_each_keep_their_order() {
     // Senders that find the room idle run their messages themselves, the
     // others queue theirs: each sender's messages still arrive in order,

@@ -10,6 +10,7 @@
 //! - `close:CODE`: echoes "bye", then has the host close the sender with
 //!   CODE (twice: the second must say there is no such client);
 //! - `spin:MS`: stays busy for MS milliseconds, then echoes;
+//! - `alarm:MS`: sets the alarm MS milliseconds from now, then echoes;
 //! - `attach:TEXT`: stores TEXT as the client's attachment;
 //! - `attachment`: echoes the stored attachment;
 //! - `log:N`: writes N lines with the `log` import, then echoes;
@@ -100,6 +101,12 @@ impl Guest for Fixture {
                 while host::now_ms() < until {
                     std::hint::spin_loop();
                 }
+                echo(&sender.id, &text);
+            }
+            _ if text.starts_with("alarm:") => {
+                // Sets the alarm MS milliseconds from now, then echoes.
+                let ms: u64 = text["alarm:".len()..].parse().unwrap_or(0);
+                host::set_alarm(ms);
                 echo(&sender.id, &text);
             }
             _ if text.starts_with("print:") => {
