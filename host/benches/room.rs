@@ -6,14 +6,19 @@
 //! natively with the same framing and fan-out: the difference is the price
 //! of running the room as a wasm component.
 //!
+//! A second group, `new room`, prices what a project's first connection
+//! costs beyond joining a live room: a room started, its instance created
+//! (store, memory, WASI context), the guest's `on-connect`, the greeting
+//! queued; then the room shut down and its instance dropped.
+//!
 //! `cargo bench -p wsroom --bench room`: each path timed by the clock
 //! (group `message`) and by the CPU time the process used (group `cpu per
 //! message`, steadier on a shared machine).
 //!
 //! Instructions per message, which do not move with the machine's load: run
-//! the bench binary under callgrind twice with `ROOM_BENCH_MESSAGES` set
-//! (see [`counted`]) and divide the difference of the totals by the
-//! difference of the counts.
+//! the bench binary under callgrind twice with `ROOM_BENCH_MESSAGES` (or
+//! `ROOM_BENCH_ROOMS`) set (see [`counted`]) and divide the difference of
+//! the totals by the difference of the counts.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,11 +59,34 @@ struct Room {
 /// the way the HTTP layer joins them, with what they were sent on joining
 /// drained.
 async fn room_with(receivers: usize) -> Room {
+    let registry = registry();
+    let handle = registry
+        .get_or_create("bench")
+        .expect("the first room is under --max-rooms");
+    let (_, sender, sender_box) = join(&handle, "runtime").await;
+    let mut joined = Vec::new();
+    for _ in 0..receivers {
+        let (id, _, outbox) = join(&handle, "data-agent").await;
+        joined.push((id, outbox));
+    }
+    drain_idle(&sender_box).await;
+    for (_, outbox) in &joined {
+        drain_idle(outbox).await;
+    }
+    Room {
+        handle,
+        sender,
+        receivers: joined,
+    }
+}
+
+/// A registry as the server makes one with its defaults (hibernation off).
+fn registry() -> Arc<Registry> {
     let config = Cli::parse_from(["wsroom"])
         .config()
         .expect("default config");
     let runtime = Runtime::new(&config).expect("engine and default room");
-    let registry = Registry::new(
+    Registry::new(
         runtime,
         config.room_config.clone(),
         Settings {
@@ -71,48 +99,30 @@ async fn room_with(receivers: usize) -> Room {
         },
         Arc::new(Metrics::default()),
         config.max_rooms,
-    );
-    let handle = registry
-        .get_or_create("bench")
-        .expect("the first room is under --max-rooms");
-    let join = |kind: &'static str| {
-        let handle = handle.clone();
-        async move {
-            let meta = Arc::new(ClientMeta {
-                id: uuid::Uuid::new_v4().to_string().into(),
-                kind: kind.into(),
-                connected_at: 0,
-                user_agent: None,
-                origin: None,
-            });
-            // Large enough that nothing measured here overflows.
-            let outbox = Arc::new(Outbox::new(1 << 30));
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            let event = Event::Connect {
-                meta: meta.clone(),
-                outbox: outbox.clone(),
-                reply,
-            };
-            assert!(handle.send(event).await.is_ok(), "room is gone");
-            let conn = answer.await.expect("room answered").expect("admitted");
-            (meta.id.clone(), conn, outbox)
-        }
+    )
+}
+
+/// Joins a client the way the HTTP layer does; returns its id, its
+/// connection and its outbox.
+async fn join(handle: &RoomHandle, kind: &str) -> (Arc<str>, ConnRef, Arc<Outbox>) {
+    let meta = Arc::new(ClientMeta {
+        id: uuid::Uuid::new_v4().to_string().into(),
+        kind: kind.into(),
+        connected_at: 0,
+        user_agent: None,
+        origin: None,
+    });
+    // Large enough that nothing measured here overflows.
+    let outbox = Arc::new(Outbox::new(1 << 30));
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let event = Event::Connect {
+        meta: meta.clone(),
+        outbox: outbox.clone(),
+        reply,
     };
-    let (_, sender, sender_box) = join("runtime").await;
-    let mut joined = Vec::new();
-    for _ in 0..receivers {
-        let (id, _, outbox) = join("data-agent").await;
-        joined.push((id, outbox));
-    }
-    drain_idle(&sender_box).await;
-    for (_, outbox) in &joined {
-        drain_idle(outbox).await;
-    }
-    Room {
-        handle,
-        sender,
-        receivers: joined,
-    }
+    assert!(handle.send(event).await.is_ok(), "room is gone");
+    let conn = answer.await.expect("room answered").expect("admitted");
+    (meta.id.clone(), conn, outbox)
 }
 
 /// Takes whatever an outbox holds until it stays empty for a moment.
@@ -190,6 +200,65 @@ impl Room {
     }
 }
 
+/// Rooms made one after another, each for a project of its own.
+struct NewRooms {
+    registry: Arc<Registry>,
+    made: u64,
+}
+
+impl NewRooms {
+    /// `n` projects' first connections, one after another, on a worker of
+    /// `tokio`: each starts a room, creates its instance, runs `on-connect`
+    /// and queues the greeting, which is taken; then the room is shut down
+    /// and removed (its instance dropped in its task).
+    fn timed(&mut self, tokio: &Tokio, n: u64) -> Duration {
+        let (registry, first) = (self.registry.clone(), self.made);
+        self.made += n;
+        tokio
+            .block_on(tokio.spawn(async move {
+                let start = Instant::now();
+                let mut batch = Vec::new();
+                for i in first..first + n {
+                    let project = format!("new-{i}");
+                    let handle = registry
+                        .get_or_create(&project)
+                        .expect("one room at a time is under --max-rooms");
+                    let (_, _, outbox) = join(&handle, "runtime").await;
+                    outbox.take(&mut batch).await;
+                    assert_eq!(batch.len(), 1, "the greeting");
+                    batch.clear();
+                    assert!(handle.send(Event::Shutdown).await.is_ok(), "room is gone");
+                    registry.remove_if(&project, handle.generation);
+                }
+                start.elapsed()
+            }))
+            .expect("rooms made")
+    }
+
+    fn cpu(&mut self, tokio: &Tokio, n: u64) -> Duration {
+        let start = process_cpu();
+        self.timed(tokio, n);
+        process_cpu().saturating_sub(start)
+    }
+}
+
+fn new_room(c: &mut Criterion) {
+    let tokio = two_workers();
+    let mut rooms = NewRooms {
+        registry: registry(),
+        made: 0,
+    };
+    let mut g = c.benchmark_group("new room");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("first connection of a project", |b| {
+        b.iter_custom(|n| rooms.timed(&tokio, n))
+    });
+    g.bench_function("cpu per first connection of a project", |b| {
+        b.iter_custom(|n| rooms.cpu(&tokio, n))
+    });
+    g.finish();
+}
+
 /// CPU time used by this process so far, all threads.
 fn process_cpu() -> Duration {
     let mut ts = libc::timespec {
@@ -248,11 +317,7 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
-        let tokio = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
+        let tokio = two_workers();
         let ten = Arc::new(tokio.block_on(room_with(10)));
         let one = Arc::new(tokio.block_on(room_with(1)));
         let by_type = message(r#"{"type":"data-agent"}"#).into();
@@ -274,6 +339,15 @@ impl Setup {
             });
         }
     }
+}
+
+/// Two tokio workers, like the server on these machines.
+fn two_workers() -> Tokio {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 impl Native {
@@ -329,6 +403,8 @@ fn per_message(c: &mut Criterion) {
 /// --tool=callgrind`, which do not depend on what else the machine is doing:
 /// the difference between two runs with different N, divided by the
 /// difference in N, is the instructions per pair of messages.
+/// `ROOM_BENCH_ROOMS=N` does the same for N first connections of a project
+/// (see [`NewRooms`]).
 fn counted(n: u64) {
     let s = Setup::new();
     s.ten.timed(&s.tokio, &s.by_type, n, &s.all);
@@ -341,9 +417,22 @@ fn counted(n: u64) {
     }
 }
 
-criterion_group!(benches, per_message);
+criterion_group!(benches, per_message, new_room);
 
 fn main() {
+    if let Some(n) = std::env::var_os("ROOM_BENCH_ROOMS") {
+        let n = n
+            .to_str()
+            .and_then(|n| n.parse().ok())
+            .expect("ROOM_BENCH_ROOMS is a number of rooms");
+        let tokio = two_workers();
+        let mut rooms = NewRooms {
+            registry: registry(),
+            made: 0,
+        };
+        rooms.timed(&tokio, n);
+        return;
+    }
     if let Some(n) = std::env::var_os("ROOM_BENCH_MESSAGES") {
         let n = n
             .to_str()
