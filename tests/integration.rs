@@ -766,7 +766,9 @@ async fn a_trapping_room_closes_only_its_own_clients() {
     let server = Server::start(&["--component", FIXTURE_ROOM, "--cpu-budget-ms", "200"]);
     let (bad, good) = (project(), project());
     let (mut g, _) = server.connect("runtime", &good).await;
-    for command in ["panic", "loop", "alloc"] {
+    // `recurse` exhausts the guest's stack: the next instance may run on the
+    // same fiber stack, kept for reuse (host/src/stacks.rs).
+    for command in ["panic", "loop", "alloc", "recurse"] {
         let (mut b1, _) = server.connect("runtime", &bad).await;
         let (mut b2, _) = server.connect("admin", &bad).await;
         send_text(&mut b1, command).await;
@@ -781,7 +783,7 @@ async fn a_trapping_room_closes_only_its_own_clients() {
         assert_eq!(recv(&mut b3).await, json!({"echo": "hello again"}));
     }
     let (_, health) = server.get("/health").await;
-    assert_eq!(health["counters"]["roomFailures"], 3);
+    assert_eq!(health["counters"]["roomFailures"], 4);
     // The failure is logged with the project id.
     server
         .wait_stderr("the failure", |log| log.contains(&bad))

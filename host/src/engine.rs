@@ -100,6 +100,8 @@ impl Runtime {
     pub fn new(config: &config::Config) -> anyhow::Result<Runtime> {
         let mut wasm_config = Config::new();
         wasm_config.epoch_interruption(true);
+        // Fiber stacks freed by dropped instances are kept for new ones.
+        wasm_config.with_host_stack(Arc::new(crate::stacks::Stacks::new(crate::stacks::KEEP)));
         // WSROOM_PERFMAP=1: write /tmp/perf-PID.map so `perf report` names
         // the room's own functions instead of "[JIT]".
         if std::env::var_os("WSROOM_PERFMAP").is_some_and(|v| v == "1") {

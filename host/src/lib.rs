@@ -11,6 +11,7 @@
 //! - [`registry`]: projectId → live room.
 //! - [`room`]: the per-project actor, its connection table, the host imports.
 //! - [`engine`]: wasmtime: the compiled component, stores, CPU and memory limits.
+//! - [`stacks`]: the fiber stacks guest calls run on, kept for new instances.
 //! - [`metrics`]: process-wide counters for `/health`.
 
 pub mod auth;
@@ -23,6 +24,7 @@ pub mod outbox;
 pub mod registry;
 pub mod room;
 pub mod server;
+pub mod stacks;
 pub mod tls;
 
 pub use server::{run, shutdown_signal};

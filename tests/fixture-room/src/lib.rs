@@ -47,6 +47,11 @@ impl Guest for Fixture {
         };
         match text.as_str() {
             "panic" => panic!("asked to panic"),
+            "recurse" => {
+                // Until wasmtime's stack limit traps: deep in the fiber's
+                // native stack, which the next instance may be handed.
+                send_to(&sender.id, &deeper(0).to_string());
+            }
             "loop" => {
                 let mut n: u64 = 0;
                 loop {
@@ -177,3 +182,13 @@ fn send_to(to: &str, text: &str) {
 }
 
 export!(Fixture);
+
+/// Recursion that the compiler cannot turn into a loop: each call's result
+/// is needed, rotated, after the next returns.
+#[inline(never)]
+fn deeper(n: u64) -> u64 {
+    if n == u64::MAX {
+        return n;
+    }
+    deeper(n + 1).rotate_left(1) ^ n
+}
