@@ -3,7 +3,7 @@
 //! Implement [`Room`] for a type with a [`Default`], export it with
 //! [`export_room!`], and build the crate as a `cdylib` for `wasm32-wasip2`:
 //!
-//! ```ignore
+//! ```no_run
 //! use wsroom_room_sdk::{Ctx, Incoming, Room, Sender, export_room};
 //!
 //! #[derive(Default)]
