@@ -1147,6 +1147,28 @@ async fn a_looping_room_does_not_stall_other_projects() {
 }
 
 #[tokio::test]
+async fn a_room_that_keeps_getting_messages_does_not_hibernate() {
+    // Messages that readers run in the idle room themselves (not through the
+    // room's task) move the hibernation deadline on just the same.
+    let server = Server::start(&["--component", FIXTURE_ROOM, "--hibernate-after-ms", "600"]);
+    let (mut c, _) = server.connect("runtime", &project()).await;
+    for i in 0..15 {
+        let text = format!("m{i}");
+        send_text(&mut c, &text).await;
+        assert_eq!(recv(&mut c).await, json!({ "echo": text }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["counters"]["hibernations"], 0, "{health}");
+    // Left alone, it does.
+    server
+        .wait_health("the room to hibernate", |h| {
+            h["counters"]["hibernations"] == 1
+        })
+        .await;
+}
+
+#[tokio::test]
 async fn hibernation_is_invisible_to_clients() {
     let server = Server::start(&["--hibernate-after-ms", "200", "--ping-interval-ms", "150"]);
     let p = project();

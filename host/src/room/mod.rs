@@ -265,6 +265,7 @@ pub fn spawn(
         live_version: 0,
         idle: Some(table),
         active: false,
+        handled: false,
         last_event: tokio::time::Instant::now(),
         finished: false,
     };
@@ -299,7 +300,10 @@ struct Actor {
     /// A connect or a message was handled since `/health`'s
     /// `lastActivity` was last set (once per batch: it reads the clock).
     active: bool,
-    /// When the last event was handled (hibernation counts from it).
+    /// An event (or the alarm) was handled since the last flush.
+    handled: bool,
+    /// When the last batch with an event was flushed (hibernation counts
+    /// from it; the clock is read once per batch, not per event).
     last_event: tokio::time::Instant,
     /// Shut down or removed: nothing runs here any more.
     finished: bool,
@@ -361,9 +365,19 @@ impl Actor {
         self.table().flush();
     }
 
-    /// Wakes the writers of what the last events queued, and sets
-    /// `lastActivity` if one was a connect or a message.
+    /// When a live instance is due to hibernate, if it is to.
+    fn hibernate_at(&self) -> Option<tokio::time::Instant> {
+        let after = self.settings.hibernate_after?;
+        self.live.as_ref().map(|_| self.last_event + after)
+    }
+
+    /// Wakes the writers of what the last events queued, moves the
+    /// hibernation deadline on if one was handled, and sets `lastActivity`
+    /// if one was a connect or a message.
     fn flush(&mut self) {
+        if std::mem::take(&mut self.handled) {
+            self.last_event = tokio::time::Instant::now();
+        }
         if std::mem::take(&mut self.active) {
             self.table().touch();
         }
@@ -417,7 +431,7 @@ impl Actor {
     }
 
     async fn handle(&mut self, event: Event) {
-        self.last_event = tokio::time::Instant::now();
+        self.handled = true;
         match event {
             Event::Connect {
                 meta,
@@ -484,7 +498,7 @@ impl Actor {
     /// Calls the alarm handler; if it traps, resets the room like any trap
     /// and schedules a retry with exponential backoff, a few times.
     async fn fire_alarm(&mut self) {
-        self.last_event = tokio::time::Instant::now();
+        self.handled = true;
         let retry = self.table().alarm_retry;
         self.table().alarm_at = None;
         self.table().alarm_retry = 0;
@@ -585,12 +599,7 @@ async fn run(core: Arc<Core>) {
             if actor.finished {
                 return;
             }
-            let hibernate_at = actor
-                .settings
-                .hibernate_after
-                .filter(|_| actor.live.is_some())
-                .map(|after| actor.last_event + after);
-            (actor.table().alarm_at, hibernate_at)
+            (actor.table().alarm_at, actor.hibernate_at())
         };
         let woken = tokio::select! {
             () = core.wake.notified() => Woken::Event,
@@ -606,11 +615,10 @@ async fn run(core: Arc<Core>) {
             Woken::Event => {}
             Woken::Idle => {
                 // Messages run by readers meanwhile move the deadline on.
-                let due = actor
-                    .settings
-                    .hibernate_after
-                    .is_some_and(|after| actor.last_event + after <= tokio::time::Instant::now());
-                if due && actor.live.is_some() {
+                if actor
+                    .hibernate_at()
+                    .is_some_and(|at| at <= tokio::time::Instant::now())
+                {
                     actor.hibernate();
                 }
             }
