@@ -19,6 +19,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::config;
 use crate::room::table::Table;
+use crate::stacks::Stacks;
 
 /// Interval of the epoch ticker: the granularity of CPU budgets.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -86,6 +87,10 @@ struct Inner {
     version: AtomicU64,
     budget_ticks: u64,
     memory_bytes: usize,
+    /// What the engine's fiber stacks come from (shared with it), for tests
+    /// to see what it keeps.
+    #[cfg(test)]
+    stacks: Stacks,
 }
 
 /// The engine and the room components; cheap to clone.
@@ -101,7 +106,8 @@ impl Runtime {
         let mut wasm_config = Config::new();
         wasm_config.epoch_interruption(true);
         // Fiber stacks freed by dropped instances are kept for new ones.
-        wasm_config.with_host_stack(Arc::new(crate::stacks::Stacks::new(crate::stacks::KEEP)));
+        let stacks = Stacks::new(crate::stacks::KEEP);
+        wasm_config.with_host_stack(Arc::new(stacks.clone()));
         // WSROOM_PERFMAP=1: write /tmp/perf-PID.map so `perf report` names
         // the room's own functions instead of "[JIT]".
         if std::env::var_os("WSROOM_PERFMAP").is_some_and(|v| v == "1") {
@@ -146,6 +152,8 @@ impl Runtime {
             version: AtomicU64::new(0),
             budget_ticks: (config.cpu_budget.as_millis() / TICK.as_millis()).max(1) as u64,
             memory_bytes: config.room_memory_bytes,
+            #[cfg(test)]
+            stacks,
         };
         start_ticker(&inner.engine).context("cannot start the epoch ticker thread")?;
         Ok(Runtime {
@@ -301,4 +309,39 @@ fn start_ticker(engine: &Engine) -> std::io::Result<()> {
 pub fn arm(store: &mut Store<RoomState>) {
     store.data_mut().ticks = 0;
     store.set_epoch_deadline(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+    use std::collections::BTreeMap;
+
+    fn table(runtime_config: &config::Config) -> Table {
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        Table::new(
+            "p".into(),
+            Arc::new(BTreeMap::new()),
+            Arc::default(),
+            metrics,
+            runtime_config.room_storage_bytes,
+            runtime_config.room_log_lines_per_sec,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_dropped_instance_leaves_its_fiber_stack_to_the_next() {
+        let config = config::Cli::parse_from(["wsroom", "--no-compile-cache"])
+            .config()
+            .unwrap();
+        let runtime = Runtime::new(&config).unwrap();
+        // Instantiating runs on a fiber, so each store takes a stack.
+        let (first, _, _) = runtime.instantiate(table(&config)).await.ok().unwrap();
+        assert_eq!(runtime.inner.stacks.kept(), 0);
+        drop(first);
+        assert_eq!(runtime.inner.stacks.kept(), 1, "the stack is kept");
+        let (second, _, _) = runtime.instantiate(table(&config)).await.ok().unwrap();
+        assert_eq!(runtime.inner.stacks.kept(), 0, "and handed out again");
+        drop(second);
+    }
 }

@@ -16,6 +16,7 @@
 //! wasmtime asks for zeroed stacks only when `async_stack_zeroing` is set,
 //! and those are always fresh mappings.
 
+use std::mem::ManuallyDrop;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
@@ -27,7 +28,8 @@ use wasmtime::{StackCreator, StackMemory};
 /// its size in address space (wasmtime's `async_stack_size`, 2 MiB).
 pub const KEEP: usize = 128;
 
-/// Hands out fiber stacks, kept ones first.
+/// Hands out fiber stacks, kept ones first. Clones share the kept stacks.
+#[derive(Clone)]
 pub struct Stacks {
     inner: Arc<Inner>,
 }
@@ -92,7 +94,7 @@ impl Stacks {
 
     /// Stacks waiting to be handed out again.
     #[cfg(test)]
-    fn kept(&self) -> usize {
+    pub(crate) fn kept(&self) -> usize {
         self.inner.lock().len()
     }
 }
@@ -129,47 +131,37 @@ unsafe impl StackCreator for Stacks {
             None => Mapping::new(len, page)?,
         };
         Ok(Box::new(Stack {
-            mapping: Some(mapping),
+            mapping: ManuallyDrop::new(mapping),
             inner: self.inner.clone(),
         }))
     }
 }
 
 struct Stack {
-    /// Always `Some` until dropped.
-    mapping: Option<Mapping>,
+    /// Taken out only by `Drop`, to be kept or unmapped.
+    mapping: ManuallyDrop<Mapping>,
     inner: Arc<Inner>,
-}
-
-impl Stack {
-    fn mapping(&self) -> (usize, usize) {
-        self.mapping.as_ref().map_or((0, 0), |m| (m.base, m.len))
-    }
 }
 
 // SAFETY: see `Stacks`; the ranges are those of the mapping this stack owns.
 unsafe impl StackMemory for Stack {
     fn top(&self) -> *mut u8 {
-        let (base, len) = self.mapping();
-        (base + len) as *mut u8
+        (self.mapping.base + self.mapping.len) as *mut u8
     }
 
     fn range(&self) -> Range<usize> {
-        let (base, len) = self.mapping();
-        base + self.inner.page..base + len
+        self.mapping.base + self.inner.page..self.mapping.base + self.mapping.len
     }
 
     fn guard_range(&self) -> Range<*mut u8> {
-        let (base, _) = self.mapping();
-        base as *mut u8..(base + self.inner.page) as *mut u8
+        self.mapping.base as *mut u8..(self.mapping.base + self.inner.page) as *mut u8
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let Some(mapping) = self.mapping.take() else {
-            return;
-        };
+        // SAFETY: `mapping` is not used again after this.
+        let mapping = unsafe { ManuallyDrop::take(&mut self.mapping) };
         let mut free = self.inner.lock();
         if free.len() < self.inner.keep {
             free.push(mapping);
