@@ -207,6 +207,13 @@ struct NewRooms {
 }
 
 impl NewRooms {
+    fn new() -> NewRooms {
+        NewRooms {
+            registry: registry(),
+            made: 0,
+        }
+    }
+
     /// `n` projects' first connections, one after another, on a worker of
     /// `tokio`: each starts a room, creates its instance, runs `on-connect`
     /// and queues the greeting, which is taken; then the room is shut down
@@ -244,10 +251,7 @@ impl NewRooms {
 
 fn new_room(c: &mut Criterion) {
     let tokio = two_workers();
-    let mut rooms = NewRooms {
-        registry: registry(),
-        made: 0,
-    };
+    let mut rooms = NewRooms::new();
     let mut g = c.benchmark_group("new room");
     g.throughput(Throughput::Elements(1));
     g.bench_function("first connection of a project", |b| {
@@ -419,25 +423,19 @@ fn counted(n: u64) {
 
 criterion_group!(benches, per_message, new_room);
 
+/// A count from the environment, if the variable is set.
+fn count_from_env(name: &str) -> Option<u64> {
+    let n = std::env::var_os(name)?;
+    let n = n.to_str().and_then(|n| n.parse().ok());
+    Some(n.unwrap_or_else(|| panic!("{name} must be a whole number")))
+}
+
 fn main() {
-    if let Some(n) = std::env::var_os("ROOM_BENCH_ROOMS") {
-        let n = n
-            .to_str()
-            .and_then(|n| n.parse().ok())
-            .expect("ROOM_BENCH_ROOMS is a number of rooms");
-        let tokio = two_workers();
-        let mut rooms = NewRooms {
-            registry: registry(),
-            made: 0,
-        };
-        rooms.timed(&tokio, n);
+    if let Some(n) = count_from_env("ROOM_BENCH_ROOMS") {
+        NewRooms::new().timed(&two_workers(), n);
         return;
     }
-    if let Some(n) = std::env::var_os("ROOM_BENCH_MESSAGES") {
-        let n = n
-            .to_str()
-            .and_then(|n| n.parse().ok())
-            .expect("ROOM_BENCH_MESSAGES is a number of messages");
+    if let Some(n) = count_from_env("ROOM_BENCH_MESSAGES") {
         counted(n);
         return;
     }
