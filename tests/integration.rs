@@ -1429,6 +1429,48 @@ async fn websockets_past_the_limit_are_refused_with_503() {
 }
 
 #[tokio::test]
+async fn refused_websockets_are_counted_and_their_warnings_throttled() {
+    let server = Server::start(&["--max-connections", "1"]);
+    let p = project();
+    let (_a, _) = server.connect("runtime", &p).await;
+    let query = format!("type=runtime&projectId={p}");
+    const N: u64 = 40;
+    for _ in 0..N {
+        let (status, body) = server.refused(&query).await;
+        assert_eq!(status, 503);
+        assert_eq!(body["error"], "too_many_connections");
+    }
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["counters"]["connectionsRefused"], N, "{health}");
+    // After a pause one more is logged, saying how many were left out:
+    // every refusal is either a line or counted in the next one's `skipped`.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    server.refused(&query).await;
+    let lines = |log: &str| -> Vec<u64> {
+        log.lines()
+            .filter(|l| l.contains("--max-connections reached"))
+            .map(|l| {
+                let (_, rest) = l.split_once("skipped=").expect("a skipped count");
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("a number")
+            })
+            .collect()
+    };
+    let log = server
+        .wait_stderr("every refusal logged or counted", |log| {
+            lines(log).iter().map(|skipped| skipped + 1).sum::<u64>() == N + 1
+        })
+        .await;
+    let lines = lines(&log);
+    // A burst of two, the one after the pause, and one a second for as
+    // long as the refusals took.
+    assert!(lines.len() <= 5, "{} lines: {lines:?}", lines.len());
+    assert!(*lines.last().unwrap() > 0, "{lines:?}");
+}
+
+#[tokio::test]
 async fn rooms_past_the_limit_are_refused_with_503() {
     let server = Server::start(&["--max-rooms", "2", "--cleanup-delay-ms", "0"]);
     let (a, b, c) = (project(), project(), project());

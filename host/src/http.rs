@@ -19,6 +19,7 @@ use crate::conn;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::registry::Registry;
+use crate::room::log_limit::Throttle;
 use crate::room::{ClientMeta, Event, Refusal, now_ms};
 
 /// Longest accepted `projectId`, in bytes.
@@ -35,6 +36,26 @@ pub struct App {
     /// One permit per open WebSocket (`--max-connections`).
     pub websockets: Arc<tokio::sync::Semaphore>,
     pub started: std::time::Instant,
+    /// The warnings each refused connection would otherwise write.
+    pub warnings: RefusalWarnings,
+}
+
+/// One throttle per warning a flood of connections could repeat (see
+/// [`Throttle`]): a server at its limits keeps its log readable.
+pub struct RefusalWarnings {
+    max_connections: Throttle,
+    max_rooms: Throttle,
+    unreachable: Throttle,
+}
+
+impl Default for RefusalWarnings {
+    fn default() -> Self {
+        RefusalWarnings {
+            max_connections: Throttle::new(1),
+            max_rooms: Throttle::new(1),
+            unreachable: Throttle::new(1),
+        }
+    }
 }
 
 pub type Reply = Response<Full<Bytes>>;
@@ -347,7 +368,10 @@ async fn websocket(app: &Arc<App>, mut req: Request<Body>, query: Query) -> Repl
         origin: header(hyper::header::ORIGIN),
     });
     let Ok(permit) = app.websockets.clone().try_acquire_owned() else {
-        warn!(project = %project, "refusing a websocket: --max-connections reached");
+        app.metrics.connection_refused();
+        if let Some(skipped) = app.warnings.max_connections.admit() {
+            warn!(project = %project, skipped, "refusing a websocket: --max-connections reached");
+        }
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_connections",
@@ -368,7 +392,9 @@ async fn websocket(app: &Arc<App>, mut req: Request<Body>, query: Query) -> Repl
     for _ in 0..CONNECT_ATTEMPTS {
         let Some(room) = app.registry.get_or_create(&project) else {
             app.metrics.connection_refused();
-            warn!(project = %project, "refusing a websocket: --max-rooms reached");
+            if let Some(skipped) = app.warnings.max_rooms.admit() {
+                warn!(project = %project, skipped, "refusing a websocket: --max-rooms reached");
+            }
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too_many_rooms",
@@ -425,7 +451,10 @@ async fn websocket(app: &Arc<App>, mut req: Request<Body>, query: Query) -> Repl
             }
         }
     }
-    warn!(project = %project, "could not reach a room after several attempts");
+    app.metrics.connection_refused();
+    if let Some(skipped) = app.warnings.unreachable.admit() {
+        warn!(project = %project, skipped, "refusing a websocket: could not reach its room after several attempts");
+    }
     error(
         StatusCode::SERVICE_UNAVAILABLE,
         "room_unavailable",

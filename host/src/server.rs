@@ -72,6 +72,7 @@ pub async fn run(
         tracker: TaskTracker::new(),
         websockets,
         started: Instant::now(),
+        warnings: Default::default(),
     });
     let addr = listener
         .local_addr()

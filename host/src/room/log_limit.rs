@@ -108,6 +108,32 @@ impl LogBudget {
     }
 }
 
+/// A host warning that clients could make the server repeat without end
+/// (one per refused connection, say): at most `per_sec` lines a second
+/// (bursts of twice that); the next line let through says how many were
+/// left out, so every occurrence is either logged or counted in one.
+pub struct Throttle(Mutex<LogLimit>);
+
+impl Throttle {
+    pub fn new(per_sec: u32) -> Throttle {
+        Throttle(Mutex::new(LogLimit::new(per_sec)))
+    }
+
+    /// `Some(skipped)`: log this one, saying that `skipped` were left out
+    /// since the last line; `None`: leave it out.
+    pub fn admit(&self) -> Option<u64> {
+        let verdict = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(Instant::now());
+        match verdict {
+            Verdict::Log { dropped } => Some(dropped),
+            Verdict::Drop => None,
+        }
+    }
+}
+
 /// `line` cut to [`MAX_LINE`] bytes at a character boundary.
 pub fn cut(line: &str) -> &str {
     let mut end = line.len().min(MAX_LINE);
