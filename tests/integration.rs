@@ -1118,6 +1118,19 @@ async fn the_load_tool_refuses_other_hosts() {
         stderr.contains("--server-pid") && stderr.contains("no such process"),
         "{stderr}"
     );
+    // A run that needs more files than the process may open says so first.
+    let out = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n 200 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_wsroom-load"))
+        .args(["connect", "--connections", "1000"])
+        .output()
+        .expect("run wsroom-load");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("open-files limit is 200") && stderr.contains("ulimit -n 1064"),
+        "{stderr}"
+    );
 }
 
 // -------------------------------------------------- isolation, hibernation
@@ -1468,6 +1481,61 @@ async fn refused_websockets_are_counted_and_their_warnings_throttled() {
     // long as the refusals took.
     assert!(lines.len() <= 5, "{} lines: {lines:?}", lines.len());
     assert!(*lines.last().unwrap() > 0, "{lines:?}");
+}
+
+/// The shell's idea of the open-files limits of a process it starts.
+fn open_files_limits() -> (u64, Option<u64>) {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "ulimit -Sn; ulimit -Hn"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let soft = lines.next().unwrap().trim().parse().unwrap();
+    let hard = lines.next().unwrap().trim().parse().ok(); // "unlimited": None
+    (soft, hard)
+}
+
+#[tokio::test]
+async fn the_connection_limit_follows_the_open_files_limit() {
+    // A hard limit of 200 files: (200 - 64) / 2 WebSockets by default, and
+    // the one past them is refused with 503 instead of waiting unaccepted.
+    let server = Server::start_after("ulimit -n 200", &[]);
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["maxConnections"], 68, "{health}");
+    let p = project();
+    let mut open = Vec::new();
+    for _ in 0..68 {
+        open.push(server.connect("runtime", &p).await.0);
+    }
+    let (status, body) = server.refused(&format!("type=runtime&projectId={p}")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("too_many_connections"))
+    );
+    // Asked for more than the files allow: served, with a warning.
+    let server = Server::start_after("ulimit -n 200", &["--max-connections", "1000"]);
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["maxConnections"], 1000);
+    server
+        .wait_stderr("the warning", |log| {
+            log.contains("--max-connections is more than the open-files limit")
+                && log.contains("2064")
+        })
+        .await;
+    // A soft limit under the hard one is raised to it at start.
+    let (_, hard) = open_files_limits();
+    let server = Server::start_after("ulimit -Sn 100", &[]);
+    let (_, health) = server.get("/health").await;
+    let expected = hard.map_or(50_000, |hard| ((hard - 64) / 2).min(50_000));
+    assert_eq!(health["maxConnections"], expected, "{health}");
+    if hard.is_none_or(|hard| hard > 400) {
+        // 120 WebSockets need more files than the soft limit of 100 gave.
+        let mut open = Vec::new();
+        for _ in 0..120 {
+            open.push(server.connect("runtime", &p).await.0);
+        }
+    }
 }
 
 #[tokio::test]

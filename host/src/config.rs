@@ -122,9 +122,12 @@ pub struct Cli {
     pub room_inbox: usize,
 
     /// Most open WebSockets (more are refused with 503) and most HTTP
-    /// connections being served (more wait to be accepted).
-    #[arg(long, env = "WSROOM_MAX_CONNECTIONS", default_value_t = 50_000)]
-    pub max_connections: usize,
+    /// connections being served (more wait to be accepted). By default
+    /// 50000, or fewer if the process's limit on open files (its hard
+    /// limit: the server raises its soft limit to it) leaves room for fewer:
+    /// each of both kinds takes a file.
+    #[arg(long, env = "WSROOM_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 
     /// Most live rooms (projects with clients or a pending alarm); a
     /// connection to another project is refused with 503. By default as many
@@ -344,10 +347,6 @@ impl Cli {
         );
         anyhow::ensure!(self.room_inbox > 0, "--room-inbox must be positive");
         anyhow::ensure!(
-            self.max_connections > 0,
-            "--max-connections must be positive"
-        );
-        anyhow::ensure!(
             self.ping_interval_ms > 0,
             "--ping-interval-ms must be positive"
         );
@@ -402,7 +401,11 @@ impl Cli {
             max_frame_bytes: self.max_message_bytes.saturating_mul(4),
             outbox_limit_bytes: self.outbox_limit_bytes,
             room_inbox: self.room_inbox,
-            max_connections: self.max_connections,
+            max_connections: match self.max_connections {
+                Some(0) => anyhow::bail!("--max-connections must be positive"),
+                Some(n) => n,
+                None => connections_the_files_allow(open_files_limit().1),
+            },
             max_rooms: match self.max_rooms {
                 Some(0) => anyhow::bail!("--max-rooms must be positive"),
                 Some(n) => n,
@@ -438,6 +441,55 @@ pub fn rooms_the_map_count_allows(max_map_count: usize) -> usize {
     (max_map_count.saturating_sub(MAPS_RESERVED) / MAPS_PER_ROOM).max(1)
 }
 
+/// `--max-connections` when not given.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+/// Files left for everything else in the process (the listener, epoll, the
+/// runtime's own, the compile cache, /proc reads).
+pub const FILES_RESERVED: u64 = 64;
+
+/// The process's limit on open files: `(soft, hard)`; `None` is no limit.
+pub fn open_files_limit() -> (Option<u64>, Option<u64>) {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    (limit.current, limit.maximum)
+}
+
+/// Raises the soft limit on open files to the hard one, as a server that
+/// holds a file per connection needs (many systems start processes with a
+/// soft limit of 1024); returns the limit now in force.
+pub fn raise_open_files_limit() -> std::io::Result<Option<u64>> {
+    let (soft, hard) = open_files_limit();
+    if soft != hard {
+        rustix::process::setrlimit(
+            rustix::process::Resource::Nofile,
+            rustix::process::Rlimit {
+                current: hard,
+                maximum: hard,
+            },
+        )?;
+    }
+    Ok(open_files_limit().0)
+}
+
+/// The default `--max-connections` for a process allowed `files` open
+/// files: as many WebSockets as there may be HTTP connections being served
+/// besides them, each a file, with [`FILES_RESERVED`] kept.
+pub fn connections_the_files_allow(files: Option<u64>) -> usize {
+    let Some(files) = files else {
+        return DEFAULT_MAX_CONNECTIONS;
+    };
+    let allowed = files.saturating_sub(FILES_RESERVED) / 2;
+    usize::try_from(allowed)
+        .unwrap_or(usize::MAX)
+        .clamp(1, DEFAULT_MAX_CONNECTIONS)
+}
+
+/// The open-files limit `--max-connections` needs.
+pub fn files_for_connections(connections: usize) -> u64 {
+    (connections as u64)
+        .saturating_mul(2)
+        .saturating_add(FILES_RESERVED)
+}
+
 /// A `vm.max_map_count` that leaves room for `rooms` (rounded up to a power
 /// of two, as the setting is usually given).
 pub fn map_count_for_rooms(rooms: usize) -> usize {
@@ -450,6 +502,23 @@ pub fn map_count_for_rooms(rooms: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_connection_limit_fits_the_open_files_limit() {
+        assert_eq!(connections_the_files_allow(None), DEFAULT_MAX_CONNECTIONS);
+        // systemd's default hard limit, Docker's: the usual 50000.
+        assert_eq!(connections_the_files_allow(Some(524_288)), 50_000);
+        assert_eq!(connections_the_files_allow(Some(1 << 20)), 50_000);
+        // A hard limit of 4096, as some distributions have.
+        assert_eq!(connections_the_files_allow(Some(4096)), 2016);
+        assert!(files_for_connections(2016) <= 4096);
+        // Absurdly low still allows one.
+        assert_eq!(connections_the_files_allow(Some(10)), 1);
+        for connections in [1, 2016, 50_000] {
+            let files = files_for_connections(connections);
+            assert!(connections_the_files_allow(Some(files)) >= connections);
+        }
+    }
 
     #[test]
     fn the_default_room_limit_leaves_mappings_for_the_rest() {

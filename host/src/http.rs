@@ -281,6 +281,7 @@ fn health(app: &App, req: &Request<Body>, query: &Query) -> Reply {
                 "uptimeMs": app.started.elapsed().as_millis() as u64,
                 "rooms": app.registry.len(),
                 "maxRooms": app.registry.max_rooms(),
+                "maxConnections": app.config.max_connections,
                 "connections": app.metrics.open_connections(),
                 "counters": app.metrics.to_json(),
             }),

@@ -46,6 +46,22 @@ pub async fn run(
             crate::config::map_count_for_rooms(config.max_rooms)
         );
     }
+    match crate::config::raise_open_files_limit() {
+        Ok(Some(files)) if crate::config::files_for_connections(config.max_connections) > files => {
+            warn!(
+                max_connections = config.max_connections,
+                open_files_limit = files,
+                "--max-connections is more than the open-files limit leaves room for (about {} \
+                 connections, each WebSocket and each HTTP connection being served a file): past \
+                 that, new connections wait unaccepted; raise the hard limit (ulimit -Hn, or \
+                 LimitNOFILE= in a systemd unit) to {}",
+                crate::config::connections_the_files_allow(Some(files)),
+                crate::config::files_for_connections(config.max_connections)
+            );
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot raise the open-files limit to its hard limit"),
+    }
     let runtime = Runtime::new(&config)?;
     let metrics = Arc::new(Metrics::default());
     reload_on_sighup(runtime.clone(), metrics.clone());
@@ -89,6 +105,7 @@ pub async fn run(
     }
 
     tokio::pin!(shutdown);
+    let accept_failures = crate::room::log_limit::Throttle::new(1);
     loop {
         let permit = tokio::select! {
             () = &mut shutdown => break,
@@ -103,7 +120,9 @@ pub async fn run(
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: wait, then go on.
-                    warn!(error = %e, "accept failed");
+                    if let Some(skipped) = accept_failures.admit() {
+                        warn!(error = %e, skipped, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

@@ -77,8 +77,24 @@ impl Server {
         Server::spawn(&args)
     }
 
+    /// Starts the server (with the built-in room) after the shell command
+    /// `setup` ran in the process that becomes it: `ulimit -n 200`, say.
+    pub fn start_after(setup: &str, args: &[&str]) -> Server {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("{setup} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_wsroom"));
+        Server::spawn_with(command, &args)
+    }
+
     fn spawn(args: &[String]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsroom"))
+        Server::spawn_with(Command::new(env!("CARGO_BIN_EXE_wsroom")), args)
+    }
+
+    fn spawn_with(mut command: Command, args: &[String]) -> Server {
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")

@@ -1123,6 +1123,23 @@ fn main() -> anyhow::Result<()> {
     if !ip.is_loopback() {
         bail!("wsroom-load only drives servers on loopback addresses; {ip} is not one");
     }
+    // As the server does: many systems start processes with a soft limit of
+    // 1024 open files, fewer than a run's connections.
+    let files = wsroom::config::raise_open_files_limit()
+        .context("cannot raise the open-files limit to its hard limit")?;
+    let connections = match cli.scenario {
+        Scenario::Fanout(a) => a.projects.saturating_mul(a.receivers.saturating_add(1)),
+        Scenario::Rpc(a) => a.pairs.saturating_mul(2),
+        Scenario::Connect(a) => a.connections,
+        Scenario::ReferenceServer => 0,
+    };
+    let needed = (connections as u64).saturating_add(wsroom::config::FILES_RESERVED);
+    if let Some(files) = files.filter(|&files| files < needed) {
+        bail!(
+            "this run opens {connections} connections, a file each, and the open-files limit is \
+             {files}: raise it to at least {needed} (ulimit -n {needed})"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
