@@ -1097,6 +1097,14 @@ async fn the_load_tool_reports_what_was_not_delivered() {
     assert!(!ok, "{r}");
     assert_eq!(r["ok"], false);
     assert_eq!(r["checks"]["lost"], 20, "{r}");
+    // Errors are counted, and the report says what the first one was.
+    let server = Server::start(&["--max-connections", "3"]);
+    let args = ["connect", "--connections", "5", "--projects", "1"];
+    let (ok, r) = load_any(&server, &args);
+    assert!(!ok, "{r}");
+    assert_eq!(r["checks"]["errors"], 2, "{r}");
+    let first = r["checks"]["firstError"].as_str().unwrap_or_default();
+    assert!(first.contains("connect") && first.contains("503"), "{r}");
 }
 
 #[tokio::test]
@@ -1498,14 +1506,15 @@ fn open_files_limits() -> (u64, Option<u64>) {
 
 #[tokio::test]
 async fn the_connection_limit_follows_the_open_files_limit() {
-    // A hard limit of 200 files: (200 - 64) / 2 WebSockets by default, and
-    // the one past them is refused with 503 instead of waiting unaccepted.
+    // A hard limit of 200 files: (200 - 64) / 8 * 7 WebSockets by default,
+    // and the one past them is refused with 503 instead of waiting
+    // unaccepted.
     let server = Server::start_after("ulimit -n 200", &[]);
     let (_, health) = server.get("/health").await;
-    assert_eq!(health["maxConnections"], 68, "{health}");
+    assert_eq!(health["maxConnections"], 119, "{health}");
     let p = project();
     let mut open = Vec::new();
-    for _ in 0..68 {
+    for _ in 0..119 {
         open.push(server.connect("runtime", &p).await.0);
     }
     let (status, body) = server.refused(&format!("type=runtime&projectId={p}")).await;
@@ -1520,14 +1529,14 @@ async fn the_connection_limit_follows_the_open_files_limit() {
     server
         .wait_stderr("the warning", |log| {
             log.contains("--max-connections is more than the open-files limit")
-                && log.contains("2064")
+                && log.contains("1208")
         })
         .await;
     // A soft limit under the hard one is raised to it at start.
     let (_, hard) = open_files_limits();
     let server = Server::start_after("ulimit -Sn 100", &[]);
     let (_, health) = server.get("/health").await;
-    let expected = hard.map_or(50_000, |hard| ((hard - 64) / 2).min(50_000));
+    let expected = hard.map_or(50_000, |hard| ((hard - 64) / 8 * 7).min(50_000));
     assert_eq!(health["maxConnections"], expected, "{health}");
     if hard.is_none_or(|hard| hard > 400) {
         // 120 WebSockets need more files than the soft limit of 100 gave.

@@ -125,7 +125,8 @@ pub struct Cli {
     /// connections being served (more wait to be accepted). By default
     /// 50000, or fewer if the process's limit on open files (its hard
     /// limit: the server raises its soft limit to it) leaves room for fewer:
-    /// each of both kinds takes a file.
+    /// each of both kinds takes a file, and an eighth of the files is left
+    /// for HTTP connections beside the WebSockets.
     #[arg(long, env = "WSROOM_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
@@ -471,22 +472,25 @@ pub fn raise_open_files_limit() -> std::io::Result<Option<u64>> {
 }
 
 /// The default `--max-connections` for a process allowed `files` open
-/// files: as many WebSockets as there may be HTTP connections being served
-/// besides them, each a file, with [`FILES_RESERVED`] kept.
+/// files: after [`FILES_RESERVED`], an eighth of them is left for HTTP
+/// connections being served beside the open WebSockets (upgrade requests
+/// and `/health` polls, short-lived), the rest for WebSockets, a file each.
 pub fn connections_the_files_allow(files: Option<u64>) -> usize {
     let Some(files) = files else {
         return DEFAULT_MAX_CONNECTIONS;
     };
-    let allowed = files.saturating_sub(FILES_RESERVED) / 2;
+    let allowed = files.saturating_sub(FILES_RESERVED) / 8 * 7;
     usize::try_from(allowed)
         .unwrap_or(usize::MAX)
         .clamp(1, DEFAULT_MAX_CONNECTIONS)
 }
 
-/// The open-files limit `--max-connections` needs.
+/// The open-files limit `--max-connections` needs (the inverse of
+/// [`connections_the_files_allow`]).
 pub fn files_for_connections(connections: usize) -> u64 {
     (connections as u64)
-        .saturating_mul(2)
+        .div_ceil(7)
+        .saturating_mul(8)
         .saturating_add(FILES_RESERVED)
 }
 
@@ -510,11 +514,11 @@ mod tests {
         assert_eq!(connections_the_files_allow(Some(524_288)), 50_000);
         assert_eq!(connections_the_files_allow(Some(1 << 20)), 50_000);
         // A hard limit of 4096, as some distributions have.
-        assert_eq!(connections_the_files_allow(Some(4096)), 2016);
-        assert!(files_for_connections(2016) <= 4096);
+        assert_eq!(connections_the_files_allow(Some(4096)), 3528);
+        assert_eq!(files_for_connections(3528), 4096);
         // Absurdly low still allows one.
         assert_eq!(connections_the_files_allow(Some(10)), 1);
-        for connections in [1, 2016, 50_000] {
+        for connections in [1, 1000, 3528, 50_000] {
             let files = files_for_connections(connections);
             assert!(connections_the_files_allow(Some(files)) >= connections);
         }

@@ -52,9 +52,10 @@ pub async fn run(
                 max_connections = config.max_connections,
                 open_files_limit = files,
                 "--max-connections is more than the open-files limit leaves room for (about {} \
-                 connections, each WebSocket and each HTTP connection being served a file): past \
-                 that, new connections wait unaccepted; raise the hard limit (ulimit -Hn, or \
-                 LimitNOFILE= in a systemd unit) to {}",
+                 connections, each WebSocket and each HTTP connection being served a file, an \
+                 eighth of the files kept for the latter): past that, new connections may wait \
+                 unaccepted; raise the hard limit (ulimit -Hn, or LimitNOFILE= in a systemd \
+                 unit) to {}",
                 crate::config::connections_the_files_allow(Some(files)),
                 crate::config::files_for_connections(config.max_connections)
             );

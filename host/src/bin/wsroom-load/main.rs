@@ -232,6 +232,8 @@ struct Checks {
     duplicated_or_reordered: AtomicU64,
     bad_from: AtomicU64,
     errors: AtomicU64,
+    /// What the first error was, for the report.
+    first_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Checks {
@@ -241,12 +243,21 @@ impl Checks {
             && self.bad_from.load(Relaxed) == 0
             && self.errors.load(Relaxed) == 0
     }
+    /// Counts an error; the first one's description goes in the report.
+    fn error(&self, what: impl FnOnce() -> String) {
+        if self.errors.fetch_add(1, Relaxed) == 0 {
+            let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
+            first.get_or_insert_with(what);
+        }
+    }
     fn json(&self) -> serde_json::Value {
+        let first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
         json!({
             "lost": self.lost.load(Relaxed),
             "duplicatedOrReordered": self.duplicated_or_reordered.load(Relaxed),
             "badFrom": self.bad_from.load(Relaxed),
             "errors": self.errors.load(Relaxed),
+            "firstError": *first,
         })
     }
 }
@@ -465,8 +476,8 @@ async fn fanout(
                     while seq * fan >= progress.delivered.load(Relaxed) + window * fan
                         && !stop.load(Relaxed)
                     {
-                        if ws.flush().await.is_err() {
-                            checks.errors.fetch_add(1, Relaxed);
+                        if let Err(e) = ws.flush().await {
+                            checks.error(|| format!("sender: write failed: {e}"));
                             stop.store(true, Relaxed);
                         }
                         progress.wake.notified().await;
@@ -496,13 +507,13 @@ async fn fanout(
                 } else {
                     Ok(())
                 };
-                if flushed.is_err() {
-                    checks.errors.fetch_add(1, Relaxed);
+                if let Err(e) = flushed {
+                    checks.error(|| format!("sender: write failed: {e}"));
                     break;
                 }
             }
-            if ws.flush().await.is_err() {
-                checks.errors.fetch_add(1, Relaxed);
+            if let Err(e) = ws.flush().await {
+                checks.error(|| format!("sender: write failed: {e}"));
             }
             // Keep the sender connected until the receivers are done.
             ws
@@ -625,13 +636,17 @@ async fn receive(mut ws: Ws, expect: Expect, tally: Tally) {
             read.as_mut().poll(cx).map(|frame| (frame, waited))
         })
         .await;
-        let Ok(frame) = frame else {
-            checks.errors.fetch_add(1, Relaxed);
-            break;
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                checks.error(|| format!("receiver: read failed: {e}"));
+                break;
+            }
         };
         if frame.opcode != OpCode::Text {
             if frame.opcode == OpCode::Close {
-                checks.errors.fetch_add(1, Relaxed);
+                let payload = String::from_utf8_lossy(frame.payload).into_owned();
+                checks.error(|| format!("receiver: closed by the server: {payload:?}"));
                 break;
             }
             continue;
@@ -648,7 +663,8 @@ async fn receive(mut ws: Ws, expect: Expect, tally: Tally) {
         // server). Every 64th delivery is also parsed in full and compared.
         let Some((seq, t)) = seq_and_time(text, &keys) else {
             if !is_system(text) {
-                checks.errors.fetch_add(1, Relaxed);
+                let text = String::from_utf8_lossy(text).into_owned();
+                checks.error(|| format!("receiver: unexpected message {text}"));
             }
             continue;
         };
@@ -669,7 +685,10 @@ async fn receive(mut ws: Ws, expect: Expect, tally: Tally) {
                     }
                 }
                 _ => {
-                    checks.errors.fetch_add(1, Relaxed);
+                    let text = String::from_utf8_lossy(text).into_owned();
+                    checks.error(|| {
+                        format!("receiver: delivery does not match what was sent: {text}")
+                    });
                 }
             }
         }
@@ -764,8 +783,8 @@ async fn rpc(
                     r#"{{"payload":{{"seq":{seq},"t":{t},"pad":"{pad}"}},"type":"bench","id":"{seq}","to":{{"id":"{agent_id}"}}}}"#
                 );
                 let sent = Instant::now();
-                if send_text(&mut client, &buf).await.is_err() {
-                    checks.errors.fetch_add(1, Relaxed);
+                if let Err(e) = send_text(&mut client, &buf).await {
+                    checks.error(|| format!("rpc: request not sent: {e:#}"));
                     break;
                 }
                 let remaining = deadline.saturating_duration_since(Instant::now());
@@ -799,7 +818,7 @@ async fn rpc(
                         checks.bad_from.fetch_add(1, Relaxed);
                     }
                     None => {
-                        checks.errors.fetch_add(1, Relaxed);
+                        checks.error(|| "rpc: a reply that is not one".into());
                     }
                 }
             }
@@ -948,8 +967,12 @@ async fn connect_many(
                     .await
                 {
                     Ok(Ok((ws, _))) => Some(ws),
-                    _ => {
-                        checks.errors.fetch_add(1, Relaxed);
+                    Ok(Err(e)) => {
+                        checks.error(|| format!("connect: {e:#}"));
+                        None
+                    }
+                    Err(_) => {
+                        checks.error(|| "connect: not connected before --timeout-secs".into());
                         None
                     }
                 };
@@ -1114,7 +1137,15 @@ fn print_report(r: &serde_json::Value) {
             f(&c["microsPerUnit"])
         );
     }
-    out!("checks: {}", r["checks"]);
+    let mut checks = r["checks"].clone();
+    let first_error = checks
+        .as_object_mut()
+        .and_then(|c| c.remove("firstError"))
+        .filter(|e| !e.is_null());
+    out!("checks: {checks}");
+    if let Some(e) = first_error {
+        out!("first error: {}", e.as_str().unwrap_or_default());
+    }
 }
 
 fn main() -> anyhow::Result<()> {
