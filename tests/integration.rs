@@ -30,6 +30,64 @@ async fn host_health_reports_version_and_counts() {
 }
 
 #[tokio::test]
+async fn metrics_are_served_for_prometheus() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(&[]);
+    let p = project();
+    let (mut ws, _) = server.connect("runtime", &p).await;
+    send(&mut ws, &json!({"type": "hello", "payload": {}})).await;
+    server
+        .wait_health("the message counted", |h| h["counters"]["messagesIn"] == 1)
+        .await;
+    let response = within(async {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        text
+    })
+    .await;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let value = |name: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("wsroom_connections_total"), 1);
+    assert_eq!(value("wsroom_connections_open"), 1);
+    assert_eq!(value("wsroom_messages_in_total"), 1);
+    assert_eq!(value("wsroom_rooms_live"), 1);
+    let (_, health) = server.get("/health").await;
+    assert_eq!(
+        value("wsroom_max_rooms"),
+        health["maxRooms"].as_u64().unwrap()
+    );
+    // Every sample has its HELP and TYPE, and every /health counter is there.
+    let samples: Vec<&str> = body.lines().filter(|l| !l.starts_with('#')).collect();
+    let counters = health["counters"].as_object().unwrap().len();
+    assert_eq!(samples.len(), counters + 3, "{body}");
+    for sample in samples {
+        let name = sample.split(' ').next().unwrap();
+        assert!(body.contains(&format!("# HELP {name} ")), "{name}");
+        assert!(
+            body.contains(&format!("# TYPE {name} counter\n"))
+                || body.contains(&format!("# TYPE {name} gauge\n")),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn status_and_health_never_create_a_room() {
     let server = Server::start(&[]);
     let p = project();

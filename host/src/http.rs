@@ -185,7 +185,7 @@ fn check_project_id(id: Option<&str>) -> Result<&str, BadParam> {
 
 pub async fn route(app: Arc<App>, req: Request<Body>) -> Result<Reply, std::convert::Infallible> {
     let path = req.uri().path();
-    let known = matches!(path, "/websocket" | "/status" | "/health");
+    let known = matches!(path, "/websocket" | "/status" | "/health" | "/metrics");
     if !known {
         return Ok(error(
             StatusCode::NOT_FOUND,
@@ -217,6 +217,7 @@ pub async fn route(app: Arc<App>, req: Request<Body>) -> Result<Reply, std::conv
             resp
         }
         "/status" => status(&app, &req, &query),
+        "/metrics" => metrics(&app),
         _ => health(&app, &req, &query),
     })
 }
@@ -257,6 +258,49 @@ fn status(app: &App, req: &Request<Body>, query: &Query) -> Reply {
             "clients": clients,
         }),
     )
+}
+
+/// `/health`'s counters and limits in Prometheus' text format, for a
+/// scraper. Like `/health` without a project, it needs no token.
+fn metrics(app: &App) -> Reply {
+    use crate::metrics::{Entry, Kind::Gauge, write_prometheus};
+    let mut out = String::with_capacity(4096);
+    for entry in app.metrics.entries() {
+        write_prometheus(&mut out, &entry);
+    }
+    let limits = [
+        (
+            "wsroom_max_rooms",
+            "--max-rooms: most live rooms",
+            app.registry.max_rooms() as u64,
+        ),
+        (
+            "wsroom_max_connections",
+            "--max-connections: most open WebSockets",
+            app.config.max_connections as u64,
+        ),
+        (
+            "wsroom_uptime_seconds",
+            "seconds since the server started",
+            app.started.elapsed().as_secs(),
+        ),
+    ];
+    for (prometheus, help, value) in limits {
+        let entry = Entry {
+            json: "",
+            prometheus,
+            kind: Gauge,
+            help,
+            value,
+        };
+        write_prometheus(&mut out, &entry);
+    }
+    let mut resp = Response::new(Full::new(Bytes::from(out)));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
 }
 
 fn last_activity(shared: &crate::room::RoomShared) -> Option<u64> {

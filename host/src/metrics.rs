@@ -1,4 +1,4 @@
-//! Process-wide counters, shown by `GET /health`.
+//! Process-wide counters, shown by `GET /health` and `GET /metrics`.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -87,25 +87,177 @@ impl Metrics {
         self.connections_open.load(Relaxed)
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "connectionsTotal": self.connections_total.load(Relaxed),
-            "connectionsOpen": self.connections_open.load(Relaxed),
-            "connectionsRefused": self.connections_refused.load(Relaxed),
-            "messagesIn": self.messages_in.load(Relaxed),
-            "framesOut": self.frames_out.load(Relaxed),
-            "outboxOverflows": self.outbox_overflows.load(Relaxed),
-            "roomsCreated": self.rooms_created.load(Relaxed),
-            "roomsLive": self.rooms_live.load(Relaxed),
-            "roomFailures": self.room_failures.load(Relaxed),
-            "instancesLive": self.instances_live.load(Relaxed),
-            "hibernations": self.hibernations.load(Relaxed),
-            "alarmsGivenUp": self.alarms_given_up.load(Relaxed),
-            "authRefused": self.auth_refused.load(Relaxed),
-            "reloads": self.reloads.load(Relaxed),
-            "reloadFailures": self.reload_failures.load(Relaxed),
-            "roomsUpgraded": self.rooms_upgraded.load(Relaxed),
-            "logLinesDropped": self.log_lines_dropped.load(Relaxed),
-        })
+    /// Every counter and gauge with its value: what `/health` shows in
+    /// `counters` and `/metrics` for Prometheus, from this one list.
+    pub fn entries(&self) -> [Entry; 17] {
+        use Kind::{Counter, Gauge};
+        let e = |json, prometheus, kind, help, value: &AtomicU64| Entry {
+            json,
+            prometheus,
+            kind,
+            help,
+            value: value.load(Relaxed),
+        };
+        [
+            e(
+                "connectionsTotal",
+                "wsroom_connections_total",
+                Counter,
+                "WebSockets admitted",
+                &self.connections_total,
+            ),
+            e(
+                "connectionsOpen",
+                "wsroom_connections_open",
+                Gauge,
+                "WebSockets open now",
+                &self.connections_open,
+            ),
+            e(
+                "connectionsRefused",
+                "wsroom_connections_refused_total",
+                Counter,
+                "WebSocket upgrades refused: a limit reached, the room said no or failed (bad requests and failed auth are not counted here)",
+                &self.connections_refused,
+            ),
+            e(
+                "messagesIn",
+                "wsroom_messages_in_total",
+                Counter,
+                "messages received from clients",
+                &self.messages_in,
+            ),
+            e(
+                "framesOut",
+                "wsroom_frames_out_total",
+                Counter,
+                "frames written to clients",
+                &self.frames_out,
+            ),
+            e(
+                "outboxOverflows",
+                "wsroom_outbox_overflows_total",
+                Counter,
+                "clients closed with 1013 because their outgoing queue was full",
+                &self.outbox_overflows,
+            ),
+            e(
+                "roomsCreated",
+                "wsroom_rooms_created_total",
+                Counter,
+                "rooms started (a project's first connection, or its first after the room was removed)",
+                &self.rooms_created,
+            ),
+            e(
+                "roomsLive",
+                "wsroom_rooms_live",
+                Gauge,
+                "rooms live now, with or without an instance",
+                &self.rooms_live,
+            ),
+            e(
+                "roomFailures",
+                "wsroom_room_failures_total",
+                Counter,
+                "room instances that trapped (panic, CPU budget, memory cap) or failed to start",
+                &self.room_failures,
+            ),
+            e(
+                "instancesLive",
+                "wsroom_instances_live",
+                Gauge,
+                "room instances (wasm stores) live now",
+                &self.instances_live,
+            ),
+            e(
+                "hibernations",
+                "wsroom_hibernations_total",
+                Counter,
+                "instances dropped by idle rooms",
+                &self.hibernations,
+            ),
+            e(
+                "alarmsGivenUp",
+                "wsroom_alarms_given_up_total",
+                Counter,
+                "alarms whose handler kept trapping through every retry",
+                &self.alarms_given_up,
+            ),
+            e(
+                "authRefused",
+                "wsroom_auth_refused_total",
+                Counter,
+                "requests refused for a missing, bad or insufficient token",
+                &self.auth_refused,
+            ),
+            e(
+                "reloads",
+                "wsroom_reloads_total",
+                Counter,
+                "successful reloads of the room components (SIGHUP)",
+                &self.reloads,
+            ),
+            e(
+                "reloadFailures",
+                "wsroom_reload_failures_total",
+                Counter,
+                "failed reloads (the running components stayed)",
+                &self.reload_failures,
+            ),
+            e(
+                "roomsUpgraded",
+                "wsroom_rooms_upgraded_total",
+                Counter,
+                "live rooms switched to reloaded code",
+                &self.rooms_upgraded,
+            ),
+            e(
+                "logLinesDropped",
+                "wsroom_log_lines_dropped_total",
+                Counter,
+                "room log lines over --room-log-lines-per-sec, dropped",
+                &self.log_lines_dropped,
+            ),
+        ]
     }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        self.entries()
+            .into_iter()
+            .map(|e| (e.json.to_owned(), e.value.into()))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
+
+/// A Prometheus metric's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One counter or gauge and its value.
+pub struct Entry {
+    /// Its name in `/health`'s `counters`.
+    pub json: &'static str,
+    /// Its name in `/metrics`.
+    pub prometheus: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    pub value: u64,
+}
+
+/// Appends `entry` in Prometheus' text format (version 0.0.4).
+pub fn write_prometheus(out: &mut String, entry: &Entry) {
+    use std::fmt::Write as _;
+    let kind = match entry.kind {
+        Kind::Counter => "counter",
+        Kind::Gauge => "gauge",
+    };
+    let (name, help, value) = (entry.prometheus, entry.help, entry.value);
+    let _ = write!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+    );
 }
