@@ -88,6 +88,37 @@ async fn metrics_are_served_for_prometheus() {
 }
 
 #[tokio::test]
+async fn logs_can_be_json_lines() {
+    let server = Server::start(&["--log-format", "json"]);
+    let p = project();
+    let (_ws, _) = server.connect("runtime", &p).await;
+    let log = server
+        .wait_stderr("the room's creation", |log| log.contains("room created"))
+        .await;
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let created = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "room created")
+        .unwrap();
+    assert_eq!(created["level"], "INFO");
+    assert_eq!(created["fields"]["project"], p.as_str());
+    // Not a format the server knows: refused at start, saying which exist.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
+        .args(["--log-format", "xml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("text") && stderr.contains("json"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn status_and_health_never_create_a_room() {
     let server = Server::start(&[]);
     let p = project();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::{self, Auth};
 
@@ -22,6 +22,11 @@ pub struct Cli {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "WSROOM_LISTEN", default_value = "127.0.0.1:8787")]
     pub listen: SocketAddr,
+
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object a line, with its fields) for a log pipeline.
+    #[arg(long, env = "WSROOM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// PEM certificate chain for TLS: with --tls-key, the server speaks
     /// https and wss only.
@@ -166,6 +171,13 @@ pub struct Cli {
 }
 
 /// Commands other than serving.
+/// See [`Cli::log_format`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Print a signed access token for a project and client types.
