@@ -1611,6 +1611,9 @@ async fn the_connection_limit_follows_the_open_files_limit() {
         (status, body["error"].as_str()),
         (503, Some("too_many_connections"))
     );
+    // This process's files are shared by every test running at once.
+    drop(open);
+    drop(server);
     // Asked for more than the files allow: served, with a warning.
     let server = Server::start_after("ulimit -n 200", &["--max-connections", "1000"]);
     let (_, health) = server.get("/health").await;
