@@ -1595,15 +1595,15 @@ fn open_files_limits() -> (u64, Option<u64>) {
 
 #[tokio::test]
 async fn the_connection_limit_follows_the_open_files_limit() {
-    // A hard limit of 200 files: (200 - 64) / 8 * 7 WebSockets by default,
-    // and the one past them is refused with 503 instead of waiting
-    // unaccepted.
+    // A hard limit of 200 files: 64 kept, 64 for HTTP connections being
+    // served, 72 WebSockets by default; the one past them is refused with
+    // 503 instead of waiting unaccepted.
     let server = Server::start_after("ulimit -n 200", &[]);
     let (_, health) = server.get("/health").await;
-    assert_eq!(health["maxConnections"], 119, "{health}");
+    assert_eq!(health["maxConnections"], 72, "{health}");
     let p = project();
     let mut open = Vec::new();
-    for _ in 0..119 {
+    for _ in 0..72 {
         open.push(server.connect("runtime", &p).await.0);
     }
     let (status, body) = server.refused(&format!("type=runtime&projectId={p}")).await;
@@ -1621,14 +1621,14 @@ async fn the_connection_limit_follows_the_open_files_limit() {
     server
         .wait_stderr("the warning", |log| {
             log.contains("--max-connections is more than the open-files limit")
-                && log.contains("1208")
+                && log.contains("1207")
         })
         .await;
     // A soft limit under the hard one is raised to it at start.
     let (_, hard) = open_files_limits();
     let server = Server::start_after("ulimit -Sn 100", &[]);
     let (_, health) = server.get("/health").await;
-    let expected = hard.map_or(50_000, |hard| ((hard - 64) / 8 * 7).min(50_000));
+    let expected = wsroom::config::connections_the_files_allow(hard);
     assert_eq!(health["maxConnections"], expected, "{health}");
     if hard.is_none_or(|hard| hard > 400) {
         // 120 WebSockets need more files than the soft limit of 100 gave.

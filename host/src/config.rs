@@ -126,12 +126,13 @@ pub struct Cli {
     #[arg(long, env = "WSROOM_ROOM_INBOX", default_value_t = 1024)]
     pub room_inbox: usize,
 
-    /// Most open WebSockets (more are refused with 503) and most HTTP
-    /// connections being served (more wait to be accepted). By default
+    /// Most open WebSockets (more are refused with 503); a seventh as many
+    /// HTTP connections (at least 64) are served at once beside them (more
+    /// wait to be accepted). By default
     /// 50000, or fewer if the process's limit on open files (its hard
     /// limit: the server raises its soft limit to it) leaves room for fewer:
-    /// each of both kinds takes a file, and an eighth of the files is left
-    /// for HTTP connections beside the WebSockets.
+    /// each of both kinds takes a file (HTTP connections being served: a
+    /// seventh as many as --max-connections, at least 64).
     #[arg(long, env = "WSROOM_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
@@ -483,27 +484,39 @@ pub fn raise_open_files_limit() -> std::io::Result<Option<u64>> {
     Ok(open_files_limit().0)
 }
 
+/// HTTP connections served at once beside `connections` open WebSockets
+/// (upgrade requests, `/health` polls: short-lived; more wait to be
+/// accepted): a seventh as many, and at least 64.
+pub fn http_connections(connections: usize) -> usize {
+    connections.div_ceil(7).max(64)
+}
+
+/// The open-files limit `--max-connections` needs: a file for each
+/// WebSocket and each HTTP connection being served, and
+/// [`FILES_RESERVED`].
+pub fn files_for_connections(connections: usize) -> u64 {
+    (connections as u64)
+        .saturating_add(http_connections(connections) as u64)
+        .saturating_add(FILES_RESERVED)
+}
+
 /// The default `--max-connections` for a process allowed `files` open
-/// files: after [`FILES_RESERVED`], an eighth of them is left for HTTP
-/// connections being served beside the open WebSockets (upgrade requests
-/// and `/health` polls, short-lived), the rest for WebSockets, a file each.
+/// files: the most that [`files_for_connections`] fits in them (7/8 of
+/// what [`FILES_RESERVED`] leaves), at most 50000, at least 1.
 pub fn connections_the_files_allow(files: Option<u64>) -> usize {
     let Some(files) = files else {
         return DEFAULT_MAX_CONNECTIONS;
     };
-    let allowed = files.saturating_sub(FILES_RESERVED) / 8 * 7;
-    usize::try_from(allowed)
+    let usable = files.saturating_sub(FILES_RESERVED);
+    let mut connections = usize::try_from(usable.saturating_mul(7) / 8)
         .unwrap_or(usize::MAX)
-        .clamp(1, DEFAULT_MAX_CONNECTIONS)
-}
-
-/// The open-files limit `--max-connections` needs (the inverse of
-/// [`connections_the_files_allow`]).
-pub fn files_for_connections(connections: usize) -> u64 {
-    (connections as u64)
-        .div_ceil(7)
-        .saturating_mul(8)
-        .saturating_add(FILES_RESERVED)
+        .min(usize::try_from(usable.saturating_sub(64)).unwrap_or(usize::MAX))
+        .clamp(1, DEFAULT_MAX_CONNECTIONS);
+    // The rounding of a seventh can leave one too many.
+    while connections > 1 && files_for_connections(connections) > files {
+        connections -= 1;
+    }
+    connections
 }
 
 /// A `vm.max_map_count` that leaves room for `rooms` (rounded up to a power
@@ -525,14 +538,23 @@ mod tests {
         // systemd's default hard limit, Docker's: the usual 50000.
         assert_eq!(connections_the_files_allow(Some(524_288)), 50_000);
         assert_eq!(connections_the_files_allow(Some(1 << 20)), 50_000);
-        // A hard limit of 4096, as some distributions have.
+        // A hard limit of 4096, as some distributions have: 3528 WebSockets
+        // and 504 HTTP connections, 64 files kept.
         assert_eq!(connections_the_files_allow(Some(4096)), 3528);
+        assert_eq!(http_connections(3528), 504);
         assert_eq!(files_for_connections(3528), 4096);
+        // A low one: at least 64 HTTP connections.
+        assert_eq!(connections_the_files_allow(Some(200)), 72);
+        assert_eq!(files_for_connections(72), 200);
         // Absurdly low still allows one.
         assert_eq!(connections_the_files_allow(Some(10)), 1);
-        for connections in [1, 1000, 3528, 50_000] {
-            let files = files_for_connections(connections);
-            assert!(connections_the_files_allow(Some(files)) >= connections);
+        // The default is the most that fits, for every limit.
+        for files in (129..5000).chain([65_536, 524_288]) {
+            let c = connections_the_files_allow(Some(files));
+            assert!(files_for_connections(c) <= files, "{files}");
+            if c < DEFAULT_MAX_CONNECTIONS {
+                assert!(files_for_connections(c + 1) > files, "{files}");
+            }
         }
     }
 

@@ -51,11 +51,10 @@ pub async fn run(
             warn!(
                 max_connections = config.max_connections,
                 open_files_limit = files,
-                "--max-connections is more than the open-files limit leaves room for (about {} \
-                 connections, each WebSocket and each HTTP connection being served a file, an \
-                 eighth of the files kept for the latter): past that, new connections may wait \
-                 unaccepted; raise the hard limit (ulimit -Hn, or LimitNOFILE= in a systemd \
-                 unit) to {}",
+                "--max-connections is more than the open-files limit leaves room for ({} \
+                 connections, each WebSocket and each HTTP connection being served a file): past \
+                 that, new connections wait unaccepted instead of being refused; raise the hard \
+                 limit (ulimit -Hn, or LimitNOFILE= in a systemd unit) to {}",
                 crate::config::connections_the_files_allow(Some(files)),
                 crate::config::files_for_connections(config.max_connections)
             );
@@ -80,7 +79,9 @@ pub async fn run(
         metrics.clone(),
         config.max_rooms,
     );
-    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let limit = Arc::new(Semaphore::new(crate::config::http_connections(
+        config.max_connections,
+    )));
     let websockets = Arc::new(Semaphore::new(config.max_connections));
     let app = Arc::new(App {
         registry: registry.clone(),
