@@ -263,10 +263,10 @@ fn status(app: &App, req: &Request<Body>, query: &Query) -> Reply {
 /// `/health`'s counters and limits in Prometheus' text format, for a
 /// scraper. Like `/health` without a project, it needs no token.
 fn metrics(app: &App) -> Reply {
-    use crate::metrics::{Entry, Kind::Gauge, write_prometheus};
+    use crate::metrics::{Kind::Gauge, write_prometheus};
     let mut out = String::with_capacity(4096);
-    for entry in app.metrics.entries() {
-        write_prometheus(&mut out, &entry);
+    for e in app.metrics.entries() {
+        write_prometheus(&mut out, e.prometheus, e.kind, e.help, e.value);
     }
     let limits = [
         (
@@ -285,15 +285,8 @@ fn metrics(app: &App) -> Reply {
             app.started.elapsed().as_secs(),
         ),
     ];
-    for (prometheus, help, value) in limits {
-        let entry = Entry {
-            json: "",
-            prometheus,
-            kind: Gauge,
-            help,
-            value,
-        };
-        write_prometheus(&mut out, &entry);
+    for (name, help, value) in limits {
+        write_prometheus(&mut out, name, Gauge, help, value);
     }
     let mut resp = Response::new(Full::new(Bytes::from(out)));
     resp.headers_mut().insert(

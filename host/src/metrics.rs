@@ -248,14 +248,14 @@ pub struct Entry {
     pub value: u64,
 }
 
-/// Appends `entry` in Prometheus' text format (version 0.0.4).
-pub fn write_prometheus(out: &mut String, entry: &Entry) {
+/// Appends one sample, with its HELP and TYPE, in Prometheus' text format
+/// (version 0.0.4).
+pub fn write_prometheus(out: &mut String, name: &str, kind: Kind, help: &str, value: u64) {
     use std::fmt::Write as _;
-    let kind = match entry.kind {
+    let kind = match kind {
         Kind::Counter => "counter",
         Kind::Gauge => "gauge",
     };
-    let (name, help, value) = (entry.prometheus, entry.help, entry.value);
     let _ = write!(
         out,
         "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
