@@ -72,10 +72,14 @@ async fn metrics_are_served_for_prometheus() {
         value("wsroom_max_rooms"),
         health["maxRooms"].as_u64().unwrap()
     );
+    assert_eq!(
+        value("wsroom_max_instances"),
+        health["maxInstances"].as_u64().unwrap()
+    );
     // Every sample has its HELP and TYPE, and every /health counter is there.
     let samples: Vec<&str> = body.lines().filter(|l| !l.starts_with('#')).collect();
     let counters = health["counters"].as_object().unwrap().len();
-    assert_eq!(samples.len(), counters + 3, "{body}");
+    assert_eq!(samples.len(), counters + 4, "{body}");
     for sample in samples {
         let name = sample.split(' ').next().unwrap();
         assert!(body.contains(&format!("# HELP {name} ")), "{name}");
@@ -1677,16 +1681,81 @@ async fn rooms_past_the_limit_are_refused_with_503() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--max-rooms must be positive"), "{stderr}");
-    // More than the kernel's mapping limit leaves room for is warned about
-    // at start, with the setting to raise.
-    let many = Server::start(&["--max-rooms", "100000000"]);
+}
+
+#[tokio::test]
+async fn past_the_instance_limit_the_least_recently_used_room_hibernates_early() {
+    // Two instances for three projects; no hibernation by time, so only the
+    // limit drops instances.
+    let server = Server::start(&["--max-instances", "2", "--hibernate-after-ms", "0"]);
+    let (a, b, c) = (project(), project(), project());
+    let mut clients = Vec::new();
+    for p in [&a, &b, &c] {
+        let (r, r_id) = server.connect("runtime", p).await;
+        let (d, _) = server.connect("data-agent", p).await;
+        clients.push((r, r_id, d));
+    }
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["rooms"], 3, "{health}");
+    assert_eq!(health["maxInstances"], 2, "{health}");
+    assert_eq!(health["counters"]["instancesLive"], 2, "{health}");
+    // c's first connection made a, the least recently used, make way.
+    assert_eq!(health["counters"]["instancesEvicted"], 1, "{health}");
+    assert_eq!(health["counters"]["hibernations"], 0, "{health}");
+    // Every project still routes, waking its room (and evicting another).
+    for (i, (r, r_id, d)) in clients.iter_mut().enumerate() {
+        send(
+            r,
+            &json!({"id": format!("m{i}"), "to": {"type": "data-agent"}}),
+        )
+        .await;
+        let got = recv(d).await;
+        assert_eq!(got["id"], format!("m{i}"));
+        assert_eq!(got["from"]["id"], r_id.as_str());
+    }
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["counters"]["instancesLive"], 2, "{health}");
+    // Each woke and the least recently used made way: a woke (b made way),
+    // b woke (c, not a, which had just been used), c woke (a).
+    assert_eq!(health["counters"]["instancesEvicted"], 4, "{health}");
+    assert_eq!(health["counters"]["roomsCreated"], 3, "{health}");
+    // An evicted room keeps its clients: leaving is announced as before (b,
+    // live again, without evicting anyone).
+    let (r, _, d) = &mut clients[1];
+    within(d.close(None)).await.unwrap();
+    let left = recv(r).await;
+    assert_eq!(left["type"], "client_left");
+    assert_eq!(left["payload"]["clientCount"], 1);
+    let (_, metrics) = server
+        .request_text("GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(metrics.contains("\nwsroom_max_instances 2\n"), "{metrics}");
+    assert!(
+        metrics.contains("\nwsroom_instances_evicted_total 4\n"),
+        "{metrics}"
+    );
+    // No instance at all is refused at start, with the flag named; more
+    // than the kernel's mapping limit leaves room for is warned about, with
+    // the setting to raise.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
+        .args(["--listen", "127.0.0.1:0", "--max-instances", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--max-instances must be positive"),
+        "{stderr}"
+    );
+    let many = Server::start(&["--max-instances", "100000000"]);
     many.wait_stderr("the warning about vm.max_map_count", |log| {
-        log.contains("--max-rooms is more than vm.max_map_count")
+        log.contains("--max-instances is more than vm.max_map_count")
             && log.contains("sysctl -w vm.max_map_count=")
     })
     .await;
     let (_, health) = many.get("/health").await;
-    assert_eq!(health["maxRooms"], 100_000_000);
+    assert_eq!(health["maxInstances"], 100_000_000);
+    assert_eq!(health["maxRooms"], health["maxConnections"], "{health}");
 }
 
 #[tokio::test]

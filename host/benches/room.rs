@@ -99,6 +99,7 @@ fn registry() -> Arc<Registry> {
         },
         Arc::new(Metrics::default()),
         config.max_rooms,
+        config.max_instances,
     )
 }
 

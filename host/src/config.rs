@@ -136,13 +136,20 @@ pub struct Cli {
     #[arg(long, env = "WSROOM_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
-    /// Most live rooms (projects with clients or a pending alarm); a
-    /// connection to another project is refused with 503. By default as many
-    /// as the kernel's `vm.max_map_count` leaves room for: each live room
-    /// instance takes about eight memory mappings, and a process past that
-    /// limit cannot map memory at all.
+    /// Most live rooms (projects with clients or a pending alarm, with or
+    /// without an instance); a connection to another project is refused
+    /// with 503. By default as many as --max-connections: a room without
+    /// clients lives on only until its alarm.
     #[arg(long, env = "WSROOM_MAX_ROOMS")]
     pub max_rooms: Option<usize>,
+
+    /// Most room instances (wasm stores) live at once. A room that needs an
+    /// instance past it makes the least recently used idle one hibernate
+    /// early. By default as many as the kernel's `vm.max_map_count` leaves
+    /// room for: each instance takes about eight memory mappings, and a
+    /// process past that limit cannot map memory at all.
+    #[arg(long, env = "WSROOM_MAX_INSTANCES")]
+    pub max_instances: Option<usize>,
 
     /// A room with no events for this long drops its wasm instance but keeps
     /// its clients (hibernation); the next event creates a fresh instance.
@@ -337,6 +344,7 @@ pub struct Config {
     pub room_inbox: usize,
     pub max_connections: usize,
     pub max_rooms: usize,
+    pub max_instances: usize,
     pub ping_interval: Duration,
     pub handshake_timeout: Duration,
     pub hibernate_after: Option<Duration>,
@@ -346,6 +354,11 @@ pub struct Config {
 
 impl Cli {
     pub fn config(&self) -> anyhow::Result<Config> {
+        let max_connections = match self.max_connections {
+            Some(0) => anyhow::bail!("--max-connections must be positive"),
+            Some(n) => n,
+            None => connections_the_files_allow(open_files_limit().1),
+        };
         anyhow::ensure!(self.cpu_budget_ms > 0, "--cpu-budget-ms must be positive");
         anyhow::ensure!(
             self.room_memory_mib > 0,
@@ -415,15 +428,16 @@ impl Cli {
             max_frame_bytes: self.max_message_bytes.saturating_mul(4),
             outbox_limit_bytes: self.outbox_limit_bytes,
             room_inbox: self.room_inbox,
-            max_connections: match self.max_connections {
-                Some(0) => anyhow::bail!("--max-connections must be positive"),
-                Some(n) => n,
-                None => connections_the_files_allow(open_files_limit().1),
-            },
+            max_connections,
             max_rooms: match self.max_rooms {
                 Some(0) => anyhow::bail!("--max-rooms must be positive"),
                 Some(n) => n,
-                None => rooms_the_map_count_allows(max_map_count()),
+                None => max_connections,
+            },
+            max_instances: match self.max_instances {
+                Some(0) => anyhow::bail!("--max-instances must be positive"),
+                Some(n) => n,
+                None => instances_the_map_count_allows(max_map_count()),
             },
             ping_interval: Duration::from_millis(self.ping_interval_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
@@ -435,10 +449,10 @@ impl Cli {
     }
 }
 
-/// Memory mappings one live room instance takes, with some margin (measured
+/// Memory mappings one room instance takes, with some margin (measured
 /// with the default room: 6.9, its linear memory's reservation and
 /// copy-on-write image, and its fiber stack with a guard page).
-pub const MAPS_PER_ROOM: usize = 8;
+pub const MAPS_PER_INSTANCE: usize = 8;
 /// Mappings left for everything else in the process (code, heap, threads).
 const MAPS_RESERVED: usize = 4096;
 
@@ -450,9 +464,10 @@ pub fn max_map_count() -> usize {
         .unwrap_or(65530)
 }
 
-/// The default `--max-rooms` for a process allowed `max_map_count` mappings.
-pub fn rooms_the_map_count_allows(max_map_count: usize) -> usize {
-    (max_map_count.saturating_sub(MAPS_RESERVED) / MAPS_PER_ROOM).max(1)
+/// The default `--max-instances` for a process allowed `max_map_count`
+/// mappings.
+pub fn instances_the_map_count_allows(max_map_count: usize) -> usize {
+    (max_map_count.saturating_sub(MAPS_RESERVED) / MAPS_PER_INSTANCE).max(1)
 }
 
 /// `--max-connections` when not given.
@@ -519,11 +534,11 @@ pub fn connections_the_files_allow(files: Option<u64>) -> usize {
     connections
 }
 
-/// A `vm.max_map_count` that leaves room for `rooms` (rounded up to a power
-/// of two, as the setting is usually given).
-pub fn map_count_for_rooms(rooms: usize) -> usize {
-    rooms
-        .saturating_mul(MAPS_PER_ROOM)
+/// A `vm.max_map_count` that leaves room for `instances` (rounded up to a
+/// power of two, as the setting is usually given).
+pub fn map_count_for_instances(instances: usize) -> usize {
+    instances
+        .saturating_mul(MAPS_PER_INSTANCE)
         .saturating_add(MAPS_RESERVED)
         .next_power_of_two()
 }
@@ -559,17 +574,19 @@ mod tests {
     }
 
     #[test]
-    fn the_default_room_limit_leaves_mappings_for_the_rest() {
+    fn the_default_instance_limit_leaves_mappings_for_the_rest() {
         // Linux's default vm.max_map_count.
-        assert_eq!(rooms_the_map_count_allows(65530), 7679);
-        assert!(rooms_the_map_count_allows(65530) * MAPS_PER_ROOM + MAPS_RESERVED <= 65530);
+        assert_eq!(instances_the_map_count_allows(65530), 7679);
+        assert!(instances_the_map_count_allows(65530) * MAPS_PER_INSTANCE + MAPS_RESERVED <= 65530);
         // Raised, as for Elasticsearch.
-        assert_eq!(rooms_the_map_count_allows(262144), 32256);
-        // Absurdly low still allows one room.
-        assert_eq!(rooms_the_map_count_allows(100), 1);
+        assert_eq!(instances_the_map_count_allows(262144), 32256);
+        // Absurdly low still allows one instance.
+        assert_eq!(instances_the_map_count_allows(100), 1);
         // The setting suggested for a limit allows at least that many.
-        for rooms in [1, 7679, 7680, 100_000] {
-            assert!(rooms_the_map_count_allows(map_count_for_rooms(rooms)) >= rooms);
+        for instances in [1, 7679, 7680, 100_000] {
+            assert!(
+                instances_the_map_count_allows(map_count_for_instances(instances)) >= instances
+            );
         }
     }
 }

@@ -275,6 +275,11 @@ fn metrics(app: &App) -> Reply {
             app.registry.max_rooms() as u64,
         ),
         (
+            "wsroom_max_instances",
+            "--max-instances: most room instances live at once",
+            app.registry.instances().max() as u64,
+        ),
+        (
             "wsroom_max_connections",
             "--max-connections: most open WebSockets",
             app.config.max_connections as u64,
@@ -318,6 +323,7 @@ fn health(app: &App, req: &Request<Body>, query: &Query) -> Reply {
                 "uptimeMs": app.started.elapsed().as_millis() as u64,
                 "rooms": app.registry.len(),
                 "maxRooms": app.registry.max_rooms(),
+                "maxInstances": app.registry.instances().max(),
                 "maxConnections": app.config.max_connections,
                 "connections": app.metrics.open_connections(),
                 "counters": app.metrics.to_json(),

@@ -15,6 +15,7 @@ pub struct Metrics {
     room_failures: AtomicU64,
     instances_live: AtomicU64,
     hibernations: AtomicU64,
+    instances_evicted: AtomicU64,
     alarms_given_up: AtomicU64,
     auth_refused: AtomicU64,
     reloads: AtomicU64,
@@ -64,6 +65,9 @@ impl Metrics {
     pub fn hibernated(&self) {
         self.hibernations.fetch_add(1, Relaxed);
     }
+    pub fn instance_evicted(&self) {
+        self.instances_evicted.fetch_add(1, Relaxed);
+    }
     pub fn alarm_given_up(&self) {
         self.alarms_given_up.fetch_add(1, Relaxed);
     }
@@ -89,7 +93,7 @@ impl Metrics {
 
     /// Every counter and gauge with its value: what `/health` shows in
     /// `counters` and `/metrics` for Prometheus, from this one list.
-    pub fn entries(&self) -> [Entry; 17] {
+    pub fn entries(&self) -> [Entry; 18] {
         use Kind::{Counter, Gauge};
         let e = |json, prometheus, kind, help, value: &AtomicU64| Entry {
             json,
@@ -175,6 +179,13 @@ impl Metrics {
                 Counter,
                 "instances dropped by idle rooms",
                 &self.hibernations,
+            ),
+            e(
+                "instancesEvicted",
+                "wsroom_instances_evicted_total",
+                Counter,
+                "idle instances dropped early to make way for another room's, --max-instances being live",
+                &self.instances_evicted,
             ),
             e(
                 "alarmsGivenUp",

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::engine::Runtime;
 use crate::metrics::Metrics;
+use crate::room::instances::Instances;
 use crate::room::{self, RoomHandle, Settings};
 
 pub struct Registry {
@@ -18,6 +19,8 @@ pub struct Registry {
     generations: AtomicU64,
     /// Most live rooms (`--max-rooms`).
     max_rooms: usize,
+    /// Live instances, at most `--max-instances`.
+    instances: Instances,
 }
 
 impl Registry {
@@ -27,6 +30,7 @@ impl Registry {
         settings: Settings,
         metrics: Arc<Metrics>,
         max_rooms: usize,
+        max_instances: usize,
     ) -> Arc<Registry> {
         Arc::new(Registry {
             rooms: Mutex::new(HashMap::new()),
@@ -36,6 +40,7 @@ impl Registry {
             metrics,
             generations: AtomicU64::new(0),
             max_rooms,
+            instances: Instances::new(max_instances),
         })
     }
 
@@ -74,6 +79,11 @@ impl Registry {
     /// Most live rooms (`--max-rooms`).
     pub fn max_rooms(&self) -> usize {
         self.max_rooms
+    }
+
+    /// The pool of instances (`--max-instances`).
+    pub fn instances(&self) -> &Instances {
+        &self.instances
     }
 
     /// The project's live room, if it has one.

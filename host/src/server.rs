@@ -35,15 +35,15 @@ pub async fn run(
         None => None,
     };
     let map_count = crate::config::max_map_count();
-    let allowed = crate::config::rooms_the_map_count_allows(map_count);
-    if config.max_rooms > allowed {
+    let allowed = crate::config::instances_the_map_count_allows(map_count);
+    if config.max_instances > allowed {
         warn!(
-            max_rooms = config.max_rooms,
+            max_instances = config.max_instances,
             max_map_count = map_count,
-            "--max-rooms is more than vm.max_map_count leaves room for (about {allowed} rooms): \
-             past that, rooms fail to start and the process cannot map memory; raise it with \
-             sysctl -w vm.max_map_count={}",
-            crate::config::map_count_for_rooms(config.max_rooms)
+            "--max-instances is more than vm.max_map_count leaves room for (about {allowed} \
+             instances): past that, rooms fail to start and the process cannot map memory; raise \
+             it with sysctl -w vm.max_map_count={}",
+            crate::config::map_count_for_instances(config.max_instances)
         );
     }
     match crate::config::raise_open_files_limit() {
@@ -78,6 +78,7 @@ pub async fn run(
         },
         metrics.clone(),
         config.max_rooms,
+        config.max_instances,
     );
     let limit = Arc::new(Semaphore::new(crate::config::http_connections(
         config.max_connections,

@@ -9,6 +9,7 @@
 //! order the events arrived.
 
 pub(crate) mod imports;
+pub mod instances;
 pub mod log_limit;
 pub mod output;
 pub mod storage;
@@ -16,7 +17,7 @@ pub mod table;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -253,7 +254,8 @@ pub fn spawn(
         settings.storage_bytes,
         settings.log_lines_per_sec,
     );
-    let actor = Actor {
+    let actor = |me: &Weak<Core>| Actor {
+        me: me.clone(),
         project,
         generation,
         registry,
@@ -262,6 +264,8 @@ pub fn spawn(
         metrics,
         rx,
         live: None,
+        permit: None,
+        used: false,
         live_version: 0,
         idle: Some(table),
         active: false,
@@ -269,8 +273,8 @@ pub fn spawn(
         last_event: tokio::time::Instant::now(),
         finished: false,
     };
-    let core = Arc::new(Core {
-        actor: tokio::sync::Mutex::new(actor),
+    let core = Arc::new_cyclic(|me| Core {
+        actor: tokio::sync::Mutex::new(actor(me)),
         wake: Notify::new(),
     });
     tokio::spawn(run(core.clone()));
@@ -283,6 +287,8 @@ pub fn spawn(
 }
 
 struct Actor {
+    /// The room's own core, for the instance pool's clock.
+    me: Weak<Core>,
     project: Arc<str>,
     generation: u64,
     registry: Arc<Registry>,
@@ -293,6 +299,10 @@ struct Actor {
     rx: mpsc::Receiver<Event>,
     /// The instance, with the table inside its store.
     live: Option<(Store<RoomState>, Room)>,
+    /// The live instance's place in `--max-instances`.
+    permit: Option<instances::Permit>,
+    /// An event was handled since the instance pool's clock last passed.
+    used: bool,
     /// The component version the live instance was made from.
     live_version: u64,
     /// The table while no instance is live.
@@ -397,6 +407,7 @@ impl Actor {
 
     /// Drops the instance (if any), keeping the table.
     fn drop_instance(&mut self) {
+        self.permit = None;
         if let Some((store, _)) = self.live.take() {
             self.idle = Some(store.into_data().table);
             self.metrics.instance_dropped();
@@ -410,6 +421,28 @@ impl Actor {
         self.metrics.hibernated();
         let clients = self.table().len();
         debug!(project = %self.project, clients, "room hibernated");
+    }
+
+    /// Whether the room still holds the instance its permit `serial` was
+    /// given for.
+    fn holds(&self, serial: u64) -> bool {
+        !self.finished
+            && self.live.is_some()
+            && self.permit.as_ref().is_some_and(|p| p.serial == serial)
+    }
+
+    /// Whether the room was used since the last call (events waiting in its
+    /// inbox count), clearing the mark.
+    fn take_used(&mut self) -> bool {
+        std::mem::take(&mut self.used) || !self.rx.is_empty()
+    }
+
+    /// Another room needs an instance and `--max-instances` are live: this
+    /// idle one hibernates early.
+    fn evict(&mut self) {
+        self.drop_instance();
+        self.metrics.instance_evicted();
+        debug!(project = %self.project, "room hibernated early: --max-instances reached");
     }
 
     /// Server shutdown: every client gets 1001 after what is queued for it.
@@ -432,6 +465,7 @@ impl Actor {
 
     async fn handle(&mut self, event: Event) {
         self.handled = true;
+        self.used = true;
         match event {
             Event::Connect {
                 meta,
@@ -499,6 +533,7 @@ impl Actor {
     /// and schedules a retry with exponential backoff, a few times.
     async fn fire_alarm(&mut self) {
         self.handled = true;
+        self.used = true;
         let retry = self.table().alarm_retry;
         self.table().alarm_at = None;
         self.table().alarm_retry = 0;
@@ -548,6 +583,7 @@ impl Actor {
             info!(project = %self.project, "room switched to the reloaded component");
         }
         if self.live.is_none() {
+            let permit = self.registry.instances().acquire(&self.me).await;
             let table = self
                 .idle
                 .take()
@@ -555,6 +591,7 @@ impl Actor {
             match self.runtime.instantiate(table).await {
                 Ok((store, room, version)) => {
                     self.live = Some((store, room));
+                    self.permit = Some(permit);
                     self.live_version = version;
                     self.metrics.instance_created();
                 }
@@ -665,6 +702,10 @@ mod tests {
     use clap::Parser as _;
 
     fn registry() -> Arc<Registry> {
+        registry_with_instances(10)
+    }
+
+    fn registry_with_instances(max_instances: usize) -> Arc<Registry> {
         let config = crate::config::Cli::parse_from(["wsroom", "--no-compile-cache"])
             .config()
             .unwrap();
@@ -678,7 +719,14 @@ mod tests {
         };
         let runtime = Runtime::new(&config).unwrap();
         let metrics = Arc::new(Metrics::default());
-        Registry::new(runtime, BTreeMap::new(), settings, metrics, 10)
+        Registry::new(
+            runtime,
+            BTreeMap::new(),
+            settings,
+            metrics,
+            10,
+            max_instances,
+        )
     }
 
     fn joining() -> (Event, oneshot::Receiver<Result<ConnRef, Refusal>>) {
@@ -718,5 +766,28 @@ mod tests {
         assert!(matches!(admitted, Ok(Ok(Ok(_)))));
         // ...and the room is free to run in a reader again.
         assert!(room.try_run().is_some());
+    }
+
+    #[tokio::test]
+    async fn an_instance_in_the_middle_of_an_event_is_not_evicted() {
+        let registry = registry_with_instances(1);
+        let p = registry.get_or_create("p").unwrap();
+        let (event, answer) = joining();
+        assert!(p.send(event).await.is_ok());
+        let admitted = tokio::time::timeout(Duration::from_secs(10), answer).await;
+        assert!(matches!(admitted, Ok(Ok(Ok(_)))));
+        // p's one instance is busy (a reader runs it): q must wait for it.
+        let running = p.try_run().expect("p idle");
+        let q = registry.get_or_create("q").unwrap();
+        let (event, mut answer) = joining();
+        assert!(q.send(event).await.is_ok());
+        let waited = tokio::time::timeout(Duration::from_millis(100), &mut answer).await;
+        assert!(waited.is_err(), "q took the instance of a busy room");
+        // Free, p's instance makes way for q's.
+        drop(running);
+        let admitted = tokio::time::timeout(Duration::from_secs(10), answer).await;
+        assert!(matches!(admitted, Ok(Ok(Ok(_)))));
+        assert!(p.core.actor.lock().await.live.is_none(), "p hibernated");
+        assert!(q.core.actor.lock().await.live.is_some());
     }
 }
