@@ -153,7 +153,8 @@ pub struct Cli {
 
     /// A room with no events for this long drops its wasm instance but keeps
     /// its clients (hibernation); the next event creates a fresh instance.
-    /// In milliseconds; 0 never hibernates.
+    /// In milliseconds; 0 never for idleness alone (--max-instances can
+    /// still make an idle room hibernate).
     #[arg(long, env = "WSROOM_HIBERNATE_AFTER_MS", default_value_t = 10_000)]
     pub hibernate_after_ms: u64,
 
