@@ -16,7 +16,7 @@
 //! message path pays nothing for the bookkeeping.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -24,24 +24,36 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Core;
 
-/// What a live instance holds: returned to the pool when it is dropped.
+/// What a live instance holds: returned to the pool when it is dropped
+/// (with the instance, under the room's lock).
 pub struct Permit {
     _permit: OwnedSemaphorePermit,
-    /// Tells this instance's entry in the clock from stale ones.
-    pub serial: u64,
+    /// Shared with the instance's entry in the clock: false once dropped.
+    held: Arc<AtomicBool>,
 }
 
-/// A room that held an instance when it was queued.
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.held.store(false, Relaxed);
+    }
+}
+
+/// A room and whether it still holds the instance it was queued for.
 struct Entry {
     core: Weak<Core>,
-    serial: u64,
+    held: Arc<AtomicBool>,
+}
+
+impl Entry {
+    fn stale(&self) -> bool {
+        !self.held.load(Relaxed)
+    }
 }
 
 pub struct Instances {
     permits: Arc<Semaphore>,
     max: usize,
     clock: Mutex<VecDeque<Entry>>,
-    serials: AtomicU64,
 }
 
 impl Instances {
@@ -51,12 +63,17 @@ impl Instances {
             permits: Arc::new(Semaphore::new(max)),
             max,
             clock: Mutex::new(VecDeque::new()),
-            serials: AtomicU64::new(1),
         }
     }
 
     pub fn max(&self) -> usize {
         self.max
+    }
+
+    /// Entries in the clock, stale ones included.
+    #[cfg(test)]
+    pub fn queued(&self) -> usize {
+        self.clock().len()
     }
 
     fn clock(&self) -> std::sync::MutexGuard<'_, VecDeque<Entry>> {
@@ -84,26 +101,21 @@ impl Instances {
                 () = tokio::time::sleep(Duration::from_millis(1)) => {}
             }
         };
-        let serial = self.serials.fetch_add(1, Relaxed);
+        let held = Arc::new(AtomicBool::new(true));
         let mut clock = self.clock();
         if clock.len() >= 2 * self.max + 64 {
             // Drop the entries of instances gone by themselves (hibernated,
             // failed, removed): the clock only meets them when it evicts.
-            clock.retain(|e| match e.core.upgrade() {
-                None => false,
-                Some(core) => core
-                    .actor
-                    .try_lock()
-                    .map_or(true, |actor| actor.holds(e.serial)),
-            });
+            // At most `max` entries are not stale.
+            clock.retain(|e| !e.stale());
         }
         clock.push_back(Entry {
             core: me.clone(),
-            serial,
+            held: held.clone(),
         });
         Permit {
             _permit: permit,
-            serial,
+            held,
         }
     }
 
@@ -116,6 +128,9 @@ impl Instances {
             let Some(entry) = self.clock().pop_front() else {
                 return false;
             };
+            if entry.stale() {
+                continue;
+            }
             let Some(core) = entry.core.upgrade() else {
                 continue;
             };
@@ -124,7 +139,8 @@ impl Instances {
                 self.clock().push_back(entry);
                 continue;
             };
-            if !actor.holds(entry.serial) {
+            // Under the room's lock: its permit, hence the flag, cannot go.
+            if entry.stale() {
                 continue;
             }
             if actor.take_used() {

@@ -423,14 +423,6 @@ impl Actor {
         debug!(project = %self.project, clients, "room hibernated");
     }
 
-    /// Whether the room still holds the instance its permit `serial` was
-    /// given for.
-    fn holds(&self, serial: u64) -> bool {
-        !self.finished
-            && self.live.is_some()
-            && self.permit.as_ref().is_some_and(|p| p.serial == serial)
-    }
-
     /// Whether the room was used since the last call (events waiting in its
     /// inbox count), clearing the mark.
     fn take_used(&mut self) -> bool {
@@ -789,5 +781,25 @@ mod tests {
         assert!(matches!(admitted, Ok(Ok(Ok(_)))));
         assert!(p.core.actor.lock().await.live.is_none(), "p hibernated");
         assert!(q.core.actor.lock().await.live.is_some());
+    }
+
+    #[tokio::test]
+    async fn the_instance_clock_stays_bounded_however_often_a_room_wakes() {
+        let registry = registry_with_instances(2);
+        let p = registry.get_or_create("p").unwrap();
+        let (event, answer) = joining();
+        assert!(p.send(event).await.is_ok());
+        let admitted = tokio::time::timeout(Duration::from_secs(10), answer).await;
+        assert!(matches!(admitted, Ok(Ok(Ok(_)))));
+        // Each wake queues the new instance; the entries of dropped ones go
+        // when the clock passes 2 x 2 + 64.
+        for _ in 0..300 {
+            let mut actor = p.core.actor.lock().await;
+            actor.hibernate();
+            assert!(actor.ensure_live().await.is_ok());
+        }
+        let queued = registry.instances().queued();
+        assert!(queued <= 2 * 2 + 64 + 1, "{queued} entries");
+        assert_eq!(registry.instances().max(), 2);
     }
 }
