@@ -739,6 +739,14 @@ mod tests {
         (event, answer)
     }
 
+    /// Joins a client to the room and waits until it is admitted.
+    async fn admit(room: &RoomHandle) {
+        let (event, answer) = joining();
+        assert!(room.send(event).await.is_ok());
+        let admitted = tokio::time::timeout(Duration::from_secs(10), answer).await;
+        assert!(matches!(admitted, Ok(Ok(Ok(_)))));
+    }
+
     // On this single-threaded runtime the room's task runs only when the
     // test awaits something that waits.
     #[tokio::test]
@@ -764,10 +772,7 @@ mod tests {
     async fn an_instance_in_the_middle_of_an_event_is_not_evicted() {
         let registry = registry_with_instances(1);
         let p = registry.get_or_create("p").unwrap();
-        let (event, answer) = joining();
-        assert!(p.send(event).await.is_ok());
-        let admitted = tokio::time::timeout(Duration::from_secs(10), answer).await;
-        assert!(matches!(admitted, Ok(Ok(Ok(_)))));
+        admit(&p).await;
         // p's one instance is busy (a reader runs it): q must wait for it.
         let running = p.try_run().expect("p idle");
         let q = registry.get_or_create("q").unwrap();
@@ -787,10 +792,7 @@ mod tests {
     async fn the_instance_clock_stays_bounded_however_often_a_room_wakes() {
         let registry = registry_with_instances(2);
         let p = registry.get_or_create("p").unwrap();
-        let (event, answer) = joining();
-        assert!(p.send(event).await.is_ok());
-        let admitted = tokio::time::timeout(Duration::from_secs(10), answer).await;
-        assert!(matches!(admitted, Ok(Ok(Ok(_)))));
+        admit(&p).await;
         // Each wake queues the new instance; the entries of dropped ones go
         // when the clock passes 2 x 2 + 64.
         for _ in 0..300 {
