@@ -264,7 +264,6 @@ pub fn spawn(
         metrics,
         rx,
         live: None,
-        permit: None,
         used: false,
         live_version: 0,
         idle: Some(table),
@@ -297,10 +296,9 @@ struct Actor {
     metrics: Arc<Metrics>,
     /// The inbox; only the lock's holder takes events from it.
     rx: mpsc::Receiver<Event>,
-    /// The instance, with the table inside its store.
-    live: Option<(Store<RoomState>, Room)>,
-    /// The live instance's place in `--max-instances`.
-    permit: Option<instances::Permit>,
+    /// The instance, with the table inside its store, and its place in
+    /// `--max-instances` (given back when the instance is dropped).
+    live: Option<(Store<RoomState>, Room, instances::Permit)>,
     /// An event was handled since the instance pool's clock last passed.
     used: bool,
     /// The component version the live instance was made from.
@@ -336,7 +334,7 @@ macro_rules! call {
 impl Actor {
     fn table(&mut self) -> &mut Table {
         match (&mut self.live, &mut self.idle) {
-            (Some((store, _)), _) => &mut store.data_mut().table,
+            (Some((store, _, _)), _) => &mut store.data_mut().table,
             (None, Some(table)) => table,
             // One of the two always holds the table; see `take_table`.
             (None, None) => unreachable!("room table is always present"),
@@ -407,8 +405,7 @@ impl Actor {
 
     /// Drops the instance (if any), keeping the table.
     fn drop_instance(&mut self) {
-        self.permit = None;
-        if let Some((store, _)) = self.live.take() {
+        if let Some((store, _, _)) = self.live.take() {
             self.idle = Some(store.into_data().table);
             self.metrics.instance_dropped();
         }
@@ -582,8 +579,7 @@ impl Actor {
                 .expect("idle table present when no instance");
             match self.runtime.instantiate(table).await {
                 Ok((store, room, version)) => {
-                    self.live = Some((store, room));
-                    self.permit = Some(permit);
+                    self.live = Some((store, room, permit));
                     self.live_version = version;
                     self.metrics.instance_created();
                 }
@@ -593,7 +589,7 @@ impl Actor {
                 }
             }
         }
-        let (store, room) = self.live.as_mut().expect("instance just ensured");
+        let (store, room, _) = self.live.as_mut().expect("instance just ensured");
         engine::arm(store);
         Ok((store, room))
     }
