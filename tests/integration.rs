@@ -1543,6 +1543,112 @@ async fn websockets_past_the_limit_are_refused_with_503() {
 }
 
 #[tokio::test]
+async fn a_project_at_its_connection_limit_refuses_more_and_others_go_on() {
+    let server = Server::start(&["--max-project-connections", "2"]);
+    let (p, q) = (project(), project());
+    let (_a, _) = server.connect("runtime", &p).await;
+    let (mut b, _) = server.connect("admin", &p).await;
+    let (status, body) = server.refused(&format!("type=runtime&projectId={p}")).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"], "too_many_project_connections", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("limit of 2"),
+        "{body}"
+    );
+    let (_, status) = server.get(&format!("/status?projectId={p}")).await;
+    assert_eq!(status["clientCount"], 2, "{status}");
+    // The limit is per project: another one admits its own two.
+    let (_q1, _) = server.connect("runtime", &q).await;
+    let (_q2, _) = server.connect("data-agent", &q).await;
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["counters"]["connectionsRefused"], 1, "{health}");
+    server
+        .wait_stderr("the refusal logged", |log| {
+            log.contains("--max-project-connections reached")
+        })
+        .await;
+    // A client that leaves makes room.
+    within(b.close(None)).await.unwrap();
+    server
+        .wait_health("the client to be gone", |h| h["connections"] == 3)
+        .await;
+    let (_c, _) = server.connect("data-agent", &p).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
+        .args(["--listen", "127.0.0.1:0", "--max-project-connections", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--max-project-connections must be positive"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn messages_past_the_rate_limit_are_not_routed_and_their_sender_is_told() {
+    // One message a second, bursts of two.
+    let server = Server::start(&["--max-messages-per-sec", "1"]);
+    let p = project();
+    let (mut r, r_id) = server.connect("runtime", &p).await;
+    let (mut d, _) = server.connect("data-agent", &p).await;
+    const N: usize = 10;
+    for i in 0..N - 1 {
+        send(
+            &mut r,
+            &json!({"id": format!("m{i}"), "type": "t", "to": {"type": "data-agent"}}),
+        )
+        .await;
+    }
+    within(r.send(Message::binary(vec![1u8, 2, 3])))
+        .await
+        .unwrap();
+    // A second later the bucket holds a message again: the connection was
+    // only limited, and this marker ends what `d` receives.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    send(
+        &mut r,
+        &json!({"id": "end", "type": "t", "to": {"type": "data-agent"}}),
+    )
+    .await;
+    let mut delivered = Vec::new();
+    loop {
+        let got = recv(&mut d).await;
+        assert_eq!(got["from"]["id"], r_id.as_str(), "{got}");
+        let id = got["id"].as_str().unwrap().to_owned();
+        if id == "end" {
+            break;
+        }
+        delivered.push(id);
+    }
+    // The burst went through, in order: two messages, three if the server
+    // took over a second to read the ten (a token refilled meanwhile).
+    let k = delivered.len();
+    assert!((2..=3).contains(&k), "{delivered:?}");
+    let first: Vec<String> = (0..k).map(|i| format!("m{i}")).collect();
+    assert_eq!(delivered, first);
+    // Every other one was answered with rate_limited, naming it.
+    for i in k..N {
+        let err = recv(&mut r).await;
+        assert_eq!(error_of(&err), "rate_limited", "{err}");
+        assert_eq!(err["payload"]["projectId"], p.as_str());
+        if i < N - 1 {
+            assert_eq!(err["payload"]["messageId"], format!("m{i}"), "{err}");
+        } else {
+            // The binary message has no id to name.
+            assert!(err["payload"].get("messageId").is_none(), "{err}");
+        }
+    }
+    assert_nothing_before_marker(&mut r, &r_id, &mut d).await;
+    let (_, health) = server.get("/health").await;
+    assert_eq!(
+        health["counters"]["messagesRateLimited"],
+        (N - k) as u64,
+        "{health}"
+    );
+}
+
+#[tokio::test]
 async fn refused_websockets_are_counted_and_their_warnings_throttled() {
     let server = Server::start(&["--max-connections", "1"]);
     let p = project();

@@ -96,6 +96,7 @@ fn registry() -> Arc<Registry> {
             alarm_retry_base: config.alarm_retry_base,
             storage_bytes: config.room_storage_bytes,
             log_lines_per_sec: config.room_log_lines_per_sec,
+            max_clients: config.max_project_connections,
         },
         Arc::new(Metrics::default()),
         config.max_rooms,

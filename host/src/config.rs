@@ -143,6 +143,18 @@ pub struct Cli {
     #[arg(long, env = "WSROOM_MAX_ROOMS")]
     pub max_rooms: Option<usize>,
 
+    /// Most open WebSockets of one project; a connection past it is refused
+    /// with 503, so one project cannot take every connection the server
+    /// has. The default is a Durable Object's limit of WebSockets.
+    #[arg(long, env = "WSROOM_MAX_PROJECT_CONNECTIONS", default_value_t = 32_768)]
+    pub max_project_connections: usize,
+
+    /// Most messages one connection may send a second (bursts of twice
+    /// that); a message past it is not routed, and its sender gets an
+    /// `error` with code `rate_limited`. 0: no limit.
+    #[arg(long, env = "WSROOM_MAX_MESSAGES_PER_SEC", default_value_t = 0)]
+    pub max_messages_per_sec: u32,
+
     /// Most room instances (wasm stores) live at once. A room that needs an
     /// instance past it makes the least recently used idle one hibernate
     /// early. By default as many as the kernel's `vm.max_map_count` leaves
@@ -346,6 +358,9 @@ pub struct Config {
     pub max_connections: usize,
     pub max_rooms: usize,
     pub max_instances: usize,
+    pub max_project_connections: usize,
+    /// 0: no limit.
+    pub max_messages_per_sec: u32,
     pub ping_interval: Duration,
     pub handshake_timeout: Duration,
     pub hibernate_after: Option<Duration>,
@@ -440,6 +455,11 @@ impl Cli {
                 Some(n) => n,
                 None => instances_the_map_count_allows(max_map_count()),
             },
+            max_project_connections: match self.max_project_connections {
+                0 => anyhow::bail!("--max-project-connections must be positive"),
+                n => n,
+            },
+            max_messages_per_sec: self.max_messages_per_sec,
             ping_interval: Duration::from_millis(self.ping_interval_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             hibernate_after: (self.hibernate_after_ms > 0)

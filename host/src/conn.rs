@@ -3,6 +3,7 @@
 //! writer that drains the connection's outbox with vectored writes and sends
 //! keep-alive pings. It knows nothing of routing.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -14,13 +15,15 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 use fastwebsockets::upgrade::UpgradeFut;
 use fastwebsockets::{OpCode, Role, WebSocketError};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use crate::config::Config;
 use crate::engine::wit::Oversize;
 use crate::metrics::Metrics;
-use crate::outbox::{self, Next, Outbox};
+use crate::outbox::{self, Next, Outbox, Refused};
+use crate::rate::Bucket;
 use crate::room::table::ConnRef;
 use crate::room::{BATCH, Event, Incoming, RoomHandle, Running};
 
@@ -175,6 +178,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
     // too) and wakes the writers of what the messages queued.
     let mut running: Option<Running<'_>> = None;
     let mut in_a_row = 0;
+    // The client's budget of messages (`--max-messages-per-sec`; 0: none).
+    let rate = config.max_messages_per_sec;
+    let mut bucket = Bucket::full(rate, 0);
     loop {
         let mut read = std::pin::pin!(ws.read_frame(&mut obligated));
         let mut ready = None;
@@ -194,7 +200,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Ok(frame) => frame,
             Err(e) => return protocol_error(e, outbox),
         };
-        last_seen.store(start.elapsed().as_millis() as u64, Relaxed);
+        let now_ms = start.elapsed().as_millis() as u64;
+        last_seen.store(now_ms, Relaxed);
         let message = match frame.opcode {
             OpCode::Close => {
                 let (code, reason) = match frame.payload.len() {
@@ -280,6 +287,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         };
         metrics.message_in();
+        if rate > 0 && !bucket.take(rate, now_ms) {
+            // Over --max-messages-per-sec: not routed; its sender hears why.
+            metrics.message_rate_limited();
+            if outbox.push(rate_limited(&room.project, &message, rate)) == Err(Refused::Overflow) {
+                metrics.outbox_overflow();
+            }
+            continue;
+        }
         // An idle room runs the message here, without waking its task.
         if running.is_none() {
             running = room.try_run();
@@ -314,6 +329,64 @@ async fn read_loop<R: AsyncRead + Unpin>(
             };
         }
     }
+}
+
+/// The `error` a message over `--max-messages-per-sec` is answered with,
+/// shaped as the default room's errors (see PROTOCOL.md), whatever room the
+/// project runs: the room never sees the message.
+fn rate_limited(project: &str, message: &Incoming, rate: u32) -> Bytes {
+    #[derive(Deserialize)]
+    struct WithId<'a> {
+        #[serde(borrow)]
+        id: Option<Cow<'a, str>>,
+    }
+    #[derive(Serialize)]
+    struct SystemError<'a> {
+        id: String,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        from: SystemFrom,
+        payload: ErrorPayload<'a>,
+    }
+    #[derive(Serialize)]
+    struct SystemFrom {
+        #[serde(rename = "type")]
+        kind: &'static str,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ErrorPayload<'a> {
+        code: &'static str,
+        message: String,
+        project_id: &'a str,
+        timestamp: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message_id: Option<Cow<'a, str>>,
+    }
+    let message_id = match message {
+        Incoming::Text(text) => serde_json::from_str::<WithId<'_>>(text)
+            .ok()
+            .and_then(|m| m.id),
+        _ => None,
+    };
+    let error = SystemError {
+        id: uuid::Uuid::new_v4().to_string(),
+        kind: "error",
+        from: SystemFrom { kind: "system" },
+        payload: ErrorPayload {
+            code: "rate_limited",
+            message: format!(
+                "over the rate limit of {rate} per second (bursts of {}); message not routed",
+                u64::from(rate) * 2
+            ),
+            project_id: project,
+            timestamp: crate::room::now_ms(),
+            message_id,
+        },
+    };
+    // Serializing strings and numbers cannot fail.
+    let json = serde_json::to_vec(&error).unwrap_or_default();
+    outbox::encode(OpCode::Text, &json)
 }
 
 fn too_large(size: u64, limit: usize) -> Result<Incoming, ()> {

@@ -45,6 +45,7 @@ pub struct App {
 pub struct RefusalWarnings {
     max_connections: Throttle,
     max_rooms: Throttle,
+    project_full: Throttle,
     unreachable: Throttle,
 }
 
@@ -53,6 +54,7 @@ impl Default for RefusalWarnings {
         RefusalWarnings {
             max_connections: Throttle::new(1),
             max_rooms: Throttle::new(1),
+            project_full: Throttle::new(1),
             unreachable: Throttle::new(1),
         }
     }
@@ -484,6 +486,17 @@ async fn websocket(app: &Arc<App>, mut req: Request<Body>, query: Query) -> Repl
                     .filter(|s| s.is_client_error() || s.is_server_error())
                     .unwrap_or(StatusCode::FORBIDDEN);
                 return error(status, &code, message);
+            }
+            Ok(Err(Refusal::Full { limit })) => {
+                app.metrics.connection_refused();
+                if let Some(skipped) = app.warnings.project_full.admit() {
+                    warn!(project = %project, skipped, "refusing a websocket: --max-project-connections reached");
+                }
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too_many_project_connections",
+                    format!("the project is at its limit of {limit} connections; try again later"),
+                );
             }
             Ok(Err(Refusal::Failed)) => {
                 app.metrics.connection_refused();

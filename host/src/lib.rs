@@ -21,6 +21,7 @@ pub mod engine;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
+pub mod rate;
 pub mod registry;
 pub mod room;
 pub mod server;

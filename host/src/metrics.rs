@@ -8,6 +8,7 @@ pub struct Metrics {
     connections_open: AtomicU64,
     connections_refused: AtomicU64,
     messages_in: AtomicU64,
+    messages_rate_limited: AtomicU64,
     frames_out: AtomicU64,
     outbox_overflows: AtomicU64,
     rooms_created: AtomicU64,
@@ -37,6 +38,9 @@ impl Metrics {
     }
     pub fn message_in(&self) {
         self.messages_in.fetch_add(1, Relaxed);
+    }
+    pub fn message_rate_limited(&self) {
+        self.messages_rate_limited.fetch_add(1, Relaxed);
     }
     pub fn frames_out(&self, n: u64) {
         if n > 0 {
@@ -93,7 +97,7 @@ impl Metrics {
 
     /// Every counter and gauge with its value: what `/health` shows in
     /// `counters` and `/metrics` for Prometheus, from this one list.
-    pub fn entries(&self) -> [Entry; 18] {
+    pub fn entries(&self) -> [Entry; 19] {
         use Kind::{Counter, Gauge};
         let e = |json, prometheus, kind, help, value: &AtomicU64| Entry {
             json,
@@ -130,6 +134,13 @@ impl Metrics {
                 Counter,
                 "messages received from clients",
                 &self.messages_in,
+            ),
+            e(
+                "messagesRateLimited",
+                "wsroom_messages_rate_limited_total",
+                Counter,
+                "messages not routed: their connection was over --max-messages-per-sec",
+                &self.messages_rate_limited,
             ),
             e(
                 "framesOut",

@@ -75,6 +75,7 @@ pub async fn run(
             alarm_retry_base: config.alarm_retry_base,
             storage_bytes: config.room_storage_bytes,
             log_lines_per_sec: config.room_log_lines_per_sec,
+            max_clients: config.max_project_connections,
         },
         metrics.clone(),
         config.max_rooms,

@@ -10,16 +10,17 @@ use std::time::Instant;
 use tracing::warn;
 
 use crate::metrics::Metrics;
+use crate::rate::Bucket;
 
 /// Longest log line kept, in bytes; longer ones are cut.
 pub const MAX_LINE: usize = 4096;
 
 pub struct LogLimit {
-    /// Lines per second, and the burst the bucket holds.
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
+    /// Lines per second (the bucket holds twice that).
+    rate: u32,
+    bucket: Bucket,
+    /// What the bucket's milliseconds count from.
+    origin: Instant,
     /// Lines dropped since the last one that was let through.
     dropped: u64,
 }
@@ -38,22 +39,17 @@ impl LogLimit {
     /// `lines_per_sec` 0: nothing is logged (every line is counted as
     /// dropped).
     pub fn new(lines_per_sec: u32) -> LogLimit {
-        let rate = f64::from(lines_per_sec);
         LogLimit {
-            rate,
-            burst: rate * 2.0,
-            tokens: rate * 2.0,
-            last: Instant::now(),
+            rate: lines_per_sec,
+            bucket: Bucket::full(lines_per_sec, 0),
+            origin: Instant::now(),
             dropped: 0,
         }
     }
 
     pub fn check(&mut self, now: Instant) -> Verdict {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let ms = now.saturating_duration_since(self.origin).as_millis() as u64;
+        if self.bucket.take(self.rate, ms) {
             Verdict::Log {
                 dropped: std::mem::take(&mut self.dropped),
             }
@@ -152,7 +148,7 @@ mod tests {
     fn a_burst_then_the_rate_and_a_count_of_what_was_dropped() {
         let t0 = Instant::now();
         let mut l = LogLimit::new(10);
-        l.last = t0;
+        l.origin = t0;
         for _ in 0..20 {
             assert_eq!(l.check(t0), Verdict::Log { dropped: 0 });
         }

@@ -80,6 +80,8 @@ pub enum Refusal {
     },
     /// The room failed while deciding.
     Failed,
+    /// The project has `--max-project-connections` clients already.
+    Full { limit: usize },
 }
 
 /// What `/status` and `/health` read without asking the room.
@@ -136,11 +138,15 @@ pub struct Settings {
     pub storage_bytes: usize,
     /// `log` lines a room may write per second (twice that in a burst).
     pub log_lines_per_sec: u32,
+    /// Clients the room admits at once; more are refused before the room's
+    /// code is asked.
+    pub max_clients: usize,
 }
 
 /// A live room as the registry and connections see it.
 #[derive(Clone)]
 pub struct RoomHandle {
+    pub project: Arc<str>,
     tx: mpsc::Sender<Event>,
     core: Arc<Core>,
     pub shared: Arc<RoomShared>,
@@ -254,6 +260,7 @@ pub fn spawn(
         settings.storage_bytes,
         settings.log_lines_per_sec,
     );
+    let table_project = project.clone();
     let actor = |me: &Weak<Core>| Actor {
         me: me.clone(),
         project,
@@ -278,6 +285,7 @@ pub fn spawn(
     });
     tokio::spawn(run(core.clone()));
     RoomHandle {
+        project: table_project,
         tx,
         core,
         shared,
@@ -461,6 +469,12 @@ impl Actor {
                 outbox,
                 reply,
             } => {
+                if self.table().len() >= self.settings.max_clients {
+                    let _ = reply.send(Err(Refusal::Full {
+                        limit: self.settings.max_clients,
+                    }));
+                    return;
+                }
                 let conn = self.table().insert(meta.clone(), outbox.clone());
                 self.active = true;
                 let info = client_info(&meta);
@@ -704,6 +718,7 @@ mod tests {
             alarm_retry_base: Duration::from_millis(10),
             storage_bytes: 1024,
             log_lines_per_sec: 10,
+            max_clients: 100,
         };
         let runtime = Runtime::new(&config).unwrap();
         let metrics = Arc::new(Metrics::default());
