@@ -6,7 +6,9 @@
 //! - [`server`]: the accept loop, graceful shutdown.
 //! - [`tls`]: rustls termination for https/wss.
 //! - [`http`]: the routes (`/websocket`, `/status`, `/health`).
-//! - [`conn`]: one WebSocket connection (reader, writer, keep-alive).
+//! - [`conn`]: one WebSocket connection (reader, writer, keep-alive, its
+//!   message rate).
+//! - [`rate`]: the token bucket of the limits on rates.
 //! - [`outbox`]: a connection's bounded outgoing queue of framed bytes.
 //! - [`registry`]: projectId → live room.
 //! - [`room`]: the per-project actor, its connection table, the host imports.
