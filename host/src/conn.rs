@@ -290,6 +290,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         if rate > 0 && !bucket.take(rate, now_ms) {
             // Over --max-messages-per-sec: not routed; its sender hears why.
             metrics.message_rate_limited();
+            debug!(project = %room.project, "message over --max-messages-per-sec, not routed");
             if outbox.push(rate_limited(&room.project, &message, rate)) == Err(Refused::Overflow) {
                 metrics.outbox_overflow();
             }
