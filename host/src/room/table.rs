@@ -47,6 +47,12 @@ pub struct Conn {
     pending_bytes: usize,
     /// It is listed in the table's `touched`.
     touched: bool,
+    /// Its outbox refused frames for being closed: the connection is going
+    /// and its leave is on its way to the room. Sends still count it, but
+    /// queue nothing for it: when a crowd leaves at once, each of the leaves
+    /// the room handles tells every client still in the table, most of
+    /// them gone already.
+    gone: bool,
 }
 
 /// Bytes gathered for one client before they go to its outbox there and then
@@ -60,7 +66,11 @@ impl Conn {
             return Ok(());
         }
         self.pending_bytes = 0;
-        self.outbox.push_all(std::mem::take(&mut self.pending))
+        let pushed = self.outbox.push_all(std::mem::take(&mut self.pending));
+        if pushed == Err(Refused::Closed) {
+            self.gone = true;
+        }
+        pushed
     }
 }
 
@@ -197,6 +207,7 @@ impl Table {
             pending: Vec::new(),
             pending_bytes: 0,
             touched: false,
+            gone: false,
         });
         self.by_id.insert(id, slot);
         let kinds = &mut self.kinds;
@@ -320,6 +331,9 @@ impl Table {
             }
             c.mark = mark;
             n += 1;
+            if c.gone {
+                return;
+            }
             c.pending.push(frame.clone());
             c.pending_bytes += frame.len();
             if !c.touched {
@@ -413,6 +427,34 @@ mod tests {
             std::task::Poll::Ready(v) => Some(v),
             std::task::Poll::Pending => None,
         }
+    }
+
+    #[test]
+    fn a_client_whose_connection_is_going_still_counts_but_gets_nothing_queued() {
+        let mut t = table();
+        let r1 = join(&mut t, "r1", "runtime");
+        let r2 = join(&mut t, "r2", "runtime");
+        let frame = encode(OpCode::Text, b"{}");
+        let send = |t: &mut Table| {
+            let mark = t.begin_send();
+            let n = t.fanout(mark, &frame, &Select::All, &[]);
+            t.flush();
+            n
+        };
+        assert_eq!(send(&mut t), 2);
+        assert_eq!([frames(&r1), frames(&r2)], [1, 1]);
+        // r2's connection ends; its leave has not reached the room yet.
+        r2.abort();
+        assert_eq!(send(&mut t), 2);
+        assert!(t.slots[1].gone, "its closed outbox refused the frame");
+        // From now on nothing is queued for it, and r1 goes on as before.
+        let mark = t.begin_send();
+        assert_eq!(t.fanout(mark, &frame, &Select::All, &[]), 2);
+        assert!(t.slots[1].pending.is_empty() && !t.slots[1].touched);
+        assert_eq!(t.slots[0].pending.len(), 1);
+        t.flush();
+        assert_eq!(frames(&r1), 2);
+        assert!(t.overflowed.is_empty());
     }
 
     #[test]
