@@ -2909,3 +2909,129 @@ async fn fragmented_text_is_reassembled_and_its_utf8_checked() {
         }
     }
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_tls_certificate_for_new_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{self, pki_types::CertificateDer};
+
+    // Two certificates for localhost, as a renewal would bring.
+    let issue = || rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (old, new) = (issue(), issue());
+    let dir = std::env::temp_dir().join(format!("wsroom-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let install = |c: &rcgen::CertifiedKey<rcgen::KeyPair>| {
+        std::fs::write(&cert, c.cert.pem()).unwrap();
+        std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+    };
+    install(&old);
+    let server = Server::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    // A client that trusts one of the two certificates only.
+    let trusting = |c: &rcgen::CertifiedKey<rcgen::KeyPair>| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(c.cert.der().to_vec()))
+            .unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    };
+    let addr = server.addr;
+    // /health over https for a client trusting `c`; none if the handshake
+    // fails.
+    let health = |c: tokio_rustls::TlsConnector| async move {
+        let tcp = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut stream = within(c.connect(name, tcp)).await.ok()?;
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        within(stream.read_to_string(&mut response)).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        let (_, body) = response.split_once("\r\n\r\n").unwrap();
+        Some(serde_json::from_str::<Value>(body).unwrap())
+    };
+    let served = |c| async { health(c).await.is_some() };
+    let (trusts_old, trusts_new) = (trusting(&old), trusting(&new));
+    assert!(served(trusts_old.clone()).await);
+    assert!(!served(trusts_new.clone()).await);
+    // A secure WebSocket opened before the renewal.
+    let tcp = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = within(trusts_old.connect(name, tcp)).await.unwrap();
+    let p = project();
+    let url = format!(
+        "wss://localhost:{}/websocket?type=runtime&projectId={p}",
+        addr.port()
+    );
+    let (mut ws, _) = within(tokio_tungstenite::client_async(url, stream))
+        .await
+        .unwrap();
+    // (tungstenite's own stream type has no rustls variant here.)
+    async fn next<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Value
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let got = within(futures_util::StreamExt::next(ws))
+            .await
+            .unwrap()
+            .unwrap();
+        serde_json::from_str(got.to_text().unwrap()).unwrap()
+    }
+    let me = next(&mut ws).await["payload"]["clientId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    install(&new);
+    sighup(&server);
+    server
+        .wait_stderr("the certificate reloaded", |log| {
+            log.contains("TLS certificate reloaded")
+        })
+        .await;
+    server
+        .wait_stderr("the reload done", |log| {
+            log.contains("room components reloaded")
+        })
+        .await;
+    let h = health(trusts_new.clone()).await.expect("served");
+    assert_eq!(h["counters"]["reloads"], 1, "{h}");
+    assert!(!served(trusts_old.clone()).await);
+    // The socket opened before is still served.
+    within(ws.send(Message::text(
+        json!({"id": "still", "to": {"id": me}}).to_string(),
+    )))
+    .await
+    .unwrap();
+    assert_eq!(next(&mut ws).await["id"], "still");
+
+    // A broken renewal: logged and counted, the certificate in use stays.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    sighup(&server);
+    server
+        .wait_stderr("the failed reload", |log| {
+            log.contains("cannot reload the TLS certificate; the current one stays")
+        })
+        .await;
+    server
+        .wait_stderr("the reload done", |log| {
+            log.matches("room components reloaded").count() == 2
+        })
+        .await;
+    let h = health(trusts_new).await.expect("still served");
+    assert_eq!(h["counters"]["reloadFailures"], 1, "{h}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,7 +4,7 @@
 //! - [`auth`]: access tokens (JWT, HS256) and the browser-origin allow-list.
 //! - [`config`]: command-line flags and the validated [`config::Config`].
 //! - [`server`]: the accept loop, graceful shutdown.
-//! - [`tls`]: rustls termination for https/wss.
+//! - [`tls`]: rustls termination for https/wss, the certificate reloadable.
 //! - [`http`]: the routes (`/websocket`, `/status`, `/health`).
 //! - [`conn`]: one WebSocket connection (reader, writer, keep-alive, its
 //!   message rate).

@@ -19,6 +19,7 @@ use crate::http::{self, App};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::room::{Event, Settings};
+use crate::tls::Tls;
 
 /// How long shutdown waits for clients to receive their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -30,10 +31,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let tls = match &config.tls {
-        Some(source) => Some(crate::tls::from_source(source)?),
-        None => None,
-    };
+    let tls = config.tls.as_ref().map(Tls::new).transpose()?;
     let map_count = crate::config::max_map_count();
     let allowed = crate::config::instances_the_map_count_allows(map_count);
     if config.max_instances > allowed {
@@ -64,7 +62,7 @@ pub async fn run(
     }
     let runtime = Runtime::new(&config)?;
     let metrics = Arc::new(Metrics::default());
-    reload_on_sighup(runtime.clone(), metrics.clone());
+    reload_on_sighup(runtime.clone(), tls.clone(), metrics.clone());
     let registry = Registry::new(
         runtime,
         config.room_config.clone(),
@@ -134,7 +132,7 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let tls = tls.clone();
+        let tls = tls.as_ref().map(Tls::acceptor);
         // A client gets this long for its TLS handshake, then for its
         // request headers.
         let handshake_timeout = app.config.handshake_timeout;
@@ -190,10 +188,11 @@ pub async fn run(
     Ok(())
 }
 
-/// On SIGHUP, compiles the room components again from their files; rooms
+/// On SIGHUP, compiles the room components again from their files (rooms
 /// switch to the new code at their next event, and no connection is
-/// dropped. If a component fails to load, the old code keeps running.
-fn reload_on_sighup(runtime: Runtime, metrics: Arc<Metrics>) {
+/// dropped) and reads the TLS certificate files again (for new
+/// connections). What fails to load is logged, and the old one stays.
+fn reload_on_sighup(runtime: Runtime, tls: Option<Tls>, metrics: Arc<Metrics>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -208,17 +207,33 @@ fn reload_on_sighup(runtime: Runtime, metrics: Arc<Metrics>) {
             while hup.recv().await.is_some() {
                 info!("SIGHUP: reloading the room components");
                 let runtime = runtime.clone();
+                let tls = tls.clone();
                 // Compiling takes a while: keep it off the async workers.
-                let result = tokio::task::spawn_blocking(move || runtime.reload()).await;
+                let result = tokio::task::spawn_blocking(move || {
+                    let components = runtime.reload();
+                    let certificate = tls.map(|tls| match tls.reload() {
+                        Ok(Some(path)) => {
+                            info!(certificate = %path.display(), "TLS certificate reloaded for new connections");
+                            true
+                        }
+                        Ok(None) => true,
+                        Err(e) => {
+                            error!(error = %format!("{e:#}"), "cannot reload the TLS certificate; the current one stays");
+                            false
+                        }
+                    });
+                    (components, certificate.unwrap_or(true))
+                })
+                .await;
                 match result {
-                    Ok(Ok(version)) => {
-                        metrics.reloaded(true);
+                    Ok((Ok(version), certificate)) => {
+                        metrics.reloaded(certificate);
                         info!(
                             version,
                             "room components reloaded; rooms switch at their next event"
                         );
                     }
-                    Ok(Err(e)) => {
+                    Ok((Err(e), _)) => {
                         error!(error = %format!("{e:#}"), "reload failed; the running components stay");
                         metrics.reloaded(false);
                     }
@@ -231,7 +246,7 @@ fn reload_on_sighup(runtime: Runtime, metrics: Arc<Metrics>) {
         });
     }
     #[cfg(not(unix))]
-    let _ = (runtime, metrics);
+    let _ = (runtime, tls, metrics);
 }
 
 /// Resolves on SIGINT (ctrl-c) or SIGTERM.

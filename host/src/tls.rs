@@ -1,7 +1,7 @@
 //! TLS termination (rustls) for https and wss.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
 use tokio_rustls::TlsAcceptor;
@@ -11,11 +11,46 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// The acceptor for a configured certificate source.
-pub fn from_source(source: &TlsSource) -> anyhow::Result<TlsAcceptor> {
-    match source {
-        TlsSource::Files { cert, key } => acceptor(cert, key),
-        TlsSource::SelfSigned { out } => self_signed(out),
+/// The acceptor new connections get, replaced when the certificate files
+/// are read again (SIGHUP): certificates are renewed without a restart, and
+/// connections already open keep theirs.
+#[derive(Clone)]
+pub struct Tls {
+    current: Arc<RwLock<TlsAcceptor>>,
+    source: TlsSource,
+}
+
+impl Tls {
+    pub fn new(source: &TlsSource) -> anyhow::Result<Tls> {
+        let acceptor = match source {
+            TlsSource::Files { cert, key } => acceptor(cert, key)?,
+            TlsSource::SelfSigned { out } => self_signed(out)?,
+        };
+        Ok(Tls {
+            current: Arc::new(RwLock::new(acceptor)),
+            source: source.clone(),
+        })
+    }
+
+    /// The acceptor for a new connection.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the certificate and key files again and uses them for new
+    /// connections; on an error the current ones stay. Returns the
+    /// certificate's path, or `None` for a generated certificate, which is
+    /// kept.
+    pub fn reload(&self) -> anyhow::Result<Option<&Path>> {
+        let TlsSource::Files { cert, key } = &self.source else {
+            return Ok(None);
+        };
+        let fresh = acceptor(cert, key)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(Some(cert))
     }
 }
 
