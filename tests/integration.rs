@@ -110,12 +110,7 @@ async fn logs_can_be_json_lines() {
     assert_eq!(created["level"], "INFO");
     assert_eq!(created["fields"]["project"], p.as_str());
     // Not a format the server knows: refused at start, saying which exist.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
-        .args(["--log-format", "xml"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_at_start(&["--log-format", "xml"]);
     assert!(
         stderr.contains("text") && stderr.contains("json"),
         "{stderr}"
@@ -1498,28 +1493,20 @@ async fn wss_and_https_with_a_certificate() {
 #[tokio::test]
 async fn a_bad_tls_key_is_refused_at_start() {
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            &format!("{fixtures}/localhost.crt"),
-        ])
-        .args(["--tls-key", &format!("{fixtures}/ca.crt")])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_at_start(&[
+        "--tls-cert",
+        &format!("{fixtures}/localhost.crt"),
+        "--tls-key",
+        &format!("{fixtures}/ca.crt"),
+    ]);
     assert!(stderr.contains("private key"), "{stderr}");
     // A valid key of the same kind that belongs to another certificate.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--tls-cert", &format!("{fixtures}/localhost.crt")])
-        .args(["--tls-key", &format!("{fixtures}/other.key")])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_at_start(&[
+        "--tls-cert",
+        &format!("{fixtures}/localhost.crt"),
+        "--tls-key",
+        &format!("{fixtures}/other.key"),
+    ]);
     assert!(stderr.contains("do not fit together"), "{stderr}");
 }
 
@@ -1573,12 +1560,7 @@ async fn a_project_at_its_connection_limit_refuses_more_and_others_go_on() {
         .wait_health("the client to be gone", |h| h["connections"] == 3)
         .await;
     let (_c, _) = server.connect("data-agent", &p).await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
-        .args(["--listen", "127.0.0.1:0", "--max-project-connections", "0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_at_start(&["--max-project-connections", "0"]);
     assert!(
         stderr.contains("--max-project-connections must be positive"),
         "{stderr}"
@@ -1780,12 +1762,7 @@ async fn rooms_past_the_limit_are_refused_with_503() {
         .await;
     let (_c1, _) = server.connect("runtime", &c).await;
     // No room at all is refused at start, with the flag named.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
-        .args(["--listen", "127.0.0.1:0", "--max-rooms", "0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_at_start(&["--max-rooms", "0"]);
     assert!(stderr.contains("--max-rooms must be positive"), "{stderr}");
 }
 
@@ -1843,12 +1820,7 @@ async fn past_the_instance_limit_the_least_recently_used_room_hibernates_early()
     // No instance at all is refused at start, with the flag named; more
     // than the kernel's mapping limit leaves room for is warned about, with
     // the setting to raise.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
-        .args(["--listen", "127.0.0.1:0", "--max-instances", "0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_at_start(&["--max-instances", "0"]);
     assert!(
         stderr.contains("--max-instances must be positive"),
         "{stderr}"
@@ -2687,12 +2659,7 @@ async fn stalled_requests_and_handshakes_are_cut_off_without_blocking_others() {
     let _ = std::fs::remove_file(cert);
 
     // No timeout at all is refused at start, with the flag named.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
-        .args(["--listen", "127.0.0.1:0", "--handshake-timeout-ms", "0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_at_start(&["--handshake-timeout-ms", "0"]);
     assert!(
         stderr.contains("--handshake-timeout-ms must be positive"),
         "{stderr}"

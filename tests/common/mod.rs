@@ -271,6 +271,18 @@ impl Drop for Server {
     }
 }
 
+/// Runs the binary (on port 0) with `args`, which must make it refuse to
+/// start; its stderr.
+pub fn refused_at_start(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "it started with {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Awaits `f` for at most [`TIMEOUT`].
 pub async fn within<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(TIMEOUT, f).await.expect("timed out")
