@@ -2435,16 +2435,24 @@ async fn a_component_with_an_import_the_host_lacks_is_refused_by_name() {
     }
     // `wsroom check` says the same without starting a server, and passes a
     // component that fits.
-    let check = |path: &str| {
+    let check = |paths: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
-            .args(["check", path])
+            .arg("check")
+            .args(paths)
             .output()
             .unwrap()
     };
-    let out = check(bad.to_str().unwrap());
+    // Each file gets its verdict, the misfit first.
+    let out = check(&[bad.to_str().unwrap(), FIXTURE_ROOM]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("acme:missing/thing@1.0.0"));
-    let out = check(FIXTURE_ROOM);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("acme:missing/thing@1.0.0"), "{stderr}");
+    assert!(stderr.contains("1 of 2 components do not fit"), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("{FIXTURE_ROOM}: fits the wsroom:room/room world"))
+    );
+    let out = check(&[FIXTURE_ROOM]);
     assert!(
         out.status.success(),
         "{}",

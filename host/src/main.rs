@@ -30,13 +30,26 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Some(Command::Check { components }) => {
+            // Every file gets its verdict; the exit status fails if one
+            // does not fit.
             let mut config = cli.config()?;
             config.project_components.clear();
+            let mut misfits = 0;
             for path in components {
                 config.component = Some(path.clone());
-                wsroom::engine::Runtime::new(&config)?;
-                println!("{}: fits the wsroom:room/room world", path.display());
+                match wsroom::engine::Runtime::new(&config) {
+                    Ok(_) => println!("{}: fits the wsroom:room/room world", path.display()),
+                    Err(e) => {
+                        eprintln!("{}: {e:#}", path.display());
+                        misfits += 1;
+                    }
+                }
             }
+            anyhow::ensure!(
+                misfits == 0,
+                "{misfits} of {} components do not fit",
+                components.len()
+            );
             return Ok(());
         }
         None => {}
