@@ -79,7 +79,11 @@ async fn metrics_are_served_for_prometheus() {
     // Every sample has its HELP and TYPE, and every /health counter is there.
     let samples: Vec<&str> = body.lines().filter(|l| !l.starts_with('#')).collect();
     let counters = health["counters"].as_object().unwrap().len();
-    assert_eq!(samples.len(), counters + 4, "{body}");
+    assert_eq!(samples.len(), counters + 6, "{body}");
+    assert_eq!(value("wsroom_max_project_connections"), 32768);
+    assert_eq!(health["maxProjectConnections"], 32768);
+    assert_eq!(value("wsroom_max_messages_per_sec"), 0);
+    assert_eq!(health["maxMessagesPerSec"], 0);
     for sample in samples {
         let name = sample.split(' ').next().unwrap();
         assert!(body.contains(&format!("# HELP {name} ")), "{name}");
@@ -1549,6 +1553,7 @@ async fn a_project_at_its_connection_limit_refuses_more_and_others_go_on() {
     let (_q2, _) = server.connect("data-agent", &q).await;
     let (_, health) = server.get("/health").await;
     assert_eq!(health["counters"]["connectionsRefused"], 1, "{health}");
+    assert_eq!(health["maxProjectConnections"], 2, "{health}");
     server
         .wait_stderr("the refusal logged", |log| {
             log.contains("--max-project-connections reached")
@@ -1628,6 +1633,7 @@ async fn messages_past_the_rate_limit_are_not_routed_and_their_sender_is_told() 
         (N - k) as u64,
         "{health}"
     );
+    assert_eq!(health["maxMessagesPerSec"], 1, "{health}");
 }
 
 #[tokio::test]

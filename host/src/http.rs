@@ -287,6 +287,16 @@ fn metrics(app: &App) -> Reply {
             app.config.max_connections as u64,
         ),
         (
+            "wsroom_max_project_connections",
+            "--max-project-connections: most open WebSockets of one project",
+            app.config.max_project_connections as u64,
+        ),
+        (
+            "wsroom_max_messages_per_sec",
+            "--max-messages-per-sec: most messages a second from one connection (0: no limit)",
+            u64::from(app.config.max_messages_per_sec),
+        ),
+        (
             "wsroom_uptime_seconds",
             "seconds since the server started",
             app.started.elapsed().as_secs(),
@@ -327,6 +337,8 @@ fn health(app: &App, req: &Request<Body>, query: &Query) -> Reply {
                 "maxRooms": app.registry.max_rooms(),
                 "maxInstances": app.registry.instances().max(),
                 "maxConnections": app.config.max_connections,
+                "maxProjectConnections": app.config.max_project_connections,
+                "maxMessagesPerSec": app.config.max_messages_per_sec,
                 "connections": app.metrics.open_connections(),
                 "counters": app.metrics.to_json(),
             }),
