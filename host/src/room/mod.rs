@@ -260,7 +260,7 @@ pub fn spawn(
         settings.storage_bytes,
         settings.log_lines_per_sec,
     );
-    let table_project = project.clone();
+    let handle_project = project.clone();
     let actor = |me: &Weak<Core>| Actor {
         me: me.clone(),
         project,
@@ -285,7 +285,7 @@ pub fn spawn(
     });
     tokio::spawn(run(core.clone()));
     RoomHandle {
-        project: table_project,
+        project: handle_project,
         tx,
         core,
         shared,
