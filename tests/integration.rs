@@ -3016,3 +3016,37 @@ async fn sighup_reloads_the_tls_certificate_for_new_connections() {
     assert_eq!(h["counters"]["reloadFailures"], 1, "{h}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The server's resident memory, in KiB.
+fn rss_kib(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+#[tokio::test]
+async fn a_client_flooding_pings_without_reading_cannot_grow_the_servers_memory() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&[]);
+    let p = project();
+    let (mut flooder, _) = server.connect("runtime", &p).await;
+    let before = rss_kib(&server);
+    // Four million empty pings (masked, as a client sends them: 6 bytes
+    // each), written straight to the socket; the client reads nothing, so
+    // every answer would wait in the server.
+    let pings = [0x89u8, 0x80, 1, 2, 3, 4].repeat(100_000);
+    for _ in 0..40 {
+        within(flooder.get_mut().write_all(&pings)).await.unwrap();
+    }
+    // The server read (nearly) all of it: what each answer cost stays.
+    let (mut r, r_id) = server.connect("runtime", &p).await;
+    send(&mut r, &json!({"id": "still", "to": {"id": r_id}})).await;
+    assert_eq!(recv(&mut r).await["id"], "still");
+    let grown = rss_kib(&server).saturating_sub(before);
+    // With one pong queued per ping it grew by ~110 MB.
+    assert!(grown < 16 * 1024, "grew by {grown} KiB");
+}

@@ -161,10 +161,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
     // the outbox like everything else.
     let mut obligated = |frame: fastwebsockets::Frame<'_>| {
         let bytes = outbox::encode(frame.opcode, &frame.payload);
-        if frame.opcode == OpCode::Close {
-            outbox.close_raw(bytes);
-        } else {
-            outbox.push_control(bytes);
+        match frame.opcode {
+            OpCode::Close => outbox.close_raw(bytes),
+            OpCode::Pong => outbox.push_pong(bytes),
+            // fastwebsockets obliges nothing else; queued like a ping.
+            _ => outbox.push_control(bytes),
         }
         std::future::ready(Ok::<(), std::convert::Infallible>(()))
     };

@@ -57,6 +57,11 @@ struct State {
     closing: bool,
     /// The writer must stop without writing anything more.
     aborted: bool,
+    /// The answer to the client's latest ping, not yet taken by the writer.
+    /// One at most: a client that sends pings and reads nothing would
+    /// otherwise grow the queue without bound, uncounted (RFC 6455 5.5.3
+    /// allows answering only the latest ping).
+    pong: Option<Bytes>,
 }
 
 pub struct Outbox {
@@ -126,7 +131,19 @@ impl Outbox {
         result
     }
 
-    /// Queues a control frame (ping, pong); they are small and not counted.
+    /// Queues the answer to a ping, replacing one not yet written.
+    pub fn push_pong(&self, frame: Bytes) {
+        let mut s = self.lock();
+        if s.closing || s.aborted {
+            return;
+        }
+        s.pong = Some(frame);
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// Queues the server's own keep-alive ping (one an interval); not
+    /// counted against the bound.
     pub fn push_control(&self, frame: Bytes) {
         let mut s = self.lock();
         if s.closing || s.aborted {
@@ -159,6 +176,7 @@ impl Outbox {
     pub fn abort(&self) {
         let mut s = self.lock();
         s.aborted = true;
+        s.pong = None;
         s.frames.clear();
         s.bytes = 0;
         drop(s);
@@ -174,7 +192,9 @@ impl Outbox {
                 if s.aborted {
                     return Next::Abort;
                 }
-                if !s.frames.is_empty() {
+                if !s.frames.is_empty() || s.pong.is_some() {
+                    // The pong first: it never follows a close frame.
+                    batch.extend(s.pong.take());
                     batch.extend(s.frames.drain(..));
                     s.bytes = 0;
                     return if s.closing {
@@ -217,6 +237,30 @@ mod tests {
         let mut batch = Vec::new();
         assert_eq!(o.take(&mut batch).await, Next::Continue);
         assert_eq!(batch, vec![text(1), text(2)]);
+    }
+
+    #[tokio::test]
+    async fn only_the_latest_pong_waits() {
+        let o = Outbox::new(1000);
+        for i in 0..10_000u32 {
+            o.push_pong(encode(OpCode::Pong, &i.to_be_bytes()));
+        }
+        o.push(text(1)).unwrap();
+        let mut batch = Vec::new();
+        assert_eq!(o.take(&mut batch).await, Next::Continue);
+        assert_eq!(
+            batch,
+            vec![encode(OpCode::Pong, &9_999u32.to_be_bytes()), text(1)]
+        );
+        // After a close frame, no pong.
+        o.push_pong(encode(OpCode::Pong, b"a"));
+        o.close(1000, "");
+        o.push_pong(encode(OpCode::Pong, b"b"));
+        batch.clear();
+        assert_eq!(o.take(&mut batch).await, Next::Finish);
+        assert_eq!(batch.len(), 2);
+        assert_eq!(batch[0], encode(OpCode::Pong, b"a"));
+        assert_eq!(batch[1][0], 0x88, "the close frame last");
     }
 
     #[tokio::test]
