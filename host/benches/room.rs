@@ -91,6 +91,7 @@ fn registry() -> Arc<Registry> {
         config.room_config.clone(),
         Settings {
             inbox: config.room_inbox,
+            inbox_bytes: config.room_inbox_bytes,
             hibernate_after: None,
             alarm_retries: config.alarm_retries,
             alarm_retry_base: config.alarm_retry_base,

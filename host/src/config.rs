@@ -126,6 +126,12 @@ pub struct Cli {
     #[arg(long, env = "WSROOM_ROOM_INBOX", default_value_t = 1024)]
     pub room_inbox: usize,
 
+    /// Bytes of messages that may wait in one room's inbox (a message over
+    /// it waits alone); past it, as past --room-inbox, the connections of
+    /// that room stop reading until it has room again.
+    #[arg(long, env = "WSROOM_ROOM_INBOX_BYTES", default_value_t = 16 << 20)]
+    pub room_inbox_bytes: u32,
+
     /// Most open WebSockets (more are refused with 503); a seventh as many
     /// HTTP connections (at least 64) are served at once beside them (more
     /// wait to be accepted). By default
@@ -355,6 +361,7 @@ pub struct Config {
     pub max_frame_bytes: usize,
     pub outbox_limit_bytes: usize,
     pub room_inbox: usize,
+    pub room_inbox_bytes: u32,
     pub max_connections: usize,
     pub max_rooms: usize,
     pub max_instances: usize,
@@ -389,6 +396,10 @@ impl Cli {
             "--outbox-limit-bytes must be positive"
         );
         anyhow::ensure!(self.room_inbox > 0, "--room-inbox must be positive");
+        anyhow::ensure!(
+            self.room_inbox_bytes > 0,
+            "--room-inbox-bytes must be positive"
+        );
         anyhow::ensure!(
             self.ping_interval_ms > 0,
             "--ping-interval-ms must be positive"
@@ -444,6 +455,7 @@ impl Cli {
             max_frame_bytes: self.max_message_bytes.saturating_mul(4),
             outbox_limit_bytes: self.outbox_limit_bytes,
             room_inbox: self.room_inbox,
+            room_inbox_bytes: self.room_inbox_bytes,
             max_connections,
             max_rooms: match self.max_rooms {
                 Some(0) => anyhow::bail!("--max-rooms must be positive"),

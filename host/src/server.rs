@@ -68,6 +68,7 @@ pub async fn run(
         config.room_config.clone(),
         Settings {
             inbox: config.room_inbox,
+            inbox_bytes: config.room_inbox_bytes,
             hibernate_after: config.hibernate_after,
             alarm_retries: config.alarm_retries,
             alarm_retry_base: config.alarm_retry_base,

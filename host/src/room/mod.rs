@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 use wasmtime::Store;
 
@@ -50,6 +50,12 @@ pub struct ClientMeta {
 
 /// One complete message from a client, as the room receives it.
 pub use crate::engine::wit::Incoming;
+
+/// An event in a room's inbox, with its share of the inbox's bytes.
+struct Queued {
+    event: Event,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
 
 pub enum Event {
     Connect {
@@ -128,6 +134,8 @@ impl RoomShared {
 pub struct Settings {
     /// Capacity of a room's inbox, in events.
     pub inbox: usize,
+    /// Capacity of a room's inbox in bytes of messages.
+    pub inbox_bytes: u32,
     /// Idle time after which a room drops its instance.
     pub hibernate_after: Option<Duration>,
     /// Retries of an alarm whose handler trapped.
@@ -147,7 +155,11 @@ pub struct Settings {
 #[derive(Clone)]
 pub struct RoomHandle {
     pub project: Arc<str>,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Queued>,
+    /// The inbox's bound in bytes: a queued message holds as many permits
+    /// as it has bytes (at most all of them) until the room takes it.
+    inbox_bytes: Arc<Semaphore>,
+    inbox_bytes_max: u32,
     core: Arc<Core>,
     pub shared: Arc<RoomShared>,
     pub generation: u64,
@@ -175,12 +187,35 @@ impl RoomHandle {
     /// Queues an event for the room's task. Waits while the inbox is full;
     /// gives the event back if the room is gone.
     pub async fn send(&self, event: Event) -> Result<(), Event> {
+        let size = match &event {
+            Event::Message { message, .. } => match message {
+                Incoming::Text(text) => text.len(),
+                Incoming::Binary(bytes) => bytes.len(),
+                Incoming::TooLarge(_) => 0,
+            },
+            _ => 0,
+        };
+        let bytes = match u32::try_from(size).unwrap_or(u32::MAX) {
+            0 => None,
+            n => match self
+                .inbox_bytes
+                .clone()
+                .acquire_many_owned(n.min(self.inbox_bytes_max))
+                .await
+            {
+                Ok(bytes) => Some(bytes),
+                Err(_) => return Err(event),
+            },
+        };
         // (A permit first: the event is not kept twice in this future, and
         // every connection's task holds one of these.)
         let Ok(permit) = self.tx.reserve().await else {
             return Err(event);
         };
-        permit.send(event);
+        permit.send(Queued {
+            event,
+            _bytes: bytes,
+        });
         self.core.wake.notify_one();
         Ok(())
     }
@@ -251,6 +286,8 @@ pub fn spawn(
     metrics: Arc<Metrics>,
 ) -> RoomHandle {
     let (tx, rx) = mpsc::channel(settings.inbox);
+    let inbox_bytes_max = settings.inbox_bytes.max(1);
+    let inbox_bytes = Arc::new(Semaphore::new(inbox_bytes_max as usize));
     let shared = Arc::new(RoomShared::default());
     let table = Table::new(
         project.clone(),
@@ -287,6 +324,8 @@ pub fn spawn(
     RoomHandle {
         project: handle_project,
         tx,
+        inbox_bytes,
+        inbox_bytes_max,
         core,
         shared,
         generation,
@@ -303,7 +342,7 @@ struct Actor {
     settings: Settings,
     metrics: Arc<Metrics>,
     /// The inbox; only the lock's holder takes events from it.
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<Queued>,
     /// The instance, with the table inside its store, and its place in
     /// `--max-instances` (given back when the instance is dropped).
     live: Option<(Store<RoomState>, Room, instances::Permit)>,
@@ -355,7 +394,10 @@ impl Actor {
         loop {
             let mut handled = 0;
             while handled < BATCH {
-                let Ok(event) = self.rx.try_recv() else { break };
+                // The message's bytes are given back once it is handled.
+                let Ok(Queued { event, _bytes }) = self.rx.try_recv() else {
+                    break;
+                };
                 if matches!(event, Event::Shutdown) {
                     self.shut_down();
                     return true;
@@ -713,6 +755,7 @@ mod tests {
             .unwrap();
         let settings = Settings {
             inbox: 4,
+            inbox_bytes: 1000,
             hibernate_after: None,
             alarm_retries: 0,
             alarm_retry_base: Duration::from_millis(10),
@@ -751,11 +794,42 @@ mod tests {
     }
 
     /// Joins a client to the room and waits until it is admitted.
-    async fn admit(room: &RoomHandle) {
+    async fn admit(room: &RoomHandle) -> ConnRef {
         let (event, answer) = joining();
         assert!(room.send(event).await.is_ok());
         let admitted = tokio::time::timeout(Duration::from_secs(10), answer).await;
-        assert!(matches!(admitted, Ok(Ok(Ok(_)))));
+        match admitted {
+            Ok(Ok(Ok(conn))) => conn,
+            _ => panic!("not admitted"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_busy_rooms_inbox_holds_a_bounded_number_of_bytes() {
+        // The test registry's rooms take 1000 bytes of messages.
+        let registry = registry();
+        let room = registry.get_or_create("p").unwrap();
+        let conn = admit(&room).await;
+        let message = |n: usize| Event::Message {
+            conn,
+            message: Incoming::Text("x".repeat(n)),
+        };
+        let soon = Duration::from_millis(100);
+        // While a reader runs the room, messages wait in its inbox...
+        let running = room.try_run().expect("p idle");
+        let queued = tokio::time::timeout(soon, room.send(message(600))).await;
+        assert!(matches!(queued, Ok(Ok(()))));
+        // ...up to 1000 bytes: the next 600 wait for room there, as a
+        // full inbox makes its connection's reader wait.
+        let mut second = std::pin::pin!(room.send(message(600)));
+        assert!(tokio::time::timeout(soon, &mut second).await.is_err());
+        // Once the room takes the first, the second goes in; one larger
+        // than the whole bound goes in alone.
+        drop(running);
+        let queued = tokio::time::timeout(Duration::from_secs(10), second).await;
+        assert!(matches!(queued, Ok(Ok(()))));
+        let queued = tokio::time::timeout(Duration::from_secs(10), room.send(message(5000))).await;
+        assert!(matches!(queued, Ok(Ok(()))));
     }
 
     // On this single-threaded runtime the room's task runs only when the
