@@ -184,8 +184,9 @@ pub struct Running<'a> {
 }
 
 impl RoomHandle {
-    /// Queues an event for the room's task. Waits while the inbox is full;
-    /// gives the event back if the room is gone.
+    /// Queues an event for the room's task. Waits while the inbox is full,
+    /// in events or in bytes of messages; gives the event back if the room
+    /// is gone.
     pub async fn send(&self, event: Event) -> Result<(), Event> {
         let size = match &event {
             Event::Message { message, .. } => match message {
