@@ -50,7 +50,7 @@ pub struct Cli {
     #[command(flatten)]
     pub secret: SecretArgs,
 
-    /// Browser origin allowed to open WebSockets (scheme://host[:port]);
+    /// Browser origin allowed to open WebSockets (scheme://host, with an optional :port);
     /// repeatable. When set, an upgrade whose Origin header is not listed is
     /// refused with 403; clients that send no Origin (non-browsers) are
     /// not affected.

@@ -105,7 +105,7 @@ impl Host for RoomState {
         self.table.config.get(&key).cloned()
     }
 
-    /// Not called: [`add_send`] replaces this import with one that reads
+    /// Not called: `add_send` replaces this import with one that reads
     /// its arguments in place. Kept equivalent for completeness.
     fn send(&mut self, text: String, targets: Vec<wit::Target>) -> Vec<u32> {
         let frame = outbox::encode(OpCode::Text, text.as_bytes());
