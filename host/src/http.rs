@@ -74,6 +74,24 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Reply {
     json_reply(status, &json!({"error": code, "message": message.into()}))
 }
 
+/// A `503` for a WebSocket the server cannot take now (a limit reached, the
+/// room out of reach): counted in `connectionsRefused`, and `why` warned
+/// about through its own throttle.
+fn unavailable(
+    app: &App,
+    throttle: &Throttle,
+    project: &str,
+    why: &str,
+    code: &str,
+    message: impl Into<String>,
+) -> Reply {
+    app.metrics.connection_refused();
+    if let Some(skipped) = throttle.admit() {
+        warn!(project = %project, skipped, "refusing a websocket: {why}");
+    }
+    error(StatusCode::SERVICE_UNAVAILABLE, code, message)
+}
+
 /// Checks the request's token against `access` when a secret is configured.
 fn authorize(
     app: &App,
@@ -426,12 +444,11 @@ async fn websocket(app: &Arc<App>, mut req: Request<Body>, query: Query) -> Repl
         origin: header(hyper::header::ORIGIN),
     });
     let Ok(permit) = app.websockets.clone().try_acquire_owned() else {
-        app.metrics.connection_refused();
-        if let Some(skipped) = app.warnings.max_connections.admit() {
-            warn!(project = %project, skipped, "refusing a websocket: --max-connections reached");
-        }
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return unavailable(
+            app,
+            &app.warnings.max_connections,
+            &project,
+            "--max-connections reached",
             "too_many_connections",
             "the server is at its connection limit; try again later",
         );
@@ -449,12 +466,11 @@ async fn websocket(app: &Arc<App>, mut req: Request<Body>, query: Query) -> Repl
     let outbox = Arc::new(Outbox::new(app.config.outbox_limit_bytes));
     for _ in 0..CONNECT_ATTEMPTS {
         let Some(room) = app.registry.get_or_create(&project) else {
-            app.metrics.connection_refused();
-            if let Some(skipped) = app.warnings.max_rooms.admit() {
-                warn!(project = %project, skipped, "refusing a websocket: --max-rooms reached");
-            }
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
+            return unavailable(
+                app,
+                &app.warnings.max_rooms,
+                &project,
+                "--max-rooms reached",
                 "too_many_rooms",
                 format!(
                     "the server is at its limit of {} live rooms; try again later",
@@ -500,12 +516,11 @@ async fn websocket(app: &Arc<App>, mut req: Request<Body>, query: Query) -> Repl
                 return error(status, &code, message);
             }
             Ok(Err(Refusal::Full { limit })) => {
-                app.metrics.connection_refused();
-                if let Some(skipped) = app.warnings.project_full.admit() {
-                    warn!(project = %project, skipped, "refusing a websocket: --max-project-connections reached");
-                }
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                return unavailable(
+                    app,
+                    &app.warnings.project_full,
+                    &project,
+                    "--max-project-connections reached",
                     "too_many_project_connections",
                     format!("the project is at its limit of {limit} connections; try again later"),
                 );
@@ -520,12 +535,11 @@ async fn websocket(app: &Arc<App>, mut req: Request<Body>, query: Query) -> Repl
             }
         }
     }
-    app.metrics.connection_refused();
-    if let Some(skipped) = app.warnings.unreachable.admit() {
-        warn!(project = %project, skipped, "refusing a websocket: could not reach its room after several attempts");
-    }
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
+    unavailable(
+        app,
+        &app.warnings.unreachable,
+        &project,
+        "could not reach its room after several attempts",
         "room_unavailable",
         "the project's room is restarting; try again",
     )
