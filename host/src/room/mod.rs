@@ -287,7 +287,7 @@ pub fn spawn(
     metrics: Arc<Metrics>,
 ) -> RoomHandle {
     let (tx, rx) = mpsc::channel(settings.inbox);
-    let inbox_bytes_max = settings.inbox_bytes.max(1);
+    let inbox_bytes_max = settings.inbox_bytes;
     let inbox_bytes = Arc::new(Semaphore::new(inbox_bytes_max as usize));
     let shared = Arc::new(RoomShared::default());
     let table = Table::new(
