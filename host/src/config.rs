@@ -579,6 +579,40 @@ pub fn map_count_for_instances(instances: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn a_limit_of_zero_is_refused_with_its_flag_named() {
+        let flags = [
+            "--max-connections",
+            "--max-rooms",
+            "--max-instances",
+            "--max-project-connections",
+            "--room-inbox",
+            "--room-inbox-bytes",
+            "--cpu-budget-ms",
+            "--room-memory-mib",
+            "--max-message-bytes",
+            "--outbox-limit-bytes",
+            "--ping-interval-ms",
+            "--handshake-timeout-ms",
+        ];
+        for flag in flags {
+            let cli = Cli::try_parse_from(["wsroom", flag, "0"]).unwrap();
+            let error = cli.config().expect_err(flag).to_string();
+            assert_eq!(error, format!("{flag} must be positive"));
+        }
+        // Zero where it means "none".
+        for flag in ["--max-messages-per-sec", "--hibernate-after-ms"] {
+            let cli = Cli::try_parse_from(["wsroom", flag, "0"]).unwrap();
+            assert!(cli.config().is_ok(), "{flag}");
+        }
+        // Past what the type holds: clap names the flag.
+        let error = Cli::try_parse_from(["wsroom", "--room-inbox-bytes", "4294967296"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--room-inbox-bytes"), "{error}");
+    }
 
     #[test]
     fn the_default_connection_limit_fits_the_open_files_limit() {
