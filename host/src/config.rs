@@ -579,7 +579,6 @@ pub fn map_count_for_instances(instances: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser as _;
 
     #[test]
     fn a_limit_of_zero_is_refused_with_its_flag_named() {
