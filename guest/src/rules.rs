@@ -1,4 +1,4 @@
-//! The default room's policy: PROTOCOL.md's routing rules and system
+//! The default room's policy: docs/PROTOCOL.md's routing rules and system
 //! messages, in plain Rust over the [`Env`] trait so they unit-test natively.
 //! The wit-bindgen glue in `lib.rs` implements [`Env`] with the host's imports.
 
@@ -58,7 +58,7 @@ pub struct Refusal {
     pub message: String,
 }
 
-/// The error codes of PROTOCOL.md.
+/// The error codes of docs/PROTOCOL.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     InvalidJson,
