@@ -22,8 +22,9 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
-use wsroom::conn::write_all;
+
 use wsroom::outbox::{self, Next, Outbox};
+use wsroom::write_all;
 
 struct Client {
     id: Arc<str>,
@@ -38,8 +39,8 @@ struct Room {
 
 type Rooms = Arc<Mutex<HashMap<String, Arc<Room>>>>;
 
-/// Serves until the process is killed; returns only if it cannot listen
-/// or accept.
+/// Listens on `listen` and serves until the process is killed; returns
+/// only if it cannot listen or accept.
 pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
     anyhow::ensure!(
         listen.ip().is_loopback(),
@@ -51,6 +52,16 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
     println!(
         "reference server listening on http://{}",
         listener.local_addr()?
+    );
+    serve_on(listener).await
+}
+
+/// Serves on `listener`, bound to a loopback address, until the task is
+/// dropped; returns only if it cannot accept.
+pub async fn serve_on(listener: TcpListener) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        listener.local_addr()?.ip().is_loopback(),
+        "the reference server listens on loopback only"
     );
     let rooms: Rooms = Arc::default();
     loop {

@@ -28,13 +28,13 @@ const READ_SIZE: usize = 16 * 1024;
 const MAX_FRAME: usize = 64 << 20;
 
 /// A frame the peer sent.
-pub struct Frame<'a> {
-    pub opcode: OpCode,
-    pub payload: &'a [u8],
+pub(crate) struct Frame<'a> {
+    pub(crate) opcode: OpCode,
+    pub(crate) payload: &'a [u8],
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum WireError {
+pub(crate) enum WireError {
     #[error("connection closed by the server without a close frame")]
     Eof,
     #[error(transparent)]
@@ -45,7 +45,7 @@ pub enum WireError {
 
 /// One client connection: reads frames in place, answers pings, writes
 /// masked text frames.
-pub struct Client<S> {
+pub(crate) struct Client<S> {
     io: S,
     buf: Vec<u8>,
     /// Unread bytes are `buf[start..end]`.
@@ -62,7 +62,7 @@ struct Parsed {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
-    pub fn new(io: S) -> Self {
+    pub(crate) fn new(io: S) -> Self {
         Client {
             io,
             buf: vec![0; FIRST_SIZE],
@@ -75,7 +75,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// The next text, binary or close frame; pings are answered and pongs
     /// skipped on the way. Cancel-safe: a frame is consumed only when it is
     /// returned (a pong written for a ping may be cut short, though).
-    pub async fn read_frame(&mut self) -> Result<Frame<'_>, WireError> {
+    pub(crate) async fn read_frame(&mut self) -> Result<Frame<'_>, WireError> {
         loop {
             match self.parse()? {
                 Ok(Parsed { opcode, payload }) => {
@@ -97,24 +97,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 
     /// Writes one masked text frame (after anything queued).
-    pub async fn write_text(&mut self, text: &[u8]) -> io::Result<()> {
+    pub(crate) async fn write_text(&mut self, text: &[u8]) -> io::Result<()> {
         append_masked(&mut self.out, OpCode::Text, text);
         self.flush().await
     }
 
     /// Appends one masked text frame to what [`Client::flush`] writes; a
     /// busy sender queues many and writes them at once.
-    pub fn queue_text(&mut self, text: &[u8]) {
+    pub(crate) fn queue_text(&mut self, text: &[u8]) {
         append_masked(&mut self.out, OpCode::Text, text);
     }
 
     /// Bytes queued and not yet written.
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.out.len()
     }
 
     /// Writes everything queued.
-    pub async fn flush(&mut self) -> io::Result<()> {
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
             self.io.write_all(&self.out).await?;
             self.out.clear();

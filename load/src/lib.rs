@@ -1,6 +1,10 @@
 //! wsroom-load: drives a running wsroom over real WebSockets on loopback and
 //! reports throughput, latency percentiles and correctness.
 //!
+//! The `wsroom-load` binary parses its arguments into a [`Cli`] and calls
+//! [`run_and_exit`]; [`run`] does the same run and returns its report, for
+//! callers in another program (wsroom's end-to-end tests).
+//!
 //! Scenarios:
 //! - `fanout`: P projects, each with 1 sender and R receivers; by type, by
 //!   id or broadcast; saturated (bounded in-flight window) or at a fixed
@@ -36,15 +40,17 @@ use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Notify};
 
-mod reference;
+pub mod reference;
 mod wire;
 
+/// The command line.
 #[derive(Parser)]
 #[command(
+    name = "wsroom-load",
     version,
     about = "Load generator and checker for a running wsroom (loopback only)"
 )]
-struct Cli {
+pub struct Cli {
     /// Address of the wsroom server (a loopback address).
     #[arg(long, default_value = "127.0.0.1:8787", global = true)]
     server: SocketAddr,
@@ -1148,17 +1154,32 @@ fn print_report(r: &serde_json::Value) {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Refuses a run of `connections` that the open-files limit `files`
+/// (`None`: no limit) cannot hold, saying how to raise it.
+fn check_open_files(connections: usize, files: Option<u64>) -> anyhow::Result<()> {
+    let needed = (connections as u64).saturating_add(wsroom::limits::FILES_RESERVED);
+    if let Some(files) = files.filter(|&files| files < needed) {
+        bail!(
+            "this run opens {connections} connections, a file each, and the open-files limit is \
+             {files}: raise it to at least {needed} (ulimit -n {needed})"
+        );
+    }
+    Ok(())
+}
+
+/// Checks what `cli` asks before anything is measured (a loopback address,
+/// open files for every connection, the server's pid) and starts the
+/// runtime the run goes on.
+fn prepare(cli: &Cli) -> anyhow::Result<tokio::runtime::Runtime> {
     let ip: IpAddr = cli.server.ip();
     if !ip.is_loopback() {
         bail!("wsroom-load only drives servers on loopback addresses; {ip} is not one");
     }
     // As the server does: many systems start processes with a soft limit of
     // 1024 open files, fewer than a run's connections.
-    let files = wsroom::config::raise_open_files_limit().unwrap_or_else(|e| {
+    let files = wsroom::limits::raise_open_files_limit().unwrap_or_else(|e| {
         eprintln!("wsroom-load: cannot raise the open-files limit to its hard limit: {e}");
-        wsroom::config::open_files_limit().0
+        wsroom::limits::open_files_limit().0
     });
     let connections = match cli.scenario {
         Scenario::Fanout(a) => a.projects.saturating_mul(a.receivers.saturating_add(1)),
@@ -1166,13 +1187,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Connect(a) => a.connections,
         Scenario::ReferenceServer => 0,
     };
-    let needed = (connections as u64).saturating_add(wsroom::config::FILES_RESERVED);
-    if let Some(files) = files.filter(|&files| files < needed) {
-        bail!(
-            "this run opens {connections} connections, a file each, and the open-files limit is \
-             {files}: raise it to at least {needed} (ulimit -n {needed})"
-        );
-    }
+    check_open_files(connections, files)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1181,27 +1196,58 @@ fn main() -> anyhow::Result<()> {
         // Checked before any connection is made.
         cpu_times(pid).with_context(|| format!("--server-pid {pid}: no such process"))?;
     }
+    Ok(runtime)
+}
+
+/// Runs the scenario; `reference-server` returns only on error.
+async fn scenario(cli: &Cli) -> anyhow::Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(cli.timeout_secs);
-    let report = runtime.block_on(async {
-        match cli.scenario {
-            Scenario::Fanout(args) => fanout(cli.server, args, cli.server_pid, deadline).await,
-            Scenario::Rpc(args) => rpc(cli.server, args, cli.server_pid, deadline).await,
-            Scenario::Connect(args) => {
-                connect_many(cli.server, args, cli.server_pid, deadline).await
-            }
-            // Serves until killed; returns only on error.
-            Scenario::ReferenceServer => reference::serve(cli.server)
-                .await
-                .map(|()| json!({"ok": true})),
-        }
-    })?;
-    if cli.json {
-        out!("{report}");
-    } else {
-        print_report(&report);
+    match cli.scenario {
+        Scenario::Fanout(args) => fanout(cli.server, args, cli.server_pid, deadline).await,
+        Scenario::Rpc(args) => rpc(cli.server, args, cli.server_pid, deadline).await,
+        Scenario::Connect(args) => connect_many(cli.server, args, cli.server_pid, deadline).await,
+        // Serves until killed; returns only on error.
+        Scenario::ReferenceServer => reference::serve(cli.server)
+            .await
+            .map(|()| json!({"ok": true})),
     }
-    // Exit at once: idle sockets and tasks need no orderly teardown.
-    std::process::exit(if report["ok"] == true { 0 } else { 1 })
+}
+
+/// Runs what `cli` asks on a runtime of its own, and returns the report
+/// (`--json` prints it as is): its `"ok"` is whether every check passed.
+/// An error is a run refused or cut short, with no report. Blocks the
+/// calling thread, which must not be a runtime's; `reference-server`
+/// serves until the process ends.
+pub fn run(cli: &Cli) -> anyhow::Result<serde_json::Value> {
+    let runtime = prepare(cli)?;
+    runtime.block_on(scenario(cli))
+}
+
+/// What the binary does: [`run`], print the report (one JSON line with
+/// `--json`) and exit at once, with 0 if every check passed and 1 if not;
+/// an error is printed to stderr, as `main` returning it would, and exits
+/// with 1.
+pub fn run_and_exit(cli: Cli) -> ! {
+    let report = prepare(&cli).and_then(|runtime| {
+        let report = runtime.block_on(scenario(&cli));
+        // Exit at once: idle sockets and tasks need no orderly teardown.
+        std::mem::forget(runtime);
+        report
+    });
+    match report {
+        Ok(report) => {
+            if cli.json {
+                out!("{report}");
+            } else {
+                print_report(&report);
+            }
+            std::process::exit(if report["ok"] == true { 0 } else { 1 })
+        }
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::exit(1)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1263,5 +1309,16 @@ mod tests {
             br#"{"type":"client_left","from":{"type":"system"}}"#
         ));
         assert!(!is_system(DELIVERY.as_bytes()));
+    }
+
+    #[test]
+    fn a_run_needing_more_files_than_the_limit_says_how_to_raise_it() {
+        let error = check_open_files(1000, Some(200)).unwrap_err().to_string();
+        assert!(
+            error.contains("open-files limit is 200") && error.contains("ulimit -n 1064"),
+            "{error}"
+        );
+        assert!(check_open_files(1000, Some(1064)).is_ok());
+        assert!(check_open_files(1000, None).is_ok());
     }
 }
