@@ -28,13 +28,10 @@ use clap::Parser;
 use criterion::{Criterion, Throughput, criterion_group};
 use fastwebsockets::OpCode;
 use tokio::runtime::Runtime as Tokio;
+use wsroom::bench::{
+    BATCH, ClientMeta, ConnRef, Event, Incoming, Outbox, Registry, RoomHandle, encode,
+};
 use wsroom::config::Cli;
-use wsroom::engine::Runtime;
-use wsroom::metrics::Metrics;
-use wsroom::outbox::{self, Outbox};
-use wsroom::registry::Registry;
-use wsroom::room::table::ConnRef;
-use wsroom::room::{BATCH, ClientMeta, Event, Incoming, RoomHandle, Settings};
 use wsroom_default_room::rules::{self, Env, Target};
 
 // The server's allocator.
@@ -85,24 +82,7 @@ fn registry() -> Arc<Registry> {
     let config = Cli::parse_from(["wsroom"])
         .config()
         .expect("default config");
-    let runtime = Runtime::new(&config).expect("engine and default room");
-    Registry::new(
-        runtime,
-        config.room_config.clone(),
-        Settings {
-            inbox: config.room_inbox,
-            inbox_bytes: config.room_inbox_bytes,
-            hibernate_after: None,
-            alarm_retries: config.alarm_retries,
-            alarm_retry_base: config.alarm_retry_base,
-            storage_bytes: config.room_storage_bytes,
-            log_lines_per_sec: config.room_log_lines_per_sec,
-            max_clients: config.max_project_connections,
-        },
-        Arc::new(Metrics::default()),
-        config.max_rooms,
-        config.max_instances,
-    )
+    wsroom::bench::registry(&config).expect("engine and default room")
 }
 
 /// Joins a client the way the HTTP layer does; returns its id, its
@@ -289,7 +269,7 @@ impl Env for Native {
         "bench".into()
     }
     fn send(&mut self, text: &str, targets: &[Target<'_>]) -> Vec<u32> {
-        let frame = outbox::encode(OpCode::Text, text.as_bytes());
+        let frame = encode(OpCode::Text, text.as_bytes());
         for q in &mut self.queues {
             q.push(frame.clone());
         }

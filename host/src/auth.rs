@@ -14,11 +14,11 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 /// Shortest secret accepted: HS256 wants at least as many bytes as the hash.
-pub const MIN_SECRET_BYTES: usize = 32;
+pub(crate) const MIN_SECRET_BYTES: usize = 32;
 /// Clock skew tolerated on `exp`, in seconds.
-pub const LEEWAY_SECS: u64 = 30;
+pub(crate) const LEEWAY_SECS: u64 = 30;
 /// The client type that may also read `/status`.
-pub const ADMIN: &str = "admin";
+pub(crate) const ADMIN: &str = "admin";
 
 /// What a token grants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,7 +99,7 @@ impl std::fmt::Debug for Auth {
 }
 
 /// Checks a secret's length; the message names the flag.
-pub fn check_secret(secret: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn check_secret(secret: &[u8]) -> anyhow::Result<()> {
     anyhow::ensure!(
         secret.len() >= MIN_SECRET_BYTES,
         "the auth secret is {} bytes; use at least {MIN_SECRET_BYTES} random bytes \
@@ -180,14 +180,14 @@ impl Auth {
 }
 
 /// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
 /// Signs a token granting `types` on `project` for `ttl`.
-pub fn mint(
+pub(crate) fn mint(
     secret: &[u8],
     project: &str,
     types: &[String],
@@ -216,7 +216,10 @@ pub fn mint(
 /// The bearer token of a request: the `Authorization: Bearer` header, else
 /// the `token` query parameter. A non-Bearer Authorization header counts as
 /// no token.
-pub fn bearer<'a>(authorization: Option<&'a str>, query_token: Option<&'a str>) -> Option<&'a str> {
+pub(crate) fn bearer<'a>(
+    authorization: Option<&'a str>,
+    query_token: Option<&'a str>,
+) -> Option<&'a str> {
     authorization
         .and_then(|h| {
             let (scheme, token) = h.trim().split_once(' ')?;
@@ -228,12 +231,12 @@ pub fn bearer<'a>(authorization: Option<&'a str>, query_token: Option<&'a str>) 
 }
 
 /// Normalizes an origin for comparison: lower case, no trailing `/`.
-pub fn normalize_origin(origin: &str) -> String {
+pub(crate) fn normalize_origin(origin: &str) -> String {
     origin.trim().trim_end_matches('/').to_ascii_lowercase()
 }
 
 /// Checks an `--allowed-origin` value: `scheme://host[:port]`, nothing more.
-pub fn check_origin(origin: &str) -> anyhow::Result<String> {
+pub(crate) fn check_origin(origin: &str) -> anyhow::Result<String> {
     let normalized = normalize_origin(origin);
     let url = url::Url::parse(&normalized)
         .map_err(|e| anyhow::anyhow!("--allowed-origin {origin:?} is not a URL: {e}"))?;

@@ -22,10 +22,11 @@ use crate::room::table::Table;
 use crate::stacks::Stacks;
 
 /// Interval of the epoch ticker: the granularity of CPU budgets.
-pub const TICK: Duration = Duration::from_millis(10);
+pub(crate) const TICK: Duration = Duration::from_millis(10);
 
 /// The default room, built from `guest/` by the build script.
-pub static DEFAULT_ROOM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-room.wasm"));
+pub(crate) static DEFAULT_ROOM: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/default-room.wasm"));
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -35,13 +36,13 @@ mod bindings {
     });
 }
 
-pub use bindings::wsroom::room::host as host_bindings;
-pub use bindings::wsroom::room::types as wit;
-pub use bindings::{Room, RoomPre};
+pub(crate) use bindings::wsroom::room::host as host_bindings;
+pub(crate) use bindings::wsroom::room::types as wit;
+pub(crate) use bindings::{Room, RoomPre};
 
 /// Everything a room's store holds: the project's connection table and
 /// alarm (what the host imports act on), WASI, and the limits.
-pub struct RoomState {
+pub(crate) struct RoomState {
     pub table: Table,
     pub wasi: WasiCtx,
     pub resources: ResourceTable,
@@ -95,14 +96,14 @@ struct Inner {
 
 /// The engine and the room components; cheap to clone.
 #[derive(Clone)]
-pub struct Runtime {
+pub(crate) struct Runtime {
     inner: Arc<Inner>,
 }
 
 impl Runtime {
     /// Compiles the configured components (or the embedded default room) and
     /// checks each against the `room` world.
-    pub fn new(config: &config::Config) -> anyhow::Result<Runtime> {
+    pub(crate) fn new(config: &config::Config) -> anyhow::Result<Runtime> {
         let mut wasm_config = Config::new();
         wasm_config.epoch_interruption(true);
         // Fiber stacks freed by dropped instances are kept for new ones.
@@ -164,7 +165,7 @@ impl Runtime {
     /// Compiles every component again from its file. On success, rooms
     /// switch to the new code at their next event; on failure nothing
     /// changes. Returns the new version.
-    pub fn reload(&self) -> anyhow::Result<u64> {
+    pub(crate) fn reload(&self) -> anyhow::Result<u64> {
         let inner = &*self.inner;
         let components = inner.sources.load(&inner.engine, &inner.linker)?;
         *self
@@ -176,13 +177,13 @@ impl Runtime {
     }
 
     /// The version of the components new instances are made from.
-    pub fn version(&self) -> u64 {
+    pub(crate) fn version(&self) -> u64 {
         self.inner.version.load(SeqCst)
     }
 
     /// A new store and instance for one project.
     /// On failure the table is handed back.
-    pub async fn instantiate(
+    pub(crate) async fn instantiate(
         &self,
         table: Table,
     ) -> Result<(Store<RoomState>, Room, u64), (Table, anyhow::Error)> {
@@ -306,7 +307,7 @@ fn start_ticker(engine: &Engine) -> std::io::Result<()> {
 }
 
 /// Prepares a store for one call: a fresh CPU budget.
-pub fn arm(store: &mut Store<RoomState>) {
+pub(crate) fn arm(store: &mut Store<RoomState>) {
     store.data_mut().ticks = 0;
     store.set_epoch_deadline(1);
 }

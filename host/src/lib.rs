@@ -1,33 +1,80 @@
 //! wsroom: self-hosted Durable-Object-style WebSocket rooms.
 //!
-//! Map of the modules:
-//! - [`auth`]: access tokens (JWT, HS256) and the browser-origin allow-list.
-//! - [`config`]: command-line flags and the validated [`config::Config`].
-//! - [`server`]: the accept loop, graceful shutdown.
-//! - [`tls`]: rustls termination for https/wss, the certificate reloadable.
-//! - [`http`]: the routes (`/websocket`, `/status`, `/health`).
-//! - [`conn`]: one WebSocket connection (reader, writer, keep-alive, its
-//!   message rate).
-//! - [`rate`]: the token bucket of the limits on rates.
-//! - [`outbox`]: a connection's bounded outgoing queue of framed bytes.
-//! - [`registry`]: projectId → live room.
-//! - [`room`]: the per-project actor, its connection table, the host imports.
-//! - [`engine`]: wasmtime: the compiled component, stores, CPU and memory limits.
-//! - [`stacks`]: the fiber stacks guest calls run on, kept for new instances.
-//! - [`metrics`]: process-wide counters for `/health`.
+//! The binary (`main.rs`) parses the command line and calls [`run`]; the
+//! library's own API is that, [`config`], [`limits`] and [`check_component`];
+//! [`outbox`] and [`write_all`] are public for the load tool's reference
+//! server, which writes as wsroom does so that comparing the two prices the
+//! room alone. Map of the modules:
+//! - `server`: [`run`]: the listener, one handler per connection's HTTP
+//!   phase, graceful shutdown. `handshakes`: connections in the HTTP phase
+//!   per source address. `signals`: SIGTERM, ctrl-c, SIGHUP reload.
+//! - [`config`]: command-line flags and the validated [`config::Config`];
+//!   [`limits`]: the open files and memory mappings the kernel allows, and
+//!   the defaults that fit them.
+//! - `tls`: rustls termination for https/wss, the certificate reloadable.
+//! - `http`: the routes (`/websocket`, `/status`, `/health`, `/metrics`)
+//!   and their one error type. `auth`: access tokens and origins.
+//! - `conn`: one WebSocket connection: frame rules and reassembly, reader,
+//!   writer. `rate`: the token bucket of the limits on rates. [`outbox`]: a
+//!   connection's bounded outgoing queue of framed bytes.
+//! - `registry`: projectId → live room. `room`: the per-project actor, its
+//!   connection table, the host imports.
+//! - `engine`: wasmtime: the compiled component, stores, CPU and memory
+//!   limits. `stacks`: the fiber stacks guest calls run on.
+//! - `metrics`: process-wide counters for `/health` and `/metrics`.
+//!
+//! The wire protocol is docs/PROTOCOL.md; the room contract, wit/room.wit.
 
-pub mod auth;
+mod auth;
 pub mod config;
-pub mod conn;
-pub mod engine;
-pub mod http;
-pub mod metrics;
+mod conn;
+mod engine;
+mod handshakes;
+mod http;
+pub mod limits;
+mod metrics;
 pub mod outbox;
-pub mod rate;
-pub mod registry;
-pub mod room;
-pub mod server;
-pub mod stacks;
-pub mod tls;
+mod rate;
+mod registry;
+mod room;
+mod server;
+mod signals;
+mod stacks;
+mod tls;
 
-pub use server::{run, shutdown_signal};
+pub use conn::writer::write_all;
+pub use server::run;
+pub use signals::shutdown_signal;
+
+/// Compiles the room components `config` names and checks that they fit
+/// the `wsroom:room/room` world (what `wsroom check` does).
+pub fn check_component(config: &config::Config) -> anyhow::Result<()> {
+    engine::Runtime::new(config).map(drop)
+}
+
+/// What `host/benches/room.rs` drives directly, without the network. Not
+/// an API: it changes with the room's internals.
+#[doc(hidden)]
+pub mod bench {
+    use std::sync::Arc;
+
+    pub use crate::outbox::{Outbox, encode};
+    pub use crate::registry::Registry;
+    pub use crate::room::table::ConnRef;
+    pub use crate::room::{BATCH, ClientMeta, Event, Incoming, RoomHandle};
+
+    /// A registry as the server makes one from `config`, hibernation off.
+    pub fn registry(config: &crate::config::Config) -> anyhow::Result<Arc<Registry>> {
+        let runtime = crate::engine::Runtime::new(config)?;
+        let mut settings = crate::room::Settings::from_config(config);
+        settings.hibernate_after = None;
+        Ok(Registry::new(
+            runtime,
+            config.room_config.clone(),
+            settings,
+            Arc::new(crate::metrics::Metrics::default()),
+            config.max_rooms,
+            config.max_instances,
+        ))
+    }
+}

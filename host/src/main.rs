@@ -37,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
             let mut misfits = 0;
             for path in components {
                 config.component = Some(path.clone());
-                match wsroom::engine::Runtime::new(&config) {
+                match wsroom::check_component(&config) {
                     Ok(_) => println!("{}: fits the wsroom:room/room world", path.display()),
                     Err(e) => {
                         eprintln!("{}: {e:#}", path.display());

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 #[derive(Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     connections_total: AtomicU64,
     connections_open: AtomicU64,
     connections_refused: AtomicU64,
@@ -19,6 +19,7 @@ pub struct Metrics {
     instances_evicted: AtomicU64,
     alarms_given_up: AtomicU64,
     auth_refused: AtomicU64,
+    handshakes_refused: AtomicU64,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
     rooms_upgraded: AtomicU64,
@@ -26,78 +27,81 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn connection_opened(&self) {
+    pub(crate) fn connection_opened(&self) {
         self.connections_total.fetch_add(1, Relaxed);
         self.connections_open.fetch_add(1, Relaxed);
     }
-    pub fn connection_closed(&self) {
+    pub(crate) fn connection_closed(&self) {
         self.connections_open.fetch_sub(1, Relaxed);
     }
-    pub fn connection_refused(&self) {
+    pub(crate) fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Relaxed);
     }
-    pub fn message_in(&self) {
+    pub(crate) fn message_in(&self) {
         self.messages_in.fetch_add(1, Relaxed);
     }
-    pub fn message_rate_limited(&self) {
+    pub(crate) fn message_rate_limited(&self) {
         self.messages_rate_limited.fetch_add(1, Relaxed);
     }
-    pub fn frames_out(&self, n: u64) {
+    pub(crate) fn frames_out(&self, n: u64) {
         if n > 0 {
             self.frames_out.fetch_add(n, Relaxed);
         }
     }
-    pub fn outbox_overflow(&self) {
+    pub(crate) fn outbox_overflow(&self) {
         self.outbox_overflows.fetch_add(1, Relaxed);
     }
-    pub fn room_created(&self) {
+    pub(crate) fn room_created(&self) {
         self.rooms_created.fetch_add(1, Relaxed);
         self.rooms_live.fetch_add(1, Relaxed);
     }
-    pub fn room_removed(&self) {
+    pub(crate) fn room_removed(&self) {
         self.rooms_live.fetch_sub(1, Relaxed);
     }
-    pub fn room_failed(&self) {
+    pub(crate) fn room_failed(&self) {
         self.room_failures.fetch_add(1, Relaxed);
     }
-    pub fn instance_created(&self) {
+    pub(crate) fn instance_created(&self) {
         self.instances_live.fetch_add(1, Relaxed);
     }
-    pub fn instance_dropped(&self) {
+    pub(crate) fn instance_dropped(&self) {
         self.instances_live.fetch_sub(1, Relaxed);
     }
-    pub fn hibernated(&self) {
+    pub(crate) fn hibernated(&self) {
         self.hibernations.fetch_add(1, Relaxed);
     }
-    pub fn instance_evicted(&self) {
+    pub(crate) fn instance_evicted(&self) {
         self.instances_evicted.fetch_add(1, Relaxed);
     }
-    pub fn alarm_given_up(&self) {
+    pub(crate) fn alarm_given_up(&self) {
         self.alarms_given_up.fetch_add(1, Relaxed);
     }
-    pub fn reloaded(&self, ok: bool) {
+    pub(crate) fn reloaded(&self, ok: bool) {
         if ok {
             self.reloads.fetch_add(1, Relaxed);
         } else {
             self.reload_failures.fetch_add(1, Relaxed);
         }
     }
-    pub fn log_line_dropped(&self) {
+    pub(crate) fn log_line_dropped(&self) {
         self.log_lines_dropped.fetch_add(1, Relaxed);
     }
-    pub fn room_upgraded(&self) {
+    pub(crate) fn room_upgraded(&self) {
         self.rooms_upgraded.fetch_add(1, Relaxed);
     }
-    pub fn auth_refused(&self) {
+    pub(crate) fn handshake_refused(&self) {
+        self.handshakes_refused.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn auth_refused(&self) {
         self.auth_refused.fetch_add(1, Relaxed);
     }
-    pub fn open_connections(&self) -> u64 {
+    pub(crate) fn open_connections(&self) -> u64 {
         self.connections_open.load(Relaxed)
     }
 
     /// Every counter and gauge with its value: what `/health` shows in
     /// `counters` and `/metrics` for Prometheus, from this one list.
-    pub fn entries(&self) -> [Entry; 19] {
+    pub(crate) fn entries(&self) -> [Entry; 20] {
         use Kind::{Counter, Gauge};
         let e = |json, prometheus, kind, help, value: &AtomicU64| Entry {
             json,
@@ -227,6 +231,13 @@ impl Metrics {
                 &self.reload_failures,
             ),
             e(
+                "handshakesRefused",
+                "wsroom_handshakes_refused_total",
+                Counter,
+                "connections refused at accept: their address had --max-handshakes-per-address connections not yet upgraded",
+                &self.handshakes_refused,
+            ),
+            e(
                 "roomsUpgraded",
                 "wsroom_rooms_upgraded_total",
                 Counter,
@@ -243,7 +254,7 @@ impl Metrics {
         ]
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         self.entries()
             .into_iter()
             .map(|e| (e.json.to_owned(), e.value.into()))
@@ -254,13 +265,13 @@ impl Metrics {
 
 /// A Prometheus metric's type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Counter,
     Gauge,
 }
 
 /// One counter or gauge and its value.
-pub struct Entry {
+pub(crate) struct Entry {
     /// Its name in `/health`'s `counters`.
     pub json: &'static str,
     /// Its name in `/metrics`.
@@ -272,7 +283,7 @@ pub struct Entry {
 
 /// Appends one sample, with its HELP and TYPE, in Prometheus' text format
 /// (version 0.0.4).
-pub fn write_prometheus(out: &mut String, name: &str, kind: Kind, help: &str, value: u64) {
+pub(crate) fn write_prometheus(out: &mut String, name: &str, kind: Kind, help: &str, value: u64) {
     use std::fmt::Write as _;
     let kind = match kind {
         Kind::Counter => "counter",

@@ -7,13 +7,13 @@
 /// in thousandths, so a rate of a few a second refills smoothly; 16 bytes,
 /// as every connection keeps one.
 #[derive(Debug, Clone, Copy)]
-pub struct Bucket {
+pub(crate) struct Bucket {
     milli: u64,
     last_ms: u64,
 }
 
 impl Bucket {
-    pub fn full(rate: u32, now_ms: u64) -> Bucket {
+    pub(crate) fn full(rate: u32, now_ms: u64) -> Bucket {
         Bucket {
             milli: burst(rate),
             last_ms: now_ms,
@@ -22,7 +22,7 @@ impl Bucket {
 
     /// Takes a token if there is one. A clock that went back refills
     /// nothing.
-    pub fn take(&mut self, rate: u32, now_ms: u64) -> bool {
+    pub(crate) fn take(&mut self, rate: u32, now_ms: u64) -> bool {
         let elapsed = now_ms.saturating_sub(self.last_ms);
         self.last_ms = self.last_ms.max(now_ms);
         self.milli = self

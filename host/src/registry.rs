@@ -24,7 +24,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(
+    pub(crate) fn new(
         runtime: Runtime,
         room_config: BTreeMap<String, String>,
         settings: Settings,

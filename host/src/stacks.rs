@@ -26,11 +26,11 @@ use wasmtime::{StackCreator, StackMemory};
 /// Stacks kept by default. Each kept stack holds 2 mappings, the pages the
 /// last room's calls touched (~8 KiB: calls use the top of the stack) and
 /// its size in address space (wasmtime's `async_stack_size`, 2 MiB).
-pub const KEEP: usize = 128;
+pub(crate) const KEEP: usize = 128;
 
 /// Hands out fiber stacks, kept ones first. Clones share the kept stacks.
 #[derive(Clone)]
-pub struct Stacks {
+pub(crate) struct Stacks {
     inner: Arc<Inner>,
 }
 
@@ -82,7 +82,7 @@ impl Drop for Mapping {
 }
 
 impl Stacks {
-    pub fn new(keep: usize) -> Stacks {
+    pub(crate) fn new(keep: usize) -> Stacks {
         Stacks {
             inner: Arc::new(Inner {
                 free: Mutex::new(Vec::with_capacity(keep)),

@@ -15,13 +15,13 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// are read again (SIGHUP): certificates are renewed without a restart, and
 /// connections already open keep theirs.
 #[derive(Clone)]
-pub struct Tls {
+pub(crate) struct Tls {
     current: Arc<RwLock<TlsAcceptor>>,
     source: TlsSource,
 }
 
 impl Tls {
-    pub fn new(source: &TlsSource) -> anyhow::Result<Tls> {
+    pub(crate) fn new(source: &TlsSource) -> anyhow::Result<Tls> {
         let acceptor = match source {
             TlsSource::Files { cert, key } => acceptor(cert, key)?,
             TlsSource::SelfSigned { out } => self_signed(out)?,
@@ -33,7 +33,7 @@ impl Tls {
     }
 
     /// The acceptor for a new connection.
-    pub fn acceptor(&self) -> TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -44,7 +44,7 @@ impl Tls {
     /// connections; on an error the current ones stay. Returns the
     /// certificate's path, or `None` for a generated certificate, which is
     /// kept.
-    pub fn reload(&self) -> anyhow::Result<Option<&Path>> {
+    pub(crate) fn reload(&self) -> anyhow::Result<Option<&Path>> {
         let TlsSource::Files { cert, key } = &self.source else {
             return Ok(None);
         };
@@ -88,7 +88,7 @@ fn self_signed(out: &Path) -> anyhow::Result<TlsAcceptor> {
 }
 
 /// Loads a PEM certificate chain and private key into an acceptor.
-pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+pub(crate) fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("cannot read TLS certificates from {}", cert.display()))?
         .collect::<Result<_, _>>()

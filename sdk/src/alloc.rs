@@ -80,6 +80,7 @@ fn kept_max(c: usize) -> u16 {
 }
 
 impl<A> Recycler<A> {
+    /// Wraps `inner`, with every size class empty.
     pub const fn new(inner: A) -> Self {
         Recycler {
             inner,

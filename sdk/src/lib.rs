@@ -26,6 +26,8 @@
 //! reloaded; the next event starts from `Default` again. Keep what must
 //! survive in [`Ctx::storage_set`] or [`Ctx::set_attachment`].
 
+#![warn(missing_docs)]
+
 pub mod alloc;
 
 /// The generated bindings of the `wsroom:room/room` world.

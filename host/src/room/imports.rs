@@ -14,7 +14,7 @@ use wasmtime::component::{ComponentType, Lift, Linker, WasmList, WasmStr};
 use crate::engine::host_bindings::Host;
 
 /// Largest attachment a room may keep with one client.
-pub const MAX_ATTACHMENT: usize = 16 * 1024;
+pub(crate) const MAX_ATTACHMENT: usize = 16 * 1024;
 
 impl wit::Host for RoomState {}
 
@@ -47,7 +47,7 @@ const HOST_INTERFACE: &str = "wsroom:room/host@0.1.0";
 /// once, into the frame, and nothing else is copied or allocated per target
 /// (the bindings' version lifts the text and every id into owned `String`s
 /// and `Vec`s first). `send` is called for nearly every message.
-pub fn add_send(linker: &mut Linker<RoomState>) -> wasmtime::Result<()> {
+pub(crate) fn add_send(linker: &mut Linker<RoomState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let added = linker
         .instance(HOST_INTERFACE)
@@ -105,24 +105,11 @@ impl Host for RoomState {
         self.table.config.get(&key).cloned()
     }
 
-    /// Not called: `add_send` replaces this import with one that reads
-    /// its arguments in place. Kept equivalent for completeness.
-    fn send(&mut self, text: String, targets: Vec<wit::Target>) -> Vec<u32> {
-        let frame = outbox::encode(OpCode::Text, text.as_bytes());
-        let mark = self.table.begin_send();
-        targets
-            .iter()
-            .map(|t| {
-                let select = match &t.select {
-                    wit::Selector::Client(id) => self.table.select_client(id),
-                    wit::Selector::Kind(kind) => self.table.select_kind(kind),
-                    wit::Selector::All => Select::All,
-                };
-                let except = t.except.iter().filter_map(|id| self.table.slot_of(id));
-                let except: Except = except.collect();
-                self.table.fanout(mark, &frame, &select, &except)
-            })
-            .collect()
+    /// Never called: every linker this host builds shadows this import
+    /// with [`add_send`]'s, which reads its arguments in place. Were it
+    /// called, it would answer as a send that reached nobody.
+    fn send(&mut self, _text: String, targets: Vec<wit::Target>) -> Vec<u32> {
+        vec![0; targets.len()]
     }
 
     fn close(&mut self, client: String, code: u16, reason: String) -> bool {

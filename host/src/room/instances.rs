@@ -26,7 +26,7 @@ use super::Core;
 
 /// What a live instance holds: returned to the pool when it is dropped
 /// (with the instance, under the room's lock).
-pub struct Permit {
+pub(crate) struct Permit {
     _permit: OwnedSemaphorePermit,
     /// Shared with the instance's entry in the clock: false once dropped.
     held: Arc<AtomicBool>,

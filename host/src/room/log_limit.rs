@@ -13,9 +13,9 @@ use crate::metrics::Metrics;
 use crate::rate::Bucket;
 
 /// Longest log line kept, in bytes; longer ones are cut.
-pub const MAX_LINE: usize = 4096;
+pub(crate) const MAX_LINE: usize = 4096;
 
-pub struct LogLimit {
+pub(crate) struct LogLimit {
     /// Lines per second (the bucket holds twice that).
     rate: u32,
     bucket: Bucket,
@@ -27,7 +27,7 @@ pub struct LogLimit {
 
 /// The verdict on one line.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Log it; `dropped` lines were dropped before it.
     Log {
         dropped: u64,
@@ -38,7 +38,7 @@ pub enum Verdict {
 impl LogLimit {
     /// `lines_per_sec` 0: nothing is logged (every line is counted as
     /// dropped).
-    pub fn new(lines_per_sec: u32) -> LogLimit {
+    pub(crate) fn new(lines_per_sec: u32) -> LogLimit {
         LogLimit {
             rate: lines_per_sec,
             bucket: Bucket::full(lines_per_sec, 0),
@@ -47,7 +47,7 @@ impl LogLimit {
         }
     }
 
-    pub fn check(&mut self, now: Instant) -> Verdict {
+    pub(crate) fn check(&mut self, now: Instant) -> Verdict {
         let ms = now.saturating_duration_since(self.origin).as_millis() as u64;
         if self.bucket.take(self.rate, ms) {
             Verdict::Log {
@@ -62,14 +62,14 @@ impl LogLimit {
 
 /// One room's [`LogLimit`], shared by the `log` import and the room's output
 /// streams, counting what it drops in `/health` `logLinesDropped`.
-pub struct LogBudget {
+pub(crate) struct LogBudget {
     project: Arc<str>,
     limit: Mutex<LogLimit>,
     metrics: Arc<Metrics>,
 }
 
 impl LogBudget {
-    pub fn new(project: Arc<str>, lines_per_sec: u32, metrics: Arc<Metrics>) -> LogBudget {
+    pub(crate) fn new(project: Arc<str>, lines_per_sec: u32, metrics: Arc<Metrics>) -> LogBudget {
         LogBudget {
             project,
             limit: Mutex::new(LogLimit::new(lines_per_sec)),
@@ -80,7 +80,7 @@ impl LogBudget {
     /// Whether one more line may be logged now. A dropped line is counted;
     /// the first line let through after drops is preceded by a warning
     /// saying how many.
-    pub fn admit(&self) -> bool {
+    pub(crate) fn admit(&self) -> bool {
         let verdict = self
             .limit
             .lock()
@@ -108,16 +108,16 @@ impl LogBudget {
 /// (one per refused connection, say): at most `per_sec` lines a second
 /// (bursts of twice that); the next line let through says how many were
 /// left out, so every occurrence is either logged or counted in one.
-pub struct Throttle(Mutex<LogLimit>);
+pub(crate) struct Throttle(Mutex<LogLimit>);
 
 impl Throttle {
-    pub fn new(per_sec: u32) -> Throttle {
+    pub(crate) fn new(per_sec: u32) -> Throttle {
         Throttle(Mutex::new(LogLimit::new(per_sec)))
     }
 
     /// `Some(skipped)`: log this one, saying that `skipped` were left out
     /// since the last line; `None`: leave it out.
-    pub fn admit(&self) -> Option<u64> {
+    pub(crate) fn admit(&self) -> Option<u64> {
         let verdict = self
             .0
             .lock()
@@ -131,7 +131,7 @@ impl Throttle {
 }
 
 /// `line` cut to [`MAX_LINE`] bytes at a character boundary.
-pub fn cut(line: &str) -> &str {
+pub(crate) fn cut(line: &str) -> &str {
     let mut end = line.len().min(MAX_LINE);
     while !line.is_char_boundary(end) {
         end -= 1;

@@ -17,7 +17,7 @@ use crate::room::log_limit::{LogBudget, MAX_LINE};
 /// One of a room's two output streams; cheap to clone (WASI asks for a
 /// fresh writer per stream handle).
 #[derive(Clone)]
-pub struct RoomOutput {
+pub(crate) struct RoomOutput {
     state: Arc<Mutex<Lines>>,
 }
 
@@ -30,7 +30,7 @@ struct Lines {
 }
 
 /// A room's stdout and stderr.
-pub fn streams(project: Arc<str>, budget: Arc<LogBudget>) -> (RoomOutput, RoomOutput) {
+pub(crate) fn streams(project: Arc<str>, budget: Arc<LogBudget>) -> (RoomOutput, RoomOutput) {
     let stream = |name| RoomOutput {
         state: Arc::new(Mutex::new(Lines {
             project: project.clone(),

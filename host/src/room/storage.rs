@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use crate::engine::wit::StorageError;
 
 /// Longest key, in bytes.
-pub const MAX_KEY: usize = 1024;
+pub(crate) const MAX_KEY: usize = 1024;
 
-pub struct Storage {
+pub(crate) struct Storage {
     entries: BTreeMap<String, Vec<u8>>,
     /// Sum of the lengths of every key and value.
     bytes: usize,
@@ -16,7 +16,7 @@ pub struct Storage {
 }
 
 impl Storage {
-    pub fn new(limit: usize) -> Storage {
+    pub(crate) fn new(limit: usize) -> Storage {
         Storage {
             entries: BTreeMap::new(),
             bytes: 0,
@@ -24,13 +24,13 @@ impl Storage {
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+    pub(crate) fn get(&self, key: &str) -> Option<Vec<u8>> {
         self.entries.get(key).cloned()
     }
 
     /// Stores `value` under `key`, unless the key is bad or the store would
     /// pass its limit (then nothing changes).
-    pub fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), StorageError> {
+    pub(crate) fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), StorageError> {
         if key.is_empty() || key.len() > MAX_KEY {
             return Err(StorageError::BadKey);
         }
@@ -45,7 +45,7 @@ impl Storage {
     }
 
     /// Removes `key`; whether it was there.
-    pub fn delete(&mut self, key: &str) -> bool {
+    pub(crate) fn delete(&mut self, key: &str) -> bool {
         match self.entries.remove(key) {
             Some(v) => {
                 self.bytes -= key.len() + v.len();
@@ -56,7 +56,7 @@ impl Storage {
     }
 
     /// Keys starting with `prefix`, in byte order, at most `limit`.
-    pub fn keys(&self, prefix: &str, limit: u32) -> Vec<String> {
+    pub(crate) fn keys(&self, prefix: &str, limit: u32) -> Vec<String> {
         self.entries
             .range::<str, _>((
                 std::ops::Bound::Included(prefix),
@@ -68,7 +68,8 @@ impl Storage {
             .collect()
     }
 
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
         self.bytes
     }
 }

@@ -1,0 +1,228 @@
+//! A connection's reader: reads frames, has [`Frames`] check and reassemble
+//! them, applies the message rate, and hands each message to the room:
+//! it runs the message itself when the room is idle (no task switch on the
+//! message path), and queues it in the room's inbox when the room is busy.
+
+use std::borrow::Cow;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
+
+use bytes::Bytes;
+use fastwebsockets::{OpCode, Role, WebSocketError};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncRead;
+use tracing::debug;
+
+use super::frames::{Frames, Step, Violation};
+use super::{Connection, Ended};
+use crate::outbox::{self, Refused};
+use crate::rate::Bucket;
+use crate::room::{BATCH, CLOSE_ROOM_FAILED, Event, Incoming, ReaderTurn};
+
+/// Reads until the client closes, breaks a rule or goes away.
+pub(super) async fn read_loop<R: AsyncRead + Unpin>(read: R, c: &Connection<'_>) -> Ended {
+    let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+    ws.set_max_message_size(c.config.max_frame_bytes);
+    // Pongs and close echoes are sent by this reader once the frame has
+    // passed [`Frames`]' checks (see there why).
+    ws.set_auto_close(false);
+    ws.set_auto_pong(false);
+    let mut never_called = |_| std::future::ready(Ok::<(), std::convert::Infallible>(()));
+    let mut frames = Frames::new(c.config.max_message_bytes);
+    // The reader's turn at running the room, and how many messages it ran
+    // in this turn. Ending the turn (dropping it, on every return too)
+    // flushes what the messages queued to the writers and wakes them.
+    let mut turn: Option<ReaderTurn<'_>> = None;
+    let mut in_a_row = 0;
+    // The client's budget of messages (`--max-messages-per-sec`; 0: none).
+    let rate = c.config.max_messages_per_sec;
+    let mut bucket = Bucket::full(rate, 0);
+    loop {
+        let mut read = std::pin::pin!(ws.read_frame(&mut never_called));
+        let mut ready = None;
+        if turn.is_some() {
+            // Keep the room only for frames already here: end the turn
+            // before waiting for the client.
+            match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+                Poll::Ready(frame) => ready = Some(frame),
+                Poll::Pending => turn = None,
+            }
+        }
+        let frame = match ready {
+            Some(frame) => frame,
+            None => read.await,
+        };
+        let mut frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => return broken_frame(e, c),
+        };
+        let now_ms = c.start.elapsed().as_millis() as u64;
+        c.last_seen.store(now_ms, Relaxed);
+        let message = match frames.accept(&mut frame) {
+            Ok(Step::Message(message)) => message,
+            Ok(Step::Nothing) => continue,
+            Ok(Step::Ping(payload)) => {
+                c.outbox.push_pong(outbox::encode(OpCode::Pong, &payload));
+                continue;
+            }
+            Ok(Step::Close { code, reason, echo }) => {
+                c.outbox.close_raw(outbox::encode(OpCode::Close, &echo));
+                return Ended { code, reason };
+            }
+            Err(violation) => return violated(violation, c),
+        };
+        c.metrics.message_in();
+        if rate > 0 && !bucket.take(rate, now_ms) {
+            // Over --max-messages-per-sec: not routed; its sender hears why.
+            c.metrics.message_rate_limited();
+            debug!(project = %c.room.project, "message over --max-messages-per-sec, not routed");
+            let error = rate_limited(&c.room.project, &message, rate);
+            if c.outbox.push(error) == Err(Refused::Overflow) {
+                c.metrics.outbox_overflow();
+            }
+            continue;
+        }
+        // An idle room runs the message here, without waking its task.
+        if turn.is_none() {
+            turn = c.room.try_run();
+            in_a_row = 0;
+        }
+        if let Some(room) = turn.as_mut() {
+            c.in_guest.store(true, Relaxed);
+            // Boxed, as the queueing below: the futures of a guest call and
+            // of a send are big, and kept in place they would grow every
+            // connection's task by ~3 KB, idle or not (one small allocation
+            // per message instead; no difference the benchmarks resolve).
+            Box::pin(room.message(c.conn, message)).await;
+            c.in_guest.store(false, Relaxed);
+            in_a_row += 1;
+            if in_a_row == BATCH {
+                // Let the room's task, and what waits for it, have a turn.
+                turn = None;
+            }
+            continue;
+        }
+        // A busy room queues it. A full inbox makes this wait: the client's
+        // reads pause until the room catches up (TCP back-pressure),
+        // nothing is dropped.
+        let event = Event::Message {
+            conn: c.conn,
+            message,
+        };
+        if Box::pin(c.room.send(event)).await.is_err() {
+            return violated(
+                Violation {
+                    code: CLOSE_ROOM_FAILED,
+                    reason: "room is gone",
+                },
+                c,
+            );
+        }
+    }
+}
+
+/// Closes the connection with the violation's code.
+fn violated(violation: Violation, c: &Connection<'_>) -> Ended {
+    debug!(
+        code = violation.code,
+        reason = violation.reason,
+        "closing connection"
+    );
+    c.outbox.close(violation.code, violation.reason);
+    Ended {
+        code: violation.code,
+        reason: violation.reason.into(),
+    }
+}
+
+/// A frame fastwebsockets could not read: the close code RFC 6455 gives
+/// it, or the peer gone.
+fn broken_frame(e: WebSocketError, c: &Connection<'_>) -> Ended {
+    let reason = match e {
+        WebSocketError::FrameTooLarge => {
+            return violated(
+                Violation {
+                    code: 1009,
+                    reason: "frame too large",
+                },
+                c,
+            );
+        }
+        WebSocketError::InvalidUTF8 => {
+            return violated(
+                Violation {
+                    code: 1007,
+                    reason: "invalid UTF-8",
+                },
+                c,
+            );
+        }
+        WebSocketError::IoError(_)
+        | WebSocketError::UnexpectedEOF
+        | WebSocketError::ConnectionClosed => {
+            c.outbox.abort();
+            return Ended::lost();
+        }
+        _ => "protocol error",
+    };
+    debug!(error = %e, "bad frame");
+    violated(Violation { code: 1002, reason }, c)
+}
+
+/// The `error` a message over `--max-messages-per-sec` is answered with,
+/// shaped as the default room's errors (docs/PROTOCOL.md), whatever room the
+/// project runs: the room never sees the message.
+fn rate_limited(project: &str, message: &Incoming, rate: u32) -> Bytes {
+    #[derive(Deserialize)]
+    struct WithId<'a> {
+        #[serde(borrow)]
+        id: Option<Cow<'a, str>>,
+    }
+    #[derive(Serialize)]
+    struct SystemError<'a> {
+        id: String,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        from: SystemFrom,
+        payload: ErrorPayload<'a>,
+    }
+    #[derive(Serialize)]
+    struct SystemFrom {
+        #[serde(rename = "type")]
+        kind: &'static str,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ErrorPayload<'a> {
+        code: &'static str,
+        message: String,
+        project_id: &'a str,
+        timestamp: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message_id: Option<Cow<'a, str>>,
+    }
+    let message_id = match message {
+        Incoming::Text(text) => serde_json::from_str::<WithId<'_>>(text)
+            .ok()
+            .and_then(|m| m.id),
+        _ => None,
+    };
+    let error = SystemError {
+        id: uuid::Uuid::new_v4().to_string(),
+        kind: "error",
+        from: SystemFrom { kind: "system" },
+        payload: ErrorPayload {
+            code: "rate_limited",
+            message: format!(
+                "over the rate limit of {rate} per second (bursts of {}); message not routed",
+                u64::from(rate) * 2
+            ),
+            project_id: project,
+            timestamp: crate::room::now_ms(),
+            message_id,
+        },
+    };
+    // Serializing strings and numbers cannot fail.
+    let json = serde_json::to_vec(&error).unwrap_or_default();
+    outbox::encode(OpCode::Text, &json)
+}

@@ -1,0 +1,86 @@
+//! A connection's writer: drains the outbox with vectored writes, sends the
+//! keep-alive pings, and gives up on a peer that stopped answering.
+
+use std::io::IoSlice;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use fastwebsockets::OpCode;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tracing::debug;
+
+use super::Connection;
+use crate::outbox::{self, Next};
+
+/// Most frames handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// Writes until the outbox finishes (true: the peer is gone, false: our
+/// close frame was written).
+pub(super) async fn write_loop<W: AsyncWrite + Unpin>(write: &mut W, c: &Connection<'_>) -> bool {
+    let interval = c.config.ping_interval;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut batch: Vec<Bytes> = Vec::new();
+    loop {
+        tokio::select! {
+            next = c.outbox.take(&mut batch) => {
+                if next == Next::Abort {
+                    return true;
+                }
+                // A peer that cannot take our bytes for as long as it may be
+                // silent is as good as gone.
+                let wrote = tokio::time::timeout(interval * 2, write_all(write, &mut batch)).await;
+                batch.clear();
+                if !matches!(wrote, Ok(Ok(()))) {
+                    c.outbox.abort();
+                    return true;
+                }
+                if next == Next::Finish {
+                    let _ = write.shutdown().await;
+                    return false;
+                }
+            }
+            _ = ping.tick() => {
+                let last_seen = Duration::from_millis(c.last_seen.load(Relaxed));
+                if c.start.elapsed().saturating_sub(last_seen) > interval * 2 {
+                    debug!("peer stopped answering pings");
+                    c.outbox.abort();
+                    return true;
+                }
+                c.outbox.push_control(outbox::encode(OpCode::Ping, b""));
+            }
+        }
+    }
+}
+
+/// Writes every frame of `batch`, as few syscalls as the socket allows.
+///
+/// The `IoSlice`s live on the heap for the duration of the write only: kept
+/// in the future they would cost every idle connection a kilobyte.
+pub async fn write_all<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    batch: &mut [Bytes],
+) -> std::io::Result<()> {
+    let mut i = 0;
+    while i < batch.len() {
+        let end = batch.len().min(i + MAX_IOVECS);
+        let slices: Vec<IoSlice<'_>> = batch[i..end].iter().map(|b| IoSlice::new(b)).collect();
+        let mut written = write.write_vectored(&slices).await?;
+        drop(slices);
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 && i < batch.len() {
+            let len = batch[i].len();
+            if written >= len {
+                written -= len;
+                i += 1;
+            } else {
+                batch[i].advance(written);
+                written = 0;
+            }
+        }
+    }
+    write.flush().await
+}

@@ -1,0 +1,141 @@
+//! The read-only routes: `/status` (a project's clients), `/health` (the
+//! host's, or a project's), `/metrics` (Prometheus text). None of them
+//! starts a room.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming as Body;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::error::json_reply;
+use super::{App, HttpError, Query, Reply, authorize};
+use crate::auth::Access;
+use crate::room::now_ms;
+
+pub(super) fn status(app: &App, req: &Request<Body>, query: &Query) -> Result<Reply, HttpError> {
+    let project = query.project_id()?;
+    authorize(app, req, query, Access::Status { project })?;
+    let now = now_ms();
+    let room = app.registry.get(project);
+    let clients: Vec<Value> = room
+        .as_ref()
+        .map(|r| r.shared.clients())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            json!({
+                "id": &*c.id,
+                "type": &*c.kind,
+                "connectedAt": c.connected_at,
+                "connectedFor": now.saturating_sub(c.connected_at),
+                "socketState": 1,
+                "metadata": {"userAgent": c.user_agent, "origin": c.origin},
+            })
+        })
+        .collect();
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({
+            "projectId": project,
+            "clientCount": clients.len(),
+            "lastActivity": room.as_ref().and_then(|r| r.shared.last_activity()),
+            "timestamp": now,
+            "clients": clients,
+        }),
+    ))
+}
+
+pub(super) fn health(app: &App, req: &Request<Body>, query: &Query) -> Result<Reply, HttpError> {
+    let now = now_ms();
+    if query.project_id.is_none() {
+        return Ok(json_reply(
+            StatusCode::OK,
+            &json!({
+                "status": "healthy",
+                "version": env!("CARGO_PKG_VERSION"),
+                "timestamp": now,
+                "uptimeMs": app.started.elapsed().as_millis() as u64,
+                "rooms": app.registry.len(),
+                "maxRooms": app.registry.max_rooms(),
+                "maxInstances": app.registry.instances().max(),
+                "maxConnections": app.config.max_connections,
+                "maxProjectConnections": app.config.max_project_connections,
+                "maxMessagesPerSec": app.config.max_messages_per_sec,
+                "maxHandshakesPerAddress": app.config.max_handshakes_per_address,
+                "connections": app.metrics.open_connections(),
+                "counters": app.metrics.to_json(),
+            }),
+        ));
+    }
+    let project = query.project_id()?;
+    authorize(app, req, query, Access::Health { project })?;
+    let room = app.registry.get(project);
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({
+            "status": "healthy",
+            "projectId": project,
+            "clientCount": room.as_ref().map_or(0, |r| r.shared.client_count()),
+            "lastActivity": room.as_ref().and_then(|r| r.shared.last_activity()),
+            "timestamp": now,
+        }),
+    ))
+}
+
+/// `/health`'s counters and limits in Prometheus' text format, for a
+/// scraper. Like `/health` without a project, it needs no token.
+pub(super) fn metrics(app: &App) -> Reply {
+    use crate::metrics::{Kind::Gauge, write_prometheus};
+    let mut out = String::with_capacity(4096);
+    for e in app.metrics.entries() {
+        write_prometheus(&mut out, e.prometheus, e.kind, e.help, e.value);
+    }
+    let limits = [
+        (
+            "wsroom_max_rooms",
+            "--max-rooms: most live rooms",
+            app.registry.max_rooms() as u64,
+        ),
+        (
+            "wsroom_max_instances",
+            "--max-instances: most room instances live at once",
+            app.registry.instances().max() as u64,
+        ),
+        (
+            "wsroom_max_connections",
+            "--max-connections: most open WebSockets",
+            app.config.max_connections as u64,
+        ),
+        (
+            "wsroom_max_project_connections",
+            "--max-project-connections: most open WebSockets of one project",
+            app.config.max_project_connections as u64,
+        ),
+        (
+            "wsroom_max_messages_per_sec",
+            "--max-messages-per-sec: most messages a second from one connection (0: no limit)",
+            u64::from(app.config.max_messages_per_sec),
+        ),
+        (
+            "wsroom_max_handshakes_per_address",
+            "--max-handshakes-per-address: most connections of one address not yet upgraded",
+            app.config.max_handshakes_per_address as u64,
+        ),
+        (
+            "wsroom_uptime_seconds",
+            "seconds since the server started",
+            app.started.elapsed().as_secs(),
+        ),
+    ];
+    for (name, help, value) in limits {
+        write_prometheus(&mut out, name, Gauge, help, value);
+    }
+    let mut resp = Response::new(Full::new(Bytes::from(out)));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}

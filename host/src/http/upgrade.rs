@@ -1,0 +1,280 @@
+//! `GET /websocket`: the upgrade into a project's room, in three steps:
+//! [`validate`] the request (parameters, origin, token, the handshake's
+//! headers), [`admit`] the client (a place under `--max-connections`, the
+//! room's own yes), and spawn its connection once the `101` is sent.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming as Body;
+use hyper::header::{HeaderValue, ORIGIN, USER_AGENT};
+use hyper::{Request, Response, StatusCode, Version};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::warn;
+
+use super::{App, HttpError, Query, Reply, authorize};
+use crate::auth::{self, Access};
+use crate::conn::{self, Admitted};
+use crate::outbox::Outbox;
+use crate::room::log_limit::Throttle;
+use crate::room::{ClientMeta, Event, Refusal, now_ms};
+
+/// How many times an upgrade retries when it races with a room's removal.
+const CONNECT_ATTEMPTS: usize = 4;
+
+pub(super) async fn websocket(
+    app: &Arc<App>,
+    mut req: Request<Body>,
+    query: Query,
+) -> Result<Reply, HttpError> {
+    let (project, meta) = validate(app, &req, &query)?;
+    let Ok(permit) = app.websockets.clone().try_acquire_owned() else {
+        return Err(unavailable(
+            app,
+            &app.warnings.max_connections,
+            &project,
+            "--max-connections reached",
+            "too_many_connections",
+            "the server is at its connection limit; try again later",
+        ));
+    };
+    let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut req).map_err(|e| {
+        HttpError::bad_request(
+            "bad_upgrade",
+            format!("invalid WebSocket upgrade request: {e}"),
+        )
+    })?;
+    let admitted = admit(app, &project, meta, permit).await?;
+    app.tracker.spawn(conn::serve(
+        upgrade,
+        admitted,
+        app.config.clone(),
+        app.metrics.clone(),
+    ));
+    let (parts, _) = response.into_parts();
+    Ok(Response::from_parts(parts, Full::new(Bytes::new())))
+}
+
+/// Checks everything the request says before anything is reserved for it.
+fn validate(
+    app: &App,
+    req: &Request<Body>,
+    query: &Query,
+) -> Result<(String, Arc<ClientMeta>), HttpError> {
+    let project = query.project_id()?;
+    let kind = query.kind()?;
+    check_origin(app, req)?;
+    authorize(app, req, query, Access::Join { project, kind })?;
+    if !fastwebsockets::upgrade::is_upgrade_request(req) {
+        return Err(HttpError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "Expected Upgrade: websocket",
+        )
+        .with_header("upgrade", "websocket"));
+    }
+    check_handshake(req)?;
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let meta = Arc::new(ClientMeta {
+        id: uuid::Uuid::new_v4().to_string().into(),
+        kind: kind.into(),
+        connected_at: now_ms(),
+        user_agent: header(USER_AGENT),
+        origin: header(ORIGIN),
+    });
+    Ok((project.to_owned(), meta))
+}
+
+/// The opening handshake's rules (RFC 6455 4.1, 4.2.1) that hyper and
+/// fastwebsockets leave to us.
+fn check_handshake(req: &Request<Body>) -> Result<(), HttpError> {
+    if req.version() < Version::HTTP_11 {
+        // Over HTTP/1.0 hyper would send the 101 and then drop the
+        // connection: refuse it while it can still be told why.
+        return Err(HttpError::bad_request(
+            "bad_upgrade",
+            "a WebSocket upgrade needs HTTP/1.1",
+        ));
+    }
+    if req
+        .headers()
+        .get("sec-websocket-version")
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(
+            HttpError::bad_request("bad_upgrade", "Sec-WebSocket-Version must be 13")
+                .with_header("sec-websocket-version", "13"),
+        );
+    }
+    let key = req.headers().get("sec-websocket-key");
+    if !key.is_some_and(|k| is_websocket_key(k.as_bytes())) {
+        return Err(HttpError::bad_request(
+            "bad_upgrade",
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `key` is base64 of 16 bytes: 22 characters of the alphabet and
+/// `==`.
+fn is_websocket_key(key: &[u8]) -> bool {
+    let base64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    key.len() == 24 && key[..22].iter().all(base64) && &key[22..] == b"=="
+}
+
+/// Refuses a browser whose Origin is not on the allow-list (when one is set).
+fn check_origin(app: &App, req: &Request<Body>) -> Result<(), HttpError> {
+    if app.config.allowed_origins.is_empty() {
+        return Ok(());
+    }
+    let Some(origin) = req.headers().get(ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin
+        .to_str()
+        .map(auth::normalize_origin)
+        .unwrap_or_default();
+    if app.config.allowed_origins.contains(&origin) {
+        return Ok(());
+    }
+    app.metrics.auth_refused();
+    Err(HttpError::new(
+        StatusCode::FORBIDDEN,
+        "origin_not_allowed",
+        "this page's origin may not open WebSockets on this server",
+    ))
+}
+
+/// Asks the project's room to take the client, making the room if the
+/// project has none (again, if it raced with the room's removal).
+async fn admit(
+    app: &App,
+    project: &str,
+    meta: Arc<ClientMeta>,
+    permit: OwnedSemaphorePermit,
+) -> Result<Admitted, HttpError> {
+    let outbox = Arc::new(Outbox::new(app.config.outbox_limit_bytes));
+    for _ in 0..CONNECT_ATTEMPTS {
+        let Some(room) = app.registry.get_or_create(project) else {
+            return Err(unavailable(
+                app,
+                &app.warnings.max_rooms,
+                project,
+                "--max-rooms reached",
+                "too_many_rooms",
+                format!(
+                    "the server is at its limit of {} live rooms; try again later",
+                    app.registry.max_rooms()
+                ),
+            ));
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let event = Event::Connect {
+            meta: meta.clone(),
+            outbox: outbox.clone(),
+            reply,
+        };
+        if room.send(event).await.is_err() {
+            continue;
+        }
+        match answer.await {
+            // The room was being removed; a new one will be made.
+            Err(_) => continue,
+            Ok(Ok(conn)) => {
+                return Ok(Admitted {
+                    room,
+                    conn,
+                    outbox,
+                    permit,
+                });
+            }
+            Ok(Err(Refusal::Refused {
+                status,
+                error,
+                message,
+            })) => {
+                app.metrics.connection_refused();
+                let status = StatusCode::from_u16(status)
+                    .ok()
+                    .filter(|s| s.is_client_error() || s.is_server_error())
+                    .unwrap_or(StatusCode::FORBIDDEN);
+                return Err(HttpError::new(status, error, message));
+            }
+            Ok(Err(Refusal::Full { limit })) => {
+                return Err(unavailable(
+                    app,
+                    &app.warnings.project_full,
+                    project,
+                    "--max-project-connections reached",
+                    "too_many_project_connections",
+                    format!("the project is at its limit of {limit} connections; try again later"),
+                ));
+            }
+            Ok(Err(Refusal::Failed)) => {
+                app.metrics.connection_refused();
+                return Err(HttpError::unavailable(
+                    "room_failed",
+                    "the project's room failed while admitting the connection; try again",
+                ));
+            }
+        }
+    }
+    Err(unavailable(
+        app,
+        &app.warnings.unreachable,
+        project,
+        "could not reach its room after several attempts",
+        "room_unavailable",
+        "the project's room is restarting; try again",
+    ))
+}
+
+/// A `503` for a WebSocket the server cannot take now (a limit reached, the
+/// room out of reach): counted in `connectionsRefused`, and `why` warned
+/// about through its own throttle.
+fn unavailable(
+    app: &App,
+    throttle: &Throttle,
+    project: &str,
+    why: &str,
+    code: &'static str,
+    message: impl Into<String>,
+) -> HttpError {
+    app.metrics.connection_refused();
+    if let Some(skipped) = throttle.admit() {
+        warn!(project = %project, skipped, "refusing a websocket: {why}");
+    }
+    HttpError::unavailable(code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_websocket_key_is_base64_of_16_bytes() {
+        // RFC 6455 4.1's example.
+        assert!(is_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(is_websocket_key(b"AAAAAAAAAAAAAAAAAAAA+/=="));
+        for bad in [
+            &b""[..],
+            b"x",
+            b"dGhlIHNhbXBsZSBub25jZQ",
+            b"dGhlIHNhbXBsZSBub25jZQ=",
+            b"dGhlIHNhbXBsZSBub25jZQ===",
+            b"dGhlIHNhbXBsZSBub25j*Q==",
+            b"dGhlIHNhbXBsZSBub25jZQAA",
+            b"dGhlIHNhbXBsZSBub25jZSBub25jZQ==",
+        ] {
+            assert!(!is_websocket_key(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}

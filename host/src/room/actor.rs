@@ -1,0 +1,254 @@
+//! The actor's side of an event: dispatching it to the guest's export,
+//! making an instance first when the room has none, and what a trap does
+//! (the instance is dropped and the room's clients are closed with 1011;
+//! other projects never notice).
+
+use tracing::{debug, warn};
+use wasmtime::Store;
+
+use super::table::{ConnRef, Table};
+use super::{Actor, BATCH, CLOSE_ROOM_FAILED, Event, Instance, Queued, Refusal, client_info};
+use crate::engine::{self, Room, RoomState};
+
+/// A guest call (or instantiation) that failed.
+pub(super) struct Trapped(pub(super) anyhow::Error);
+
+/// Calls a guest export under a fresh CPU budget, instantiating the room
+/// first if it has no live instance.
+macro_rules! call {
+    ($actor:expr, |$room:ident, $store:ident| $call:expr) => {
+        match $actor.ensure_live().await {
+            Ok(($store, $room)) => $call.await.map_err(|e| Trapped(anyhow::Error::from(e))),
+            Err(t) => Err(t),
+        }
+    };
+}
+pub(super) use call;
+
+impl Instance {
+    pub(super) fn is_live(&self) -> bool {
+        matches!(self, Instance::Live { .. })
+    }
+
+    fn table(&mut self) -> &mut Table {
+        match self {
+            Instance::Live { store, .. } => &mut store.data_mut().table,
+            Instance::Hibernated(table) => table,
+            // `Moving` lasts only inside `ensure_live`, which never calls
+            // back here before it puts the table back.
+            Instance::Moving => unreachable!("the room's table is always present"),
+        }
+    }
+}
+
+impl Actor {
+    pub(super) fn table(&mut self) -> &mut Table {
+        self.instance.table()
+    }
+
+    /// Handles what waits in the inbox, in batches; true when the room is
+    /// finished (shut down, or removed for being empty).
+    pub(super) async fn drain(&mut self) -> bool {
+        loop {
+            let mut handled = 0;
+            while handled < BATCH {
+                // The message's bytes are given back once it is handled.
+                let Ok(Queued { event, _bytes }) = self.rx.try_recv() else {
+                    break;
+                };
+                if matches!(event, Event::Shutdown) {
+                    self.shut_down();
+                    return true;
+                }
+                self.handle(event).await;
+                handled += 1;
+            }
+            self.finish_batch().await;
+            if self.try_remove() {
+                return true;
+            }
+            if handled < BATCH {
+                return false;
+            }
+        }
+    }
+
+    /// After a batch of events: wake the writers (each writes many frames
+    /// at once), close the clients whose queue overflowed.
+    pub(super) async fn finish_batch(&mut self) {
+        self.flush();
+        self.settle().await;
+        self.table().flush();
+    }
+
+    /// Wakes the writers of what the last events queued, moves the
+    /// hibernation deadline on if one was handled, and sets `lastActivity`
+    /// if one was a connect or a message.
+    pub(super) fn flush(&mut self) {
+        if std::mem::take(&mut self.handled_since_flush) {
+            self.last_event = tokio::time::Instant::now();
+        }
+        if std::mem::take(&mut self.activity_unrecorded) {
+            self.table().touch();
+        }
+        self.table().flush();
+    }
+
+    pub(super) async fn handle(&mut self, event: Event) {
+        self.handled_since_flush = true;
+        self.used_since_clock_passed = true;
+        match event {
+            Event::Connect {
+                meta,
+                outbox,
+                reply,
+            } => {
+                if self.table().len() >= self.settings.max_clients {
+                    let _ = reply.send(Err(Refusal::Full {
+                        limit: self.settings.max_clients,
+                    }));
+                    return;
+                }
+                let conn = self.table().insert(meta.clone(), outbox.clone());
+                self.activity_unrecorded = true;
+                let info = client_info(&meta);
+                let result = match call!(self, |room, store| room.call_on_connect(store, &info)) {
+                    Ok(Ok(())) => Ok(conn),
+                    Ok(Err(r)) => {
+                        self.table().remove(conn);
+                        outbox.abort();
+                        Err(Refusal::Refused {
+                            status: r.status,
+                            error: r.error,
+                            message: r.message,
+                        })
+                    }
+                    Err(Trapped(e)) => {
+                        self.fail("on-connect", e);
+                        Err(Refusal::Failed)
+                    }
+                };
+                let admitted = result.is_ok();
+                if reply.send(result).is_err() && admitted {
+                    // The request went away before it could be answered.
+                    self.leave(conn, 1006, String::new()).await;
+                }
+            }
+            Event::Message { conn, message } => {
+                let Some(c) = self.table().get(conn) else {
+                    return;
+                };
+                let sender = c.sender.clone();
+                self.activity_unrecorded = true;
+                if let Err(Trapped(e)) = call!(self, |room, store| room
+                    .call_on_message(store, &sender, &message))
+                {
+                    self.fail("on-message", e);
+                }
+            }
+            Event::Close { conn, code, reason } => self.leave(conn, code, reason).await,
+            Event::Shutdown => {}
+        }
+    }
+
+    /// Removes a client and tells the room.
+    async fn leave(&mut self, conn: ConnRef, code: u16, reason: String) {
+        let Some(c) = self.table().remove(conn) else {
+            return;
+        };
+        c.outbox.close(1000, "");
+        debug!(project = %self.project, client = %c.meta.id, code, "client left");
+        let info = client_info(&c.meta);
+        if let Err(Trapped(e)) = call!(self, |room, store| room
+            .call_on_close(store, &info, code, &reason))
+        {
+            self.fail("on-close", e);
+        }
+    }
+
+    /// Removes the clients whose outbox overflowed during the last calls,
+    /// telling the room about each.
+    async fn settle(&mut self) {
+        while let Some(conn) = self.table().overflowed.pop() {
+            if self.table().get(conn).is_some() {
+                self.metrics.outbox_overflow();
+                warn!(project = %self.project, "client too slow: outgoing queue full, closed with 1013");
+                self.leave(
+                    conn,
+                    crate::outbox::CLOSE_TOO_SLOW,
+                    "outgoing queue full".into(),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// The live instance, created first if there is none.
+    pub(super) async fn ensure_live(&mut self) -> Result<(&mut Store<RoomState>, &Room), Trapped> {
+        if let Instance::Live { version, .. } = self.instance
+            && version != self.runtime.version()
+        {
+            // The components were reloaded: continue on the new code, from
+            // the host's table, as after hibernation. No client notices.
+            self.drop_instance();
+            self.metrics.room_upgraded();
+            tracing::info!(project = %self.project, "room switched to the reloaded component");
+        }
+        if !self.instance.is_live() {
+            let permit = self.registry.instances().acquire(&self.me).await;
+            let Instance::Hibernated(table) =
+                std::mem::replace(&mut self.instance, Instance::Moving)
+            else {
+                unreachable!("not live, so hibernated");
+            };
+            match self.runtime.instantiate(*table).await {
+                Ok((store, room, version)) => {
+                    self.instance = Instance::Live {
+                        store,
+                        room,
+                        version,
+                        _permit: permit,
+                    };
+                    self.metrics.instance_created();
+                }
+                Err((table, e)) => {
+                    self.instance = Instance::Hibernated(Box::new(table));
+                    return Err(Trapped(e));
+                }
+            }
+        }
+        let Instance::Live { store, room, .. } = &mut self.instance else {
+            unreachable!("instance just made live");
+        };
+        engine::arm(store);
+        Ok((store, room))
+    }
+
+    /// Drops the instance (if any), keeping the table.
+    pub(super) fn drop_instance(&mut self) {
+        if !self.instance.is_live() {
+            return;
+        }
+        if let Instance::Live { store, .. } =
+            std::mem::replace(&mut self.instance, Instance::Moving)
+        {
+            self.instance = Instance::Hibernated(Box::new(store.into_data().table));
+            self.metrics.instance_dropped();
+        }
+    }
+
+    /// The guest trapped: drop its instance, close its clients with 1011.
+    pub(super) fn fail(&mut self, during: &str, error: anyhow::Error) {
+        self.metrics.room_failed();
+        let clients = self.table().len();
+        warn!(project = %self.project, during, clients, error = %format!("{error:#}"), "room failed; closing its clients");
+        self.drop_instance();
+        let table = self.table();
+        for c in table.drain() {
+            c.outbox.close(CLOSE_ROOM_FAILED, "room failed");
+        }
+        table.alarm_at = None;
+        table.alarm_retry = 0;
+        table.overflowed.clear();
+    }
+}

@@ -1,0 +1,188 @@
+//! A room's life: made at its project's first connection, run by its own
+//! task between events, hibernated when idle (the instance dropped, the
+//! clients, attachments and alarm kept), evicted early when another room
+//! needs its instance, removed once empty with no alarm, closed at
+//! shutdown.
+
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc};
+use tracing::{debug, info};
+
+use super::table::Table;
+use super::{
+    Actor, CLOSE_GOING_AWAY, Core, Instance, RoomHandle, RoomShared, Settings, alarms, now_ms,
+};
+use crate::engine::Runtime;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// Starts the task of a new room and returns its handle.
+pub(crate) fn spawn(
+    project: Arc<str>,
+    generation: u64,
+    registry: Arc<Registry>,
+    runtime: Runtime,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+) -> RoomHandle {
+    let (tx, rx) = mpsc::channel(settings.inbox);
+    let inbox_bytes_max = settings.inbox_bytes;
+    let shared = Arc::new(RoomShared::default());
+    let table = Table::new(
+        project.clone(),
+        registry.room_config(),
+        shared.clone(),
+        metrics.clone(),
+        settings.storage_bytes,
+        settings.log_lines_per_sec,
+    );
+    let handle_project = project.clone();
+    let core = Arc::new_cyclic(|me| Core {
+        actor: tokio::sync::Mutex::new(Actor {
+            me: me.clone(),
+            project,
+            generation,
+            registry,
+            runtime,
+            settings,
+            metrics,
+            rx,
+            instance: Instance::Hibernated(Box::new(table)),
+            used_since_clock_passed: false,
+            activity_unrecorded: false,
+            handled_since_flush: false,
+            last_event: tokio::time::Instant::now(),
+            stopped: false,
+        }),
+        wake: Notify::new(),
+    });
+    tokio::spawn(run(core.clone()));
+    RoomHandle::new(
+        handle_project,
+        tx,
+        inbox_bytes_max,
+        core,
+        shared,
+        generation,
+    )
+}
+
+/// Why the room's task woke.
+enum Woken {
+    Event,
+    Idle,
+    Alarm,
+}
+
+/// The room's own task: runs what waits in the inbox, fires the alarm,
+/// hibernates an idle instance, until the room is finished.
+async fn run(core: Arc<Core>) {
+    {
+        let actor = core.actor.lock().await;
+        actor.metrics.room_created();
+        info!(project = %actor.project, "room created");
+    }
+    loop {
+        let (alarm, hibernate_at) = {
+            let mut actor = core.actor.lock().await;
+            if actor.stopped {
+                return;
+            }
+            (actor.table().alarm_at, actor.hibernate_at())
+        };
+        let woken = tokio::select! {
+            () = core.wake.notified() => Woken::Event,
+            () = tokio::time::sleep_until(hibernate_at.unwrap_or_else(tokio::time::Instant::now)), if hibernate_at.is_some() => Woken::Idle,
+            () = alarms::sleep_until_ms(alarm.unwrap_or(0)), if alarm.is_some() => Woken::Alarm,
+        };
+        let mut actor = core.actor.lock().await;
+        let actor = &mut *actor;
+        if actor.stopped {
+            return;
+        }
+        match woken {
+            Woken::Event => {}
+            Woken::Idle => {
+                // Messages run by readers meanwhile move the deadline on.
+                if actor
+                    .hibernate_at()
+                    .is_some_and(|at| at <= tokio::time::Instant::now())
+                {
+                    actor.hibernate();
+                }
+            }
+            Woken::Alarm => {
+                // The alarm may have been moved or cancelled meanwhile.
+                if actor.table().alarm_at.is_some_and(|at| at <= now_ms()) {
+                    actor.fire_alarm().await;
+                    actor.finish_batch().await;
+                }
+            }
+        }
+        if actor.drain().await {
+            actor.finish();
+            return;
+        }
+    }
+}
+
+impl Actor {
+    /// When a live instance is due to hibernate, if it is to.
+    fn hibernate_at(&self) -> Option<tokio::time::Instant> {
+        let after = self.settings.hibernate_after?;
+        self.instance.is_live().then(|| self.last_event + after)
+    }
+
+    /// Idle: drop the instance but keep the clients, the attachments and the
+    /// alarm. The next event creates a fresh instance.
+    pub(super) fn hibernate(&mut self) {
+        self.drop_instance();
+        self.metrics.hibernated();
+        let clients = self.table().len();
+        debug!(project = %self.project, clients, "room hibernated");
+    }
+
+    /// Whether the room was used since the last call (events waiting in its
+    /// inbox count), clearing the mark.
+    pub(super) fn take_used(&mut self) -> bool {
+        std::mem::take(&mut self.used_since_clock_passed) || !self.rx.is_empty()
+    }
+
+    /// Another room needs an instance and `--max-instances` are live: this
+    /// idle one hibernates early.
+    pub(super) fn evict(&mut self) {
+        self.drop_instance();
+        self.metrics.instance_evicted();
+        debug!(project = %self.project, "room hibernated early: --max-instances reached");
+    }
+
+    /// Server shutdown: every client gets 1001 after what is queued for it.
+    pub(super) fn shut_down(&mut self) {
+        self.table().flush();
+        for c in self.table().drain() {
+            c.outbox.close(CLOSE_GOING_AWAY, "server shutting down");
+        }
+        self.registry.remove_if(&self.project, self.generation);
+    }
+
+    /// Removes the room if it is empty with no alarm set.
+    pub(super) fn try_remove(&mut self) -> bool {
+        let t = self.table();
+        if !t.is_empty() || t.alarm_at.is_some() {
+            return false;
+        }
+        self.registry.remove_if(&self.project, self.generation)
+    }
+
+    /// The room is gone: connections racing with the removal learn it when
+    /// their reply sender is dropped here, and retry with a new room.
+    fn finish(&mut self) {
+        self.stopped = true;
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {}
+        self.drop_instance();
+        self.metrics.room_removed();
+        info!(project = %self.project, "room removed");
+    }
+}
