@@ -10,18 +10,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Upper bound of every await in the tests.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `probe` every `every` until `done` holds for what it returned, and
 /// returns that; fails after [`TIMEOUT`] naming `what` and the last value.
-pub async fn poll_until<T: std::fmt::Display>(
+pub(crate) async fn poll_until<T: std::fmt::Display>(
     what: &str,
     every: Duration,
     mut probe: impl AsyncFnMut() -> T,
@@ -42,12 +42,17 @@ pub async fn poll_until<T: std::fmt::Display>(
 }
 
 /// The misbehaving room built by the host's build script.
-pub const FIXTURE_ROOM: &str = concat!(env!("OUT_DIR"), "/fixture-room.wasm");
+pub(crate) const FIXTURE_ROOM: &str = concat!(env!("OUT_DIR"), "/fixture-room.wasm");
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A project id of its own for a test.
+pub(crate) fn project() -> String {
+    format!("p-{}", uuid::Uuid::new_v4())
+}
 
-pub struct Server {
-    pub addr: SocketAddr,
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
     child: Child,
     stderr: Arc<Mutex<String>>,
 }
@@ -57,7 +62,7 @@ impl Server {
     /// environment, a server whose args name no component runs PATH instead
     /// of the built-in room: the same tests then check another room (the
     /// Python port of the default room, for one).
-    pub fn start(args: &[&str]) -> Server {
+    pub(crate) fn start(args: &[&str]) -> Server {
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let own = args
             .iter()
@@ -79,7 +84,7 @@ impl Server {
 
     /// Starts the server (with the built-in room) after the shell command
     /// `setup` ran in the process that becomes it: `ulimit -n 200`, say.
-    pub fn start_after(setup: &str, args: &[&str]) -> Server {
+    pub(crate) fn start_after(setup: &str, args: &[&str]) -> Server {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let mut command = Command::new("sh");
         command
@@ -143,35 +148,31 @@ impl Server {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    pub fn url(&self, query: &str) -> String {
+    pub(crate) fn url(&self, query: &str) -> String {
         format!("ws://{}/websocket?{query}", self.addr)
     }
 
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 
-    pub async fn connect(&self, kind: &str, project: &str) -> (Ws, String) {
+    /// Opens a WebSocket of type `kind` to `project` and reads its
+    /// `connected` message.
+    pub(crate) async fn connect(&self, kind: &str, project: &str) -> Client {
         let url = self.url(&format!("type={kind}&projectId={project}"));
-        let (mut ws, _) = within(tokio_tungstenite::connect_async(url))
+        let (ws, _) = within(tokio_tungstenite::connect_async(url))
             .await
             .expect("websocket connect");
-        let hello = recv(&mut ws).await;
-        assert_eq!(hello["type"], "connected", "first frame: {hello}");
-        let id = hello["payload"]["clientId"]
-            .as_str()
-            .expect("connected carries clientId")
-            .to_owned();
-        (ws, id)
+        Client::hello(ws).await
     }
 
     /// A WebSocket upgrade the server must refuse; returns the HTTP status
     /// and the JSON body of the refusal.
-    pub async fn refused(&self, query: &str) -> (u16, Value) {
+    pub(crate) async fn refused(&self, query: &str) -> (u16, Value) {
         let err = within(tokio_tungstenite::connect_async(self.url(query)))
             .await
             .expect_err("the upgrade must be refused");
@@ -184,7 +185,7 @@ impl Server {
     }
 
     /// A GET request; returns the status and the body parsed as JSON.
-    pub async fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
         self.request(&format!(
             "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
         ))
@@ -192,14 +193,14 @@ impl Server {
     }
 
     /// Sends a raw HTTP request; returns the status and the JSON body.
-    pub async fn request(&self, raw: &str) -> (u16, Value) {
+    pub(crate) async fn request(&self, raw: &str) -> (u16, Value) {
         let (status, body) = self.request_text(raw).await;
         let json = serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {body:?}"));
         (status, json)
     }
 
-    pub async fn request_text(&self, raw: &str) -> (u16, String) {
+    pub(crate) async fn request_text(&self, raw: &str) -> (u16, String) {
         within(async {
             let mut s = TcpStream::connect(self.addr).await.expect("tcp connect");
             s.write_all(raw.as_bytes()).await.expect("write request");
@@ -221,7 +222,7 @@ impl Server {
     }
 
     /// Polls `/health` until `f` holds, or fails after [`TIMEOUT`].
-    pub async fn wait_health(&self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn wait_health(&self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
         poll_until(
             what,
             Duration::from_millis(50),
@@ -233,7 +234,7 @@ impl Server {
 
     /// Waits until the server's stderr (read by another thread, so a line
     /// may lag behind what /health already shows) satisfies `f`; returns it.
-    pub async fn wait_stderr(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
+    pub(crate) async fn wait_stderr(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
         poll_until(
             what,
             Duration::from_millis(20),
@@ -244,7 +245,7 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -273,7 +274,7 @@ impl Drop for Server {
 
 /// Runs the binary (on port 0) with `args`, which must make it refuse to
 /// start; its stderr.
-pub fn refused_at_start(args: &[&str]) -> String {
+pub(crate) fn refused_at_start(args: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
@@ -284,12 +285,98 @@ pub fn refused_at_start(args: &[&str]) -> String {
 }
 
 /// Awaits `f` for at most [`TIMEOUT`].
-pub async fn within<F: std::future::Future>(f: F) -> F::Output {
+pub(crate) async fn within<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(TIMEOUT, f).await.expect("timed out")
 }
 
+/// A WebSocket past its `connected` message: the socket, and the client id
+/// the server gave it. `S` is the stream under the WebSocket (plain TCP or
+/// a `ws://` URL's, or a TLS stream of the tests' own).
+pub(crate) struct Client<S = MaybeTlsStream<TcpStream>> {
+    pub(crate) ws: WebSocketStream<S>,
+    pub(crate) id: String,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// Reads the `connected` message of a socket just opened.
+    pub(crate) async fn hello(mut ws: WebSocketStream<S>) -> Self {
+        let hello = recv(&mut ws).await;
+        assert_eq!(hello["type"], "connected", "first frame: {hello}");
+        let id = hello["payload"]["clientId"]
+            .as_str()
+            .expect("connected carries clientId")
+            .to_owned();
+        Client { ws, id }
+    }
+
+    /// Sends `msg` as a text message.
+    pub(crate) async fn send_json(&mut self, msg: &Value) {
+        send(&mut self.ws, msg).await;
+    }
+
+    pub(crate) async fn send_text(&mut self, text: &str) {
+        send_text(&mut self.ws, text).await;
+    }
+
+    /// Sends any message (binary, a fragment, ...).
+    pub(crate) async fn send_message(&mut self, msg: Message) {
+        within(self.ws.send(msg)).await.expect("send");
+    }
+
+    /// The next text message, parsed as JSON (pings and pongs skipped).
+    pub(crate) async fn next_json(&mut self) -> Value {
+        recv(&mut self.ws).await
+    }
+
+    /// Waits for the close frame; returns its code and reason.
+    pub(crate) async fn recv_close(&mut self) -> (u16, String) {
+        recv_close(&mut self.ws).await
+    }
+
+    /// Closes the connection (a close frame, code 1005).
+    pub(crate) async fn close(&mut self) {
+        within(self.ws.close(None)).await.expect("close");
+    }
+}
+
+impl Client {
+    /// Keeps reading for `ms` milliseconds (so pings get their pongs),
+    /// failing on any message.
+    pub(crate) async fn expect_silence(&mut self, ms: u64) {
+        expect_silence(&mut [self], ms).await;
+    }
+
+    /// Proves this client received nothing before this point: `from` sends
+    /// a direct message to it, which must be the very next thing it gets
+    /// (messages from one sender arrive in order, so anything earlier would
+    /// show first).
+    pub(crate) async fn assert_nothing_before_marker(&mut self, from: &mut Client) {
+        let marker = uuid::Uuid::new_v4().to_string();
+        from.send_json(&json!({"id": marker, "type": "marker", "to": {"id": self.id}}))
+            .await;
+        let got = self.next_json().await;
+        assert_eq!(got["id"], marker, "expected the marker, got {got}");
+    }
+}
+
+/// Keeps reading every client for `ms` milliseconds, all at once (so pings
+/// get their pongs), failing on any message.
+pub(crate) async fn expect_silence(clients: &mut [&mut Client], ms: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+    let polls = clients.iter_mut().map(|c| async move {
+        loop {
+            match tokio::time::timeout_at(deadline, c.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
+        }
+    });
+    futures_util::future::join_all(polls).await;
+}
+
 /// The next text message, parsed as JSON.
-pub async fn recv(ws: &mut Ws) -> Value {
+pub(crate) async fn recv<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> Value {
     loop {
         let msg = within(ws.next())
             .await
@@ -304,7 +391,9 @@ pub async fn recv(ws: &mut Ws) -> Value {
 }
 
 /// Waits for the close frame; returns its code and reason.
-pub async fn recv_close(ws: &mut Ws) -> (u16, String) {
+pub(crate) async fn recv_close<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+) -> (u16, String) {
     loop {
         match within(ws.next()).await {
             Some(Ok(Message::Close(Some(frame)))) => {
@@ -322,44 +411,82 @@ pub async fn recv_close(ws: &mut Ws) -> (u16, String) {
     }
 }
 
-pub async fn send(ws: &mut Ws, msg: &Value) {
+pub(crate) async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    msg: &Value,
+) {
     within(ws.send(Message::text(msg.to_string())))
         .await
         .expect("send");
 }
 
-pub async fn send_text(ws: &mut Ws, text: &str) {
+pub(crate) async fn send_text<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    text: &str,
+) {
     within(ws.send(Message::text(text.to_owned())))
         .await
         .expect("send");
 }
 
-/// Proves `ws` received nothing before this point: `from` sends a direct
-/// message to `id`, which must be the very next thing `ws` gets (messages
-/// from one sender arrive in order, so anything earlier would show first).
-pub async fn assert_nothing_before_marker(ws: &mut Ws, id: &str, from: &mut Ws) {
-    let marker = uuid::Uuid::new_v4().to_string();
-    send(
-        from,
-        &serde_json::json!({"id": marker, "type": "marker", "to": {"id": id}}),
-    )
-    .await;
-    let got = recv(ws).await;
-    assert_eq!(got["id"], marker, "expected the marker, got {got}");
+/// r1, r2: runtime; d: data-agent; a1, a2: admin; all in one project.
+pub(crate) struct Room {
+    pub(crate) r1: Client,
+    pub(crate) r2: Client,
+    pub(crate) d: Client,
+    pub(crate) a1: Client,
+    pub(crate) a2: Client,
 }
 
-/// Keeps reading every socket for `ms` milliseconds (so pings get their
-/// pongs), failing on any message.
-pub async fn idle(clients: &mut [&mut Ws], ms: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
-    let polls = clients.iter_mut().map(|ws| async move {
-        loop {
-            match tokio::time::timeout_at(deadline, ws.next()).await {
-                Err(_) => return,
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-                Ok(other) => panic!("expected silence, got {other:?}"),
-            }
-        }
-    });
-    futures_util::future::join_all(polls).await;
+/// Connects the five clients of a [`Room`] to a new project.
+pub(crate) async fn room(server: &Server) -> Room {
+    let p = project();
+    let r1 = server.connect("runtime", &p).await;
+    let r2 = server.connect("runtime", &p).await;
+    let d = server.connect("data-agent", &p).await;
+    let a1 = server.connect("admin", &p).await;
+    let a2 = server.connect("admin", &p).await;
+    Room { r1, r2, d, a1, a2 }
+}
+
+/// The code of an error message from the server, checking its shape.
+pub(crate) fn error_of(v: &Value) -> &str {
+    assert_eq!(v["type"], "error", "expected an error, got {v}");
+    assert_eq!(v["from"], json!({"type": "system"}));
+    assert!(v["payload"]["message"].is_string());
+    assert!(v["payload"]["timestamp"].is_u64());
+    assert!(v["payload"]["projectId"].is_string());
+    v["payload"]["code"].as_str().unwrap()
+}
+
+/// The secret of the servers that [`secured`] starts.
+pub(crate) const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+
+/// A file in the temp dir with `contents`, unique to this test run.
+pub(crate) fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("wsroom-test-{}-{name}", uuid::Uuid::new_v4()));
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+/// A server that wants tokens signed with [`SECRET`], started with `extra`.
+pub(crate) fn secured(extra: &[&str]) -> Server {
+    let secret = temp_file("secret", &format!("{SECRET}\n"));
+    let mut args = vec!["--auth-secret-file", secret.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// A TLS client that trusts `roots` only.
+pub(crate) fn tls_connector(
+    roots: tokio_rustls::rustls::RootCertStore,
+) -> tokio_rustls::TlsConnector {
+    use tokio_rustls::rustls;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }

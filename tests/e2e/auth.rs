@@ -1,0 +1,288 @@
+//! Access control: tokens (JWT, HS256) for WebSockets, `/status` and a
+//! project's `/health`; the browser-origin allow-list; settings refused at
+//! start.
+
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite;
+
+use crate::common::*;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token signed here with the jsonwebtoken crate, independently of the
+/// server's code.
+fn sign(secret: &str, claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn grant(project: &str, types: &[&str]) -> String {
+    sign(
+        SECRET,
+        json!({"project": project, "types": types, "exp": now_secs() + 600}),
+    )
+}
+
+/// Opens a WebSocket with extra request headers; on refusal, the status and
+/// JSON body.
+async fn open(url: &str, headers: &[(&str, &str)]) -> Result<Ws, (u16, Value)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        req.headers_mut().insert(
+            tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    match within(tokio_tungstenite::connect_async(req)).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(resp)) => {
+            let body = resp.body().clone().unwrap_or_default();
+            let json = serde_json::from_slice(&body).unwrap_or_else(|e| {
+                panic!(
+                    "refusal body is not JSON ({e}): {:?}",
+                    String::from_utf8_lossy(&body)
+                )
+            });
+            Err((resp.status().as_u16(), json))
+        }
+        Err(e) => panic!("unexpected websocket error: {e}"),
+    }
+}
+
+async fn refused(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    match open(url, headers).await {
+        Ok(_) => panic!("{url} was admitted"),
+        Err((status, body)) => (status, body["error"].as_str().unwrap_or("").to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn with_a_secret_every_websocket_needs_a_token_that_grants_it() {
+    let server = secured(&[]);
+    let p = project();
+    let url = |kind: &str, token: Option<&str>| {
+        let mut u = server.url(&format!("type={kind}&projectId={p}"));
+        if let Some(t) = token {
+            u.push_str(&format!("&token={t}"));
+        }
+        u
+    };
+    let runtime = grant(&p, &["runtime"]);
+
+    assert_eq!(
+        refused(&url("runtime", None), &[]).await,
+        (401, "missing_token".into())
+    );
+    let expired = sign(
+        SECRET,
+        json!({"project": p, "types": ["runtime"], "exp": now_secs() - 3600}),
+    );
+    assert_eq!(
+        refused(&url("runtime", Some(&expired)), &[]).await,
+        (401, "token_expired".into())
+    );
+    // Claims of an admin token under a runtime token's signature.
+    let admin = grant(&p, &["admin"]);
+    let mut parts: Vec<&str> = runtime.split('.').collect();
+    parts[1] = admin.split('.').nth(1).unwrap();
+    let tampered = parts.join(".");
+    assert_eq!(
+        refused(&url("admin", Some(&tampered)), &[]).await,
+        (401, "invalid_token".into())
+    );
+    let foreign = sign(
+        "another-secret-0123456789abcdef-0123456789",
+        json!({"project": p, "types": ["runtime"], "exp": now_secs() + 600}),
+    );
+    assert_eq!(
+        refused(&url("runtime", Some(&foreign)), &[]).await,
+        (401, "invalid_token".into())
+    );
+    let other = grant(&project(), &["runtime"]);
+    assert_eq!(
+        refused(&url("runtime", Some(&other)), &[]).await,
+        (403, "project_not_allowed".into())
+    );
+    assert_eq!(
+        refused(&url("admin", Some(&runtime)), &[]).await,
+        (403, "type_not_allowed".into())
+    );
+    // A bearer header counts like the query parameter.
+    let header = format!("Bearer {other}");
+    assert_eq!(
+        refused(&url("runtime", None), &[("authorization", &header)]).await,
+        (403, "project_not_allowed".into())
+    );
+
+    // Admitted: a runtime by query, a data-agent by header, an admin whose
+    // token names the project by pattern. Routing works as without tokens.
+    let mut r = Client::hello(open(&url("runtime", Some(&runtime)), &[]).await.unwrap()).await;
+    let agent = format!("Bearer {}", grant(&p, &["data-agent"]));
+    let mut d = Client::hello(
+        open(&url("data-agent", None), &[("authorization", &agent)])
+            .await
+            .unwrap(),
+    )
+    .await;
+    let pattern = grant(&format!("{}*", &p[..6]), &["admin", "runtime"]);
+    let mut a = Client::hello(open(&url("admin", Some(&pattern)), &[]).await.unwrap()).await;
+    r.send_json(&json!({"id": "m1", "type": "t", "to": {"type": "data-agent"}}))
+        .await;
+    let got = d.next_json().await;
+    assert_eq!(
+        (got["id"].as_str(), got["from"]["id"].as_str()),
+        (Some("m1"), Some(r.id.as_str()))
+    );
+    // The admin sees the routed message (skipping join notices).
+    loop {
+        let seen = a.next_json().await;
+        if seen.to_string().contains("\"m1\"") {
+            break;
+        }
+    }
+
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["counters"]["authRefused"], 7, "{health}");
+    // Tokens never reach the log.
+    let log = server.stderr();
+    for t in [&runtime, &expired, &tampered, &other, &pattern] {
+        assert!(!log.contains(t.as_str()), "token in log:\n{log}");
+    }
+}
+
+#[tokio::test]
+async fn with_a_secret_status_needs_admin_and_project_health_needs_a_token() {
+    let server = secured(&[]);
+    let p = project();
+    let get = |path: String, token: Option<String>| {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n");
+        let server = &server;
+        async move { server.request(&raw).await }
+    };
+    let (status, body) = get(format!("/status?projectId={p}"), None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("missing_token"))
+    );
+    let (status, body) = get(
+        format!("/status?projectId={p}"),
+        Some(grant(&p, &["runtime"])),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("admin_required"))
+    );
+    let (status, body) = get(
+        format!("/status?projectId={p}"),
+        Some(grant("other", &["admin"])),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("project_not_allowed"))
+    );
+    let (status, body) = get(
+        format!("/status?projectId={p}"),
+        Some(grant(&p, &["admin"])),
+    )
+    .await;
+    assert_eq!(
+        (status, body["projectId"].as_str()),
+        (200, Some(p.as_str())),
+        "{body}"
+    );
+    // The query parameter works for /status too.
+    let (status, _) = get(
+        format!("/status?projectId={p}&token={}", grant(&p, &["admin"])),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let (status, body) = get(format!("/health?projectId={p}"), None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("missing_token"))
+    );
+    let (status, body) = get(
+        format!("/health?projectId={p}"),
+        Some(grant(&p, &["data-agent"])),
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("healthy")),
+        "{body}"
+    );
+    // Liveness without a project stays open for load balancers.
+    let (status, _) = get("/health".into(), None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn only_listed_origins_may_open_websockets() {
+    let server = Server::start(&["--allowed-origin", "https://app.example.com/"]);
+    let p = project();
+    let url = server.url(&format!("type=runtime&projectId={p}"));
+    assert_eq!(
+        refused(&url, &[("origin", "https://evil.example.com")]).await,
+        (403, "origin_not_allowed".into())
+    );
+    Client::hello(
+        open(&url, &[("origin", "https://APP.example.com")])
+            .await
+            .unwrap(),
+    )
+    .await;
+    // No Origin: not a browser, not affected.
+    Client::hello(open(&url, &[]).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn bad_access_settings_are_refused_at_start() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("WSROOM_AUTH_SECRET")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(run(&["--auth-secret", "short"]).contains("at least 32"));
+    assert!(
+        run(&["--auth-secret-file", "/nonexistent/secret"])
+            .contains("cannot read the auth secret file")
+    );
+    assert!(run(&["--allowed-origin", "example.com"]).contains("--allowed-origin"));
+    assert!(
+        run(&[
+            "--tls-self-signed",
+            "--tls-self-signed-out",
+            "/nonexistent/dir/c.pem"
+        ])
+        .contains("cannot write the self-signed certificate")
+    );
+    let mint = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
+        .args(["token", "--project", "p", "--types", "runtime"])
+        .env_remove("WSROOM_AUTH_SECRET")
+        .output()
+        .unwrap();
+    assert!(!mint.status.success());
+    assert!(String::from_utf8_lossy(&mint.stderr).contains("secret"));
+}

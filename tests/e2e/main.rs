@@ -1,0 +1,18 @@
+//! End-to-end tests of docs/PROTOCOL.md against the real `wsroom` binary: one
+//! test binary (`integration`), a module per surface. The harness, and the
+//! helpers more than one module uses, are in [`common`].
+
+mod common;
+
+mod auth;
+mod bad_input;
+mod edge;
+mod endpoints;
+mod faults;
+mod lifecycle;
+mod limits;
+mod load_tool;
+mod ports;
+mod reload;
+mod routing;
+mod tls;
