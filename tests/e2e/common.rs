@@ -201,22 +201,28 @@ impl Server {
     }
 
     pub(crate) async fn request_text(&self, raw: &str) -> (u16, String) {
+        let text = self.exchange(raw).await;
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad response {text:?}"));
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// Sends a raw HTTP request on a connection of its own; the whole
+    /// response, head and body, until the server closes.
+    pub(crate) async fn exchange(&self, raw: &str) -> String {
         within(async {
             let mut s = TcpStream::connect(self.addr).await.expect("tcp connect");
             s.write_all(raw.as_bytes()).await.expect("write request");
             let mut buf = Vec::new();
             s.read_to_end(&mut buf).await.expect("read response");
-            let text = String::from_utf8_lossy(&buf).into_owned();
-            let status = text
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or_else(|| panic!("bad response {text:?}"));
-            let body = text
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_owned())
-                .unwrap_or_default();
-            (status, body)
+            String::from_utf8_lossy(&buf).into_owned()
         })
         .await
     }

@@ -20,7 +20,6 @@ async fn host_health_reports_version_and_counts() {
 
 #[tokio::test]
 async fn metrics_are_served_for_prometheus() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = Server::start(&[]);
     let p = project();
     let mut c = server.connect("runtime", &p).await;
@@ -28,16 +27,9 @@ async fn metrics_are_served_for_prometheus() {
     server
         .wait_health("the message counted", |h| h["counters"]["messagesIn"] == 1)
         .await;
-    let response = within(async {
-        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).await.unwrap();
-        text
-    })
-    .await;
+    let response = server
+        .exchange("GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await;
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
