@@ -265,7 +265,7 @@ async fn a_from_object_with_fields_of_its_own_is_rebuilt_as_serde_json_writes_it
         // Keys sorted, the last of duplicates, numbers as serde_json's
         // Value holds and writes them, strings unescaped where they can be.
         (
-            r#"{"from":{"name":"x","z":[1.50,-0,18446744073709551616,1e16,1e-7,100,0.00001,1E2],"name":"\u0079","type":"system","a":{"b":1,"a":"\/"}}}"#,
+            r#"{"from":{"name":"x","z":[1.50,-0,18446744073709551616,1e16,1e-7,100,0.00001,1E2],"name":"\u0079","type":"system","a":{"b":1,"a":"\/"}}}"#.to_owned(),
             format!(
                 r#"{{"from":{{"a":{{"a":"/","b":1}},"id":"{id}","name":"y","type":"runtime","z":[1.5,-0.0,1.8446744073709552e+19,1e+16,1e-7,100,0.00001,100.0]}}}}"#
             ),
