@@ -36,11 +36,11 @@ impl Handshakes {
     pub(crate) fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<HandshakeSlot> {
         let address = key(peer);
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(address).or_insert(0);
-        if *count >= self.max {
+        // Checked before the entry is made: a refused address leaves none.
+        if counts.get(&address).is_some_and(|&n| n >= self.max) || self.max == 0 {
             return None;
         }
-        *count += 1;
+        *counts.entry(address).or_insert(0) += 1;
         Some(HandshakeSlot {
             handshakes: self.clone(),
             address,

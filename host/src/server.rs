@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -21,13 +22,17 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::engine::Runtime;
 use crate::handshakes::{HandshakeSlot, Handshakes};
-use crate::http::{self, App};
+use crate::http::{self, App, HttpError};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::room::log_limit::Throttle;
 use crate::room::{Event, Settings};
 use crate::tls::Tls;
 
+/// Refused connections closed gracefully at once (see [`close_after`]):
+/// each may take a second, so a flood of them costs at most this many
+/// sockets and tasks.
+const REFUSALS_CLOSING: usize = 64;
 /// How long shutdown waits for clients to receive their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -84,6 +89,7 @@ pub async fn run(
         app: app.clone(),
         http_slots,
         handshakes,
+        refusals_closing: Arc::new(Semaphore::new(REFUSALS_CLOSING)),
         accept_failures: Throttle::new(1),
     };
     tokio::select! {
@@ -112,11 +118,15 @@ struct Listener {
     listener: TcpListener,
     tls: Option<Tls>,
     app: Arc<App>,
-    /// HTTP connections served at once (a seventh of `--max-connections`):
+    /// HTTP connections served at once (a seventh of `--max-connections`,
+    /// at least 64):
     /// past it, new connections wait in the kernel's accept queue.
     http_slots: Arc<Semaphore>,
     /// `--max-handshakes-per-address`.
     handshakes: Arc<Handshakes>,
+    /// Refused connections being closed gracefully at once; past it they
+    /// are closed at once.
+    refusals_closing: Arc<Semaphore>,
     accept_failures: Throttle,
 }
 
@@ -155,7 +165,7 @@ impl Listener {
     }
 
     /// A connection over `--max-handshakes-per-address`: told so in plain
-    /// HTTP (one write that never waits), or just closed on a TLS port.
+    /// HTTP, or just closed on a TLS port.
     fn refuse(&self, stream: TcpStream, peer: SocketAddr) {
         let app = &self.app;
         app.metrics.handshake_refused();
@@ -163,16 +173,47 @@ impl Listener {
             warn!(%peer, skipped, max = app.config.max_handshakes_per_address,
                 "refusing a connection: its address is at --max-handshakes-per-address");
         }
-        if self.tls.is_none() {
-            const BODY: &str = r#"{"error":"too_many_handshakes","message":"too many connections from this address are opening at once; try again later"}"#;
-            let reply = format!(
-                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-                 content-length: {}\r\nconnection: close\r\n\r\n{BODY}",
-                BODY.len()
-            );
-            let _ = stream.try_write(reply.as_bytes());
+        if self.tls.is_some() {
+            return;
+        }
+        let reply = HttpError::unavailable(
+            "too_many_handshakes",
+            "too many connections from this address are opening at once; try again later",
+        )
+        .into_http1_bytes();
+        match self.refusals_closing.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    close_after(stream, &reply).await;
+                    drop(permit);
+                });
+            }
+            // Many refusals at once: one write that never waits, and close.
+            Err(_) => {
+                let _ = stream.try_write(&reply);
+            }
         }
     }
+}
+
+/// Writes `reply`, then reads and drops what the client still sends, for at
+/// most a second or 4 KiB: a socket closed with its request unread is
+/// reset, and a reset can lose the reply on its way (RFC 9112 9.6).
+async fn close_after(mut stream: TcpStream, reply: &[u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(reply).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        let mut read = 0;
+        while read < 4096 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
 }
 
 /// One accepted connection until its request is answered and it closes, or

@@ -290,3 +290,26 @@ async fn one_address_holding_slow_handshakes_does_not_delay_another() {
     assert_eq!(health["counters"]["handshakesRefused"], 56, "{health}");
     drop(slow);
 }
+
+#[tokio::test]
+async fn a_client_that_only_sends_pings_is_dropped_for_not_answering_ours() {
+    let server = Server::start(&["--ping-interval-ms", "200"]);
+    let mut raw = RawWs::open(&server, "runtime", &project()).await;
+    // Its own pings every 50 ms, never a pong to the server's: its pings
+    // show it can send, not that it reads, so it is dropped after two
+    // silent intervals, as a client sending nothing is.
+    let ping = [0x89u8, 0x80, 1, 2, 3, 4];
+    let mut buf = [0u8; 256];
+    within(async {
+        loop {
+            if raw.s.write_all(&ping).await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_millis(50), raw.s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                _ => {}
+            }
+        }
+    })
+    .await;
+}

@@ -33,6 +33,10 @@ pub(crate) enum Step {
     },
 }
 
+/// The violation of a control frame over 125 bytes (fastwebsockets finds
+/// it in a ping's header, [`Frames`] in a close's or a pong's).
+pub(crate) const CONTROL_TOO_LARGE: Violation = protocol_error("control frame over 125 bytes");
+
 /// A broken rule: the connection is closed with this code.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub(crate) struct Violation {
@@ -77,7 +81,7 @@ impl Frames {
             OpCode::Close | OpCode::Ping | OpCode::Pong
                 if frame.payload.len() > MAX_CONTROL_PAYLOAD =>
             {
-                Err(protocol_error("control frame over 125 bytes"))
+                Err(CONTROL_TOO_LARGE)
             }
             OpCode::Close => close(&frame.payload),
             OpCode::Ping => Ok(Step::Ping(frame.payload.to_vec())),
@@ -160,11 +164,13 @@ fn close(payload: &[u8]) -> Result<Step, Violation> {
         }),
         [_] => Err(protocol_error("close frame with a 1-byte payload")),
         [high, low, reason @ ..] => {
+            // The reason first, as fastwebsockets checked them: a close
+            // wrong in both ways gets 1007.
+            let reason = simdutf8::basic::from_utf8(reason).map_err(|_| INVALID_UTF8)?;
             let code = u16::from_be_bytes([*high, *low]);
             if !CloseCode::from(code).is_allowed() {
                 return Err(protocol_error("close code not allowed"));
             }
-            let reason = simdutf8::basic::from_utf8(reason).map_err(|_| INVALID_UTF8)?;
             Ok(Step::Close {
                 code,
                 reason: reason.to_owned(),
@@ -368,6 +374,10 @@ mod tests {
             );
         }
         let mut payload = 1000u16.to_be_bytes().to_vec();
+        payload.push(0xff);
+        assert_eq!(code(accept(&mut f, true, OpCode::Close, &payload)), 1007);
+        // Wrong in both ways: the reason is checked first.
+        let mut payload = 1005u16.to_be_bytes().to_vec();
         payload.push(0xff);
         assert_eq!(code(accept(&mut f, true, OpCode::Close, &payload)), 1007);
     }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncRead;
 use tracing::debug;
 
-use super::frames::{Frames, Step, Violation};
+use super::frames::{CONTROL_TOO_LARGE, Frames, Step, Violation};
 use super::{Connection, Ended};
 use crate::outbox::{self, Refused};
 use crate::rate::Bucket;
@@ -57,7 +57,11 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(read: R, c: &Connection<'_>)
             Err(e) => return broken_frame(e, c),
         };
         let now_ms = c.start.elapsed().as_millis() as u64;
-        c.last_seen.store(now_ms, Relaxed);
+        // A client's own pings do not show it reads what it is sent: only
+        // its other frames (our pings' pongs among them) keep it alive.
+        if frame.opcode != OpCode::Ping {
+            c.last_seen.store(now_ms, Relaxed);
+        }
         let message = match frames.accept(&mut frame) {
             Ok(Step::Message(message)) => message,
             Ok(Step::Nothing) => continue,
@@ -157,6 +161,7 @@ fn broken_frame(e: WebSocketError, c: &Connection<'_>) -> Ended {
                 c,
             );
         }
+        WebSocketError::PingFrameTooLarge => return violated(CONTROL_TOO_LARGE, c),
         WebSocketError::IoError(_)
         | WebSocketError::UnexpectedEOF
         | WebSocketError::ConnectionClosed => {

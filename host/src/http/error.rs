@@ -54,6 +54,25 @@ impl HttpError {
         self
     }
 
+    /// The response as HTTP/1.1 bytes, with `Connection: close`: for a
+    /// connection refused before hyper serves it.
+    pub(crate) fn into_http1_bytes(self) -> Vec<u8> {
+        let body = json!({"error": self.code, "message": self.message}).to_string();
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if let Some((name, value)) = self.header {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        head.push_str(&body);
+        head.into_bytes()
+    }
+
     pub(crate) fn into_response(self) -> Reply {
         let body = json!({"error": self.code, "message": self.message});
         let mut resp = json_reply(self.status, &body);

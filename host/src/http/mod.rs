@@ -1,7 +1,8 @@
 //! HTTP routes: `/websocket` (the upgrade into a project's room, in
 //! [`upgrade`]), `/status`, `/health` and `/metrics` (in [`report`]). Every
 //! refusal is an [`HttpError`]: a status code with a JSON body
-//! `{"error": code, "message": text}` (docs/PROTOCOL.md lists them).
+//! `{"error": code, "message": text}` (docs/PROTOCOL.md lists them), the
+//! listener's refusal of a connection before hyper serves it included.
 
 mod error;
 mod report;

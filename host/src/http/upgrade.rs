@@ -1,7 +1,8 @@
 //! `GET /websocket`: the upgrade into a project's room, in three steps:
 //! [`validate`] the request (parameters, origin, token, the handshake's
 //! headers), [`admit`] the client (a place under `--max-connections`, the
-//! room's own yes), and spawn its connection once the `101` is sent.
+//! room's own yes), and spawn its connection, whose task waits for the
+//! `101` to be sent before it reads or writes.
 
 use std::sync::Arc;
 

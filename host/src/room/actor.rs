@@ -34,8 +34,8 @@ impl Instance {
         match self {
             Instance::Live { store, .. } => &mut store.data_mut().table,
             Instance::Hibernated(table) => table,
-            // `Moving` lasts only inside `ensure_live`, which never calls
-            // back here before it puts the table back.
+            // `Moving` lasts only inside `ensure_live` and `drop_instance`,
+            // which never call back here before they put the table back.
             Instance::Moving => unreachable!("the room's table is always present"),
         }
     }

@@ -171,8 +171,8 @@ enum Instance {
         /// Its place in `--max-instances`, given back with it.
         _permit: instances::Permit,
     },
-    /// Only inside [`Actor::ensure_live`], while the table moves into a new
-    /// store.
+    /// Only inside [`Actor::ensure_live`] and [`Actor::drop_instance`],
+    /// while the table moves between a store and the box.
     Moving,
 }
 
