@@ -201,6 +201,26 @@ async fn requests_without_host_bad_keys_and_head_get_what_the_rfcs_say() {
         (status, body["error"].as_str()),
         (400, Some("missing_host"))
     );
+    // ...and to one with two.
+    let (status, body) = server
+        .request("GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("missing_host"))
+    );
+    // Two version or key lines: which one would a proxy read?
+    for twice in [
+        "Host: t\r\nSec-WebSocket-Version: 8\r\n",
+        "Host: t\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n",
+    ] {
+        let (status, body) = server.request(&upgrade(twice, KEY)).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("bad_upgrade")),
+            "{twice}"
+        );
+    }
     // RFC 6455 4.2.1: the key is 16 bytes in base64.
     for key in ["abc", "dGhlIHNhbXBsZSBub25jZQ", "not base64 at all, but 24"] {
         let (status, body) = server.request(&upgrade("Host: t\r\n", key)).await;

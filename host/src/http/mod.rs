@@ -130,11 +130,12 @@ fn checked(req: &Request<Body>) -> Result<Path, HttpError> {
         .with_header("allow", allow));
     }
     // RFC 9112 3.2: a server answers 400 to an HTTP/1.1 request without
-    // Host (HTTP/1.0 had none).
-    if req.version() >= Version::HTTP_11 && !req.headers().contains_key(HOST) {
+    // Host (HTTP/1.0 had none), and to any with more than one.
+    let hosts = req.headers().get_all(HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && req.version() >= Version::HTTP_11) {
         return Err(HttpError::bad_request(
             "missing_host",
-            "an HTTP/1.1 request needs a Host header",
+            "an HTTP/1.1 request needs one Host header",
         ));
     }
     Ok(route)

@@ -103,25 +103,31 @@ fn check_handshake(req: &Request<Body>) -> Result<(), HttpError> {
             "a WebSocket upgrade needs HTTP/1.1",
         ));
     }
-    if req
-        .headers()
-        .get("sec-websocket-version")
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
-        return Err(
-            HttpError::bad_request("bad_upgrade", "Sec-WebSocket-Version must be 13")
-                .with_header("sec-websocket-version", "13"),
-        );
-    }
-    let key = req.headers().get("sec-websocket-key");
-    if !key.is_some_and(|k| is_websocket_key(k.as_bytes())) {
+    // Exactly one line each: with two, hyper and fastwebsockets read the
+    // first, and a proxy might read the other.
+    if only(req, "sec-websocket-version") != Some(b"13") {
         return Err(HttpError::bad_request(
             "bad_upgrade",
-            "Sec-WebSocket-Key must be 16 bytes in base64",
+            "Sec-WebSocket-Version must be 13, once",
+        )
+        .with_header("sec-websocket-version", "13"));
+    }
+    if !only(req, "sec-websocket-key").is_some_and(is_websocket_key) {
+        return Err(HttpError::bad_request(
+            "bad_upgrade",
+            "Sec-WebSocket-Key must be 16 bytes in base64, once",
         ));
     }
     Ok(())
+}
+
+/// The value of the header `name` if the request has exactly one line of it.
+fn only<'a>(req: &'a Request<Body>, name: &str) -> Option<&'a [u8]> {
+    let mut lines = req.headers().get_all(name).iter();
+    match (lines.next(), lines.next()) {
+        (Some(value), None) => Some(value.as_bytes()),
+        _ => None,
+    }
 }
 
 /// Whether `key` is base64 of 16 bytes: 22 characters of the alphabet and
