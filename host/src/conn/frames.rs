@@ -44,13 +44,19 @@ pub(crate) struct Violation {
     pub(crate) reason: &'static str,
 }
 
-const fn protocol_error(reason: &'static str) -> Violation {
+pub(crate) const fn protocol_error(reason: &'static str) -> Violation {
     Violation { code: 1002, reason }
 }
 
-const INVALID_UTF8: Violation = Violation {
+pub(crate) const INVALID_UTF8: Violation = Violation {
     code: 1007,
     reason: "invalid UTF-8",
+};
+
+/// A frame over `--max-frame-bytes` (fastwebsockets finds it in the header).
+pub(crate) const FRAME_TOO_LARGE: Violation = Violation {
+    code: 1009,
+    reason: "frame too large",
 };
 
 /// One connection's reassembly state: the message being put together from

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncRead;
 use tracing::debug;
 
-use super::frames::{CONTROL_TOO_LARGE, Frames, Step, Violation};
+use super::frames::{
+    CONTROL_TOO_LARGE, FRAME_TOO_LARGE, Frames, INVALID_UTF8, Step, Violation, protocol_error,
+};
 use super::{Connection, Ended};
 use crate::outbox::{self, Refused};
 use crate::rate::Bucket;
@@ -142,36 +144,20 @@ fn violated(violation: Violation, c: &Connection<'_>) -> Ended {
 /// A frame fastwebsockets could not read: the close code RFC 6455 gives
 /// it, or the peer gone.
 fn broken_frame(e: WebSocketError, c: &Connection<'_>) -> Ended {
-    let reason = match e {
-        WebSocketError::FrameTooLarge => {
-            return violated(
-                Violation {
-                    code: 1009,
-                    reason: "frame too large",
-                },
-                c,
-            );
-        }
-        WebSocketError::InvalidUTF8 => {
-            return violated(
-                Violation {
-                    code: 1007,
-                    reason: "invalid UTF-8",
-                },
-                c,
-            );
-        }
-        WebSocketError::PingFrameTooLarge => return violated(CONTROL_TOO_LARGE, c),
+    let violation = match e {
+        WebSocketError::FrameTooLarge => FRAME_TOO_LARGE,
+        WebSocketError::InvalidUTF8 => INVALID_UTF8,
+        WebSocketError::PingFrameTooLarge => CONTROL_TOO_LARGE,
         WebSocketError::IoError(_)
         | WebSocketError::UnexpectedEOF
         | WebSocketError::ConnectionClosed => {
             c.outbox.abort();
             return Ended::lost();
         }
-        _ => "protocol error",
+        _ => protocol_error("protocol error"),
     };
     debug!(error = %e, "bad frame");
-    violated(Violation { code: 1002, reason }, c)
+    violated(violation, c)
 }
 
 /// The `error` a message over `--max-messages-per-sec` is answered with,

@@ -57,7 +57,7 @@ impl HttpError {
     /// The response as HTTP/1.1 bytes, with `Connection: close`: for a
     /// connection refused before hyper serves it.
     pub(crate) fn into_http1_bytes(self) -> Vec<u8> {
-        let body = json!({"error": self.code, "message": self.message}).to_string();
+        let body = self.body().to_string();
         let mut head = format!(
             "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
              connection: close\r\n",
@@ -73,9 +73,13 @@ impl HttpError {
         head.into_bytes()
     }
 
+    /// `{"error": code, "message": text}`.
+    fn body(&self) -> serde_json::Value {
+        json!({"error": self.code, "message": self.message})
+    }
+
     pub(crate) fn into_response(self) -> Reply {
-        let body = json!({"error": self.code, "message": self.message});
-        let mut resp = json_reply(self.status, &body);
+        let mut resp = json_reply(self.status, &self.body());
         if let Some((name, value)) = self.header {
             resp.headers_mut().insert(
                 HeaderName::from_static(name),
