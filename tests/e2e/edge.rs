@@ -130,10 +130,11 @@ async fn an_unmasked_frame_closes_with_1002_and_is_not_routed() {
 #[tokio::test]
 async fn control_frames_over_125_bytes_close_with_1002_and_nothing_over_125_is_sent() {
     let server = Server::start(&[]);
-    let p = project();
+    // A project of its own for each socket: another socket of the same
+    // project leaving would send this one a `client_left` first.
     // A close frame with a 200-byte payload: answered with 1002, never
     // echoed as a 200-byte control frame.
-    let mut raw = RawWs::open(&server, "runtime", &p).await;
+    let mut raw = RawWs::open(&server, "runtime", &project()).await;
     let mut close = 1000u16.to_be_bytes().to_vec();
     close.extend_from_slice(&[b'r'; 198]);
     raw.send(8, &close, true).await;
@@ -142,12 +143,12 @@ async fn control_frames_over_125_bytes_close_with_1002_and_nothing_over_125_is_s
     assert!(len <= 125, "a {len}-byte close frame");
     // A pong or a ping of 126 bytes: the same.
     for opcode in [10u8, 9] {
-        let mut raw = RawWs::open(&server, "runtime", &p).await;
+        let mut raw = RawWs::open(&server, "runtime", &project()).await;
         raw.send(opcode, &[b'x'; 126], true).await;
         assert_eq!(raw.read_close().await.0, 1002, "opcode {opcode}");
     }
     // At 125 bytes a ping is answered with its pong, and a close echoed.
-    let mut raw = RawWs::open(&server, "runtime", &p).await;
+    let mut raw = RawWs::open(&server, "runtime", &project()).await;
     raw.send(9, &[b'y'; 125], true).await;
     let (opcode, payload) = raw.read_frame().await;
     assert_eq!((opcode, payload.len()), (10, 125));
@@ -156,7 +157,7 @@ async fn control_frames_over_125_bytes_close_with_1002_and_nothing_over_125_is_s
     raw.send(8, &close, true).await;
     assert_eq!(raw.read_close().await, (4000, 125));
     // A close code that may not be sent on the wire.
-    let mut raw = RawWs::open(&server, "runtime", &p).await;
+    let mut raw = RawWs::open(&server, "runtime", &project()).await;
     raw.send(8, &1005u16.to_be_bytes(), true).await;
     assert_eq!(raw.read_close().await.0, 1002);
 }
