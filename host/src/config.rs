@@ -52,6 +52,9 @@ pub struct Cli {
     #[command(flatten)]
     pub secret: SecretArgs,
 
+    #[command(flatten)]
+    pub data: DataArgs,
+
     /// Browser origin allowed to open WebSockets (scheme://host, with an optional :port);
     /// repeatable. When set, an upgrade whose Origin header is not listed is
     /// refused with 403; clients that send no Origin (non-browsers) are
@@ -228,6 +231,25 @@ pub enum Command {
         #[arg(required = true)]
         components: Vec<PathBuf>,
     },
+    /// Read the durable store of --data-dir (with the server stopped: one
+    /// process holds a store at a time).
+    Data {
+        #[command(subcommand)]
+        action: DataCommand,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DataCommand {
+    /// List the projects with stored data or an alarm: projectId, keys,
+    /// bytes (keys and values), one project a line, tab-separated.
+    List,
+    /// Print one project's keys and values and its alarm as JSON (values as
+    /// `text` when they are UTF-8, else `base64`).
+    Dump {
+        /// The projectId.
+        project: String,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -325,6 +347,26 @@ impl SecretArgs {
     }
 }
 
+/// Where rooms' stores and alarms last; the server and `wsroom data` take
+/// it the same way.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// Directory of the durable store (every room's `storage-*` data and
+    /// alarm, in one file), created at start. One server per directory.
+    #[arg(
+        long,
+        env = "WSROOM_DATA_DIR",
+        default_value = "wsroom-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+
+    /// Keep rooms' stores and alarms in memory only, as if no disk existed:
+    /// they are lost when the server stops (for tests and benchmarks).
+    #[arg(long, env = "WSROOM_IN_MEMORY", global = true)]
+    pub in_memory: bool,
+}
+
 /// Where the TLS certificate comes from.
 #[derive(Debug, Clone)]
 pub enum TlsSource {
@@ -386,6 +428,8 @@ pub struct Config {
     pub hibernate_after: Option<Duration>,
     pub alarm_retries: u32,
     pub alarm_retry_base: Duration,
+    /// The durable store's directory; `None`: in memory (`--in-memory`).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Cli {
@@ -498,6 +542,7 @@ impl Cli {
                 .then(|| Duration::from_millis(self.hibernate_after_ms)),
             alarm_retries: self.alarm_retries,
             alarm_retry_base: Duration::from_millis(self.alarm_retry_base_ms),
+            data_dir: (!self.data.in_memory).then(|| self.data.data_dir.clone()),
         })
     }
 }

@@ -140,6 +140,9 @@ impl Runtime {
         crate::room::imports::add_send(&mut linker)
             .map_err(anyhow::Error::from)
             .context("cannot link the room host interface (send)")?;
+        crate::room::compat::add_host_0_1_0(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot link the room host interface 0.1.0")?;
         let sources = Sources {
             default: config.component.clone(),
             by_project: config.project_components.clone(),
@@ -291,6 +294,32 @@ fn check(
         .with_context(|| format!("{what} does not fit the wsroom:room/room world (its exports)"))
 }
 
+/// Which version of the contract a component was built against: the
+/// version of the `wsroom:room/host` interface it imports.
+pub(crate) fn contract_version(engine: &Engine, component: &Component) -> String {
+    const HOST: &str = "wsroom:room/host@";
+    component
+        .component_type()
+        .imports(engine)
+        .find_map(|(name, _)| name.strip_prefix(HOST).map(|v| format!("wsroom:room@{v}")))
+        .unwrap_or_else(|| "wsroom:room (it imports no host function)".into())
+}
+
+/// Compiles the component in `path` and checks it against the host as
+/// `wsroom check` does; the contract version it was built against.
+pub(crate) fn check_file(config: &config::Config, path: &Path) -> anyhow::Result<String> {
+    let runtime = Runtime::new(&config::Config {
+        component: Some(path.to_path_buf()),
+        project_components: Vec::new(),
+        ..config.clone()
+    })?;
+    let inner = &*runtime.inner;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read room component {}", path.display()))?;
+    let component = Component::new(&inner.engine, &bytes).map_err(anyhow::Error::from)?;
+    Ok(contract_version(&inner.engine, &component))
+}
+
 /// Advances the engine's epoch every [`TICK`] until the engine is dropped.
 fn start_ticker(engine: &Engine) -> std::io::Result<()> {
     let weak = engine.weak();
@@ -325,7 +354,7 @@ mod tests {
             Arc::new(BTreeMap::new()),
             Arc::default(),
             metrics,
-            runtime_config.room_storage_bytes,
+            crate::room::storage::Storage::new(runtime_config.room_storage_bytes, None),
             runtime_config.room_log_lines_per_sec,
         )
     }

@@ -21,6 +21,8 @@
 //!   connection table, the host imports.
 //! - `engine`: wasmtime: the compiled component, stores, CPU and memory
 //!   limits. `stacks`: the fiber stacks guest calls run on.
+//! - `store`: the durable store (redb) of rooms' data and alarms, and its
+//!   one committing thread.
 //! - `metrics`: process-wide counters for `/health` and `/metrics`.
 //!
 //! The wire protocol is docs/PROTOCOL.md; the room contract, wit/room.wit.
@@ -40,16 +42,34 @@ mod room;
 mod server;
 mod signals;
 mod stacks;
+mod store;
 mod tls;
 
 pub use conn::writer::write_all;
 pub use server::run;
 pub use signals::shutdown_signal;
 
-/// Compiles the room components `config` names and checks that they fit
-/// the `wsroom:room/room` world (what `wsroom check` does).
-pub fn check_component(config: &config::Config) -> anyhow::Result<()> {
-    engine::Runtime::new(config).map(drop)
+/// Compiles the room component in `path` and checks that it fits the
+/// `wsroom:room/room` world, as the server with `config` would load it (what
+/// `wsroom check` does); the contract version it was built against, e.g.
+/// `wsroom:room@0.1.0`.
+pub fn check_component(config: &config::Config, path: &std::path::Path) -> anyhow::Result<String> {
+    engine::check_file(config, path)
+}
+
+/// What `wsroom data` prints about the store in `dir`.
+pub fn read_data(dir: &std::path::Path, action: &config::DataCommand) -> anyhow::Result<String> {
+    let store = store::offline::open(dir)?;
+    Ok(match action {
+        config::DataCommand::List => store
+            .projects()?
+            .into_iter()
+            .map(|(project, keys, bytes)| format!("{project}\t{keys}\t{bytes}\n"))
+            .collect(),
+        config::DataCommand::Dump { project } => {
+            format!("{:#}\n", store.dump(project)?)
+        }
+    })
 }
 
 /// What `host/benches/room.rs` drives directly, without the network. Not

@@ -32,13 +32,14 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Check { components }) => {
             // Every file gets its verdict; the exit status fails if one
             // does not fit.
-            let mut config = cli.config()?;
-            config.project_components.clear();
+            let config = cli.config()?;
             let mut misfits = 0;
             for path in components {
-                config.component = Some(path.clone());
-                match wsroom::check_component(&config) {
-                    Ok(_) => println!("{}: fits the wsroom:room/room world", path.display()),
+                match wsroom::check_component(&config, path) {
+                    Ok(version) => println!(
+                        "{}: fits the wsroom:room/room world (built against {version})",
+                        path.display()
+                    ),
                     Err(e) => {
                         eprintln!("{}: {e:#}", path.display());
                         misfits += 1;
@@ -50,6 +51,10 @@ async fn main() -> anyhow::Result<()> {
                 "{misfits} of {} components do not fit",
                 components.len()
             );
+            return Ok(());
+        }
+        Some(Command::Data { action }) => {
+            print!("{}", wsroom::read_data(&cli.data.data_dir, action)?);
             return Ok(());
         }
         None => {}

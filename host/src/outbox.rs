@@ -64,6 +64,18 @@ struct State {
     pong: Option<Bytes>,
 }
 
+impl State {
+    fn overflow(&mut self) {
+        self.frames.clear();
+        self.bytes = 0;
+        self.closing = true;
+        self.frames.push_back(close_frame(
+            CLOSE_TOO_SLOW,
+            "outgoing queue full: client too slow",
+        ));
+    }
+}
+
 pub struct Outbox {
     state: Mutex<State>,
     wake: Notify,
@@ -113,13 +125,7 @@ impl Outbox {
         let mut result = Ok(());
         for frame in frames {
             if s.bytes + frame.len() > self.limit && !s.frames.is_empty() {
-                s.frames.clear();
-                s.bytes = 0;
-                s.closing = true;
-                s.frames.push_back(close_frame(
-                    CLOSE_TOO_SLOW,
-                    "outgoing queue full: client too slow",
-                ));
+                s.overflow();
                 result = Err(Refused::Overflow);
                 break;
             }
@@ -129,6 +135,23 @@ impl Outbox {
         drop(s);
         self.wake.notify_one();
         result
+    }
+
+    /// The bound, in bytes of queued frames.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Drops what is queued and leaves only a close frame (1013), as a push
+    /// past the bound does: for frames gathered elsewhere that would pass it.
+    pub fn overflow(&self) {
+        let mut s = self.lock();
+        if s.closing || s.aborted {
+            return;
+        }
+        s.overflow();
+        drop(s);
+        self.wake.notify_one();
     }
 
     /// Queues the answer to a ping, replacing one not yet written.

@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::room::log_limit::Throttle;
 use crate::room::{Event, Settings};
+use crate::store::DurableStore;
 use crate::tls::Tls;
 
 /// Refused connections closed gracefully at once (see [`close_after`]):
@@ -48,14 +49,25 @@ pub async fn run(
     let runtime = Runtime::new(&config)?;
     let metrics = Arc::new(Metrics::default());
     crate::signals::reload_on_sighup(runtime.clone(), tls.clone(), metrics.clone());
+    crate::signals::survive_file_size_limit();
+    let store = config
+        .data_dir
+        .as_deref()
+        .map(DurableStore::open)
+        .transpose()?;
+    let mut settings = Settings::from_config(&config);
+    settings.store = store.clone();
     let registry = Registry::new(
         runtime,
         config.room_config.clone(),
-        Settings::from_config(&config),
+        settings,
         metrics.clone(),
         config.max_rooms,
         config.max_instances,
     );
+    if let Some(store) = &store {
+        wake_alarms(store, &registry)?;
+    }
     let http_slots = Arc::new(Semaphore::new(crate::limits::http_connections(
         config.max_connections,
     )));
@@ -65,6 +77,7 @@ pub async fn run(
         websockets: Arc::new(Semaphore::new(config.max_connections)),
         config: Arc::new(config),
         metrics,
+        store,
         tracker: TaskTracker::new(),
         started: Instant::now(),
         warnings: Default::default(),
@@ -265,4 +278,28 @@ impl Handler {
             debug!(%peer, error = %e, "http connection ended with an error");
         }
     }
+}
+
+/// Starts the room of every project with a pending alarm, so that it fires
+/// at its time (at once if that passed while the server was down), clients
+/// or not.
+fn wake_alarms(store: &DurableStore, registry: &Arc<Registry>) -> anyhow::Result<()> {
+    let alarms = store
+        .alarms()
+        .context("cannot read the rooms' alarms from the store")?;
+    let mut started = 0;
+    for (project, _) in &alarms {
+        if registry.get_or_create(project).is_some() {
+            started += 1;
+        }
+    }
+    if started < alarms.len() {
+        warn!(
+            pending = alarms.len(),
+            started,
+            "more rooms with a pending alarm than --max-rooms: the others fire when their room next starts"
+        );
+    }
+    info!(dir = %store.dir().display(), rooms_with_alarms = started, "durable store open");
+    Ok(())
 }

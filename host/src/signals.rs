@@ -97,3 +97,21 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
 }
+
+/// A file over the process's size limit (`ulimit -f`) makes the write fail
+/// with an error the store handles, like a full disk, instead of killing
+/// the process (SIGXFSZ's default): a tokio handler replaces that default.
+pub(crate) fn survive_file_size_limit() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw())) {
+            Ok(mut xfsz) => {
+                tokio::spawn(async move { while xfsz.recv().await.is_some() {} });
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot catch SIGXFSZ: a file size limit would stop the server")
+            }
+        }
+    }
+}

@@ -24,7 +24,8 @@
 //! room's store and its alarm. The value of your type lives in the room's
 //! instance, which the host drops when the room hibernates or its code is
 //! reloaded; the next event starts from `Default` again. Keep what must
-//! survive in [`Ctx::storage_set`] or [`Ctx::set_attachment`].
+//! survive in [`Ctx::storage_set`] (durable: it outlives restarts) or
+//! [`Ctx::set_attachment`] (for as long as the client is connected).
 
 #![warn(missing_docs)]
 
@@ -188,14 +189,16 @@ impl Ctx {
     }
 
     /// The value stored under `key` in the room's store, if any. The store
-    /// is kept by the host across hibernation and reloads, for as long as
-    /// the room exists.
+    /// is kept by the host across hibernation, reloads and restarts, until
+    /// the room deletes it; what an event sends waits until what it wrote
+    /// is durable (the output gate, `wit/room.wit`).
     pub fn storage_get(&self, key: &str) -> Option<Vec<u8>> {
         host::storage_get(key)
     }
 
     /// Stores `value` under `key` (keys: 1 byte to 1 KiB); `Full` when the
-    /// store would pass the host's `--room-storage-bytes`.
+    /// store would pass the host's `--room-storage-bytes`, `Unavailable`
+    /// for about a second after the host's disk failed.
     pub fn storage_set(&mut self, key: &str, value: &[u8]) -> Result<(), StorageError> {
         host::storage_set(key, value)
     }
@@ -208,6 +211,12 @@ impl Ctx {
     /// Up to `limit` keys starting with `prefix`, in byte order.
     pub fn storage_keys(&self, prefix: &str, limit: u32) -> Vec<String> {
         host::storage_keys(prefix, limit)
+    }
+
+    /// Deletes every key of the room's store and cancels its alarm: all
+    /// the data the host keeps for the room.
+    pub fn storage_delete_all(&mut self) {
+        host::storage_delete_all();
     }
 
     /// Sets the alarm `delay_ms` from now, replacing any other.

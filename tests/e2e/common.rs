@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,6 +56,13 @@ pub(crate) struct Server {
     pub(crate) addr: SocketAddr,
     child: Child,
     stderr: Arc<Mutex<String>>,
+    /// The data directory made for it, removed with it.
+    own_data_dir: Option<PathBuf>,
+}
+
+/// A fresh directory under the system's temporary one (not created).
+pub(crate) fn scratch_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("wsroom-test-{name}-{}", uuid::Uuid::new_v4()))
 }
 
 impl Server {
@@ -98,7 +106,14 @@ impl Server {
         Server::spawn_with(Command::new(env!("CARGO_BIN_EXE_wsroom")), args)
     }
 
+    /// Every server keeps its rooms durable, as the binary does by default,
+    /// in a directory of its own unless `args` choose one (or memory).
     fn spawn_with(mut command: Command, args: &[String]) -> Server {
+        let own_data_dir = (!args.iter().any(|a| a == "--data-dir" || a == "--in-memory"))
+            .then(|| scratch_dir("data"));
+        if let Some(dir) = &own_data_dir {
+            command.arg("--data-dir").arg(dir);
+        }
         let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
@@ -145,6 +160,7 @@ impl Server {
             addr,
             child,
             stderr,
+            own_data_dir,
         }
     }
 
@@ -275,17 +291,22 @@ impl Drop for Server {
         if std::thread::panicking() {
             eprintln!("--- server stderr ---\n{}", self.stderr());
         }
+        if let Some(dir) = &self.own_data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
 /// Runs the binary (on port 0) with `args`, which must make it refuse to
 /// start; its stderr.
 pub(crate) fn refused_at_start(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .output()
-        .unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"));
+    command.args(["--listen", "127.0.0.1:0"]);
+    if !args.contains(&"--data-dir") {
+        // Not in the working directory's wsroom-data.
+        command.arg("--in-memory");
+    }
+    let out = command.args(args).output().unwrap();
     assert!(!out.status.success(), "it started with {args:?}");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

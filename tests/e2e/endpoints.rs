@@ -57,10 +57,26 @@ async fn metrics_are_served_for_prometheus() {
         value("wsroom_max_instances"),
         health["maxInstances"].as_u64().unwrap()
     );
-    // Every sample has its HELP and TYPE, and every /health counter is there.
-    let samples: Vec<&str> = body.lines().filter(|l| !l.starts_with('#')).collect();
+    // The durable store's figures, its commit latency a histogram (10
+    // buckets, +Inf, sum and count), agree with /health's.
+    let histogram = "wsroom_store_commit_duration_seconds";
+    assert!(
+        body.contains(&format!("# TYPE {histogram} histogram\n")),
+        "{body}"
+    );
+    let (buckets, samples): (Vec<&str>, Vec<&str>) = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .partition(|l| l.starts_with(histogram));
+    assert_eq!(buckets.len(), 13, "{body}");
+    let commits = value("wsroom_store_commits_total");
+    assert!(buckets.contains(&format!("{histogram}_count {commits}").as_str()));
+    assert!(value("wsroom_store_bytes") > 0);
+    assert_eq!(value("wsroom_store_commit_failures_total"), 0);
+    // Every other sample has its HELP and TYPE, and every /health counter
+    // is there.
     let counters = health["counters"].as_object().unwrap().len();
-    assert_eq!(samples.len(), counters + 7, "{body}");
+    assert_eq!(samples.len(), counters + 7 + 4, "{body}");
     assert_eq!(value("wsroom_max_project_connections"), 32768);
     assert_eq!(health["maxProjectConnections"], 32768);
     assert_eq!(value("wsroom_max_messages_per_sec"), 0);

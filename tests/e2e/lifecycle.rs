@@ -275,10 +275,10 @@ async fn a_room_can_list_and_close_its_clients() {
 }
 
 /// The SDK's example room, built by the host's build script.
-const CHAT_ROOM: &str = concat!(env!("OUT_DIR"), "/chat-room.wasm");
+pub(crate) const CHAT_ROOM: &str = concat!(env!("OUT_DIR"), "/chat-room.wasm");
 
 /// Joins the chat; returns the socket and the replayed history.
-async fn join_chat(server: &Server, p: &str) -> (Ws, Vec<Value>) {
+pub(crate) async fn join_chat(server: &Server, p: &str) -> (Ws, Vec<Value>) {
     let url = server.url(&format!("type=member&projectId={p}"));
     let (mut ws, _) = within(tokio_tungstenite::connect_async(url)).await.unwrap();
     let history = recv(&mut ws).await;

@@ -116,13 +116,28 @@ async fn a_component_with_an_import_the_host_lacks_is_refused_by_name() {
         String::from_utf8_lossy(&out.stdout)
             .contains(&format!("{FIXTURE_ROOM}: fits the wsroom:room/room world"))
     );
-    let out = check(&[FIXTURE_ROOM]);
+    // It says which version of the contract each was built against: the
+    // fixture room still against the first, the chat room the current one.
+    let chat = crate::lifecycle::CHAT_ROOM;
+    let out = check(&[FIXTURE_ROOM, chat]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("fits the wsroom:room/room world"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "{FIXTURE_ROOM}: fits the wsroom:room/room world (built against wsroom:room@0.1.0)"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "{chat}: fits the wsroom:room/room world (built against wsroom:room@0.2.0)"
+        )),
+        "{stdout}"
+    );
     let _ = std::fs::remove_file(bad);
 }
 

@@ -32,6 +32,8 @@ pub(crate) struct App {
     pub(crate) registry: Arc<Registry>,
     pub(crate) config: Arc<Config>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The durable store; `None` with `--in-memory`.
+    pub(crate) store: Option<crate::store::DurableStore>,
     /// Every WebSocket's task, waited for at shutdown.
     pub(crate) tracker: TaskTracker,
     /// One permit per open WebSocket (`--max-connections`).

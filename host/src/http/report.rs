@@ -66,6 +66,7 @@ pub(super) fn health(app: &App, req: &Request<Body>, query: &Query) -> Result<Re
                 "maxHandshakesPerAddress": app.config.max_handshakes_per_address,
                 "connections": app.metrics.open_connections(),
                 "counters": app.metrics.to_json(),
+                "store": store_json(app),
             }),
         ));
     }
@@ -82,6 +83,78 @@ pub(super) fn health(app: &App, req: &Request<Body>, query: &Query) -> Result<Re
             "timestamp": now,
         }),
     ))
+}
+
+/// The durable store's figures (`null` in memory).
+fn store_json(app: &App) -> serde_json::Value {
+    let Some(store) = &app.store else {
+        return serde_json::Value::Null;
+    };
+    let s = store.stats().snapshot();
+    json!({
+        "dataDir": store.dir().display().to_string(),
+        "bytes": store.file_bytes(),
+        "commits": s.commits,
+        "roomCommits": s.room_commits,
+        "commitFailures": s.failures,
+        "acceptingWrites": store.accepts_writes(),
+        "commitLatencyMs": {
+            "p50": s.quantile_ms(0.5),
+            "p99": s.quantile_ms(0.99),
+            "max": s.max_seconds * 1000.0,
+            "mean": (s.commits > 0).then(|| s.seconds_sum * 1000.0 / s.commits as f64),
+        },
+    })
+}
+
+/// The store's figures in Prometheus' text format.
+fn store_prometheus(out: &mut String, store: &crate::store::DurableStore) {
+    use crate::metrics::Kind::{Counter, Gauge};
+    use crate::metrics::write_prometheus;
+    use std::fmt::Write as _;
+    let s = store.stats().snapshot();
+    write_prometheus(
+        out,
+        "wsroom_store_bytes",
+        Gauge,
+        "size of the durable store's file",
+        store.file_bytes(),
+    );
+    write_prometheus(
+        out,
+        "wsroom_store_commits_total",
+        Counter,
+        "transactions committed (each a group of rooms' changes, one fdatasync)",
+        s.commits,
+    );
+    write_prometheus(
+        out,
+        "wsroom_store_room_commits_total",
+        Counter,
+        "rooms' change sets committed (one per room and batch of events that changed something)",
+        s.room_commits,
+    );
+    write_prometheus(
+        out,
+        "wsroom_store_commit_failures_total",
+        Counter,
+        "commits that failed (a full or failing disk); their rooms were reset",
+        s.failures,
+    );
+    let name = "wsroom_store_commit_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} time to commit one group of rooms' changes durably
+# TYPE {name} histogram"
+    );
+    for (bound, count) in crate::store::BUCKETS.iter().zip(s.cumulative) {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+        s.commits, s.seconds_sum, s.commits
+    );
 }
 
 /// `/health`'s counters and limits in Prometheus' text format, for a
@@ -131,6 +204,9 @@ pub(super) fn metrics(app: &App) -> Reply {
     ];
     for (name, help, value) in limits {
         write_prometheus(&mut out, name, Gauge, help, value);
+    }
+    if let Some(store) = &app.store {
+        store_prometheus(&mut out, store);
     }
     let mut resp = Response::new(Full::new(Bytes::from(out)));
     resp.headers_mut().insert(

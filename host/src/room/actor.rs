@@ -57,7 +57,7 @@ impl Actor {
                     break;
                 };
                 if matches!(event, Event::Shutdown) {
-                    self.shut_down();
+                    self.shut_down().await;
                     return true;
                 }
                 self.handle(event).await;
@@ -73,12 +73,76 @@ impl Actor {
         }
     }
 
-    /// After a batch of events: wake the writers (each writes many frames
-    /// at once), close the clients whose queue overflowed.
+    /// After a batch of events: commit what they changed, then wake the
+    /// writers (each writes many frames at once), close the clients whose
+    /// queue overflowed.
     pub(super) async fn finish_batch(&mut self) {
+        self.commit().await;
         self.flush();
         self.settle().await;
+        self.commit().await;
         self.table().flush();
+    }
+
+    /// The output gate: makes what the calls since the last commit changed
+    /// (store and alarm) durable. Their frames wait in the table until then,
+    /// so no client hears of a write that a crash could still undo. A room
+    /// that changed nothing (or keeps no durable store) does not wait.
+    pub(super) async fn commit(&mut self) {
+        let Some(store) = self.settings.store.clone() else {
+            return;
+        };
+        let alarm = self.table().alarm();
+        let mut changes = self.table().storage.take_changes();
+        if alarm != self.committed_alarm {
+            changes.alarm = Some(alarm);
+        }
+        if changes.is_empty() {
+            return;
+        }
+        match store.commit(self.project.clone(), changes).await {
+            Ok(()) => self.committed_alarm = alarm,
+            Err(e) => {
+                // The frames of those calls tell of writes now lost: they
+                // are dropped, and the room starts again from what is
+                // committed, its clients closed as after a trap.
+                self.table().discard_pending();
+                self.table().storage.unload();
+                self.fail("commit", anyhow::anyhow!("the store could not commit: {e}"));
+                if let Err(e) = self.ensure_loaded().await {
+                    warn!(project = %self.project, error = %format!("{e:#}"), "cannot read the room's data again; trying at its next event");
+                }
+            }
+        }
+    }
+
+    /// Whether the room changed something not yet committed (its frames
+    /// must wait for [`Actor::commit`]).
+    pub(super) fn uncommitted(&mut self) -> bool {
+        self.settings.store.is_some() && {
+            let committed = self.committed_alarm;
+            let table = self.table();
+            table.storage.has_changes() || table.alarm() != committed
+        }
+    }
+
+    /// Reads the room's store and alarm from the durable store, once (and
+    /// again after a failed commit).
+    pub(super) async fn ensure_loaded(&mut self) -> anyhow::Result<()> {
+        let Some(store) = self.settings.store.clone() else {
+            return Ok(());
+        };
+        if self.table().storage.is_loaded() {
+            return Ok(());
+        }
+        let project = self.project.clone();
+        let data = tokio::task::spawn_blocking(move || store.load(&project)).await??;
+        let table = self.table();
+        table.storage.load(data.entries);
+        table.alarm_at = data.alarm.map(|a| a.at);
+        table.alarm_retry = data.alarm.map_or(0, |a| a.retry);
+        self.committed_alarm = data.alarm;
+        Ok(())
     }
 
     /// Wakes the writers of what the last events queued, moves the
@@ -156,9 +220,9 @@ impl Actor {
         let Some(c) = self.table().remove(conn) else {
             return;
         };
-        c.outbox.close(1000, "");
         debug!(project = %self.project, client = %c.meta.id, code, "client left");
         let info = client_info(&c.meta);
+        self.table().close_later(c, 1000, "");
         if let Err(Trapped(e)) = call!(self, |room, store| room
             .call_on_close(store, &info, code, &reason))
         {
@@ -195,6 +259,7 @@ impl Actor {
             tracing::info!(project = %self.project, "room switched to the reloaded component");
         }
         if !self.instance.is_live() {
+            self.ensure_loaded().await.map_err(Trapped)?;
             let permit = self.registry.instances().acquire(&self.me).await;
             let Instance::Hibernated(table) =
                 std::mem::replace(&mut self.instance, Instance::Moving)
@@ -245,7 +310,7 @@ impl Actor {
         self.drop_instance();
         let table = self.table();
         for c in table.drain() {
-            c.outbox.close(CLOSE_ROOM_FAILED, "room failed");
+            table.close_later(c, CLOSE_ROOM_FAILED, "room failed");
         }
         table.alarm_at = None;
         table.alarm_retry = 0;

@@ -4,9 +4,9 @@ use tracing::{debug, error, info, trace, warn};
 
 use crate::engine::{RoomState, wit};
 use crate::outbox;
-use crate::room::log_limit;
 use crate::room::table::{Except, Select};
 use crate::room::{client_info, now_ms};
+use crate::room::{log_limit, storage};
 use fastwebsockets::OpCode;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{ComponentType, Lift, Linker, WasmList, WasmStr};
@@ -21,7 +21,7 @@ impl wit::Host for RoomState {}
 /// The WIT `selector`, its strings left in the room's memory.
 #[derive(ComponentType, Lift)]
 #[component(variant)]
-enum RawSelector {
+pub(super) enum RawSelector {
     #[component(name = "client")]
     Client(WasmStr),
     #[component(name = "kind")]
@@ -33,14 +33,14 @@ enum RawSelector {
 /// The WIT `target`, its strings left in the room's memory.
 #[derive(ComponentType, Lift)]
 #[component(record)]
-struct RawTarget {
+pub(super) struct RawTarget {
     select: RawSelector,
     except: WasmList<WasmStr>,
 }
 
 /// The host interface as components import it: `wit/room.wit`'s package and
 /// version (a test keeps the two in step).
-const HOST_INTERFACE: &str = "wsroom:room/host@0.1.0";
+const HOST_INTERFACE: &str = "wsroom:room/host@0.2.0";
 
 /// Replaces the `send` import the bindings define with one that reads the
 /// text and the targets straight from the room's memory: the text is copied
@@ -56,7 +56,7 @@ pub(crate) fn add_send(linker: &mut Linker<RoomState>) -> wasmtime::Result<()> {
     added
 }
 
-fn send_in_place(
+pub(super) fn send_in_place(
     mut store: StoreContextMut<'_, RoomState>,
     (text, targets): (WasmStr, WasmList<RawTarget>),
 ) -> wasmtime::Result<(Vec<u32>,)> {
@@ -123,7 +123,7 @@ impl Host for RoomState {
             1000
         };
         if let Some(c) = self.table.remove(conn) {
-            c.outbox.close(code, &reason);
+            self.table.close_later(c, code, &reason);
         }
         true
     }
@@ -168,7 +168,11 @@ impl Host for RoomState {
     }
 
     fn storage_set(&mut self, key: String, value: Vec<u8>) -> Result<(), wit::StorageError> {
-        self.table.storage.set(key, value)
+        self.table.storage.set(key, value).map_err(|e| match e {
+            storage::Refused::BadKey => wit::StorageError::BadKey,
+            storage::Refused::Full => wit::StorageError::Full,
+            storage::Refused::Unavailable => wit::StorageError::Unavailable,
+        })
     }
 
     fn storage_delete(&mut self, key: String) -> bool {
@@ -177,6 +181,12 @@ impl Host for RoomState {
 
     fn storage_keys(&mut self, prefix: String, limit: u32) -> Vec<String> {
         self.table.storage.keys(&prefix, limit)
+    }
+
+    fn storage_delete_all(&mut self) {
+        self.table.storage.delete_all();
+        self.table.alarm_at = None;
+        self.table.alarm_retry = 0;
     }
 
     fn set_alarm(&mut self, delay_ms: u64) {

@@ -7,8 +7,9 @@
 use std::sync::Arc;
 
 use tokio::sync::{Notify, mpsc};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
+use super::storage::Storage;
 use super::table::Table;
 use super::{
     Actor, CLOSE_GOING_AWAY, Core, Instance, RoomHandle, RoomShared, Settings, alarms, now_ms,
@@ -34,7 +35,7 @@ pub(crate) fn spawn(
         registry.room_config(),
         shared.clone(),
         metrics.clone(),
-        settings.storage_bytes,
+        Storage::new(settings.storage_bytes, settings.store.clone()),
         settings.log_lines_per_sec,
     );
     let handle_project = project.clone();
@@ -54,6 +55,7 @@ pub(crate) fn spawn(
             handled_since_flush: false,
             last_event: tokio::time::Instant::now(),
             stopped: false,
+            committed_alarm: None,
         }),
         wake: Notify::new(),
     });
@@ -79,9 +81,14 @@ enum Woken {
 /// hibernates an idle instance, until the room is finished.
 async fn run(core: Arc<Core>) {
     {
-        let actor = core.actor.lock().await;
+        let mut actor = core.actor.lock().await;
         actor.metrics.room_created();
         info!(project = %actor.project, "room created");
+        // The alarm it has in the store is known before the first wait; a
+        // failure is tried again before the first call.
+        if let Err(e) = actor.ensure_loaded().await {
+            warn!(project = %actor.project, error = %format!("{e:#}"), "cannot read the room's data; trying again at its next event");
+        }
     }
     loop {
         let (alarm, hibernate_at) = {
@@ -157,12 +164,15 @@ impl Actor {
         debug!(project = %self.project, "room hibernated early: --max-instances reached");
     }
 
-    /// Server shutdown: every client gets 1001 after what is queued for it.
-    pub(super) fn shut_down(&mut self) {
-        self.table().flush();
-        for c in self.table().drain() {
-            c.outbox.close(CLOSE_GOING_AWAY, "server shutting down");
+    /// Server shutdown: what the room changed is committed, then every
+    /// client gets 1001 after what is queued for it.
+    pub(super) async fn shut_down(&mut self) {
+        self.commit().await;
+        let table = self.table();
+        for c in table.drain() {
+            table.close_later(c, CLOSE_GOING_AWAY, "server shutting down");
         }
+        table.flush();
         self.registry.remove_if(&self.project, self.generation);
     }
 

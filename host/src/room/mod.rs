@@ -18,10 +18,12 @@
 //! - [`table`]: the connection table inside the guest's store.
 //! - [`instances`]: the limit on live instances, and who makes way.
 //! - [`shared`]: what `/status` and `/health` read without the lock.
-//! - [`imports`], [`output`], [`storage`], [`log_limit`]: the host imports.
+//! - [`imports`], [`output`], [`storage`], [`log_limit`]: the host imports;
+//!   [`compat`]: the imports of the contract's earlier versions.
 
 mod actor;
 mod alarms;
+pub(crate) mod compat;
 mod handle;
 pub(crate) mod imports;
 pub(crate) mod instances;
@@ -45,6 +47,7 @@ use crate::engine::{Room, RoomState, Runtime, wit};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::registry::Registry;
+use crate::store::{Alarm, DurableStore};
 use table::{ConnRef, Table};
 
 pub use handle::RoomHandle;
@@ -126,6 +129,8 @@ pub(crate) struct Settings {
     /// Clients the room admits at once; more are refused before the room's
     /// code is asked.
     pub(crate) max_clients: usize,
+    /// Where rooms' stores and alarms last; `None`: in memory.
+    pub(crate) store: Option<DurableStore>,
 }
 
 impl Settings {
@@ -139,6 +144,7 @@ impl Settings {
             storage_bytes: config.room_storage_bytes,
             log_lines_per_sec: config.room_log_lines_per_sec,
             max_clients: config.max_project_connections,
+            store: None,
         }
     }
 }
@@ -202,6 +208,8 @@ struct Actor {
     last_event: tokio::time::Instant,
     /// Shut down or removed: nothing runs here any more.
     stopped: bool,
+    /// The alarm as last committed (durable rooms).
+    committed_alarm: Option<Alarm>,
 }
 
 /// Milliseconds since the Unix epoch, as the room's timestamps.

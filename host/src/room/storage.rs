@@ -1,26 +1,103 @@
-//! A room's key-value store (the `storage-*` imports): kept by the host, so
-//! it survives hibernation and code reloads, and bounded in bytes.
+//! A room's key-value store (the `storage-*` imports), bounded in bytes.
+//!
+//! The room reads and writes it in memory; with a durable store
+//! ([`crate::store`]) it is loaded from there when the room starts, and the
+//! keys a batch of events changed are handed to the store's commit at the
+//! end of the batch ([`Storage::take_changes`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::engine::wit::StorageError;
+use crate::store::{Changes, DurableStore};
 
 /// Longest key, in bytes.
 pub(crate) const MAX_KEY: usize = 1024;
+
+/// Why a write was refused; nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The key is empty or longer than [`MAX_KEY`].
+    BadKey,
+    /// The store would pass its limit.
+    Full,
+    /// The disk failed a moment ago; writes are refused for a while.
+    Unavailable,
+}
 
 pub(crate) struct Storage {
     entries: BTreeMap<String, Vec<u8>>,
     /// Sum of the lengths of every key and value.
     bytes: usize,
     limit: usize,
+    /// Where the data lasts; `None`: in memory only.
+    durable: Option<DurableStore>,
+    /// The data was read from the durable store (always, in memory).
+    loaded: bool,
+    /// Keys set or deleted since the last commit (durable rooms only).
+    changed: BTreeSet<String>,
+    /// Every key was deleted since the last commit.
+    cleared: bool,
 }
 
 impl Storage {
-    pub(crate) fn new(limit: usize) -> Storage {
+    pub(crate) fn new(limit: usize, durable: Option<DurableStore>) -> Storage {
         Storage {
             entries: BTreeMap::new(),
             bytes: 0,
             limit,
+            loaded: durable.is_none(),
+            durable,
+            changed: BTreeSet::new(),
+            cleared: false,
+        }
+    }
+
+    pub(crate) fn is_durable(&self) -> bool {
+        self.durable.is_some()
+    }
+
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.loaded
+    }
+
+    /// Takes the data read from the durable store.
+    pub(crate) fn load(&mut self, entries: BTreeMap<String, Vec<u8>>) {
+        self.bytes = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.entries = entries;
+        self.changed.clear();
+        self.cleared = false;
+        self.loaded = true;
+    }
+
+    /// Forgets everything not committed: the data is read again before the
+    /// room's next call.
+    pub(crate) fn unload(&mut self) {
+        if self.durable.is_some() {
+            self.entries.clear();
+            self.bytes = 0;
+            self.changed.clear();
+            self.cleared = false;
+            self.loaded = false;
+        }
+    }
+
+    /// Whether anything changed since the last commit.
+    pub(crate) fn has_changes(&self) -> bool {
+        self.cleared || !self.changed.is_empty()
+    }
+
+    /// What changed since the last commit, to commit it.
+    pub(crate) fn take_changes(&mut self) -> Changes {
+        let entries = std::mem::take(&mut self.changed)
+            .into_iter()
+            .map(|key| {
+                let value = self.entries.get(&key).cloned();
+                (key, value)
+            })
+            .collect();
+        Changes {
+            cleared: std::mem::take(&mut self.cleared),
+            entries,
+            alarm: None,
         }
     }
 
@@ -28,16 +105,22 @@ impl Storage {
         self.entries.get(key).cloned()
     }
 
-    /// Stores `value` under `key`, unless the key is bad or the store would
-    /// pass its limit (then nothing changes).
-    pub(crate) fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), StorageError> {
+    /// Stores `value` under `key`, unless the key is bad, the store would
+    /// pass its limit, or the disk just failed (then nothing changes).
+    pub(crate) fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), Refused> {
         if key.is_empty() || key.len() > MAX_KEY {
-            return Err(StorageError::BadKey);
+            return Err(Refused::BadKey);
         }
         let old = self.entries.get(&key).map_or(0, |v| key.len() + v.len());
         let new = key.len() + value.len();
         if self.bytes - old + new > self.limit {
-            return Err(StorageError::Full);
+            return Err(Refused::Full);
+        }
+        if let Some(store) = &self.durable {
+            if !store.accepts_writes() {
+                return Err(Refused::Unavailable);
+            }
+            self.changed.insert(key.clone());
         }
         self.bytes = self.bytes - old + new;
         self.entries.insert(key, value);
@@ -49,9 +132,22 @@ impl Storage {
         match self.entries.remove(key) {
             Some(v) => {
                 self.bytes -= key.len() + v.len();
+                if self.durable.is_some() {
+                    self.changed.insert(key.to_owned());
+                }
                 true
             }
             None => false,
+        }
+    }
+
+    /// Removes every key.
+    pub(crate) fn delete_all(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+        if self.durable.is_some() {
+            self.changed.clear();
+            self.cleared = true;
         }
     }
 
@@ -80,13 +176,10 @@ mod tests {
 
     #[test]
     fn bounded_by_keys_plus_values() {
-        let mut s = Storage::new(10);
+        let mut s = Storage::new(10, None);
         s.set("ab".into(), b"cdef".to_vec()).unwrap();
         assert_eq!(s.bytes(), 6);
-        assert_eq!(
-            s.set("x".into(), b"12345".to_vec()),
-            Err(StorageError::Full)
-        );
+        assert_eq!(s.set("x".into(), b"12345".to_vec()), Err(Refused::Full));
         // Replacing counts the old value out first.
         s.set("ab".into(), b"12345678".to_vec()).unwrap();
         assert_eq!(s.bytes(), 10);
@@ -94,16 +187,13 @@ mod tests {
         assert!(s.delete("ab"));
         assert!(!s.delete("ab"));
         assert_eq!(s.bytes(), 0);
-        assert_eq!(s.set(String::new(), vec![]), Err(StorageError::BadKey));
-        assert_eq!(
-            s.set("k".repeat(MAX_KEY + 1), vec![]),
-            Err(StorageError::BadKey)
-        );
+        assert_eq!(s.set(String::new(), vec![]), Err(Refused::BadKey));
+        assert_eq!(s.set("k".repeat(MAX_KEY + 1), vec![]), Err(Refused::BadKey));
     }
 
     #[test]
     fn keys_by_prefix_in_order() {
-        let mut s = Storage::new(1000);
+        let mut s = Storage::new(1000, None);
         for k in ["msg:3", "msg:1", "other", "msg:2", "ms"] {
             s.set(k.into(), vec![]).unwrap();
         }

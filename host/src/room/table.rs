@@ -22,6 +22,7 @@ use crate::room::log_limit::LogBudget;
 use crate::room::output::{self, RoomOutput};
 use crate::room::storage::Storage;
 use crate::room::{ClientMeta, RoomShared};
+use crate::store::Alarm;
 
 /// Names one connection of a room. The serial tells a reused slot apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +118,13 @@ pub(crate) struct Table {
     pub overflowed: Vec<ConnRef>,
     /// Slots with frames pending (see [`Conn::pending`]).
     touched: Vec<usize>,
+    /// Clients removed since the last flush, with the close each gets once
+    /// its pending frames are out (see [`Table::close_later`]).
+    closing: Vec<(Conn, u16, String)>,
+    /// Frames wait for the end of the batch however many gather (bounded
+    /// by the outbox's limit instead): a durable room's output waits for
+    /// its commit, and a call's writes may follow its sends.
+    hold_output: bool,
 }
 
 impl Table {
@@ -125,9 +133,10 @@ impl Table {
         config: Arc<BTreeMap<String, String>>,
         shared: Arc<RoomShared>,
         metrics: Arc<Metrics>,
-        storage_limit: usize,
+        storage: Storage,
         log_lines_per_sec: u32,
     ) -> Table {
+        let hold_output = storage.is_durable();
         let log_budget = Arc::new(LogBudget::new(
             project.clone(),
             log_lines_per_sec,
@@ -138,7 +147,7 @@ impl Table {
             config,
             alarm_at: None,
             alarm_retry: 0,
-            storage: Storage::new(storage_limit),
+            storage,
             log_budget,
             shared,
             metrics,
@@ -151,6 +160,8 @@ impl Table {
             sends: 0,
             overflowed: Vec::new(),
             touched: Vec::new(),
+            closing: Vec::new(),
+            hold_output,
         }
     }
 
@@ -160,7 +171,9 @@ impl Table {
     }
 
     /// Hands every client's pending frames to its outbox and wakes its
-    /// writer. Clients whose outbox overflowed are added to `overflowed`.
+    /// writer, then closes the clients removed meanwhile (after what was
+    /// pending for them). Clients whose outbox overflowed are added to
+    /// `overflowed`.
     pub(crate) fn flush(&mut self) {
         for slot in self.touched.drain(..) {
             if let Some(c) = self.slots.get_mut(slot) {
@@ -173,6 +186,41 @@ impl Table {
                 }
             }
         }
+        for (mut c, code, reason) in self.closing.drain(..) {
+            let _ = c.flush();
+            c.outbox.close(code, &reason);
+        }
+    }
+
+    /// Closes a removed client with `code` at the next flush, after the
+    /// frames pending for it: a close is output too, and waits for the
+    /// batch's commit like the rest.
+    pub(crate) fn close_later(&mut self, c: Conn, code: u16, reason: &str) {
+        self.closing.push((c, code, reason.to_owned()));
+    }
+
+    /// Drops every frame not yet handed to an outbox: they were sent by
+    /// calls whose writes were lost, and must not tell anyone of them.
+    pub(crate) fn discard_pending(&mut self) {
+        for slot in self.touched.drain(..) {
+            if let Some(c) = self.slots.get_mut(slot) {
+                c.touched = false;
+                c.pending.clear();
+                c.pending_bytes = 0;
+            }
+        }
+        for (c, _, _) in &mut self.closing {
+            c.pending.clear();
+            c.pending_bytes = 0;
+        }
+    }
+
+    /// The alarm as the store keeps it.
+    pub(crate) fn alarm(&self) -> Option<Alarm> {
+        self.alarm_at.map(|at| Alarm {
+            at,
+            retry: self.alarm_retry,
+        })
     }
 
     /// Records activity for `/health`'s `lastActivity`.
@@ -242,12 +290,11 @@ impl Table {
         Some(ConnRef { slot, serial })
     }
 
-    /// Removes a client; what was sent to it before goes to its outbox first,
-    /// so it arrives before anything the caller queues next (a close frame).
+    /// Removes a client, keeping what is pending for it in the returned
+    /// [`Conn`] (for [`Table::close_later`]).
     pub(crate) fn remove(&mut self, conn: ConnRef) -> Option<Conn> {
         self.get(conn)?;
-        let mut c = self.slots.remove(conn.slot);
-        let _ = c.flush();
+        let c = self.slots.remove(conn.slot);
         self.by_id.remove(&*c.meta.id);
         if let Some(&list) = self.by_kind.get(&*c.meta.kind) {
             self.kinds[list].retain(|&s| s != conn.slot);
@@ -270,10 +317,6 @@ impl Table {
         let conns = order
             .into_iter()
             .filter_map(|slot| self.slots.try_remove(slot))
-            .map(|mut c| {
-                let _ = c.flush();
-                c
-            })
             .collect();
         self.shared.clear_clients();
         conns
@@ -331,6 +374,7 @@ impl Table {
     ) -> u32 {
         let mut n = 0u32;
         let touched = &mut self.touched;
+        let hold_output = self.hold_output;
         let mut visit = |slot: usize, slots: &mut Slab<Conn>, overflowed: &mut Vec<ConnRef>| {
             if except.contains(&slot) {
                 return;
@@ -350,7 +394,20 @@ impl Table {
                 c.touched = true;
                 touched.push(slot);
             }
-            if c.pending_bytes >= PENDING_FLUSH_BYTES && c.flush() == Err(Refused::Overflow) {
+            if c.pending_bytes < PENDING_FLUSH_BYTES {
+                return;
+            }
+            let overflow = if !hold_output {
+                c.flush() == Err(Refused::Overflow)
+            } else if c.pending_bytes > c.outbox.limit() {
+                c.pending.clear();
+                c.pending_bytes = 0;
+                c.outbox.overflow();
+                true
+            } else {
+                false
+            };
+            if overflow {
                 overflowed.push(ConnRef {
                     slot,
                     serial: c.serial,
@@ -398,7 +455,7 @@ mod tests {
             Arc::default(),
             Arc::default(),
             Arc::default(),
-            1024,
+            Storage::new(1024, None),
             10,
         )
     }

@@ -18,9 +18,11 @@ fn registry() -> Arc<Registry> {
 }
 
 fn registry_with_instances(max_instances: usize) -> Arc<Registry> {
-    let config = crate::config::Cli::parse_from(["wsroom", "--no-compile-cache"])
-        .config()
-        .unwrap();
+    registry_of(&["wsroom", "--no-compile-cache"], max_instances, None)
+}
+
+fn registry_of(args: &[&str], max_instances: usize, store: Option<DurableStore>) -> Arc<Registry> {
+    let config = crate::config::Cli::parse_from(args).config().unwrap();
     let settings = Settings {
         inbox: 4,
         inbox_bytes: 1000,
@@ -30,6 +32,7 @@ fn registry_with_instances(max_instances: usize) -> Arc<Registry> {
         storage_bytes: 1024,
         log_lines_per_sec: 10,
         max_clients: 100,
+        store,
     };
     let runtime = Runtime::new(&config).unwrap();
     let metrics = Arc::new(Metrics::default());
@@ -44,6 +47,15 @@ fn registry_with_instances(max_instances: usize) -> Arc<Registry> {
 }
 
 fn joining() -> (Event, oneshot::Receiver<Result<ConnRef, Refusal>>) {
+    let (event, answer, _) = joining_with_outbox();
+    (event, answer)
+}
+
+fn joining_with_outbox() -> (
+    Event,
+    oneshot::Receiver<Result<ConnRef, Refusal>>,
+    Arc<Outbox>,
+) {
     let (reply, answer) = oneshot::channel();
     let meta = Arc::new(ClientMeta {
         id: "c1".into(),
@@ -55,10 +67,10 @@ fn joining() -> (Event, oneshot::Receiver<Result<ConnRef, Refusal>>) {
     let outbox = Arc::new(Outbox::new(1 << 20));
     let event = Event::Connect {
         meta,
-        outbox,
+        outbox: outbox.clone(),
         reply,
     };
-    (event, answer)
+    (event, answer, outbox)
 }
 
 /// Joins a client to the room and waits until it is admitted.
@@ -159,4 +171,63 @@ async fn the_instance_clock_stays_bounded_however_often_a_room_wakes() {
     let queued = registry.instances().queued();
     assert!(queued <= 2 * 2 + 64 + 1, "{queued} entries");
     assert_eq!(registry.instances().max(), 2);
+}
+
+#[tokio::test]
+async fn a_message_whose_write_is_not_durable_yet_reaches_no_client() {
+    let dir = std::env::temp_dir().join(format!("wsroom-gate-{}", uuid::Uuid::new_v4()));
+    let store = DurableStore::open(&dir).unwrap();
+    let chat = concat!(env!("OUT_DIR"), "/chat-room.wasm");
+    let registry = registry_of(
+        &["wsroom", "--no-compile-cache", "--component", chat],
+        10,
+        Some(store.clone()),
+    );
+    let room = registry.get_or_create("p").unwrap();
+    let (event, answer, outbox) = joining_with_outbox();
+    assert!(room.send(event).await.is_ok());
+    let Ok(Ok(Ok(conn))) = tokio::time::timeout(Duration::from_secs(10), answer).await else {
+        panic!("not admitted");
+    };
+    let mut frames = Vec::new();
+    let take = |frames: &mut Vec<bytes::Bytes>| {
+        let outbox = outbox.clone();
+        let mut batch = std::mem::take(frames);
+        async move {
+            outbox.take(&mut batch).await;
+            batch
+        }
+    };
+    // The history (the connect wrote nothing: it is not held).
+    frames = tokio::time::timeout(Duration::from_secs(10), take(&mut frames))
+        .await
+        .expect("the history");
+    assert!(String::from_utf8_lossy(&frames[0]).contains("history"));
+    frames.clear();
+
+    // The disk is busy: a write transaction of the test's own holds the
+    // store's one writer, so the room's commit waits for it.
+    let blocker = store.begin_write_for_test();
+    let message = Event::Message {
+        conn,
+        message: Incoming::Text("said while the disk is busy".into()),
+    };
+    assert!(room.send(message).await.is_ok());
+    let early = tokio::time::timeout(Duration::from_millis(300), take(&mut frames)).await;
+    assert!(
+        early.is_err(),
+        "the line went out before its write was durable"
+    );
+    // Durable, it goes out.
+    drop(blocker);
+    let frames = tokio::time::timeout(Duration::from_secs(10), take(&mut Vec::new()))
+        .await
+        .expect("the line once committed");
+    assert!(String::from_utf8_lossy(&frames[0]).contains("said while the disk is busy"));
+    assert_eq!(
+        store.load("p").unwrap().entries.len(),
+        2,
+        "the line and the next number"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

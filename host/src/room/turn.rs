@@ -46,6 +46,12 @@ impl Drop for ReaderTurn<'_> {
     /// an instance created or dropped (its hibernation timer).
     fn drop(&mut self) {
         let actor = &mut *self.actor;
+        if actor.uncommitted() {
+            // The messages wrote: their frames wait for the commit, which
+            // the room's task makes (a reader does not wait on the disk).
+            self.core.wake.notify_one();
+            return;
+        }
         actor.flush();
         let live = actor.instance.is_live();
         let table = actor.table();

@@ -25,7 +25,9 @@
 
 wit_bindgen::generate!({
     world: "room",
-    path: "../../wit",
+    // Built against the contract's first version, as rooms in the wild
+    // are: the host must keep loading them (wit/0.1.0/).
+    path: "../../wit/0.1.0",
 });
 
 use wsroom::room::host;

@@ -5,8 +5,10 @@
 //! alarm trims the store to the newest `chat-history` lines (room config,
 //! default 20) `chat-trim-ms` after a new line (default 1000).
 //!
-//! The store is kept by the host, so the history survives hibernation and
-//! code reloads, which drop this instance and its memory.
+//! The store is kept by the host, so the history survives hibernation,
+//! code reloads and restarts, which drop this instance and its memory. The
+//! text `/clear` deletes the history (all of the room's data) and tells
+//! everyone `{"type": "cleared"}`.
 
 use serde_json::{Value, json};
 use wsroom_room_sdk::{AlarmInfo, ClientInfo, Ctx, Incoming, Refusal, Room, Sender, export_room};
@@ -47,6 +49,11 @@ impl Room for Chat {
             ctx.send_to_client(&from.id, &error.to_string());
             return;
         };
+        if text == "/clear" {
+            ctx.storage_delete_all();
+            ctx.broadcast(&json!({"type": "cleared"}).to_string());
+            return;
+        }
         let said = serde_json::from_str::<Value>(&text)
             .ok()
             .and_then(|v| v.get("text").and_then(Value::as_str).map(str::to_owned))
@@ -61,11 +68,12 @@ impl Room for Chat {
         let stored = ctx
             .storage_set(&format!("{LINE}{seq:020}"), line.as_bytes())
             .and_then(|()| ctx.storage_set(NEXT, (seq + 1).to_string().as_bytes()));
-        if stored.is_err() {
-            // Full: the line still goes out, it just is not replayed.
+        if let Err(e) = stored {
+            // Full, or the disk failing: the line still goes out, it just
+            // is not replayed.
             ctx.log(
                 wsroom_room_sdk::LogLevel::Warn,
-                "chat store full; line not kept",
+                &format!("chat line not kept: {e:?}"),
             );
         }
         ctx.broadcast(&line);
