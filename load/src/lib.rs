@@ -14,6 +14,11 @@
 //! - `connect`: C connections over P projects; connections/s, time to the
 //!   `connected` message, and (with `--server-pid`) the server's memory per
 //!   idle connection and per room.
+//! - `chat`: for the SDK's chat room (`sdk/examples/chat-room`), whose every
+//!   line is a durable write: S speakers over P projects each say lines one
+//!   at a time, each waiting for its own line to come back (so each line
+//!   costs a commit, and concurrent speakers share them); lines/s and the
+//!   time from saying a line to hearing it.
 //! - `reference-server`: not a scenario but a yardstick: a lean native
 //!   server (no wasm) that routes like the default room, to run the same
 //!   scenarios against on the same machine.
@@ -76,6 +81,8 @@ enum Scenario {
     Rpc(RpcArgs),
     /// Many idle connections.
     Connect(ConnectArgs),
+    /// Speakers in the SDK's chat room, one line in flight each.
+    Chat(ChatArgs),
     /// Serve as a lean native reference server (no wasm, routing like the
     /// default room) on --server, to compare wsroom with on this machine.
     ReferenceServer,
@@ -119,6 +126,19 @@ struct RpcArgs {
 }
 
 #[derive(Args, Clone, Copy)]
+struct ChatArgs {
+    #[arg(long, default_value_t = 50)]
+    speakers: usize,
+    #[arg(long, default_value_t = 10)]
+    projects: usize,
+    /// Lines each speaker says.
+    #[arg(long, default_value_t = 1_000)]
+    lines: u64,
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+}
+
+#[derive(Args, Clone, Copy)]
 struct ConnectArgs {
     #[arg(long, default_value_t = 10_000)]
     connections: usize,
@@ -157,6 +177,23 @@ where
 /// Opens a WebSocket and reads its `connected` message; returns the socket
 /// and the client id.
 async fn connect(server: SocketAddr, kind: &str, project: &str) -> anyhow::Result<(Ws, String)> {
+    let mut ws = open(server, kind, project).await?;
+    let hello = read_text(&mut ws).await?;
+    #[derive(Deserialize)]
+    struct Hello {
+        payload: HelloPayload,
+    }
+    #[derive(Deserialize)]
+    struct HelloPayload {
+        #[serde(rename = "clientId")]
+        client_id: String,
+    }
+    let hello: Hello = serde_json::from_slice(&hello).context("connected message")?;
+    Ok((ws, hello.payload.client_id))
+}
+
+/// Opens a WebSocket to a project, reading nothing yet.
+async fn open(server: SocketAddr, kind: &str, project: &str) -> anyhow::Result<Ws> {
     let stream = TcpStream::connect(server).await.context("tcp connect")?;
     stream.set_nodelay(true)?;
     let req = hyper::Request::builder()
@@ -177,19 +214,7 @@ async fn connect(server: SocketAddr, kind: &str, project: &str) -> anyhow::Resul
         .await
         .context("websocket handshake")?;
     // Nothing was read through fastwebsockets yet, so it holds no bytes.
-    let mut ws = wire::Client::new(ws.into_inner());
-    let hello = read_text(&mut ws).await?;
-    #[derive(Deserialize)]
-    struct Hello {
-        payload: HelloPayload,
-    }
-    #[derive(Deserialize)]
-    struct HelloPayload {
-        #[serde(rename = "clientId")]
-        client_id: String,
-    }
-    let hello: Hello = serde_json::from_slice(&hello).context("connected message")?;
-    Ok((ws, hello.payload.client_id))
+    Ok(wire::Client::new(ws.into_inner()))
 }
 
 async fn read_text(ws: &mut Ws) -> anyhow::Result<Vec<u8>> {
@@ -857,6 +882,94 @@ async fn rpc(
 }
 
 /// A process's CPU time so far (all its threads), in seconds: user, system.
+async fn chat(
+    server: SocketAddr,
+    args: ChatArgs,
+    server_pid: Option<u32>,
+    deadline: Instant,
+) -> anyhow::Result<serde_json::Value> {
+    let ChatArgs {
+        speakers,
+        projects,
+        lines,
+        size,
+    } = args;
+    anyhow::ensure!(
+        speakers > 0 && projects > 0 && lines > 0,
+        "counts must be positive"
+    );
+    let run = run_id();
+    let checks = Arc::new(Checks::default());
+    let pad = "x".repeat(size);
+    let mut sockets = Vec::new();
+    for i in 0..speakers {
+        let mut ws = open(server, "member", &format!("{run}-{}", i % projects)).await?;
+        read_text(&mut ws).await.context("the chat history")?;
+        sockets.push(ws);
+    }
+    let cpu0 = server_pid.map(cpu_times).transpose()?;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, mut ws) in sockets.into_iter().enumerate() {
+        let checks = checks.clone();
+        let pad = pad.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = new_histogram();
+            let mut said = 0u64;
+            for n in 0..lines {
+                let mark = format!("{i}:{n}:{pad}");
+                let line = json!({ "text": mark }).to_string();
+                let t = Instant::now();
+                if let Err(e) = send_text(&mut ws, line.as_bytes()).await {
+                    checks.error(|| format!("speaker: write failed: {e}"));
+                    break;
+                }
+                // Lines of the project's other speakers come in between.
+                let heard = loop {
+                    match read_text(&mut ws).await {
+                        Ok(text) if memchr::memmem::find(&text, mark.as_bytes()).is_some() => {
+                            break true;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            checks.error(|| format!("speaker: read failed: {e}"));
+                            break false;
+                        }
+                    }
+                };
+                if !heard || Instant::now() > deadline {
+                    break;
+                }
+                let _ = hist.record(t.elapsed().as_nanos() as u64);
+                said += 1;
+            }
+            (said, hist)
+        }));
+    }
+    let mut said = 0;
+    let mut hist = new_histogram();
+    for task in tasks {
+        let (n, h) = task.await?;
+        said += n;
+        let _ = hist.add(&h);
+    }
+    let elapsed = start.elapsed();
+    checks
+        .lost
+        .fetch_add((speakers as u64 * lines).saturating_sub(said), Relaxed);
+    let cpu = server_cpu(server_pid, cpu0, said)?;
+    Ok(json!({
+        "scenario": "chat",
+        "speakers": speakers, "projects": projects, "lines": lines, "size": size,
+        "said": said,
+        "seconds": elapsed.as_secs_f64(),
+        "linesPerSec": said as f64 / elapsed.as_secs_f64().max(1e-9),
+        "latency": percentiles(&hist),
+        "serverCpu": cpu,
+        "checks": checks.json(),
+    }))
+}
+
 fn cpu_times(pid: u32) -> anyhow::Result<(f64, f64)> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
@@ -1095,6 +1208,17 @@ fn print_report(r: &serde_json::Value) {
             );
             out!("round trip: {}", lat(&r["roundTrip"]));
         }
+        Some("chat") => {
+            out!(
+                "chat {} speakers over {} projects: {} lines in {:.2} s = {:.0} lines/s",
+                r["speakers"],
+                r["projects"],
+                r["said"],
+                f(&r["seconds"]),
+                f(&r["linesPerSec"])
+            );
+            out!("said to heard: {}", lat(&r["latency"]));
+        }
         _ => {
             out!(
                 "connect {} over {} projects: {} opened in {:.2} s = {:.0} connections/s",
@@ -1131,10 +1255,10 @@ fn print_report(r: &serde_json::Value) {
     }
     if !r["serverCpu"].is_null() {
         let c = &r["serverCpu"];
-        let unit = if r["scenario"] == "rpc" {
-            "request"
-        } else {
-            "delivery"
+        let unit = match r["scenario"].as_str() {
+            Some("rpc") => "request",
+            Some("chat") => "line",
+            _ => "delivery",
         };
         out!(
             "server CPU: {:.2} s user, {:.2} s system = {:.2} µs per {unit}",
@@ -1185,6 +1309,7 @@ fn prepare(cli: &Cli) -> anyhow::Result<tokio::runtime::Runtime> {
         Scenario::Fanout(a) => a.projects.saturating_mul(a.receivers.saturating_add(1)),
         Scenario::Rpc(a) => a.pairs.saturating_mul(2),
         Scenario::Connect(a) => a.connections,
+        Scenario::Chat(a) => a.speakers,
         Scenario::ReferenceServer => 0,
     };
     check_open_files(connections, files)?;
@@ -1206,6 +1331,7 @@ async fn scenario(cli: &Cli) -> anyhow::Result<serde_json::Value> {
         Scenario::Fanout(args) => fanout(cli.server, args, cli.server_pid, deadline).await,
         Scenario::Rpc(args) => rpc(cli.server, args, cli.server_pid, deadline).await,
         Scenario::Connect(args) => connect_many(cli.server, args, cli.server_pid, deadline).await,
+        Scenario::Chat(args) => chat(cli.server, args, cli.server_pid, deadline).await,
         // Serves until killed; returns only on error.
         Scenario::ReferenceServer => reference::serve(cli.server)
             .await

@@ -84,24 +84,38 @@ impl Actor {
         self.table().flush();
     }
 
+    /// Whether the room's data still has to be read (back) from the store.
+    pub(super) fn needs_load(&mut self) -> bool {
+        self.settings.store.is_some() && !self.table().storage.is_loaded()
+    }
+
     /// The output gate: makes what the calls since the last commit changed
     /// (store and alarm) durable. Their frames wait in the table until then,
     /// so no client hears of a write that a crash could still undo. A room
     /// that changed nothing (or keeps no durable store) does not wait.
-    pub(super) async fn commit(&mut self) {
+    /// Returns false if the commit failed (the room was reset).
+    pub(super) async fn commit(&mut self) -> bool {
         let Some(store) = self.settings.store.clone() else {
-            return;
+            return true;
         };
+        if !self.table().storage.is_loaded() {
+            // Reset after a failure and not read back yet: nothing here is
+            // the room's, not even the alarm (its stored one is kept).
+            return true;
+        }
         let alarm = self.table().alarm();
         let mut changes = self.table().storage.take_changes();
         if alarm != self.committed_alarm {
             changes.alarm = Some(alarm);
         }
         if changes.is_empty() {
-            return;
+            return true;
         }
         match store.commit(self.project.clone(), changes).await {
-            Ok(()) => self.committed_alarm = alarm,
+            Ok(()) => {
+                self.committed_alarm = alarm;
+                true
+            }
             Err(e) => {
                 // The frames of those calls tell of writes now lost: they
                 // are dropped, and the room starts again from what is
@@ -110,8 +124,9 @@ impl Actor {
                 self.table().storage.unload();
                 self.fail("commit", anyhow::anyhow!("the store could not commit: {e}"));
                 if let Err(e) = self.ensure_loaded().await {
-                    warn!(project = %self.project, error = %format!("{e:#}"), "cannot read the room's data again; trying at its next event");
+                    warn!(project = %self.project, error = %format!("{e:#}"), "cannot read the room's data again; trying again in a second");
                 }
+                false
             }
         }
     }
@@ -122,7 +137,7 @@ impl Actor {
         self.settings.store.is_some() && {
             let committed = self.committed_alarm;
             let table = self.table();
-            table.storage.has_changes() || table.alarm() != committed
+            table.storage.is_loaded() && (table.storage.has_changes() || table.alarm() != committed)
         }
     }
 
@@ -181,11 +196,17 @@ impl Actor {
                     Ok(Err(r)) => {
                         self.table().remove(conn);
                         outbox.abort();
-                        Err(Refusal::Refused {
-                            status: r.status,
-                            error: r.error,
-                            message: r.message,
-                        })
+                        // The refusal is output too: if the room wrote
+                        // before refusing, it waits for the commit.
+                        if self.uncommitted() && !self.commit().await {
+                            Err(Refusal::Failed)
+                        } else {
+                            Err(Refusal::Refused {
+                                status: r.status,
+                                error: r.error,
+                                message: r.message,
+                            })
+                        }
                     }
                     Err(Trapped(e)) => {
                         self.fail("on-connect", e);

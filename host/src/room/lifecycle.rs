@@ -70,9 +70,14 @@ pub(crate) fn spawn(
     )
 }
 
+/// How long a room whose data could not be read waits before trying again.
+const LOAD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Why the room's task woke.
 enum Woken {
     Event,
+    /// Time to try reading the room's data again.
+    Load,
     Idle,
     Alarm,
 }
@@ -87,19 +92,24 @@ async fn run(core: Arc<Core>) {
         // The alarm it has in the store is known before the first wait; a
         // failure is tried again before the first call.
         if let Err(e) = actor.ensure_loaded().await {
-            warn!(project = %actor.project, error = %format!("{e:#}"), "cannot read the room's data; trying again at its next event");
+            warn!(project = %actor.project, error = %format!("{e:#}"), "cannot read the room's data; trying again in a second");
         }
     }
     loop {
-        let (alarm, hibernate_at) = {
+        let (alarm, hibernate_at, load) = {
             let mut actor = core.actor.lock().await;
             if actor.stopped {
                 return;
             }
-            (actor.table().alarm_at, actor.hibernate_at())
+            (
+                actor.table().alarm_at,
+                actor.hibernate_at(),
+                actor.needs_load(),
+            )
         };
         let woken = tokio::select! {
             () = core.wake.notified() => Woken::Event,
+            () = tokio::time::sleep(LOAD_RETRY), if load => Woken::Load,
             () = tokio::time::sleep_until(hibernate_at.unwrap_or_else(tokio::time::Instant::now)), if hibernate_at.is_some() => Woken::Idle,
             () = alarms::sleep_until_ms(alarm.unwrap_or(0)), if alarm.is_some() => Woken::Alarm,
         };
@@ -110,6 +120,11 @@ async fn run(core: Arc<Core>) {
         }
         match woken {
             Woken::Event => {}
+            Woken::Load => {
+                if let Err(e) = actor.ensure_loaded().await {
+                    warn!(project = %actor.project, error = %format!("{e:#}"), "cannot read the room's data; trying again in a second");
+                }
+            }
             Woken::Idle => {
                 // Messages run by readers meanwhile move the deadline on.
                 if actor
@@ -176,8 +191,12 @@ impl Actor {
         self.registry.remove_if(&self.project, self.generation);
     }
 
-    /// Removes the room if it is empty with no alarm set.
+    /// Removes the room if it is empty with no alarm set (and its data was
+    /// read: a stored alarm may be waiting in it).
     pub(super) fn try_remove(&mut self) -> bool {
+        if self.needs_load() {
+            return false;
+        }
         let t = self.table();
         if !t.is_empty() || t.alarm_at.is_some() {
             return false;

@@ -200,7 +200,9 @@ impl Table {
     }
 
     /// Drops every frame not yet handed to an outbox: they were sent by
-    /// calls whose writes were lost, and must not tell anyone of them.
+    /// calls whose writes were lost, and must not tell anyone of them. The
+    /// closes those calls made happen, but as a failure's (1011), not with
+    /// the code and reason the room gave.
     pub(crate) fn discard_pending(&mut self) {
         for slot in self.touched.drain(..) {
             if let Some(c) = self.slots.get_mut(slot) {
@@ -209,9 +211,11 @@ impl Table {
                 c.pending_bytes = 0;
             }
         }
-        for (c, _, _) in &mut self.closing {
+        for (c, code, reason) in &mut self.closing {
             c.pending.clear();
             c.pending_bytes = 0;
+            *code = crate::room::CLOSE_ROOM_FAILED;
+            *reason = "room failed".into();
         }
     }
 

@@ -229,5 +229,23 @@ async fn a_message_whose_write_is_not_durable_yet_reaches_no_client() {
         2,
         "the line and the next number"
     );
+
+    // The same through a reader's turn (how most messages reach a room):
+    // the turn does not flush what waits for a commit.
+    let blocker = store.begin_write_for_test();
+    let mut turn = room.try_run().expect("the room is idle");
+    turn.message(conn, Incoming::Text("said on a reader's turn".into()))
+        .await;
+    drop(turn);
+    let early = tokio::time::timeout(Duration::from_millis(300), take(&mut Vec::new())).await;
+    assert!(
+        early.is_err(),
+        "a reader's turn let the line out before its write was durable"
+    );
+    drop(blocker);
+    let frames = tokio::time::timeout(Duration::from_secs(10), take(&mut Vec::new()))
+        .await
+        .expect("the line once committed");
+    assert!(String::from_utf8_lossy(&frames[0]).contains("said on a reader's turn"));
     let _ = std::fs::remove_dir_all(&dir);
 }

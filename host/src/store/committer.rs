@@ -71,7 +71,7 @@ fn run(store: &DurableStore, requests: &Receiver<Request>) {
                 for r in group.drain(..) {
                     let _ = r.done.send(Err(message.clone()));
                 }
-                reopen(store);
+                reopen(store, requests);
             }
         }
     }
@@ -115,8 +115,10 @@ fn write(db: &Database, group: &[Request]) -> Result<(), redb::Error> {
 }
 
 /// Drops the failed handle (waiting for readers to let go of it) and opens
-/// the file again, trying once a second until it works.
-fn reopen(store: &DurableStore) {
+/// the file again, trying once a second until it works. Meanwhile commits
+/// fail at once and writes stay refused: a room does not wait on a disk
+/// that is gone.
+fn reopen(store: &DurableStore, requests: &Receiver<Request>) {
     let old = store
         .inner
         .db
@@ -146,8 +148,19 @@ fn reopen(store: &DurableStore) {
                 return;
             }
             Err(e) => {
-                error!(error = %format!("{e:#}"), "cannot reopen the store; trying again in a second");
-                std::thread::sleep(Duration::from_secs(1));
+                let message: CommitError = format!("{e:#}").into();
+                error!(error = %message, "cannot reopen the store; trying again in a second");
+                store.stats().failed();
+                for _ in 0..10 {
+                    store
+                        .inner
+                        .refuse_writes_until
+                        .store(crate::room::now_ms() + RETRY_AFTER_FAILURE_MS, Relaxed);
+                    while let Ok(r) = requests.try_recv() {
+                        let _ = r.done.send(Err(message.clone()));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
         }
     }
