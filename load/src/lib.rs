@@ -967,6 +967,7 @@ async fn chat(
         "latency": percentiles(&hist),
         "serverCpu": cpu,
         "checks": checks.json(),
+        "ok": checks.ok(),
     }))
 }
 

@@ -241,7 +241,7 @@ async fn a_line_whose_write_failed_reaches_nobody_and_the_room_serves_on() {
 }
 
 #[tokio::test]
-async fn one_server_per_data_directory_and_one_that_cannot_be_made_is_named() {
+async fn one_server_per_data_directory_and_one_it_cannot_write_is_named() {
     let dir = scratch_dir("twice");
     let dir_s = dir.to_str().unwrap();
     let first = Server::start(&["--data-dir", dir_s]);
@@ -260,6 +260,12 @@ async fn one_server_per_data_directory_and_one_that_cannot_be_made_is_named() {
     let err = refused_at_start(&["--data-dir", under_file.to_str().unwrap()]);
     assert!(
         err.contains("cannot create the data directory") && err.contains("not-a-dir"),
+        "{err}"
+    );
+    // A directory that exists but takes no files (root included).
+    let err = refused_at_start(&["--data-dir", "/proc/self"]);
+    assert!(
+        err.contains("cannot write in the data directory /proc/self"),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);

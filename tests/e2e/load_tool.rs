@@ -284,3 +284,32 @@ async fn the_reference_server_passes_the_load_tools_checks() {
     assert_eq!(r["checks"]["errors"], 0, "{r}");
     reference.abort();
 }
+
+#[tokio::test]
+async fn the_chat_scenario_hears_every_line_back_from_the_durable_chat_room() {
+    let server = Server::start(&["--component", crate::lifecycle::CHAT_ROOM]);
+    let (ok, report) = load_any(
+        &server,
+        &[
+            "chat",
+            "--speakers",
+            "6",
+            "--projects",
+            "2",
+            "--lines",
+            "30",
+        ],
+    )
+    .await;
+    assert!(ok, "{report}");
+    assert_eq!(report["said"], 180, "{report}");
+    assert!(report["latency"]["p50Us"].as_f64() > Some(0.0), "{report}");
+    // Every line was a write the store committed.
+    let (_, health) = server.get("/health").await;
+    assert!(
+        health["store"]["roomCommits"].as_u64() >= Some(1),
+        "{health}"
+    );
+    let p50 = &health["store"]["commitLatencyMs"]["p50"];
+    assert!(p50.as_f64().is_some(), "{health}");
+}
