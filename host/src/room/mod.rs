@@ -8,6 +8,11 @@
 //! lock, so the guest is only ever called from one task, in the order the
 //! events arrived.
 //!
+//! With a durable store, what a batch of events wrote (store and alarm) is
+//! committed before the batch's frames and closes leave the table (the
+//! output gate, [`actor`]'s `commit`): a reader whose turn wrote leaves
+//! the commit and the flush to the room's task.
+//!
 //! This file holds the room's types; each concern has its own file:
 //! - [`handle`]: the handle connections hold, and the inbox (bounded in
 //!   events and in bytes).

@@ -192,6 +192,37 @@ mod tests {
     }
 
     #[test]
+    fn a_durable_store_tracks_changes_and_refuses_writes_after_a_disk_failure() {
+        let dir = std::env::temp_dir().join(format!("wsroom-storage-{}", uuid::Uuid::new_v4()));
+        let store = DurableStore::open(&dir).unwrap();
+        let mut s = Storage::new(1000, Some(store.clone()));
+        assert!(!s.is_loaded(), "read from the store first");
+        s.load([("a".to_owned(), b"1".to_vec())].into());
+        assert_eq!(s.bytes(), 2);
+        s.set("b".into(), b"2".to_vec()).unwrap();
+        assert!(s.delete("a"));
+        let changes = s.take_changes();
+        assert_eq!(
+            changes.entries,
+            [
+                ("a".to_owned(), None),
+                ("b".to_owned(), Some(b"2".to_vec()))
+            ]
+        );
+        assert!(!s.has_changes());
+        // After a failed commit the room sees the disk's state in its
+        // writes; deletes still work.
+        store.refuse_writes_for_test();
+        assert_eq!(s.set("c".into(), b"3".to_vec()), Err(Refused::Unavailable));
+        assert_eq!(s.get("c"), None);
+        assert!(s.delete("b"));
+        s.delete_all();
+        let changes = s.take_changes();
+        assert!(changes.cleared && changes.entries.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn keys_by_prefix_in_order() {
         let mut s = Storage::new(1000, None);
         for k in ["msg:3", "msg:1", "other", "msg:2", "ms"] {

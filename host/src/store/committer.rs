@@ -36,8 +36,8 @@ pub(super) fn start(store: DurableStore, requests: Receiver<Request>) -> anyhow:
     Ok(())
 }
 
-/// Until every [`DurableStore`] handle but its own is dropped... which is never
-/// while the server runs; the thread ends with the process.
+/// Commits groups for as long as the process runs (the thread holds a
+/// handle of the store itself, so its channel never closes).
 fn run(store: &DurableStore, requests: &Receiver<Request>) {
     let mut group = Vec::new();
     while let Ok(first) = requests.recv() {

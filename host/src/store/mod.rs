@@ -183,6 +183,14 @@ impl DurableStore {
         self.database().unwrap().begin_write().unwrap()
     }
 
+    /// Refuses writes as after a failed commit (for tests).
+    #[cfg(test)]
+    pub(crate) fn refuse_writes_for_test(&self) {
+        self.inner
+            .refuse_writes_until
+            .store(crate::room::now_ms() + RETRY_AFTER_FAILURE_MS, Relaxed);
+    }
+
     /// Every project with a pending alarm.
     pub(crate) fn alarms(&self) -> anyhow::Result<Vec<(String, Alarm)>> {
         all_alarms(&*self.database()?)
