@@ -46,15 +46,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let tls = config.tls.as_ref().map(Tls::new).transpose()?;
     crate::limits::check_at_start(&config);
-    let runtime = Runtime::new(&config)?;
-    let metrics = Arc::new(Metrics::default());
-    crate::signals::reload_on_sighup(runtime.clone(), tls.clone(), metrics.clone());
+    // A file-size limit is a failing disk, not a reason to die; and a data
+    // directory that will not do stops the server before the rooms compile.
     crate::signals::survive_file_size_limit();
     let store = config
         .data_dir
         .as_deref()
         .map(DurableStore::open)
         .transpose()?;
+    let runtime = Runtime::new(&config)?;
+    let metrics = Arc::new(Metrics::default());
+    crate::signals::reload_on_sighup(runtime.clone(), tls.clone(), metrics.clone());
     let mut settings = Settings::from_config(&config);
     settings.store = store.clone();
     let registry = Registry::new(
