@@ -133,9 +133,10 @@ async fn every_line_a_client_received_survives_kill_9_in_the_middle_of_writes() 
 async fn a_pending_alarm_fires_after_a_restart_with_no_client_there() {
     let dir = scratch_dir("alarm");
     let mut args = chat_args(&dir);
-    // Keep one line, trimmed 2 s after the first is said.
+    // Keep one line, trimmed 5 s after the first is said (time enough to
+    // stop the server before, on a slow machine too).
     args[5] = "chat-history=1".into();
-    args[7] = "chat-trim-ms=2000".into();
+    args[7] = "chat-trim-ms=5000".into();
     let server = Server::start(&strs(&args));
     let p = project();
     let (mut a, _) = join_chat(&server, &p).await;
@@ -217,9 +218,28 @@ async fn a_line_whose_write_failed_reaches_nobody_and_the_room_serves_on() {
         .await;
     assert!(health["store"]["commits"].as_u64() >= Some(1), "{health}");
     assert!(server.stderr().contains("commit failed"));
-    // The server and the project go on: a newcomer is served and gets the
-    // history as committed (the failed line is not in it).
-    let (mut c, history) = join_chat(&server, &p).await;
+    // The server and the project go on: a newcomer is served (once the
+    // store is reopened: until then, `503` `room_failed`, try again) and
+    // gets the history as committed (the failed line is not in it).
+    let url = server.url(&format!("type=member&projectId={p}"));
+    let (mut c, history) = poll_until(
+        "a newcomer admitted",
+        std::time::Duration::from_millis(50),
+        async || match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok((mut ws, _)) => {
+                let history = recv(&mut ws).await;
+                Admitted(Some((ws, history["messages"].as_array().unwrap().clone())))
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 503 => {
+                Admitted(None)
+            }
+            Err(e) => panic!("{e}"),
+        },
+        |a| a.0.is_some(),
+    )
+    .await
+    .0
+    .unwrap();
     assert_eq!(texts(&history), received);
     send(&mut c, &json!({ "text": "still here" })).await;
     let got = within(c.next()).await.unwrap().unwrap();
@@ -326,4 +346,13 @@ async fn a_room_that_deletes_all_its_data_is_gone_after_a_restart() {
     assert!(history.is_empty(), "{history:?}");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A join's outcome, for `poll_until` (which shows what it waits for).
+struct Admitted(Option<(Ws, Vec<Value>)>);
+
+impl std::fmt::Display for Admitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "admitted" } else { "503" })
+    }
 }

@@ -33,6 +33,10 @@ const ALARMS: TableDefinition<&str, (u64, u32)> = TableDefinition::new("alarms")
 /// The file in `--data-dir`.
 pub(crate) const FILE: &str = "rooms.redb";
 
+/// How long a room starting waits for the store to be reopened after a
+/// failure before it gives up (and tries again a second later).
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long `storage-set` answers `unavailable` after a commit failed,
 /// before the next write tries the disk again.
 const RETRY_AFTER_FAILURE_MS: u64 = 1_000;
@@ -150,9 +154,17 @@ impl DurableStore {
     }
 
     /// Everything stored for `project` (blocking: run it off the async
-    /// workers).
+    /// workers). While the committer reopens the file after a failure, it
+    /// waits for it a moment rather than fail the room.
     pub(crate) fn load(&self, project: &str) -> anyhow::Result<RoomData> {
-        read_room(&*self.database()?, project)
+        let deadline = std::time::Instant::now() + REOPEN_WAIT;
+        loop {
+            match self.database() {
+                Ok(db) => return read_room(&db, project),
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
     }
 
     /// Makes `changes` durable, with the changes of every other room that
@@ -206,12 +218,18 @@ fn open_database(path: &Path) -> anyhow::Result<Database> {
         ),
         e => anyhow::Error::new(e).context(format!("cannot open the store {}", path.display())),
     })?;
-    // The tables exist from the start, so reads never meet a missing one.
-    let tx = db.begin_write()?;
-    tx.open_table(ENTRIES)?;
-    tx.open_table(ALARMS)?;
-    tx.commit()
-        .with_context(|| format!("cannot write the store {}", path.display()))?;
+    // The tables exist from the start, so reads never meet a missing one;
+    // made once, so that reopening on a full disk writes nothing.
+    let made = db
+        .begin_read()
+        .is_ok_and(|tx| tx.open_table(ENTRIES).is_ok() && tx.open_table(ALARMS).is_ok());
+    if !made {
+        let tx = db.begin_write()?;
+        tx.open_table(ENTRIES)?;
+        tx.open_table(ALARMS)?;
+        tx.commit()
+            .with_context(|| format!("cannot write the store {}", path.display()))?;
+    }
     Ok(db)
 }
 
