@@ -270,9 +270,11 @@ async fn one_server_per_data_directory_and_one_it_cannot_write_is_named() {
         err.contains("in use by another wsroom server") && err.contains(dir_s),
         "{err}"
     );
-    // The first one is unharmed.
+    // The first one is unharmed, and `wsroom data` says to stop it first.
     let (status, _) = first.get("/health").await;
     assert_eq!(status, 200);
+    let (ok, _, err) = data_command(&dir, &["list"]);
+    assert!(!ok && err.contains("stop the server first"), "{err}");
     drop(first);
 
     let file = temp_file("not-a-dir", "");

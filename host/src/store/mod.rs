@@ -286,7 +286,10 @@ pub(crate) mod offline {
     pub(crate) fn open(dir: &Path) -> anyhow::Result<Offline> {
         let path = dir.join(FILE);
         anyhow::ensure!(path.exists(), "{} holds no store ({FILE})", dir.display());
-        Ok(Offline(open_database(&path)?))
+        let db = open_database(&path).context(
+            "`wsroom data` reads the store while no server holds it: stop the server first",
+        )?;
+        Ok(Offline(db))
     }
 
     /// A store opened by a command, not a server.
