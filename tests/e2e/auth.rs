@@ -256,7 +256,7 @@ async fn only_listed_origins_may_open_websockets() {
 async fn bad_access_settings_are_refused_at_start() {
     let run = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--in-memory"])
             .args(args)
             .env_remove("WSROOM_AUTH_SECRET")
             .output()

@@ -42,7 +42,7 @@ async fn a_component_that_does_not_fit_is_refused_at_start() {
     // An empty component: valid, but it exports nothing a room must.
     std::fs::write(&bad, b"\0asm\x0d\x00\x01\x00").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
-        .args(["--listen", "127.0.0.1:0", "--component"])
+        .args(["--listen", "127.0.0.1:0", "--in-memory", "--component"])
         .arg(&bad)
         .output()
         .unwrap();
@@ -56,7 +56,7 @@ async fn a_component_that_does_not_fit_is_refused_at_start() {
     // A core module is not a component at all.
     std::fs::write(&bad, b"\0asm\x01\0\0\0").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
-        .args(["--listen", "127.0.0.1:0", "--component"])
+        .args(["--listen", "127.0.0.1:0", "--in-memory", "--component"])
         .arg(&bad)
         .output()
         .unwrap();
@@ -65,6 +65,7 @@ async fn a_component_that_does_not_fit_is_refused_at_start() {
         .args([
             "--listen",
             "127.0.0.1:0",
+            "--in-memory",
             "--component",
             "/no/such/room.wasm",
         ])
@@ -89,7 +90,7 @@ async fn a_component_with_an_import_the_host_lacks_is_refused_by_name() {
             format!("p-*={}", bad.display())
         };
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsroom"))
-            .args(["--listen", "127.0.0.1:0", &flag, &value])
+            .args(["--listen", "127.0.0.1:0", "--in-memory", &flag, &value])
             .output()
             .unwrap();
         assert!(!out.status.success());
