@@ -314,10 +314,13 @@ pub(crate) fn check_file(config: &config::Config, path: &Path) -> anyhow::Result
         ..config.clone()
     })?;
     let inner = &*runtime.inner;
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read room component {}", path.display()))?;
-    let component = Component::new(&inner.engine, &bytes).map_err(anyhow::Error::from)?;
-    Ok(contract_version(&inner.engine, &component))
+    let components = inner
+        .current
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let component = components.default.instance_pre().component();
+    Ok(contract_version(&inner.engine, component))
 }
 
 /// Advances the engine's epoch every [`TICK`] until the engine is dropped.

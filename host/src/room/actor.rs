@@ -95,21 +95,17 @@ impl Actor {
     /// that changed nothing (or keeps no durable store) does not wait.
     /// Returns false if the commit failed (the room was reset).
     pub(super) async fn commit(&mut self) -> bool {
+        // Twice a batch: nothing to do, nothing is touched (the common case).
+        if !self.uncommitted() {
+            return true;
+        }
         let Some(store) = self.settings.store.clone() else {
             return true;
         };
-        if !self.table().storage.is_loaded() {
-            // Reset after a failure and not read back yet: nothing here is
-            // the room's, not even the alarm (its stored one is kept).
-            return true;
-        }
         let alarm = self.table().alarm();
         let mut changes = self.table().storage.take_changes();
         if alarm != self.committed_alarm {
             changes.alarm = Some(alarm);
-        }
-        if changes.is_empty() {
-            return true;
         }
         match store.commit(self.project.clone(), changes).await {
             Ok(()) => {
@@ -132,7 +128,9 @@ impl Actor {
     }
 
     /// Whether the room changed something not yet committed (its frames
-    /// must wait for [`Actor::commit`]).
+    /// must wait for [`Actor::commit`]). Not while its data is unread (reset
+    /// after a failure): nothing in it is the room's then, not even the
+    /// alarm, and the stored one must not be overwritten.
     pub(super) fn uncommitted(&mut self) -> bool {
         self.settings.store.is_some() && {
             let committed = self.committed_alarm;
@@ -198,7 +196,7 @@ impl Actor {
                         outbox.abort();
                         // The refusal is output too: if the room wrote
                         // before refusing, it waits for the commit.
-                        if self.uncommitted() && !self.commit().await {
+                        if !self.commit().await {
                             Err(Refusal::Failed)
                         } else {
                             Err(Refusal::Refused {

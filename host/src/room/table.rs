@@ -121,10 +121,6 @@ pub(crate) struct Table {
     /// Clients removed since the last flush, with the close each gets once
     /// its pending frames are out (see [`Table::close_later`]).
     closing: Vec<(Conn, u16, String)>,
-    /// Frames wait for the end of the batch however many gather (bounded
-    /// by the outbox's limit instead): a durable room's output waits for
-    /// its commit, and a call's writes may follow its sends.
-    hold_output: bool,
 }
 
 impl Table {
@@ -136,7 +132,6 @@ impl Table {
         storage: Storage,
         log_lines_per_sec: u32,
     ) -> Table {
-        let hold_output = storage.is_durable();
         let log_budget = Arc::new(LogBudget::new(
             project.clone(),
             log_lines_per_sec,
@@ -161,7 +156,6 @@ impl Table {
             overflowed: Vec::new(),
             touched: Vec::new(),
             closing: Vec::new(),
-            hold_output,
         }
     }
 
@@ -378,7 +372,10 @@ impl Table {
     ) -> u32 {
         let mut n = 0u32;
         let touched = &mut self.touched;
-        let hold_output = self.hold_output;
+        // A durable room's frames wait for the end of the batch however
+        // many gather (bounded by the outbox's limit instead): they wait for
+        // its commit, and a call's writes may follow its sends.
+        let hold_output = self.storage.is_durable();
         let mut visit = |slot: usize, slots: &mut Slab<Conn>, overflowed: &mut Vec<ConnRef>| {
             if except.contains(&slot) {
                 return;

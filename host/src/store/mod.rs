@@ -67,12 +67,6 @@ pub(crate) struct Changes {
     pub(crate) alarm: Option<Option<Alarm>>,
 }
 
-impl Changes {
-    pub(crate) fn is_empty(&self) -> bool {
-        !self.cleared && self.entries.is_empty() && self.alarm.is_none()
-    }
-}
-
 /// Why a commit failed: the disk's error, as text (every room of the group
 /// gets the same one).
 pub(crate) type CommitError = Arc<str>;
