@@ -55,6 +55,9 @@ pub struct Cli {
     #[command(flatten)]
     pub data: DataArgs,
 
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
     /// Browser origin allowed to open WebSockets (scheme://host, with an optional :port);
     /// repeatable. When set, an upgrade whose Origin header is not listed is
     /// refused with 403; clients that send no Origin (non-browsers) are
@@ -367,6 +370,125 @@ pub struct DataArgs {
     pub in_memory: bool,
 }
 
+/// Cluster membership: with `--nats`, the node joins the cluster of every
+/// node on the same NATS JetStream; without it, it runs alone.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// NATS server(s) to join a cluster through (`nats://host:4222`, or
+    /// `tls://`; comma-separated for several). JetStream must be enabled.
+    /// Without it the server runs alone and needs nothing else.
+    #[arg(long, env = "WSROOM_NATS", value_delimiter = ',')]
+    pub nats: Vec<String>,
+
+    /// NATS credentials file (JWT and NKey seed, as `nsc` writes it).
+    #[arg(long, env = "WSROOM_NATS_CREDS", requires = "nats")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// PEM file of the certificate authorities to trust for NATS over TLS
+    /// (implies TLS).
+    #[arg(long, env = "WSROOM_NATS_TLS_CA", requires = "nats")]
+    pub nats_tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for NATS over mutual TLS (with --nats-tls-key).
+    #[arg(long, env = "WSROOM_NATS_TLS_CERT", requires_all = ["nats", "nats_tls_key"])]
+    pub nats_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --nats-tls-cert.
+    #[arg(long, env = "WSROOM_NATS_TLS_KEY", requires_all = ["nats", "nats_tls_cert"])]
+    pub nats_tls_key: Option<PathBuf>,
+
+    /// Require TLS to NATS even when the URL does not say `tls://`.
+    #[arg(long, env = "WSROOM_NATS_TLS", requires = "nats")]
+    pub nats_tls: bool,
+
+    /// This node's name in the cluster: unique, letters, digits, `-` and
+    /// `_` (default: the host name, other characters made `-`).
+    #[arg(long, env = "WSROOM_NODE_NAME", requires = "nats")]
+    pub node_name: Option<String>,
+
+    /// How long a node's ownership of its projects outlives its last
+    /// renewal, in milliseconds: a node that dies loses its projects to the
+    /// live nodes within this time. Every node of a cluster must use the
+    /// same value (the first node's is kept in the bucket; see README).
+    #[arg(long, env = "WSROOM_LEASE_MS", default_value_t = 10_000)]
+    pub lease_ms: u64,
+}
+
+/// The cluster settings, validated.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub urls: Vec<String>,
+    pub creds: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    pub tls_required: bool,
+    pub node_name: String,
+    pub lease: Duration,
+}
+
+impl ClusterArgs {
+    fn config(&self) -> anyhow::Result<Option<ClusterConfig>> {
+        if self.nats.is_empty() {
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            self.lease_ms >= 1000,
+            "--lease-ms must be at least 1000 (a node renews its lease several times a lease)"
+        );
+        let node_name = match &self.node_name {
+            Some(name) => {
+                anyhow::ensure!(
+                    is_node_name(name),
+                    "--node-name {name:?}: use 1 to 64 letters, digits, `-` and `_`"
+                );
+                name.clone()
+            }
+            None => default_node_name(),
+        };
+        Ok(Some(ClusterConfig {
+            urls: self.nats.clone(),
+            creds: self.nats_creds.clone(),
+            tls_ca: self.nats_tls_ca.clone(),
+            tls_client: self.nats_tls_cert.clone().zip(self.nats_tls_key.clone()),
+            tls_required: self.nats_tls,
+            node_name,
+            lease: Duration::from_millis(self.lease_ms),
+        }))
+    }
+}
+
+/// Whether `name` can name a node: it is a token of NATS subjects.
+pub fn is_node_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The host name, made a valid node name.
+fn default_node_name() -> String {
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    let name: String = host
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "wsroom".into()
+    } else {
+        name
+    }
+}
+
 /// Where the TLS certificate comes from.
 #[derive(Debug, Clone)]
 pub enum TlsSource {
@@ -430,6 +552,8 @@ pub struct Config {
     pub alarm_retry_base: Duration,
     /// The durable store's directory; `None`: in memory (`--in-memory`).
     pub data_dir: Option<PathBuf>,
+    /// Cluster membership; `None`: a node alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Cli {
@@ -543,6 +667,7 @@ impl Cli {
             alarm_retries: self.alarm_retries,
             alarm_retry_base: Duration::from_millis(self.alarm_retry_base_ms),
             data_dir: (!self.data.in_memory).then(|| self.data.data_dir.clone()),
+            cluster: self.cluster.config()?,
         })
     }
 }

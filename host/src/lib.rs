@@ -23,11 +23,14 @@
 //!   limits. `stacks`: the fiber stacks guest calls run on.
 //! - `store`: the durable store (redb) of rooms' data and alarms, and its
 //!   one committing thread.
+//! - `cluster`: with `--nats`, the node's membership of a cluster: leases,
+//!   projects' owners, clients served across nodes.
 //! - `metrics`: process-wide counters for `/health` and `/metrics`.
 //!
 //! The wire protocol is docs/PROTOCOL.md; the room contract, wit/room.wit.
 
 mod auth;
+mod cluster;
 pub mod config;
 mod conn;
 mod engine;

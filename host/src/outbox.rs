@@ -83,7 +83,7 @@ pub struct Outbox {
 }
 
 /// What the writer should do after writing the frames it took.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
     Continue,
     /// The last frame taken was a close frame: finish the connection.

@@ -3,12 +3,31 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cluster::Validity;
 use crate::engine::Runtime;
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::room::instances::Instances;
-use crate::room::{self, RoomHandle, Settings};
+use crate::room::table::ConnRef;
+use crate::room::{self, ClientMeta, Event, Refusal, RoomHandle, Settings};
+
+/// How many times a connect retries when it races with a room's removal.
+const CONNECT_ATTEMPTS: usize = 4;
+
+/// Why a client could not be placed in its project's room.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// No room for the project, and `--max-rooms` are live.
+    TooManyRooms { limit: usize },
+    /// The room did not take the client.
+    Refused(Refusal),
+    /// The room kept going away (removed, or restarting) while asked.
+    Unreachable,
+}
 
 pub struct Registry {
     rooms: Mutex<HashMap<Arc<str>, RoomHandle>>,
@@ -21,6 +40,10 @@ pub struct Registry {
     max_rooms: usize,
     /// Live instances, at most `--max-instances`.
     instances: Instances,
+    /// Told the projectId of each room removed (a cluster releases it).
+    removals: OnceLock<mpsc::UnboundedSender<Arc<str>>>,
+    /// In a cluster, until when this node may run its rooms.
+    lease: OnceLock<Arc<Validity>>,
 }
 
 impl Registry {
@@ -41,7 +64,84 @@ impl Registry {
             generations: AtomicU64::new(0),
             max_rooms,
             instances: Instances::new(max_instances),
+            removals: OnceLock::new(),
+            lease: OnceLock::new(),
         })
+    }
+
+    /// In a cluster: rooms run only while `lease` holds.
+    pub(crate) fn run_under(&self, lease: Arc<Validity>) {
+        let _ = self.lease.set(lease);
+    }
+
+    /// Whether this node may run its rooms now: always alone; in a cluster,
+    /// while its lease holds (a room checks before each batch of events).
+    pub(crate) fn lease_holds(&self) -> bool {
+        self.lease.get().is_none_or(|lease| lease.holds())
+    }
+
+    /// Where the projectIds of removed rooms are sent from now on.
+    pub(crate) fn tell_removals(&self, to: mpsc::UnboundedSender<Arc<str>>) {
+        let _ = self.removals.set(to);
+    }
+
+    /// Asks the project's room to take the client, making the room if the
+    /// project has none (again, if it raced with the room's removal).
+    pub(crate) async fn connect(
+        self: &Arc<Self>,
+        project: &str,
+        meta: Arc<ClientMeta>,
+        outbox: Arc<Outbox>,
+    ) -> Result<(RoomHandle, ConnRef), ConnectError> {
+        for _ in 0..CONNECT_ATTEMPTS {
+            let Some(room) = self.get_or_create(project) else {
+                return Err(ConnectError::TooManyRooms {
+                    limit: self.max_rooms,
+                });
+            };
+            let (reply, answer) = oneshot::channel();
+            let event = Event::Connect {
+                meta: meta.clone(),
+                outbox: outbox.clone(),
+                reply,
+            };
+            if room.send(event).await.is_err() {
+                continue;
+            }
+            match answer.await {
+                // The room was being removed; a new one will be made.
+                Err(_) => continue,
+                Ok(Ok(conn)) => return Ok((room, conn)),
+                Ok(Err(refusal)) => return Err(ConnectError::Refused(refusal)),
+            }
+        }
+        Err(ConnectError::Unreachable)
+    }
+
+    /// Puts back in the project's room a client it admitted on another node
+    /// (see [`Event::Rejoin`]); `None` if no room can take it.
+    pub(crate) async fn rejoin(
+        self: &Arc<Self>,
+        project: &str,
+        meta: Arc<ClientMeta>,
+        outbox: Arc<Outbox>,
+    ) -> Option<(RoomHandle, ConnRef)> {
+        for _ in 0..CONNECT_ATTEMPTS {
+            let room = self.get_or_create(project)?;
+            let (reply, answer) = oneshot::channel();
+            let event = Event::Rejoin {
+                meta: meta.clone(),
+                outbox: outbox.clone(),
+                reply,
+            };
+            if room.send(event).await.is_err() {
+                continue;
+            }
+            if let Ok(conn) = answer.await {
+                return Some((room, conn));
+            }
+        }
+        None
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, RoomHandle>> {
@@ -96,7 +196,10 @@ impl Registry {
         let mut rooms = self.lock();
         match rooms.get(project) {
             Some(h) if h.generation == generation => {
-                rooms.remove(project);
+                let removed = rooms.remove_entry(project);
+                if let (Some((project, _)), Some(removals)) = (removed, self.removals.get()) {
+                    let _ = removals.send(project);
+                }
                 true
             }
             _ => false,

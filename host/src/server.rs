@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::engine::Runtime;
 use crate::handshakes::{HandshakeSlot, Handshakes};
@@ -49,11 +50,17 @@ pub async fn run(
     // A file-size limit is a failing disk, not a reason to die; and a data
     // directory that will not do stops the server before the rooms compile.
     crate::signals::survive_file_size_limit();
-    let store = config
-        .data_dir
-        .as_deref()
-        .map(DurableStore::open)
-        .transpose()?;
+    let data_dir = match (&config.data_dir, &config.cluster) {
+        (Some(_), Some(_)) => {
+            warn!(
+                "cluster mode keeps rooms' stores and alarms in memory for now (a project that \
+                 moves to another node starts with an empty store); --data-dir is not used"
+            );
+            None
+        }
+        (dir, _) => dir.as_deref(),
+    };
+    let store = data_dir.map(DurableStore::open).transpose()?;
     let runtime = Runtime::new(&config)?;
     let metrics = Arc::new(Metrics::default());
     crate::signals::reload_on_sighup(runtime.clone(), tls.clone(), metrics.clone());
@@ -70,6 +77,12 @@ pub async fn run(
     if let Some(store) = &store {
         wake_alarms(store, &registry)?;
     }
+    let cluster = match &config.cluster {
+        Some(cluster) => {
+            Some(Cluster::join(cluster, registry.clone(), config.outbox_limit_bytes).await?)
+        }
+        None => None,
+    };
     let http_slots = Arc::new(Semaphore::new(crate::limits::http_connections(
         config.max_connections,
     )));
@@ -80,6 +93,7 @@ pub async fn run(
         config: Arc::new(config),
         metrics,
         store,
+        cluster: cluster.clone(),
         tracker: TaskTracker::new(),
         started: Instant::now(),
         warnings: Default::default(),
@@ -114,8 +128,22 @@ pub async fn run(
     drop(server);
 
     info!("shutting down: closing every connection with 1001");
+    if let Some(cluster) = &cluster {
+        // Clients of this node's projects held by other nodes stay open:
+        // another node takes the projects over once this one has left.
+        cluster.leaving();
+    }
     for room in registry.all() {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, room.send(Event::Shutdown)).await;
+    }
+    if let Some(cluster) = &cluster {
+        // Once the rooms here are closed, so that a project never runs on
+        // two nodes, even for the moment it takes one to close.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while !registry.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        cluster.leave().await;
     }
     app.tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, app.tracker.wait())

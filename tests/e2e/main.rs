@@ -6,6 +6,7 @@ mod common;
 
 mod auth;
 mod bad_input;
+mod cluster;
 mod durable;
 mod edge;
 mod endpoints;

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::debug;
 
+use crate::cluster::RemoteClient;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -29,10 +30,26 @@ use crate::room::{Event, RoomHandle};
 /// How long a closing connection waits for the other side's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// Where a connection's messages go.
+pub(crate) enum RoomLink {
+    /// The project's room runs on this node.
+    Local { room: RoomHandle, conn: ConnRef },
+    /// Another node of the cluster owns the project.
+    Remote(RemoteClient),
+}
+
+impl RoomLink {
+    fn project(&self) -> &str {
+        match self {
+            RoomLink::Local { room, .. } => &room.project,
+            RoomLink::Remote(remote) => remote.project(),
+        }
+    }
+}
+
 /// A connection the room admitted, waiting for its upgrade to finish.
 pub(crate) struct Admitted {
-    pub(crate) room: RoomHandle,
-    pub(crate) conn: ConnRef,
+    pub(crate) link: RoomLink,
     pub(crate) outbox: Arc<Outbox>,
     /// Its place under `--max-connections`, given back when it ends.
     pub(crate) permit: OwnedSemaphorePermit,
@@ -40,8 +57,7 @@ pub(crate) struct Admitted {
 
 /// What the reader and the writer of one connection share.
 struct Connection<'a> {
-    room: &'a RoomHandle,
-    conn: ConnRef,
+    link: &'a RoomLink,
     outbox: &'a Outbox,
     config: &'a Config,
     metrics: &'a Metrics,
@@ -78,8 +94,7 @@ pub(crate) async fn serve(
     metrics: Arc<Metrics>,
 ) {
     let Admitted {
-        room,
-        conn,
+        link,
         outbox,
         permit,
     } = admitted;
@@ -88,8 +103,7 @@ pub(crate) async fn serve(
         Ok(ws) => {
             let (read, write) = tokio::io::split(ws.into_inner());
             let connection = Connection {
-                room: &room,
-                conn,
+                link: &link,
                 outbox: &outbox,
                 config: &config,
                 metrics: &metrics,
@@ -105,13 +119,18 @@ pub(crate) async fn serve(
             Ended::lost()
         }
     };
-    let _ = room
-        .send(Event::Close {
-            conn,
-            code: ended.code,
-            reason: ended.reason,
-        })
-        .await;
+    match &link {
+        RoomLink::Local { room, conn } => {
+            let _ = room
+                .send(Event::Close {
+                    conn: *conn,
+                    code: ended.code,
+                    reason: ended.reason,
+                })
+                .await;
+        }
+        RoomLink::Remote(remote) => remote.close(ended.code, &ended.reason).await,
+    }
     drop(permit);
     metrics.connection_closed();
 }

@@ -16,10 +16,10 @@ use tracing::debug;
 use super::frames::{
     CONTROL_TOO_LARGE, FRAME_TOO_LARGE, Frames, INVALID_UTF8, Step, Violation, protocol_error,
 };
-use super::{Connection, Ended};
+use super::{Connection, Ended, RoomLink};
 use crate::outbox::{self, Refused};
 use crate::rate::Bucket;
-use crate::room::{BATCH, CLOSE_ROOM_FAILED, Event, Incoming, ReaderTurn};
+use crate::room::{BATCH, CLOSE_ROOM_FAILED, CLOSE_SERVICE_RESTART, Event, Incoming, ReaderTurn};
 
 /// Reads until the client closes, breaks a rule or goes away.
 pub(super) async fn read_loop<R: AsyncRead + Unpin>(read: R, c: &Connection<'_>) -> Ended {
@@ -81,25 +81,49 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(read: R, c: &Connection<'_>)
         if rate > 0 && !bucket.take(rate, now_ms) {
             // Over --max-messages-per-sec: not routed; its sender hears why.
             c.metrics.message_rate_limited();
-            debug!(project = %c.room.project, "message over --max-messages-per-sec, not routed");
-            let error = rate_limited(&c.room.project, &message, rate);
+            debug!(project = %c.link.project(), "message over --max-messages-per-sec, not routed");
+            let error = rate_limited(c.link.project(), &message, rate);
             if c.outbox.push(error) == Err(Refused::Overflow) {
                 c.metrics.outbox_overflow();
             }
             continue;
         }
+        let (room, conn) = match c.link {
+            RoomLink::Local { room, conn } => (room, *conn),
+            RoomLink::Remote(remote) => {
+                // Held until the owner node has handled it (one message in
+                // flight per client keeps them in order across nodes).
+                if let Err(why) = Box::pin(remote.forward(&message)).await {
+                    let error =
+                        system_error(c.link.project(), why.code, why.message.into(), &message);
+                    if c.outbox.push(error) == Err(Refused::Overflow) {
+                        c.metrics.outbox_overflow();
+                    }
+                    if why.reconnect {
+                        return violated(
+                            Violation {
+                                code: CLOSE_SERVICE_RESTART,
+                                reason: "the project moved; reconnect",
+                            },
+                            c,
+                        );
+                    }
+                }
+                continue;
+            }
+        };
         // An idle room runs the message here, without waking its task.
         if turn.is_none() {
-            turn = c.room.try_run();
+            turn = room.try_run();
             in_a_row = 0;
         }
-        if let Some(room) = turn.as_mut() {
+        if let Some(running) = turn.as_mut() {
             c.in_guest.store(true, Relaxed);
             // Boxed, as the queueing below: the futures of a guest call and
             // of a send are big, and kept in place they would grow every
             // connection's task by ~3 KB, idle or not (one small allocation
             // per message instead; no difference the benchmarks resolve).
-            Box::pin(room.message(c.conn, message)).await;
+            Box::pin(running.message(conn, message)).await;
             c.in_guest.store(false, Relaxed);
             in_a_row += 1;
             if in_a_row == BATCH {
@@ -111,11 +135,8 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(read: R, c: &Connection<'_>)
         // A busy room queues it. A full inbox makes this wait: the client's
         // reads pause until the room catches up (TCP back-pressure),
         // nothing is dropped.
-        let event = Event::Message {
-            conn: c.conn,
-            message,
-        };
-        if Box::pin(c.room.send(event)).await.is_err() {
+        let event = Event::Message { conn, message };
+        if Box::pin(room.send(event)).await.is_err() {
             return violated(
                 Violation {
                     code: CLOSE_ROOM_FAILED,
@@ -160,10 +181,19 @@ fn broken_frame(e: WebSocketError, c: &Connection<'_>) -> Ended {
     violated(violation, c)
 }
 
-/// The `error` a message over `--max-messages-per-sec` is answered with,
-/// shaped as the default room's errors (docs/PROTOCOL.md), whatever room the
-/// project runs: the room never sees the message.
+/// The `error` a message over `--max-messages-per-sec` is answered with.
 fn rate_limited(project: &str, message: &Incoming, rate: u32) -> Bytes {
+    let text = format!(
+        "over the rate limit of {rate} per second (bursts of {}); message not routed",
+        u64::from(rate) * 2
+    );
+    system_error(project, "rate_limited", text, message)
+}
+
+/// An `error` from the host about one of the client's messages, shaped as
+/// the default room's errors (docs/PROTOCOL.md) whatever room the project
+/// runs, with the message's `id` when it has one.
+fn system_error(project: &str, code: &'static str, text: String, message: &Incoming) -> Bytes {
     #[derive(Deserialize)]
     struct WithId<'a> {
         #[serde(borrow)]
@@ -203,11 +233,8 @@ fn rate_limited(project: &str, message: &Incoming, rate: u32) -> Bytes {
         kind: "error",
         from: SystemFrom { kind: "system" },
         payload: ErrorPayload {
-            code: "rate_limited",
-            message: format!(
-                "over the rate limit of {rate} per second (bursts of {}); message not routed",
-                u64::from(rate) * 2
-            ),
+            code,
+            message: text,
             project_id: project,
             timestamp: crate::room::now_ms(),
             message_id,

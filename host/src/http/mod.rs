@@ -5,7 +5,7 @@
 //! listener's refusal of a connection before hyper serves it included.
 
 mod error;
-mod report;
+pub(crate) mod report;
 mod upgrade;
 
 use std::sync::Arc;
@@ -34,6 +34,8 @@ pub(crate) struct App {
     pub(crate) metrics: Arc<Metrics>,
     /// The durable store; `None` with `--in-memory`.
     pub(crate) store: Option<crate::store::DurableStore>,
+    /// Cluster membership; `None` for a node alone.
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Every WebSocket's task, waited for at shutdown.
     pub(crate) tracker: TaskTracker,
     /// One permit per open WebSocket (`--max-connections`).
@@ -79,8 +81,8 @@ pub(crate) async fn route(
             let query = Query::parse(req.uri().query());
             match path {
                 Path::WebSocket => upgrade::websocket(&app, req, query).await,
-                Path::Status => report::status(&app, &req, &query),
-                Path::Health => report::health(&app, &req, &query),
+                Path::Status => report::status(&app, &req, &query).await,
+                Path::Health => report::health(&app, &req, &query).await,
                 Path::Metrics => Ok(report::metrics(&app)),
             }
         }

@@ -12,13 +12,41 @@ use serde_json::{Value, json};
 use super::error::json_reply;
 use super::{App, HttpError, Query, Reply, authorize};
 use crate::auth::Access;
+use crate::registry::Registry;
 use crate::room::now_ms;
 
-pub(super) fn status(app: &App, req: &Request<Body>, query: &Query) -> Result<Reply, HttpError> {
+pub(super) async fn status(
+    app: &App,
+    req: &Request<Body>,
+    query: &Query,
+) -> Result<Reply, HttpError> {
     let project = query.project_id()?;
     authorize(app, req, query, Access::Status { project })?;
+    let body = match elsewhere(app, project, false).await? {
+        Some(body) => body,
+        None => project_status(&app.registry, project),
+    };
+    Ok(json_reply(StatusCode::OK, &body))
+}
+
+/// In a cluster, the report of the node that owns `project`, when that is
+/// another node.
+async fn elsewhere(app: &App, project: &str, health: bool) -> Result<Option<Value>, HttpError> {
+    let Some(cluster) = &app.cluster else {
+        return Ok(None);
+    };
+    cluster.report(project, health).await.map_err(|why| {
+        HttpError::unavailable(
+            "cluster_unavailable",
+            format!("cannot reach the node running this project: {why}"),
+        )
+    })
+}
+
+/// `/status` of a project whose room (if it has one) runs here.
+pub(crate) fn project_status(registry: &Registry, project: &str) -> Value {
     let now = now_ms();
-    let room = app.registry.get(project);
+    let room = registry.get(project);
     let clients: Vec<Value> = room
         .as_ref()
         .map(|r| r.shared.clients())
@@ -35,25 +63,39 @@ pub(super) fn status(app: &App, req: &Request<Body>, query: &Query) -> Result<Re
             })
         })
         .collect();
-    Ok(json_reply(
-        StatusCode::OK,
-        &json!({
-            "projectId": project,
-            "clientCount": clients.len(),
-            "lastActivity": room.as_ref().and_then(|r| r.shared.last_activity()),
-            "timestamp": now,
-            "clients": clients,
-        }),
-    ))
+    json!({
+        "projectId": project,
+        "clientCount": clients.len(),
+        "lastActivity": room.as_ref().and_then(|r| r.shared.last_activity()),
+        "timestamp": now,
+        "clients": clients,
+    })
 }
 
-pub(super) fn health(app: &App, req: &Request<Body>, query: &Query) -> Result<Reply, HttpError> {
+/// `/health?projectId=` of a project whose room (if it has one) runs here.
+pub(crate) fn project_health(registry: &Registry, project: &str) -> Value {
+    let room = registry.get(project);
+    json!({
+        "status": "healthy",
+        "projectId": project,
+        "clientCount": room.as_ref().map_or(0, |r| r.shared.client_count()),
+        "lastActivity": room.as_ref().and_then(|r| r.shared.last_activity()),
+        "timestamp": now_ms(),
+    })
+}
+
+pub(super) async fn health(
+    app: &App,
+    req: &Request<Body>,
+    query: &Query,
+) -> Result<Reply, HttpError> {
     let now = now_ms();
     if query.project_id.is_none() {
+        let degraded = app.cluster.as_ref().is_some_and(|c| !c.healthy());
         return Ok(json_reply(
             StatusCode::OK,
             &json!({
-                "status": "healthy",
+                "status": if degraded { "degraded" } else { "healthy" },
                 "version": env!("CARGO_PKG_VERSION"),
                 "timestamp": now,
                 "uptimeMs": app.started.elapsed().as_millis() as u64,
@@ -67,22 +109,17 @@ pub(super) fn health(app: &App, req: &Request<Body>, query: &Query) -> Result<Re
                 "connections": app.metrics.open_connections(),
                 "counters": app.metrics.to_json(),
                 "store": store_json(app),
+                "cluster": app.cluster.as_ref().map(|c| c.health_json()),
             }),
         ));
     }
     let project = query.project_id()?;
     authorize(app, req, query, Access::Health { project })?;
-    let room = app.registry.get(project);
-    Ok(json_reply(
-        StatusCode::OK,
-        &json!({
-            "status": "healthy",
-            "projectId": project,
-            "clientCount": room.as_ref().map_or(0, |r| r.shared.client_count()),
-            "lastActivity": room.as_ref().and_then(|r| r.shared.last_activity()),
-            "timestamp": now,
-        }),
-    ))
+    let body = match elsewhere(app, project, true).await? {
+        Some(body) => body,
+        None => project_health(&app.registry, project),
+    };
+    Ok(json_reply(StatusCode::OK, &body))
 }
 
 /// The durable store's figures (`null` in memory).

@@ -16,13 +16,12 @@ use tracing::warn;
 
 use super::{App, HttpError, Query, Reply, authorize};
 use crate::auth::{self, Access};
-use crate::conn::{self, Admitted};
+use crate::cluster::PlaceError;
+use crate::conn::{self, Admitted, RoomLink};
 use crate::outbox::Outbox;
+use crate::registry::ConnectError;
 use crate::room::log_limit::Throttle;
-use crate::room::{ClientMeta, Event, Refusal, now_ms};
-
-/// How many times an upgrade retries when it races with a room's removal.
-const CONNECT_ATTEMPTS: usize = 4;
+use crate::room::{ClientMeta, Refusal, now_ms};
 
 pub(super) async fn websocket(
     app: &Arc<App>,
@@ -160,8 +159,8 @@ fn check_origin(app: &App, req: &Request<Body>) -> Result<(), HttpError> {
     ))
 }
 
-/// Asks the project's room to take the client, making the room if the
-/// project has none (again, if it raced with the room's removal).
+/// Places the client in its project's room: on this node, or in a cluster
+/// on the node that owns the project.
 async fn admit(
     app: &App,
     project: &str,
@@ -169,79 +168,77 @@ async fn admit(
     permit: OwnedSemaphorePermit,
 ) -> Result<Admitted, HttpError> {
     let outbox = Arc::new(Outbox::new(app.config.outbox_limit_bytes));
-    for _ in 0..CONNECT_ATTEMPTS {
-        let Some(room) = app.registry.get_or_create(project) else {
-            return Err(unavailable(
-                app,
-                &app.warnings.max_rooms,
-                project,
-                "--max-rooms reached",
-                "too_many_rooms",
-                format!(
-                    "the server is at its limit of {} live rooms; try again later",
-                    app.registry.max_rooms()
-                ),
-            ));
-        };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let event = Event::Connect {
-            meta: meta.clone(),
-            outbox: outbox.clone(),
-            reply,
-        };
-        if room.send(event).await.is_err() {
-            continue;
-        }
-        match answer.await {
-            // The room was being removed; a new one will be made.
-            Err(_) => continue,
-            Ok(Ok(conn)) => {
-                return Ok(Admitted {
-                    room,
-                    conn,
-                    outbox,
-                    permit,
-                });
-            }
-            Ok(Err(Refusal::Refused {
-                status,
-                error,
-                message,
-            })) => {
-                app.metrics.connection_refused();
-                let status = StatusCode::from_u16(status)
-                    .ok()
-                    .filter(|s| s.is_client_error() || s.is_server_error())
-                    .unwrap_or(StatusCode::FORBIDDEN);
-                return Err(HttpError::new(status, error, message));
-            }
-            Ok(Err(Refusal::Full { limit })) => {
+    let link = match &app.cluster {
+        None => app
+            .registry
+            .connect(project, meta, outbox.clone())
+            .await
+            .map(|(room, conn)| RoomLink::Local { room, conn }),
+        Some(cluster) => match cluster.connect(project, meta, outbox.clone()).await {
+            Ok(link) => Ok(link),
+            Err(PlaceError::Connect(e)) => Err(e),
+            Err(PlaceError::Cluster(why)) => {
                 return Err(unavailable(
                     app,
-                    &app.warnings.project_full,
+                    &app.warnings.unreachable,
                     project,
-                    "--max-project-connections reached",
-                    "too_many_project_connections",
-                    format!("the project is at its limit of {limit} connections; try again later"),
+                    &why,
+                    "cluster_unavailable",
+                    "the cluster cannot place this project now; try again",
                 ));
             }
-            Ok(Err(Refusal::Failed)) => {
-                app.metrics.connection_refused();
-                return Err(HttpError::unavailable(
-                    "room_failed",
-                    "the project's room failed while admitting the connection; try again",
-                ));
-            }
+        },
+    };
+    match link {
+        Ok(link) => Ok(Admitted {
+            link,
+            outbox,
+            permit,
+        }),
+        Err(ConnectError::TooManyRooms { limit }) => Err(unavailable(
+            app,
+            &app.warnings.max_rooms,
+            project,
+            "--max-rooms reached",
+            "too_many_rooms",
+            format!("the server is at its limit of {limit} live rooms; try again later"),
+        )),
+        Err(ConnectError::Refused(Refusal::Refused {
+            status,
+            error,
+            message,
+        })) => {
+            app.metrics.connection_refused();
+            let status = StatusCode::from_u16(status)
+                .ok()
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .unwrap_or(StatusCode::FORBIDDEN);
+            Err(HttpError::new(status, error, message))
         }
+        Err(ConnectError::Refused(Refusal::Full { limit })) => Err(unavailable(
+            app,
+            &app.warnings.project_full,
+            project,
+            "--max-project-connections reached",
+            "too_many_project_connections",
+            format!("the project is at its limit of {limit} connections; try again later"),
+        )),
+        Err(ConnectError::Refused(Refusal::Failed)) => {
+            app.metrics.connection_refused();
+            Err(HttpError::unavailable(
+                "room_failed",
+                "the project's room failed while admitting the connection; try again",
+            ))
+        }
+        Err(ConnectError::Unreachable) => Err(unavailable(
+            app,
+            &app.warnings.unreachable,
+            project,
+            "could not reach its room after several attempts",
+            "room_unavailable",
+            "the project's room is restarting; try again",
+        )),
     }
-    Err(unavailable(
-        app,
-        &app.warnings.unreachable,
-        project,
-        "could not reach its room after several attempts",
-        "room_unavailable",
-        "the project's room is restarting; try again",
-    ))
 }
 
 /// A `503` for a WebSocket the server cannot take now (a limit reached, the

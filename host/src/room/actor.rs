@@ -7,7 +7,10 @@ use tracing::{debug, warn};
 use wasmtime::Store;
 
 use super::table::{ConnRef, Table};
-use super::{Actor, BATCH, CLOSE_ROOM_FAILED, Event, Instance, Queued, Refusal, client_info};
+use super::{
+    Actor, BATCH, CLOSE_GOING_AWAY, CLOSE_ROOM_FAILED, CLOSE_SERVICE_RESTART, Event, Incoming,
+    Instance, Queued, Refusal, client_info,
+};
 use crate::engine::{self, Room, RoomState};
 
 /// A guest call (or instantiation) that failed.
@@ -50,15 +53,27 @@ impl Actor {
     /// finished (shut down, or removed for being empty).
     pub(super) async fn drain(&mut self) -> bool {
         loop {
+            if !self.registry.lease_holds() {
+                self.lose_lease().await;
+                return true;
+            }
             let mut handled = 0;
             while handled < BATCH {
                 // The message's bytes are given back once it is handled.
                 let Ok(Queued { event, _bytes }) = self.rx.try_recv() else {
                     break;
                 };
-                if matches!(event, Event::Shutdown) {
-                    self.shut_down().await;
-                    return true;
+                match event {
+                    Event::Shutdown => {
+                        self.shut_down(CLOSE_GOING_AWAY, "server shutting down")
+                            .await;
+                        return true;
+                    }
+                    Event::LeaseLost => {
+                        self.lose_lease().await;
+                        return true;
+                    }
+                    _ => {}
                 }
                 self.handle(event).await;
                 handled += 1;
@@ -217,20 +232,56 @@ impl Actor {
                     self.leave(conn, 1006, String::new()).await;
                 }
             }
-            Event::Message { conn, message } => {
-                let Some(c) = self.table().get(conn) else {
-                    return;
-                };
-                let sender = c.sender.clone();
-                self.activity_unrecorded = true;
-                if let Err(Trapped(e)) = call!(self, |room, store| room
-                    .call_on_message(store, &sender, &message))
-                {
-                    self.fail("on-message", e);
+            Event::Message { conn, message } => self.message(conn, message).await,
+            Event::Forwarded {
+                conn,
+                message,
+                done,
+            } => {
+                self.message(conn, message).await;
+                let _ = done.send(());
+            }
+            Event::Rejoin {
+                meta,
+                outbox,
+                reply,
+            } => {
+                // Admitted by the room before it moved here: the table
+                // takes it back as a hibernated room's would, without
+                // asking the room again.
+                let conn = self.table().insert(meta, outbox);
+                if reply.send(conn).is_err() {
+                    self.leave(conn, 1006, String::new()).await;
                 }
             }
             Event::Close { conn, code, reason } => self.leave(conn, code, reason).await,
-            Event::Shutdown => {}
+            Event::Shutdown | Event::LeaseLost => {}
+        }
+    }
+
+    /// In a cluster, this node's lease ran out: another node may take the
+    /// project any moment, so the room stops here, closing its clients
+    /// with 1012 (they reconnect, and find its new owner).
+    pub(super) async fn lose_lease(&mut self) {
+        warn!(project = %self.project, "stopping the room: this node's lease ran out");
+        self.shut_down(
+            CLOSE_SERVICE_RESTART,
+            "this node lost the project; reconnect",
+        )
+        .await;
+    }
+
+    /// Hands a client's message to the room.
+    async fn message(&mut self, conn: ConnRef, message: Incoming) {
+        let Some(c) = self.table().get(conn) else {
+            return;
+        };
+        let sender = c.sender.clone();
+        self.activity_unrecorded = true;
+        if let Err(Trapped(e)) = call!(self, |room, store| room
+            .call_on_message(store, &sender, &message))
+        {
+            self.fail("on-message", e);
         }
     }
 

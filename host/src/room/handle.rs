@@ -48,7 +48,7 @@ impl RoomHandle {
     /// is gone.
     pub async fn send(&self, event: Event) -> Result<(), Event> {
         let size = match &event {
-            Event::Message { message, .. } => match message {
+            Event::Message { message, .. } | Event::Forwarded { message, .. } => match message {
                 Incoming::Text(text) => text.len(),
                 Incoming::Binary(bytes) => bytes.len(),
                 Incoming::TooLarge(_) => 0,
@@ -87,7 +87,10 @@ impl RoomHandle {
         let actor = self.core.actor.try_lock().ok()?;
         // Checked under the lock: only its holder takes events from the
         // inbox, so one queued before this point is still there.
-        if self.tx.capacity() != self.tx.max_capacity() || actor.stopped {
+        if self.tx.capacity() != self.tx.max_capacity()
+            || actor.stopped
+            || !actor.registry.lease_holds()
+        {
             return None;
         }
         Some(ReaderTurn::new(actor, &self.core))

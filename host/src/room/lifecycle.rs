@@ -11,9 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::storage::Storage;
 use super::table::Table;
-use super::{
-    Actor, CLOSE_GOING_AWAY, Core, Instance, RoomHandle, RoomShared, Settings, alarms, now_ms,
-};
+use super::{Actor, Core, Instance, RoomHandle, RoomShared, Settings, alarms, now_ms};
 use crate::engine::Runtime;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -118,6 +116,11 @@ async fn run(core: Arc<Core>) {
         if actor.stopped {
             return;
         }
+        if !actor.registry.lease_holds() {
+            actor.lose_lease().await;
+            actor.finish();
+            return;
+        }
         match woken {
             Woken::Event => {}
             Woken::Load => {
@@ -179,13 +182,14 @@ impl Actor {
         debug!(project = %self.project, "room hibernated early: --max-instances reached");
     }
 
-    /// Server shutdown: what the room changed is committed, then every
-    /// client gets 1001 after what is queued for it.
-    pub(super) async fn shut_down(&mut self) {
+    /// Server shutdown (or, in a cluster, the project lost): what the room
+    /// changed is committed, then every client gets `code` after what is
+    /// queued for it.
+    pub(super) async fn shut_down(&mut self, code: u16, reason: &'static str) {
         self.commit().await;
         let table = self.table();
         for c in table.drain() {
-            table.close_later(c, CLOSE_GOING_AWAY, "server shutting down");
+            table.close_later(c, code, reason);
         }
         table.flush();
         self.registry.remove_if(&self.project, self.generation);

@@ -67,6 +67,9 @@ pub(crate) const CLOSE_ROOM_FAILED: u16 = 1011;
 pub const BATCH: usize = 64;
 /// Close code when the server shuts down (1001: going away).
 pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code when a cluster node stops running a project it can no longer
+/// prove it owns (1012: service restart): reconnecting finds its new owner.
+pub(crate) const CLOSE_SERVICE_RESTART: u16 = 1012;
 
 /// What the host knows about a connection (the WIT `client-info`).
 #[derive(Debug)]
@@ -91,12 +94,29 @@ pub enum Event {
         conn: ConnRef,
         message: Incoming,
     },
+    /// A message from a client on another node: `done` is answered once
+    /// the room has handled it (or dropped if it never will).
+    Forwarded {
+        conn: ConnRef,
+        message: Incoming,
+        done: oneshot::Sender<()>,
+    },
+    /// A client the project admitted on its previous owner node, back in
+    /// the table of the node that took the project over.
+    Rejoin {
+        meta: Arc<ClientMeta>,
+        outbox: Arc<Outbox>,
+        reply: oneshot::Sender<ConnRef>,
+    },
     Close {
         conn: ConnRef,
         code: u16,
         reason: String,
     },
     Shutdown,
+    /// In a cluster: this node can no longer prove it owns the project
+    /// (its lease ran out); its clients are closed with 1012.
+    LeaseLost,
 }
 
 /// Why a connection was not admitted.

@@ -1,0 +1,762 @@
+//! Cluster mode (`--nats`): nodes that share a NATS JetStream, each live
+//! project owned by one node at a time, any node accepting any client.
+//!
+//! A client's node places it ([`Cluster::connect`]): in the room here when
+//! this node owns the project (or takes it, being the first to need it),
+//! else through the owner, which admits it into its room's table; the
+//! client's messages then go to the owner and what the room sends it comes
+//! back. When an owner dies, its lease ends, the next node that needs one
+//! of its projects takes it over and gathers the project's clients from
+//! the nodes holding their sockets ([`Cluster::place`]).
+//!
+//! - [`lease`]: this node's lease and the projects' owners, in two
+//!   key-value buckets.
+//! - [`owner`]: what the owner keeps for clients held by other nodes.
+//! - [`remote`]: this node's clients of projects other nodes own.
+//! - [`wire`]: the subjects and the bodies of what nodes say to each other.
+
+mod lease;
+mod owner;
+mod remote;
+mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::client::RequestErrorKind;
+use async_nats::{Message, Request};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::config::ClusterConfig;
+use crate::conn::RoomLink;
+use crate::outbox::Outbox;
+use crate::registry::{ConnectError, Registry};
+use crate::room::log_limit::Throttle;
+use crate::room::{ClientMeta, Event, Incoming, Refusal};
+pub(crate) use lease::Validity;
+use lease::{Leases, Owner};
+use owner::Served;
+use remote::{Stub, Stubs};
+
+/// How many times a connect looks for the project's owner again when the
+/// node it found turned out not to be it.
+const PLACE_ATTEMPTS: usize = 4;
+/// How long a request to another node (connect, close, gather, report)
+/// may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a takeover waits for each node to say which of the project's
+/// clients it holds (a node that does not answer is cut off or dying).
+const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a forwarded message may wait for the owner's room to handle
+/// it (it may queue behind others).
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between two looks for the owner of a project that is moving.
+const RETRY: Duration = Duration::from_millis(100);
+/// The longest pause between two looks (many clients may be looking).
+const MAX_RETRY: Duration = Duration::from_secs(1);
+
+pub(crate) struct Cluster {
+    client: async_nats::Client,
+    node: Arc<str>,
+    leases: Leases,
+    stubs: Stubs,
+    served: Served,
+    registry: Arc<Registry>,
+    outbox_limit: usize,
+    /// Claims, and the gathering that follows a takeover, one at a time: a
+    /// second client of a project being taken waits until its clients are
+    /// back in its table.
+    claiming: tokio::sync::Mutex<()>,
+    /// Warnings a flapping connection to NATS would repeat.
+    warnings: Throttle,
+}
+
+/// Why a client could not be placed.
+pub(crate) enum PlaceError {
+    /// Its room did not take it (as on a single node).
+    Connect(ConnectError),
+    /// The cluster could not say where its room is (NATS out of reach, this
+    /// node without a lease, an owner that does not answer).
+    Cluster(String),
+}
+
+/// Where a project's room runs.
+enum Placement {
+    Here,
+    On { node: Arc<str>, epoch: u64 },
+}
+
+/// Why a client's message did not reach its room on another node; its
+/// sender gets an `error` with this code and text.
+pub(crate) struct NotDelivered {
+    pub(crate) code: &'static str,
+    pub(crate) message: &'static str,
+    /// The client is no longer in its room's table: it must reconnect.
+    pub(crate) reconnect: bool,
+}
+
+const OWNER_SILENT: NotDelivered = NotDelivered {
+    code: "not_delivered",
+    message: "the node running this project did not answer in time; the message may not have been handled",
+    reconnect: false,
+};
+const ROOM_LOST: NotDelivered = NotDelivered {
+    code: "not_delivered",
+    message: "the project's room failed or stopped before handling the message",
+    reconnect: false,
+};
+const NO_OWNER: NotDelivered = NotDelivered {
+    code: "not_delivered",
+    message: "no node took this project's clients over in time; message not handled, reconnect",
+    reconnect: true,
+};
+
+impl Cluster {
+    /// Connects to NATS, opens the buckets, takes this node's lease and
+    /// starts answering the other nodes.
+    pub(crate) async fn join(
+        config: &ClusterConfig,
+        registry: Arc<Registry>,
+        outbox_limit: usize,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let node: Arc<str> = config.node_name.as_str().into();
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("wsroom {node}"))
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => info!("connected to NATS"),
+                    async_nats::Event::Disconnected => {
+                        warn!("lost NATS; reconnecting (this node's rooms keep serving its own clients while its lease lasts)")
+                    }
+                    other => warn!("NATS: {other}"),
+                }
+            });
+        if let Some(creds) = &config.creds {
+            options = options
+                .credentials_file(creds)
+                .await
+                .with_context(|| format!("cannot read --nats-creds {}", creds.display()))?;
+        }
+        if let Some(ca) = &config.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &config.tls_client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        if config.tls_required {
+            options = options.require_tls(true);
+        }
+        let client = options
+            .connect(config.urls.as_slice())
+            .await
+            .with_context(|| format!("cannot connect to NATS at {}", config.urls.join(",")))?;
+        let js = async_nats::jetstream::new(client.clone());
+        let leases = Leases::open(&js, node.clone(), config.lease).await?;
+        let subscription = client
+            .subscribe(wire::inbox(&node))
+            .await
+            .context("cannot subscribe to this node's subjects")?;
+        let cluster = Arc::new(Cluster {
+            client,
+            node,
+            leases,
+            stubs: Stubs::default(),
+            served: Served::default(),
+            registry: registry.clone(),
+            outbox_limit,
+            claiming: tokio::sync::Mutex::new(()),
+            warnings: Throttle::new(1),
+        });
+        tokio::spawn(cluster.clone().serve(subscription));
+        cluster.first_lease().await?;
+        tokio::spawn(cluster.clone().keep_lease());
+        registry.run_under(cluster.leases.validity());
+        let (removals, removed) = mpsc::unbounded_channel();
+        registry.tell_removals(removals);
+        tokio::spawn(cluster.clone().release_removed(removed));
+        info!(node = %cluster.node, lease_ms = cluster.leases.lease().as_millis() as u64, "joined the cluster");
+        Ok(cluster)
+    }
+
+    /// Takes this node's lease, waiting out the one a previous run under
+    /// the same name left (it ends within a lease).
+    async fn first_lease(&self) -> anyhow::Result<()> {
+        let give_up = tokio::time::Instant::now() + self.leases.lease() * 2;
+        loop {
+            match self.leases.renew().await {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= give_up => return Err(e),
+                Err(e) => {
+                    warn!("{e:#}; trying again");
+                    tokio::time::sleep(self.leases.lease() / 8).await;
+                }
+            }
+        }
+    }
+
+    /// Renews the lease a few times a lease; fences when it could not.
+    async fn keep_lease(self: Arc<Self>) {
+        let period = self.leases.lease() / 4;
+        loop {
+            let fence_at = self.leases.valid_until();
+            let renewed = tokio::select! {
+                renewed = self.leases.renew() => renewed,
+                () = sleep_until(fence_at) => Err(anyhow::anyhow!("no renewal in time")),
+            };
+            if let (Err(e), Some(skipped)) = (renewed, self.warnings.admit()) {
+                warn!(skipped, "lease: {e:#}");
+            }
+            let fence_at = self.leases.valid_until();
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                () = sleep_until(fence_at) => {}
+            }
+            if !self.leases.valid() && (self.leases.owned_count() > 0 || !self.registry.is_empty())
+            {
+                self.fence().await;
+            }
+        }
+    }
+
+    /// This node can no longer prove it owns its projects: it stops running
+    /// them before anyone else may take them. Clients held here are closed
+    /// (1012) and reconnect; clients held elsewhere keep their sockets and
+    /// the node that takes the project over serves them.
+    async fn fence(&self) {
+        let projects = self.leases.forget();
+        warn!(
+            projects = projects.len(),
+            "this node's lease ran out: stopping its rooms"
+        );
+        self.served.clear();
+        for room in self.registry.all() {
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, room.send(Event::LeaseLost)).await;
+        }
+    }
+
+    /// Shutdown, before the rooms close: nothing more goes from here to the
+    /// clients other nodes hold, so that they stay open for the node that
+    /// takes the projects over.
+    pub(crate) fn leaving(&self) {
+        self.served.clear();
+        self.leases.let_go();
+    }
+
+    /// Shutdown, after the rooms closed: the lease is given up, so the
+    /// projects this node owned can be taken over at once.
+    pub(crate) async fn leave(&self) {
+        self.leases.leave().await;
+        let _ = self.client.flush().await;
+    }
+
+    /// Releases the projects whose rooms were removed.
+    async fn release_removed(self: Arc<Self>, mut removed: mpsc::UnboundedReceiver<Arc<str>>) {
+        while let Some(project) = removed.recv().await {
+            self.leases.release(&project).await;
+        }
+    }
+
+    /// Places a client of `project`: in the room here, or through the
+    /// project's owner.
+    pub(crate) async fn connect(
+        self: &Arc<Self>,
+        project: &str,
+        meta: Arc<ClientMeta>,
+        outbox: Arc<Outbox>,
+    ) -> Result<RoomLink, PlaceError> {
+        for _ in 0..PLACE_ATTEMPTS {
+            let (node, epoch) = match self.place(project).await.map_err(PlaceError::Cluster)? {
+                Placement::Here => {
+                    return self
+                        .registry
+                        .connect(project, meta, outbox)
+                        .await
+                        .map(|(room, conn)| RoomLink::Local { room, conn })
+                        .map_err(PlaceError::Connect);
+                }
+                Placement::On { node, epoch } => (node, epoch),
+            };
+            // Known before the request: the room may send as it admits.
+            let stub = self
+                .stubs
+                .add(project, meta.clone(), outbox.clone(), node.clone(), epoch);
+            let request = wire::Connect {
+                project: project.into(),
+                holder: self.node.to_string(),
+                client: wire::Client::new(stub.key, &meta),
+            };
+            let reply = self
+                .client
+                .request(wire::subject(&node, "connect"), to_json(&request))
+                .await;
+            let reply = match reply {
+                Ok(reply) => serde_json::from_slice::<wire::ConnectReply>(&reply.payload).ok(),
+                Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+                    // The owner is gone; its lease has not ended yet.
+                    self.stubs.remove(&stub);
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+                Err(e) => {
+                    // It may have admitted the client: take it back out.
+                    self.stubs.remove(&stub);
+                    self.send_close(&node, stub.key, 1006, "").await;
+                    return Err(PlaceError::Cluster(format!(
+                        "the project's owner node {node} did not answer: {e}"
+                    )));
+                }
+            };
+            let refusal = match reply {
+                Some(wire::ConnectReply::Admitted) => {
+                    return Ok(RoomLink::Remote(RemoteClient {
+                        cluster: self.clone(),
+                        stub,
+                    }));
+                }
+                Some(wire::ConnectReply::NotOwner) => {
+                    self.stubs.remove(&stub);
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+                Some(wire::ConnectReply::Refused {
+                    status,
+                    error,
+                    message,
+                }) => ConnectError::Refused(Refusal::Refused {
+                    status,
+                    error,
+                    message,
+                }),
+                Some(wire::ConnectReply::Full { limit }) => {
+                    ConnectError::Refused(Refusal::Full { limit })
+                }
+                Some(wire::ConnectReply::TooManyRooms { limit }) => {
+                    ConnectError::TooManyRooms { limit }
+                }
+                Some(wire::ConnectReply::Failed) => ConnectError::Refused(Refusal::Failed),
+                Some(wire::ConnectReply::Unreachable) | None => ConnectError::Unreachable,
+            };
+            self.stubs.remove(&stub);
+            return Err(PlaceError::Connect(refusal));
+        }
+        Err(PlaceError::Cluster(
+            "the project's owner kept changing".into(),
+        ))
+    }
+
+    /// Where `project`'s room runs; takes the project for this node when no
+    /// live node owns it, gathering its clients from the other nodes first
+    /// when it had an owner.
+    async fn place(&self, project: &str) -> Result<Placement, String> {
+        if self.leases.owns(project) {
+            return Ok(Placement::Here);
+        }
+        if !self.leases.valid() {
+            return Err("this node holds no lease in the cluster (is NATS reachable?)".into());
+        }
+        let _claiming = self.claiming.lock().await;
+        for _ in 0..PLACE_ATTEMPTS {
+            if self.leases.owns(project) {
+                return Ok(Placement::Here);
+            }
+            let owner = self
+                .leases
+                .owner(project)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            let (revision, took_over) = match owner {
+                Owner::Node { node, epoch } => return Ok(Placement::On { node, epoch }),
+                Owner::Nobody { revision } => (revision, false),
+                Owner::Lapsed { revision } => (Some(revision), true),
+            };
+            if self
+                .leases
+                .claim(project, revision)
+                .await
+                .map_err(|e| format!("{e:#}"))?
+            {
+                if took_over {
+                    info!(
+                        project,
+                        "took over the project from a node whose lease ended"
+                    );
+                    self.gather(project).await;
+                }
+                return Ok(Placement::Here);
+            }
+        }
+        Err("the project's owner kept changing".into())
+    }
+
+    /// Brings the clients other nodes hold of a project just taken over
+    /// into its room here: each node points them at this one and says who
+    /// they are; a node that does not answer keeps its clients unplaced
+    /// (their next message finds the room and is refused: they reconnect).
+    async fn gather(&self, project: &str) {
+        let nodes = match self.leases.live_nodes().await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                warn!(
+                    project,
+                    "cannot list the nodes to gather the project's clients: {e:#}"
+                );
+                return;
+            }
+        };
+        let request = to_json(&wire::Gather {
+            project: project.into(),
+            owner: self.node.to_string(),
+            epoch: self.leases.epoch(),
+        });
+        let asked = nodes.iter().map(|node| {
+            let request = Request::new()
+                .payload(request.clone())
+                .timeout(Some(GATHER_TIMEOUT));
+            self.client
+                .send_request(wire::subject(node, "gather"), request)
+        });
+        let answers = futures_util::future::join_all(asked).await;
+        for (node, answer) in nodes.iter().zip(answers) {
+            let clients = match answer {
+                Ok(reply) => {
+                    serde_json::from_slice::<Vec<wire::Client>>(&reply.payload).unwrap_or_default()
+                }
+                Err(e) => {
+                    warn!(
+                        project,
+                        node, "a node did not say which of the project's clients it holds: {e}"
+                    );
+                    continue;
+                }
+            };
+            for client in clients {
+                self.rejoin(project, node, client).await;
+            }
+        }
+    }
+
+    /// Puts a client another node holds back in the project's table here.
+    async fn rejoin(&self, project: &str, holder: &str, client: wire::Client) {
+        let outbox = Arc::new(Outbox::new(self.outbox_limit));
+        let meta = Arc::new(client.meta());
+        match self.registry.rejoin(project, meta, outbox.clone()).await {
+            Some((room, conn)) => self.served.add(
+                &self.client,
+                &self.node,
+                self.leases.epoch(),
+                holder,
+                client.key,
+                room,
+                conn,
+                outbox,
+            ),
+            None => warn!(
+                project,
+                holder, "no room could take back a client of the project"
+            ),
+        }
+    }
+
+    /// `/status` (or `/health` with `health`) of a project owned by another
+    /// node, as that node answers it; `None` when it is to be answered here
+    /// (this node owns it, or nobody does).
+    pub(crate) async fn report(
+        &self,
+        project: &str,
+        health: bool,
+    ) -> Result<Option<Value>, String> {
+        if self.leases.owns(project) {
+            return Ok(None);
+        }
+        let owner = self
+            .leases
+            .owner(project)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let Owner::Node { node, .. } = owner else {
+            return Ok(None);
+        };
+        let request = to_json(&wire::Report {
+            project: project.into(),
+            health,
+        });
+        let reply = self
+            .client
+            .request(wire::subject(&node, "report"), request)
+            .await
+            .map_err(|e| format!("the project's owner node {node} did not answer: {e}"))?;
+        Ok(serde_json::from_slice::<Value>(&reply.payload)
+            .ok()
+            .filter(|v| !v.is_null()))
+    }
+
+    /// The cluster's part of `/health`.
+    pub(crate) fn health_json(&self) -> Value {
+        let connected = matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        );
+        json!({
+            "node": &*self.node,
+            "nats": if connected { "connected" } else { "disconnected" },
+            "leaseValid": self.leases.valid(),
+            "leaseMs": self.leases.lease().as_millis() as u64,
+            "ownedProjects": self.leases.owned_count(),
+            "clientsServedForOtherNodes": self.served.len(),
+            "clientsOfOtherNodesProjects": self.stubs.len(),
+        })
+    }
+
+    /// Whether the node is fully a member: connected and holding its lease.
+    pub(crate) fn healthy(&self) -> bool {
+        self.leases.valid()
+            && matches!(
+                self.client.connection_state(),
+                async_nats::connection::State::Connected
+            )
+    }
+
+    /// Answers what other nodes ask of this one.
+    async fn serve(self: Arc<Self>, mut subscription: async_nats::Subscriber) {
+        while let Some(message) = subscription.next().await {
+            let Some((verb, peer)) = wire::parse_subject(&message.subject) else {
+                continue;
+            };
+            match (verb, peer) {
+                // In order, here: a client's frames must not overtake each
+                // other.
+                ("frames", Some(_)) => self.stubs.deliver(&message.payload),
+                ("msg", Some(holder)) => {
+                    let holder: Arc<str> = holder.into();
+                    tokio::spawn(self.clone().on_message(holder, message));
+                }
+                ("close", Some(holder)) => {
+                    let holder: Arc<str> = holder.into();
+                    tokio::spawn(self.clone().on_close(holder, message));
+                }
+                ("connect", None) => {
+                    tokio::spawn(self.clone().on_connect(message));
+                }
+                ("gather", None) => self.on_gather(message).await,
+                ("report", None) => {
+                    tokio::spawn(self.clone().on_report(message));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn reply(&self, to: &Message, body: Bytes) {
+        if let Some(reply) = &to.reply {
+            let _ = self.client.publish(reply.clone(), body).await;
+        }
+    }
+
+    async fn on_connect(self: Arc<Self>, message: Message) {
+        let Ok(request) = serde_json::from_slice::<wire::Connect>(&message.payload) else {
+            return;
+        };
+        let answer = self.admit(request).await;
+        self.reply(&message, to_json(&answer)).await;
+    }
+
+    /// Admits a client another node holds into the room of a project this
+    /// node owns.
+    async fn admit(&self, request: wire::Connect) -> wire::ConnectReply {
+        use wire::ConnectReply as Reply;
+        if !self.leases.owns(&request.project) || !crate::config::is_node_name(&request.holder) {
+            return Reply::NotOwner;
+        }
+        let outbox = Arc::new(Outbox::new(self.outbox_limit));
+        let meta = Arc::new(request.client.meta());
+        match self
+            .registry
+            .connect(&request.project, meta, outbox.clone())
+            .await
+        {
+            Ok((room, conn)) => {
+                self.served.add(
+                    &self.client,
+                    &self.node,
+                    self.leases.epoch(),
+                    &request.holder,
+                    request.client.key,
+                    room,
+                    conn,
+                    outbox,
+                );
+                Reply::Admitted
+            }
+            Err(ConnectError::TooManyRooms { limit }) => Reply::TooManyRooms { limit },
+            Err(ConnectError::Refused(Refusal::Refused {
+                status,
+                error,
+                message,
+            })) => Reply::Refused {
+                status,
+                error,
+                message,
+            },
+            Err(ConnectError::Refused(Refusal::Full { limit })) => Reply::Full { limit },
+            Err(ConnectError::Refused(Refusal::Failed)) => Reply::Failed,
+            Err(ConnectError::Unreachable) => Reply::Unreachable,
+        }
+    }
+
+    /// A message from a client another node holds: answered once the room
+    /// handled it.
+    async fn on_message(self: Arc<Self>, holder: Arc<str>, message: Message) {
+        let answer = match wire::parse_message(&message.payload) {
+            None => wire::MessageReply::Lost,
+            Some((key, incoming)) => match self.served.get(&holder, key) {
+                Some((room, conn)) if self.leases.valid() => {
+                    let (done, handled) = oneshot::channel();
+                    let event = Event::Forwarded {
+                        conn,
+                        message: incoming,
+                        done,
+                    };
+                    if room.send(event).await.is_ok() && handled.await.is_ok() {
+                        wire::MessageReply::Handled
+                    } else {
+                        wire::MessageReply::Lost
+                    }
+                }
+                _ => wire::MessageReply::Unknown,
+            },
+        };
+        self.reply(&message, answer.encode()).await;
+    }
+
+    async fn on_close(self: Arc<Self>, holder: Arc<str>, message: Message) {
+        if let Some((key, code, reason)) = wire::parse_close(&message.payload)
+            && let Some((room, conn)) = self.served.remove(&holder, key)
+        {
+            let _ = room.send(Event::Close { conn, code, reason }).await;
+        }
+        self.reply(&message, Bytes::new()).await;
+    }
+
+    /// Another node took over a project: this node's clients of it are
+    /// served from there now.
+    async fn on_gather(&self, message: Message) {
+        let Ok(request) = serde_json::from_slice::<wire::Gather>(&message.payload) else {
+            return;
+        };
+        if !crate::config::is_node_name(&request.owner) {
+            return;
+        }
+        let clients = self
+            .stubs
+            .moved(&request.project, &request.owner, request.epoch);
+        self.reply(&message, to_json(&clients)).await;
+    }
+
+    async fn on_report(self: Arc<Self>, message: Message) {
+        let Ok(request) = serde_json::from_slice::<wire::Report>(&message.payload) else {
+            return;
+        };
+        let answer = if self.leases.owns(&request.project) {
+            if request.health {
+                crate::http::report::project_health(&self.registry, &request.project)
+            } else {
+                crate::http::report::project_status(&self.registry, &request.project)
+            }
+        } else {
+            Value::Null
+        };
+        self.reply(&message, to_json(&answer)).await;
+    }
+
+    /// Tells an owner a client left.
+    async fn send_close(&self, node: &str, key: u64, code: u16, reason: &str) {
+        let subject = wire::subject(node, &format!("close.{}", self.node));
+        let _ = self
+            .client
+            .request(subject, wire::close(key, code, reason))
+            .await;
+    }
+}
+
+/// A client of this node whose project another node owns.
+pub(crate) struct RemoteClient {
+    cluster: Arc<Cluster>,
+    stub: Arc<Stub>,
+}
+
+impl RemoteClient {
+    pub(crate) fn project(&self) -> &str {
+        &self.stub.project
+    }
+
+    /// Sends a client's message to the project's owner and waits until its
+    /// room handled it. While the project moves (its owner gone, its lease
+    /// not yet ended) the message waits for the next owner; it fails only
+    /// when the owner may have taken it without answering, or when no
+    /// owner appears within a lease and a few seconds.
+    pub(crate) async fn forward(&self, message: &Incoming) -> Result<(), NotDelivered> {
+        let cluster = &self.cluster;
+        let body = wire::message(self.stub.key, message);
+        let give_up = tokio::time::Instant::now() + cluster.leases.lease() + REQUEST_TIMEOUT;
+        let mut pause = RETRY;
+        loop {
+            let (node, _) = self.stub.owner();
+            let subject = wire::subject(&node, &format!("msg.{}", cluster.node));
+            let request = Request::new()
+                .payload(body.clone())
+                .timeout(Some(MESSAGE_TIMEOUT));
+            match cluster.client.send_request(subject, request).await {
+                Ok(reply) => match wire::MessageReply::decode(&reply.payload) {
+                    wire::MessageReply::Handled => return Ok(()),
+                    wire::MessageReply::Lost => return Err(ROOM_LOST),
+                    wire::MessageReply::Unknown => {}
+                },
+                Err(e) if e.kind() == RequestErrorKind::NoResponders => {}
+                Err(_) => {
+                    // Frozen, cut off, or overloaded: whether it handled
+                    // the message is unknown. Its lease may have ended
+                    // meanwhile: the next message goes to its successor.
+                    let _ = cluster.place(&self.stub.project).await;
+                    return Err(OWNER_SILENT);
+                }
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(NO_OWNER);
+            }
+            // The owner is gone or lost the project: find (or become) the
+            // next one. A takeover points this stub at the new owner (when
+            // the new owner gathers the project's clients).
+            let _ = cluster.place(&self.stub.project).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_RETRY);
+        }
+    }
+
+    /// The client left: the owner's room is told.
+    pub(crate) async fn close(&self, code: u16, reason: &str) {
+        self.cluster.stubs.remove(&self.stub);
+        let (node, _) = self.stub.owner();
+        self.cluster
+            .send_close(&node, self.stub.key, code, reason)
+            .await;
+    }
+}
+
+/// Sleeps until `at`; forever when there is no such time.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn to_json(value: &impl serde::Serialize) -> Bytes {
+    // Serializing these plain types cannot fail.
+    serde_json::to_vec(value).unwrap_or_default().into()
+}

@@ -1,0 +1,171 @@
+//! This node's clients of projects another node owns: their sockets are
+//! here, their room is there. Each has a [`Stub`] that knows the owner; the
+//! connection's reader forwards its messages through it ([`RemoteClient`])
+//! and what the room sends comes back as numbered batches of frames
+//! ([`Stubs::deliver`]) into the client's own outbox.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use super::wire;
+use crate::outbox::{Next, Outbox};
+use crate::room::ClientMeta;
+
+/// Close code for a client whose frames from the owner were lost on the
+/// way (1011): it reconnects rather than miss messages unknowingly.
+const CLOSE_FRAMES_LOST: u16 = 1011;
+
+/// A client whose room runs on another node.
+pub(super) struct Stub {
+    pub(super) key: u64,
+    pub(super) project: Arc<str>,
+    pub(super) meta: Arc<ClientMeta>,
+    pub(super) outbox: Arc<Outbox>,
+    owner: Mutex<Link>,
+}
+
+/// Where a stub's project runs, and how far its frames got.
+struct Link {
+    node: Arc<str>,
+    epoch: u64,
+    /// The number of the last batch of frames taken from that owner.
+    seq: u64,
+}
+
+impl Stub {
+    fn link(&self) -> MutexGuard<'_, Link> {
+        self.owner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The owner node and its epoch.
+    pub(super) fn owner(&self) -> (Arc<str>, u64) {
+        let link = self.link();
+        (link.node.clone(), link.epoch)
+    }
+
+    /// The project moved to `node`: frames count from there anew.
+    pub(super) fn moved_to(&self, node: Arc<str>, epoch: u64) {
+        *self.link() = Link {
+            node,
+            epoch,
+            seq: 0,
+        };
+    }
+}
+
+/// Every stub of this node, by key and by project.
+#[derive(Default)]
+pub(super) struct Stubs {
+    next_key: AtomicU64,
+    all: Mutex<Index>,
+}
+
+#[derive(Default)]
+struct Index {
+    by_key: HashMap<u64, Arc<Stub>>,
+    by_project: HashMap<Arc<str>, HashSet<u64>>,
+}
+
+impl Stubs {
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        self.all.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn add(
+        &self,
+        project: &str,
+        meta: Arc<ClientMeta>,
+        outbox: Arc<Outbox>,
+        node: Arc<str>,
+        epoch: u64,
+    ) -> Arc<Stub> {
+        let key = self.next_key.fetch_add(1, Relaxed) + 1;
+        let project: Arc<str> = project.into();
+        let stub = Arc::new(Stub {
+            key,
+            project: project.clone(),
+            meta,
+            outbox,
+            owner: Mutex::new(Link {
+                node,
+                epoch,
+                seq: 0,
+            }),
+        });
+        let mut index = self.lock();
+        index.by_key.insert(key, stub.clone());
+        index.by_project.entry(project).or_default().insert(key);
+        stub
+    }
+
+    pub(super) fn remove(&self, stub: &Stub) {
+        let mut index = self.lock();
+        index.by_key.remove(&stub.key);
+        if let Some(keys) = index.by_project.get_mut(&stub.project) {
+            keys.remove(&stub.key);
+            if keys.is_empty() {
+                index.by_project.remove(&stub.project);
+            }
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.lock().by_key.len()
+    }
+
+    /// The project's clients here, now served by `node`.
+    pub(super) fn moved(&self, project: &str, node: &str, epoch: u64) -> Vec<wire::Client> {
+        let node: Arc<str> = node.into();
+        let index = self.lock();
+        let Some(keys) = index.by_project.get(project) else {
+            return Vec::new();
+        };
+        keys.iter()
+            .filter_map(|key| index.by_key.get(key))
+            .map(|stub| {
+                stub.moved_to(node.clone(), epoch);
+                wire::Client::new(stub.key, &stub.meta)
+            })
+            .collect()
+    }
+
+    /// Puts a batch of frames from an owner in its client's outbox: in
+    /// order, from the client's current owner only; a gap closes it.
+    pub(super) fn deliver(&self, body: &Bytes) {
+        let Some(batch) = wire::parse_frames(body) else {
+            return;
+        };
+        let Some(stub) = self.lock().by_key.get(&batch.key).cloned() else {
+            return;
+        };
+        {
+            let mut link = stub.link();
+            if link.epoch != batch.epoch {
+                // From a node that no longer owns the project.
+                return;
+            }
+            if batch.seq != link.seq + 1 {
+                drop(link);
+                stub.outbox.close(
+                    CLOSE_FRAMES_LOST,
+                    "messages were lost between cluster nodes; reconnect",
+                );
+                return;
+            }
+            link.seq = batch.seq;
+        }
+        // An overflow is the outbox's to handle: it closes the client with
+        // 1013 as a local room's would.
+        if !batch.data.is_empty() {
+            let _ = stub.outbox.push(batch.data);
+        }
+        match batch.next {
+            Next::Continue => {}
+            Next::Finish => stub.outbox.close_raw(batch.close),
+            Next::Abort => stub.outbox.abort(),
+        }
+    }
+}

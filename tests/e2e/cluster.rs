@@ -1,0 +1,404 @@
+//! Cluster mode: a real nats-server with JetStream and several nodes on
+//! loopback ports. Clients of one project spread over the nodes behave as
+//! on one node (routing, admin copies, `client_left`, `/status`); an owner
+//! killed with -9, or frozen past its lease, gives its projects to a live
+//! node while the clients other nodes hold keep their sockets; a project
+//! never runs on two nodes (a frozen owner that wakes up runs nothing).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::*;
+
+/// The lease the tests' nodes use: short, so that a takeover is quick.
+const LEASE_MS: &str = "2000";
+
+/// A nats-server with JetStream on a free loopback port, its store in a
+/// directory of its own; stopped (and the directory removed) on drop.
+pub(crate) struct Nats {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Nats {
+    pub(crate) fn start() -> Nats {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = scratch_dir("nats");
+        let child = Nats::spawn(port, &dir);
+        Nats { child, port, dir }
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path) -> Child {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start nats-server ({e}): the cluster tests need it on PATH \
+                     (Debian: apt-get install nats-server)"
+                )
+            });
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (kill -9).
+    pub(crate) fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and store.
+    pub(crate) fn start_again(&mut self) {
+        self.child = Nats::spawn(self.port, &self.dir);
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A node named `name` of the cluster on `nats`, with a lease of
+/// `lease_ms`.
+pub(crate) fn node(nats: &Nats, name: &str, lease_ms: &str) -> Server {
+    let url = nats.url();
+    Server::start(&[
+        "--in-memory",
+        "--nats",
+        &url,
+        "--node-name",
+        name,
+        "--lease-ms",
+        lease_ms,
+    ])
+}
+
+/// Three nodes on one nats-server.
+fn three_nodes(nats: &Nats) -> [Server; 3] {
+    nodes(nats, LEASE_MS)
+}
+
+fn nodes<const N: usize>(nats: &Nats, lease_ms: &str) -> [Server; N] {
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    std::array::from_fn(|i| node(nats, &format!("n{i}-{tag}"), lease_ms))
+}
+
+/// Sends SIGSTOP or SIGCONT to a server.
+fn signal(server: &Server, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn kill_9(server: Server) {
+    signal(&server, "-KILL");
+    drop(server);
+}
+
+/// How many rooms each node runs now.
+async fn rooms(nodes: &[&Server]) -> Vec<u64> {
+    let mut counts = Vec::new();
+    for n in nodes {
+        let (_, health) = n.get("/health").await;
+        counts.push(health["rooms"].as_u64().unwrap());
+    }
+    counts
+}
+
+#[tokio::test]
+async fn clients_on_three_nodes_are_one_room() {
+    let nats = Nats::start();
+    let [n1, n2, n3] = three_nodes(&nats);
+    let p = project();
+    // The first client makes its node the owner; the others join through it.
+    let mut r1 = n1.connect("runtime", &p).await;
+    let mut d = n2.connect("data-agent", &p).await;
+    let mut a = n3.connect("admin", &p).await;
+    let mut r2 = n3.connect("runtime", &p).await;
+    assert_eq!(rooms(&[&n1, &n2, &n3]).await, [1, 0, 0]);
+
+    // By id, across nodes, with the admin's copy from a third node.
+    let msg = json!({"id": "m1", "type": "graphql_query", "to": {"id": d.id}, "payload": {"q": 1}});
+    r2.send_json(&msg).await;
+    let got = d.next_json().await;
+    assert_eq!(got["id"], "m1");
+    assert_eq!(got["from"], json!({"type": "runtime", "id": r2.id}));
+    assert_eq!(got["payload"], msg["payload"]);
+    assert_eq!(a.next_json().await, got);
+    // By type: both runtimes, on two nodes, once each.
+    d.send_json(&json!({"id": "m2", "type": "t", "to": {"type": "runtime"}}))
+        .await;
+    assert_eq!(r1.next_json().await["id"], "m2");
+    assert_eq!(r2.next_json().await["id"], "m2");
+    assert_eq!(a.next_json().await["id"], "m2");
+    // Nothing else arrived, and nothing twice.
+    r1.assert_nothing_before_marker(&mut d).await;
+    r2.assert_nothing_before_marker(&mut d).await;
+    for _ in 0..2 {
+        assert_eq!(a.next_json().await["type"], "marker");
+    }
+    // Order from one sender across nodes, to the target and the admin.
+    for i in 0..200 {
+        r1.send_json(&json!({"id": format!("o{i}"), "type": "t", "to": {"id": d.id}}))
+            .await;
+    }
+    for i in 0..200 {
+        assert_eq!(d.next_json().await["id"], format!("o{i}"));
+        assert_eq!(a.next_json().await["id"], format!("o{i}"));
+    }
+    // An unknown target: the sender's error comes back across nodes.
+    r2.send_json(&json!({"id": "m3", "type": "t", "to": {"id": "nobody"}}))
+        .await;
+    let error = r2.next_json().await;
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["payload"]["messageId"], "m3");
+    assert_eq!(a.next_json().await["id"], "m3");
+
+    // /status and /health from every node describe the whole project.
+    for n in [&n1, &n2, &n3] {
+        let (code, status) = n.get(&format!("/status?projectId={p}")).await;
+        assert_eq!(code, 200);
+        assert_eq!(status["clientCount"], 4, "{status}");
+        let mut ids: Vec<&str> = status["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap())
+            .collect();
+        ids.sort();
+        let mut want = vec![r1.id.as_str(), d.id.as_str(), a.id.as_str(), r2.id.as_str()];
+        want.sort();
+        assert_eq!(ids, want);
+        let (_, health) = n.get(&format!("/health?projectId={p}")).await;
+        assert_eq!(health["clientCount"], 4, "{health}");
+        let (_, node) = n.get("/health").await;
+        assert_eq!(node["status"], "healthy", "{node}");
+        assert_eq!(node["cluster"]["nats"], "connected");
+    }
+
+    // client_left reaches every node's clients.
+    d.close().await;
+    for c in [&mut r1, &mut a, &mut r2] {
+        let left = c.next_json().await;
+        assert_eq!(left["type"], "client_left", "{left}");
+        assert_eq!(left["payload"]["clientId"], d.id.as_str());
+        assert_eq!(left["payload"]["clientCount"], 3);
+    }
+}
+
+#[tokio::test]
+async fn projects_stay_apart_across_nodes() {
+    let nats = Nats::start();
+    let [n1, n2, _n3] = three_nodes(&nats);
+    let (p, q) = (project(), project());
+    let mut p1 = n1.connect("runtime", &p).await;
+    let mut q1 = n2.connect("runtime", &q).await;
+    let mut p2 = n2.connect("admin", &p).await;
+    let mut q2 = n1.connect("admin", &q).await;
+    p1.send_json(&json!({"id": "to-p", "type": "t"})).await;
+    q1.send_json(&json!({"id": "to-q", "type": "t"})).await;
+    assert_eq!(p2.next_json().await["id"], "to-p");
+    assert_eq!(q2.next_json().await["id"], "to-q");
+    // Each project's room runs on the node of its first client.
+    assert_eq!(rooms(&[&n1, &n2]).await, [1, 1]);
+    p2.assert_nothing_before_marker(&mut p1).await;
+    q2.assert_nothing_before_marker(&mut q1).await;
+}
+
+#[tokio::test]
+async fn a_killed_owner_s_project_moves_and_other_nodes_clients_stay() {
+    let nats = Nats::start();
+    let [n1, n2, n3] = three_nodes(&nats);
+    let p = project();
+    let _own = n1.connect("runtime", &p).await;
+    let mut r = n2.connect("runtime", &p).await;
+    let mut d = n3.connect("data-agent", &p).await;
+    let mut a = n3.connect("admin", &p).await;
+    kill_9(n1);
+    // Sent while the project has no owner: delivered once it has one.
+    r.send_json(&json!({"id": "during", "type": "t", "to": {"id": d.id}}))
+        .await;
+    let got = d.next_json().await;
+    assert_eq!(got["id"], "during", "{got}");
+    assert_eq!(a.next_json().await["id"], "during");
+    // Exactly one live node runs the project now, and it knows the clients
+    // that kept their sockets (not the killed node's own).
+    let counts = rooms(&[&n2, &n3]).await;
+    assert_eq!(counts.iter().sum::<u64>(), 1, "{counts:?}");
+    let (_, status) = n2.get(&format!("/status?projectId={p}")).await;
+    assert_eq!(status["clientCount"], 3, "{status}");
+    // Routing works on as before, both ways.
+    d.send_json(&json!({"id": "after", "type": "t", "to": {"id": r.id}}))
+        .await;
+    assert_eq!(r.next_json().await["id"], "after");
+    assert_eq!(a.next_json().await["id"], "after");
+    a.assert_nothing_before_marker(&mut r).await;
+}
+
+#[tokio::test]
+async fn a_frozen_owner_that_wakes_up_runs_nothing() {
+    let nats = Nats::start();
+    let [n1, n2, _n3] = three_nodes(&nats);
+    let p = project();
+    let mut old = n1.connect("runtime", &p).await;
+    let mut r = n2.connect("runtime", &p).await;
+    // Frozen past its lease: it cannot renew, and cannot know.
+    signal(&n1, "-STOP");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The next client takes the project over for n2, gathering r.
+    let mut x = n2.connect("data-agent", &p).await;
+    assert_eq!(rooms(&[&n2]).await, [1]);
+    r.send_json(&json!({"id": "m1", "type": "t", "to": {"id": x.id}}))
+        .await;
+    let got = x.next_json().await;
+    assert_eq!(got["id"], "m1", "{got}");
+    // Woken, the old owner must not run its copy of the room: its client's
+    // message reaches nobody, and the client is told to reconnect.
+    signal(&n1, "-CONT");
+    old.send_json(&json!({"id": "stale", "type": "t", "to": {"id": r.id}}))
+        .await;
+    let (code, _) = old.recv_close().await;
+    assert_eq!(code, 1012);
+    assert_eq!(rooms(&[&n1, &n2]).await, [0, 1]);
+    // r never saw "stale".
+    r.assert_nothing_before_marker(&mut x).await;
+}
+
+/// What a node's `/health` says of the cluster.
+async fn cluster_health(n: &Server) -> Value {
+    n.get("/health").await.1["cluster"].clone()
+}
+
+#[tokio::test]
+async fn a_node_alone_without_nats_has_no_cluster() {
+    let server = Server::start(&["--in-memory"]);
+    assert_eq!(cluster_health(&server).await, Value::Null);
+    let error = refused_at_start(&["--nats", "nats://127.0.0.1:1", "--node-name", "x"]);
+    assert!(error.contains("cannot connect to NATS"), "{error}");
+    let error = refused_at_start(&["--nats", "nats://127.0.0.1:1", "--node-name", "a.b"]);
+    assert!(error.contains("--node-name"), "{error}");
+}
+
+#[tokio::test]
+async fn sigterm_hands_the_owner_s_projects_over_and_other_nodes_clients_notice_nothing() {
+    let nats = Nats::start();
+    let [n1, n2, n3] = three_nodes(&nats);
+    let p = project();
+    let mut own = n1.connect("runtime", &p).await;
+    let mut r = n2.connect("runtime", &p).await;
+    let mut d = n3.connect("data-agent", &p).await;
+    let status = n1.terminate();
+    assert!(status.success(), "{status}");
+    // Its own client was told the server went away.
+    assert_eq!(own.recv_close().await.0, 1001);
+    // The others kept their sockets, and their room moved with them.
+    r.send_json(&json!({"id": "after", "type": "t", "to": {"id": d.id}}))
+        .await;
+    let got = d.next_json().await;
+    assert_eq!(got["id"], "after", "{got}");
+    let counts = rooms(&[&n2, &n3]).await;
+    assert_eq!(counts.iter().sum::<u64>(), 1, "{counts:?}");
+    let (_, status) = n3.get(&format!("/status?projectId={p}")).await;
+    assert_eq!(status["clientCount"], 2, "{status}");
+    // Nothing else reached them: no close, no error.
+    d.assert_nothing_before_marker(&mut r).await;
+    r.assert_nothing_before_marker(&mut d).await;
+}
+
+#[tokio::test]
+async fn a_short_nats_outage_costs_the_clients_nothing() {
+    let mut nats = Nats::start();
+    // A lease long enough that the outage stays under its fence.
+    let [n1, n2] = nodes(&nats, "8000");
+    let p = project();
+    let mut r = n1.connect("runtime", &p).await;
+    let mut local = n1.connect("data-agent", &p).await;
+    let mut remote = n2.connect("admin", &p).await;
+    nats.stop();
+    n1.wait_health("degraded while NATS is down", |h| {
+        h["status"] == "degraded" && h["cluster"]["nats"] == "disconnected"
+    })
+    .await;
+    // The owner serves its own clients meanwhile.
+    r.send_json(&json!({"id": "local", "type": "t", "to": {"id": local.id}}))
+        .await;
+    assert_eq!(local.next_json().await["id"], "local");
+    nats.start_again();
+    for n in [&n1, &n2] {
+        n.wait_health("healthy once NATS is back", |h| h["status"] == "healthy")
+            .await;
+    }
+    r.send_json(&json!({"id": "after", "type": "t", "to": {"id": local.id}}))
+        .await;
+    assert_eq!(local.next_json().await["id"], "after");
+    // The admin on the other node gets its copy of "local" once NATS is
+    // back, or, when the outage swallowed it (core NATS delivers at most
+    // once), is closed with 1011 rather than skip it unknowingly.
+    let mut remote = match within(remote.ws.next()).await {
+        Some(Ok(Message::Text(text))) => {
+            let got: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(got["id"], "local", "{got}");
+            assert_eq!(remote.next_json().await["id"], "after");
+            remote
+        }
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1011, "{frame:?}");
+            n2.connect("admin", &p).await
+        }
+        other => panic!("expected the copy or a close, got {other:?}"),
+    };
+    remote
+        .send_json(&json!({"id": "back", "type": "t", "to": {"id": r.id}}))
+        .await;
+    assert_eq!(r.next_json().await["id"], "back");
+}
+
+#[tokio::test]
+async fn without_nats_a_node_refuses_what_it_cannot_place_and_stops_its_rooms_at_its_fence() {
+    let mut nats = Nats::start();
+    let [n1] = nodes(&nats, LEASE_MS);
+    let p = project();
+    let mut r = n1.connect("runtime", &p).await;
+    nats.stop();
+    // A project nobody owns cannot be placed: 503, with why.
+    let (code, body) = n1
+        .refused(&format!("type=runtime&projectId={}", project()))
+        .await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["error"], "cluster_unavailable", "{body}");
+    // Past three quarters of its lease the node cannot tell whether another
+    // node took its projects: it stops them, and its clients reconnect.
+    let (code, _) = r.recv_close().await;
+    assert_eq!(code, 1012);
+    assert_eq!(rooms(&[&n1]).await, [0]);
+}
