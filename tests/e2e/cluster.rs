@@ -402,3 +402,21 @@ async fn without_nats_a_node_refuses_what_it_cannot_place_and_stops_its_rooms_at
     assert_eq!(code, 1012);
     assert_eq!(rooms(&[&n1]).await, [0]);
 }
+
+#[tokio::test]
+async fn the_clients_of_a_killed_node_leave_their_rooms_elsewhere() {
+    let nats = Nats::start();
+    let [n1, n2, _n3] = three_nodes(&nats);
+    let p = project();
+    let mut r = n1.connect("runtime", &p).await;
+    let d = n2.connect("data-agent", &p).await;
+    let d_id = d.id.clone();
+    kill_9(n2);
+    // Its lease ends, and the owner's room hears its client left.
+    let left = r.next_json().await;
+    assert_eq!(left["type"], "client_left", "{left}");
+    assert_eq!(left["payload"]["clientId"], d_id.as_str());
+    assert_eq!(left["payload"]["clientCount"], 1);
+    let (_, status) = n1.get(&format!("/status?projectId={p}")).await;
+    assert_eq!(status["clientCount"], 1, "{status}");
+}

@@ -319,7 +319,7 @@ impl Leases {
     }
 
     /// The epoch of `node`'s lease, if it holds one.
-    async fn node_epoch(&self, node: &str) -> anyhow::Result<Option<u64>> {
+    pub(super) async fn node_epoch(&self, node: &str) -> anyhow::Result<Option<u64>> {
         let entry = self
             .nodes
             .entry(node)

@@ -221,6 +221,7 @@ impl Cluster {
             {
                 self.fence().await;
             }
+            self.drop_clients_of_ended_nodes().await;
         }
     }
 
@@ -237,6 +238,32 @@ impl Cluster {
         self.served.clear();
         for room in self.registry.all() {
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, room.send(Event::LeaseLost)).await;
+        }
+    }
+
+    /// The clients held by a node whose lease ended left with it: their
+    /// rooms here are told (1006), as for a client whose socket dropped.
+    async fn drop_clients_of_ended_nodes(&self) {
+        for (holder, epoch) in self.served.holders() {
+            match self.leases.node_epoch(&holder).await {
+                Ok(Some(now)) if now == epoch => continue,
+                Ok(_) => {}
+                // NATS out of reach: nothing is known.
+                Err(_) => return,
+            }
+            let clients = self.served.drop_holder(&holder, epoch);
+            if !clients.is_empty() {
+                info!(node = %holder, clients = clients.len(), "a node's lease ended: its clients left");
+            }
+            for (room, conn) in clients {
+                let _ = room
+                    .send(Event::Close {
+                        conn,
+                        code: 1006,
+                        reason: String::new(),
+                    })
+                    .await;
+            }
         }
     }
 
@@ -289,6 +316,7 @@ impl Cluster {
             let request = wire::Connect {
                 project: project.into(),
                 holder: self.node.to_string(),
+                holder_epoch: self.leases.epoch(),
                 client: wire::Client::new(stub.key, &meta),
             };
             let reply = self
@@ -423,9 +451,9 @@ impl Cluster {
         });
         let answers = futures_util::future::join_all(asked).await;
         for (node, answer) in nodes.iter().zip(answers) {
-            let clients = match answer {
+            let gathered = match answer {
                 Ok(reply) => {
-                    serde_json::from_slice::<Vec<wire::Client>>(&reply.payload).unwrap_or_default()
+                    serde_json::from_slice::<wire::Gathered>(&reply.payload).unwrap_or_default()
                 }
                 Err(e) => {
                     warn!(
@@ -435,14 +463,14 @@ impl Cluster {
                     continue;
                 }
             };
-            for client in clients {
-                self.rejoin(project, node, client).await;
+            for client in gathered.clients {
+                self.rejoin(project, (node, gathered.epoch), client).await;
             }
         }
     }
 
     /// Puts a client another node holds back in the project's table here.
-    async fn rejoin(&self, project: &str, holder: &str, client: wire::Client) {
+    async fn rejoin(&self, project: &str, holder: (&str, u64), client: wire::Client) {
         let outbox = Arc::new(Outbox::new(self.outbox_limit));
         let meta = Arc::new(client.meta());
         match self.registry.rejoin(project, meta, outbox.clone()).await {
@@ -458,7 +486,8 @@ impl Cluster {
             ),
             None => warn!(
                 project,
-                holder, "no room could take back a client of the project"
+                holder = holder.0,
+                "no room could take back a client of the project"
             ),
         }
     }
@@ -585,7 +614,7 @@ impl Cluster {
                     &self.client,
                     &self.node,
                     self.leases.epoch(),
-                    &request.holder,
+                    (&request.holder, request.holder_epoch),
                     request.client.key,
                     room,
                     conn,
@@ -652,10 +681,13 @@ impl Cluster {
         if !crate::config::is_node_name(&request.owner) {
             return;
         }
-        let clients = self
-            .stubs
-            .moved(&request.project, &request.owner, request.epoch);
-        self.reply(&message, to_json(&clients)).await;
+        let gathered = wire::Gathered {
+            epoch: self.leases.epoch(),
+            clients: self
+                .stubs
+                .moved(&request.project, &request.owner, request.epoch),
+        };
+        self.reply(&message, to_json(&gathered)).await;
     }
 
     async fn on_report(self: Arc<Self>, message: Message) {

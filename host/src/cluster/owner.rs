@@ -17,7 +17,15 @@ use crate::room::table::ConnRef;
 /// The clients of other nodes in this node's rooms, by (holder, key).
 #[derive(Default)]
 pub(super) struct Served {
-    conns: Mutex<HashMap<Arc<str>, HashMap<u64, ServedConn>>>,
+    conns: Mutex<HashMap<Arc<str>, Holder>>,
+}
+
+/// A holder node's clients, and the epoch they were admitted under: they
+/// are gone when that node's lease is.
+#[derive(Default)]
+struct Holder {
+    epoch: u64,
+    clients: HashMap<u64, ServedConn>,
 }
 
 struct ServedConn {
@@ -27,7 +35,7 @@ struct ServedConn {
 }
 
 impl Served {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, HashMap<u64, ServedConn>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Holder>> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -38,7 +46,7 @@ impl Served {
         client: &async_nats::Client,
         me: &str,
         epoch: u64,
-        holder: &str,
+        (holder, holder_epoch): (&str, u64),
         key: u64,
         room: RoomHandle,
         conn: ConnRef,
@@ -46,7 +54,16 @@ impl Served {
     ) {
         let subject = wire::subject(holder, &format!("frames.{me}")).into();
         let forwarder = tokio::spawn(forward(client.clone(), subject, key, epoch, outbox));
-        let old = self.lock().entry(holder.into()).or_default().insert(
+        let mut conns = self.lock();
+        let of_holder = conns.entry(holder.into()).or_default();
+        if of_holder.epoch != holder_epoch {
+            // The holder started anew: what it held before is gone.
+            for (_, old) in of_holder.clients.drain() {
+                old.forwarder.abort();
+            }
+            of_holder.epoch = holder_epoch;
+        }
+        let old = of_holder.clients.insert(
             key,
             ServedConn {
                 room,
@@ -62,7 +79,7 @@ impl Served {
     /// The room and table entry of a holder's client.
     pub(super) fn get(&self, holder: &str, key: u64) -> Option<(RoomHandle, ConnRef)> {
         let conns = self.lock();
-        let served = conns.get(holder)?.get(&key)?;
+        let served = conns.get(holder)?.clients.get(&key)?;
         Some((served.room.clone(), served.conn))
     }
 
@@ -71,8 +88,8 @@ impl Served {
     pub(super) fn remove(&self, holder: &str, key: u64) -> Option<(RoomHandle, ConnRef)> {
         let mut conns = self.lock();
         let of_holder = conns.get_mut(holder)?;
-        let served = of_holder.remove(&key)?;
-        if of_holder.is_empty() {
+        let served = of_holder.clients.remove(&key)?;
+        if of_holder.clients.is_empty() {
             conns.remove(holder);
         }
         Some((served.room, served.conn))
@@ -82,14 +99,40 @@ impl Served {
     /// here (the node that takes a project over serves them).
     pub(super) fn clear(&self) {
         for (_, of_holder) in self.lock().drain() {
-            for served in of_holder.into_values() {
+            for served in of_holder.clients.into_values() {
                 served.forwarder.abort();
             }
         }
     }
 
+    /// The holders with clients here, and their epochs.
+    pub(super) fn holders(&self) -> Vec<(Arc<str>, u64)> {
+        let conns = self.lock();
+        conns.iter().map(|(h, of)| (h.clone(), of.epoch)).collect()
+    }
+
+    /// Drops the clients `holder` held under `epoch` (it is gone): their
+    /// rooms and table entries, to tell the rooms they left.
+    pub(super) fn drop_holder(&self, holder: &str, epoch: u64) -> Vec<(RoomHandle, ConnRef)> {
+        let mut conns = self.lock();
+        if conns.get(holder).is_none_or(|of| of.epoch != epoch) {
+            return Vec::new();
+        }
+        let Some(of_holder) = conns.remove(holder) else {
+            return Vec::new();
+        };
+        of_holder
+            .clients
+            .into_values()
+            .map(|served| {
+                served.forwarder.abort();
+                (served.room, served.conn)
+            })
+            .collect()
+    }
+
     pub(super) fn len(&self) -> usize {
-        self.lock().values().map(HashMap::len).sum()
+        self.lock().values().map(|of| of.clients.len()).sum()
     }
 }
 

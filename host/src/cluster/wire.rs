@@ -86,6 +86,8 @@ impl Client {
 pub(super) struct Connect {
     pub(super) project: String,
     pub(super) holder: String,
+    /// The holder's epoch: its clients are dropped when it ends.
+    pub(super) holder_epoch: u64,
     pub(super) client: Client,
 }
 
@@ -118,6 +120,15 @@ pub(super) struct Gather {
     pub(super) project: String,
     pub(super) owner: String,
     pub(super) epoch: u64,
+}
+
+/// A node's answer to [`Gather`].
+#[derive(Serialize, Deserialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Gathered {
+    /// The answering node's epoch.
+    pub(super) epoch: u64,
+    pub(super) clients: Vec<Client>,
 }
 
 /// `report`: `/status` (or `/health` when `health`) of a project.
