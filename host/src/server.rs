@@ -28,7 +28,8 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::room::log_limit::Throttle;
 use crate::room::{Event, Settings};
-use crate::store::DurableStore;
+use crate::store::jetstream::JetStreamStore;
+use crate::store::{DurableStore, RoomStore};
 use crate::tls::Tls;
 
 /// Refused connections closed gracefully at once (see [`close_after`]):
@@ -50,21 +51,35 @@ pub async fn run(
     // A file-size limit is a failing disk, not a reason to die; and a data
     // directory that will not do stops the server before the rooms compile.
     crate::signals::survive_file_size_limit();
-    let data_dir = match (&config.data_dir, &config.cluster) {
-        (Some(_), Some(_)) => {
-            warn!(
-                "cluster mode keeps rooms' stores and alarms in memory for now (a project that \
-                 moves to another node starts with an empty store); --data-dir is not used"
-            );
-            None
-        }
-        (dir, _) => dir.as_deref(),
+    // In a cluster, rooms keep their data in JetStream (unless
+    // --in-memory), so that a project that moves keeps it.
+    let nats = match &config.cluster {
+        Some(cluster) => Some(crate::cluster::connect(cluster).await?),
+        None => None,
     };
-    let store = data_dir.map(DurableStore::open).transpose()?;
+    let store = match (&nats, &config.data_dir) {
+        (_, None) => None,
+        (Some(client), Some(_)) => Some(RoomStore::JetStream(Arc::new(
+            JetStreamStore::open(client).await?,
+        ))),
+        (None, Some(dir)) => Some(RoomStore::File(DurableStore::open(dir)?)),
+    };
     let runtime = Runtime::new(&config)?;
     let metrics = Arc::new(Metrics::default());
     crate::signals::reload_on_sighup(runtime.clone(), tls.clone(), metrics.clone());
     let mut settings = Settings::from_config(&config);
+    if let Some(RoomStore::JetStream(store)) = &store {
+        // A room is one NATS message: its store must fit in one, with the
+        // room's own bookkeeping (8 bytes an entry).
+        let fits = store.max_bytes() / 2;
+        if settings.storage_bytes > fits {
+            warn!(
+                limit = fits,
+                "--room-storage-bytes lowered to half NATS' largest message (its max_payload) in a cluster"
+            );
+            settings.storage_bytes = fits;
+        }
+    }
     settings.store = store.clone();
     let registry = Registry::new(
         runtime,
@@ -74,15 +89,23 @@ pub async fn run(
         config.max_rooms,
         config.max_instances,
     );
-    if let Some(store) = &store {
+    if let Some(RoomStore::File(store)) = &store {
         wake_alarms(store, &registry)?;
     }
-    let cluster = match &config.cluster {
-        Some(cluster) => {
-            Some(Cluster::join(cluster, registry.clone(), config.outbox_limit_bytes).await?)
+    let cluster = match (&config.cluster, nats) {
+        (Some(config_), Some(client)) => {
+            Some(Cluster::join(client, config_, registry.clone(), config.outbox_limit_bytes).await?)
         }
-        None => None,
+        _ => None,
     };
+    if let (Some(cluster), Some(RoomStore::JetStream(store))) = (&cluster, &store) {
+        // Alarms whose owner is gone are fired by a live node.
+        let cluster = cluster.clone();
+        tokio::spawn(store.clone().watch_alarms(move |project| {
+            let cluster = cluster.clone();
+            async move { cluster.wake(project).await }
+        }));
+    }
     let http_slots = Arc::new(Semaphore::new(crate::limits::http_connections(
         config.max_connections,
     )));

@@ -420,3 +420,57 @@ async fn the_clients_of_a_killed_node_leave_their_rooms_elsewhere() {
     let (_, status) = n1.get(&format!("/status?projectId={p}")).await;
     assert_eq!(status["clientCount"], 1, "{status}");
 }
+
+#[tokio::test]
+async fn a_project_keeps_its_store_when_it_moves_and_a_live_node_fires_its_alarm() {
+    let nats = Nats::start();
+    let url = nats.url();
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    // The chat room keeps one line, trimmed by its alarm 3 s after the
+    // first is said; its store and alarm are in JetStream.
+    let chat_node = |name: String| {
+        Server::start(&[
+            "--nats",
+            &url,
+            "--node-name",
+            &name,
+            "--lease-ms",
+            LEASE_MS,
+            "--component",
+            crate::lifecycle::CHAT_ROOM,
+            "--room-config",
+            "chat-history=1",
+            "--room-config",
+            "chat-trim-ms=3000",
+        ])
+    };
+    let n1 = chat_node(format!("x-{tag}"));
+    let n2 = chat_node(format!("y-{tag}"));
+    let p = project();
+    let (mut a, _) = crate::lifecycle::join_chat(&n1, &p).await;
+    for i in 1..=3 {
+        send(&mut a, &json!({ "text": format!("line {i}") })).await;
+        assert_eq!(recv(&mut a).await["text"], format!("line {i}"));
+    }
+    // The owner dies with the alarm pending and nobody connected anywhere.
+    kill_9(n1);
+    // Once the owner's lease ended and the alarm is due, n2 starts the
+    // room, which reads its store from JetStream, fires the alarm, and goes.
+    n2.wait_stderr("the room to fire its alarm on n2 and be removed", |log| {
+        log.lines()
+            .any(|l| l.contains("room removed") && l.contains(&p))
+    })
+    .await;
+    let (_b, history) = crate::lifecycle::join_chat(&n2, &p).await;
+    let texts: Vec<&str> = history
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["line 3"]);
+    let (_, health) = n2.get("/health").await;
+    assert_eq!(health["store"]["backend"], "jetstream", "{health}");
+    assert!(
+        health["store"]["commits"].as_u64().unwrap() >= 1,
+        "{health}"
+    );
+}

@@ -391,7 +391,7 @@ impl Leases {
 /// missing. Made as async-nats' `create_key_value` makes one, but without
 /// reading the account's figures first: nats-server 2.9 (Debian's) answers
 /// that request in a shape async-nats 0.51 no longer parses.
-async fn bucket(
+pub(crate) async fn bucket(
     js: &jetstream::Context,
     name: &str,
     description: &str,

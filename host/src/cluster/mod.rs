@@ -38,8 +38,8 @@ use crate::outbox::Outbox;
 use crate::registry::{ConnectError, Registry};
 use crate::room::log_limit::Throttle;
 use crate::room::{ClientMeta, Event, Incoming, Refusal};
-pub(crate) use lease::Validity;
 use lease::{Leases, Owner};
+pub(crate) use lease::{Validity, bucket};
 use owner::Served;
 use remote::{Stub, Stubs};
 
@@ -117,45 +117,15 @@ const NO_OWNER: NotDelivered = NotDelivered {
 };
 
 impl Cluster {
-    /// Connects to NATS, opens the buckets, takes this node's lease and
-    /// starts answering the other nodes.
+    /// Opens the buckets, takes this node's lease and starts answering the
+    /// other nodes.
     pub(crate) async fn join(
+        client: async_nats::Client,
         config: &ClusterConfig,
         registry: Arc<Registry>,
         outbox_limit: usize,
     ) -> anyhow::Result<Arc<Cluster>> {
         let node: Arc<str> = config.node_name.as_str().into();
-        let mut options = async_nats::ConnectOptions::new()
-            .name(format!("wsroom {node}"))
-            .request_timeout(Some(REQUEST_TIMEOUT))
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => info!("connected to NATS"),
-                    async_nats::Event::Disconnected => {
-                        warn!("lost NATS; reconnecting (this node's rooms keep serving its own clients while its lease lasts)")
-                    }
-                    other => warn!("NATS: {other}"),
-                }
-            });
-        if let Some(creds) = &config.creds {
-            options = options
-                .credentials_file(creds)
-                .await
-                .with_context(|| format!("cannot read --nats-creds {}", creds.display()))?;
-        }
-        if let Some(ca) = &config.tls_ca {
-            options = options.add_root_certificates(ca.clone()).require_tls(true);
-        }
-        if let Some((cert, key)) = &config.tls_client {
-            options = options.add_client_certificate(cert.clone(), key.clone());
-        }
-        if config.tls_required {
-            options = options.require_tls(true);
-        }
-        let client = options
-            .connect(config.urls.as_slice())
-            .await
-            .with_context(|| format!("cannot connect to NATS at {}", config.urls.join(",")))?;
         let js = async_nats::jetstream::new(client.clone());
         let leases = Leases::open(&js, node.clone(), config.lease).await?;
         let subscription = client
@@ -287,6 +257,25 @@ impl Cluster {
         while let Some(project) = removed.recv().await {
             self.leases.release(&project).await;
         }
+    }
+
+    /// Starts the room of a project whose alarm is due, if no live node owns
+    /// it (its owner died): this node takes it, and the room fires the
+    /// alarm. When to look again if the alarm is still pending then.
+    pub(crate) async fn wake(&self, project: String) -> std::time::Instant {
+        let again = std::time::Instant::now() + self.leases.lease();
+        if self.registry.get(&project).is_some() {
+            return again;
+        }
+        if let Ok(Placement::Here) = self.place(&project).await
+            && self.registry.get_or_create(&project).is_some()
+        {
+            info!(
+                project,
+                "started the room of a project whose owner is gone, for its alarm"
+            );
+        }
+        again
     }
 
     /// Places a client of `project`: in the room here, or through the
@@ -778,6 +767,42 @@ impl RemoteClient {
             .send_close(&node, self.stub.key, code, reason)
             .await;
     }
+}
+
+/// Connects to NATS as `config` says (the connection reconnects by itself,
+/// with backoff, whenever it is lost).
+pub(crate) async fn connect(config: &ClusterConfig) -> anyhow::Result<async_nats::Client> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("wsroom {}", config.node_name))
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => info!("connected to NATS"),
+                async_nats::Event::Disconnected => {
+                    warn!("lost NATS; reconnecting (this node's rooms keep serving its own clients while its lease lasts)")
+                }
+                other => warn!("NATS: {other}"),
+            }
+        });
+    if let Some(creds) = &config.creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .with_context(|| format!("cannot read --nats-creds {}", creds.display()))?;
+    }
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &config.tls_client {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if config.tls_required {
+        options = options.require_tls(true);
+    }
+    options
+        .connect(config.urls.as_slice())
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", config.urls.join(",")))
 }
 
 /// Sleeps until `at`; forever when there is no such time.

@@ -33,7 +33,7 @@ pub(crate) struct App {
     pub(crate) config: Arc<Config>,
     pub(crate) metrics: Arc<Metrics>,
     /// The durable store; `None` with `--in-memory`.
-    pub(crate) store: Option<crate::store::DurableStore>,
+    pub(crate) store: Option<crate::store::RoomStore>,
     /// Cluster membership; `None` for a node alone.
     pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Every WebSocket's task, waited for at shutdown.

@@ -14,6 +14,7 @@ use super::{App, HttpError, Query, Reply, authorize};
 use crate::auth::Access;
 use crate::registry::Registry;
 use crate::room::now_ms;
+use crate::store::RoomStore;
 
 pub(super) async fn status(
     app: &App,
@@ -128,9 +129,18 @@ fn store_json(app: &App) -> serde_json::Value {
         return serde_json::Value::Null;
     };
     let s = store.stats().snapshot();
+    let (backend, data_dir, bytes) = match store {
+        RoomStore::File(file) => (
+            "file",
+            Some(file.dir().display().to_string()),
+            Some(file.file_bytes()),
+        ),
+        RoomStore::JetStream(_) => ("jetstream", None, None),
+    };
     json!({
-        "dataDir": store.dir().display().to_string(),
-        "bytes": store.file_bytes(),
+        "backend": backend,
+        "dataDir": data_dir,
+        "bytes": bytes,
         "commits": s.commits,
         "roomCommits": s.room_commits,
         "commitFailures": s.failures,
@@ -145,18 +155,20 @@ fn store_json(app: &App) -> serde_json::Value {
 }
 
 /// The store's figures in Prometheus' text format.
-fn store_prometheus(out: &mut String, store: &crate::store::DurableStore) {
+fn store_prometheus(out: &mut String, store: &RoomStore) {
     use crate::metrics::Kind::{Counter, Gauge};
     use crate::metrics::write_prometheus;
     use std::fmt::Write as _;
     let s = store.stats().snapshot();
-    write_prometheus(
-        out,
-        "wsroom_store_bytes",
-        Gauge,
-        "size of the durable store's file",
-        store.file_bytes(),
-    );
+    if let RoomStore::File(file) = store {
+        write_prometheus(
+            out,
+            "wsroom_store_bytes",
+            Gauge,
+            "size of the durable store's file",
+            file.file_bytes(),
+        );
+    }
     write_prometheus(
         out,
         "wsroom_store_commits_total",

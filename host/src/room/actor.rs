@@ -119,11 +119,13 @@ impl Actor {
         };
         let alarm = self.table().alarm();
         let mut changes = self.table().storage.take_changes();
-        if alarm != self.committed_alarm {
+        changes.alarm_changed = alarm != self.committed_alarm;
+        if changes.alarm_changed || store.whole_rooms() {
             changes.alarm = Some(alarm);
         }
         match store.commit(self.project.clone(), changes).await {
-            Ok(()) => {
+            Ok(revision) => {
+                self.table().storage.committed(revision);
                 self.committed_alarm = alarm;
                 true
             }
@@ -163,10 +165,9 @@ impl Actor {
         if self.table().storage.is_loaded() {
             return Ok(());
         }
-        let project = self.project.clone();
-        let data = tokio::task::spawn_blocking(move || store.load(&project)).await??;
+        let data = store.load(self.project.clone()).await?;
         let table = self.table();
-        table.storage.load(data.entries);
+        table.storage.load(data.entries, data.revision);
         table.alarm_at = data.alarm.map(|a| a.at);
         table.alarm_retry = data.alarm.map_or(0, |a| a.retry);
         self.committed_alarm = data.alarm;

@@ -52,7 +52,7 @@ use crate::engine::{Room, RoomState, Runtime, wit};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::registry::Registry;
-use crate::store::{Alarm, DurableStore};
+use crate::store::{Alarm, RoomStore};
 use table::{ConnRef, Table};
 
 pub use handle::RoomHandle;
@@ -155,7 +155,7 @@ pub(crate) struct Settings {
     /// code is asked.
     pub(crate) max_clients: usize,
     /// Where rooms' stores and alarms last; `None`: in memory.
-    pub(crate) store: Option<DurableStore>,
+    pub(crate) store: Option<RoomStore>,
 }
 
 impl Settings {

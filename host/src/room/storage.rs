@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::store::{Changes, DurableStore};
+use crate::store::{Changes, RoomStore};
 
 /// Longest key, in bytes.
 pub(crate) const MAX_KEY: usize = 1024;
@@ -29,7 +29,9 @@ pub(crate) struct Storage {
     bytes: usize,
     limit: usize,
     /// Where the data lasts; `None`: in memory only.
-    durable: Option<DurableStore>,
+    durable: Option<RoomStore>,
+    /// The revision of the stored data (JetStream), to commit over.
+    revision: u64,
     /// The data was read from the durable store (always, in memory).
     loaded: bool,
     /// Keys set or deleted since the last commit (durable rooms only).
@@ -39,8 +41,9 @@ pub(crate) struct Storage {
 }
 
 impl Storage {
-    pub(crate) fn new(limit: usize, durable: Option<DurableStore>) -> Storage {
+    pub(crate) fn new(limit: usize, durable: Option<RoomStore>) -> Storage {
         Storage {
+            revision: 0,
             entries: BTreeMap::new(),
             bytes: 0,
             limit,
@@ -60,9 +63,10 @@ impl Storage {
     }
 
     /// Takes the data read from the durable store.
-    pub(crate) fn load(&mut self, entries: BTreeMap<String, Vec<u8>>) {
+    pub(crate) fn load(&mut self, entries: BTreeMap<String, Vec<u8>>, revision: u64) {
         self.bytes = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
         self.entries = entries;
+        self.revision = revision;
         self.changed.clear();
         self.cleared = false;
         self.loaded = true;
@@ -85,9 +89,24 @@ impl Storage {
         self.cleared || !self.changed.is_empty()
     }
 
-    /// What changed since the last commit, to commit it.
+    /// What changed since the last commit, to commit it (everything, for
+    /// a store that writes whole rooms).
     pub(crate) fn take_changes(&mut self) -> Changes {
-        let entries = std::mem::take(&mut self.changed)
+        let changed = std::mem::take(&mut self.changed);
+        let cleared = std::mem::take(&mut self.cleared);
+        if self.durable.as_ref().is_some_and(RoomStore::whole_rooms) {
+            return Changes {
+                cleared: true,
+                entries: self
+                    .entries
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Some(v.clone())))
+                    .collect(),
+                revision: self.revision,
+                ..Changes::default()
+            };
+        }
+        let entries = changed
             .into_iter()
             .map(|key| {
                 let value = self.entries.get(&key).cloned();
@@ -95,10 +114,16 @@ impl Storage {
             })
             .collect();
         Changes {
-            cleared: std::mem::take(&mut self.cleared),
+            cleared,
             entries,
-            alarm: None,
+            revision: self.revision,
+            ..Changes::default()
         }
+    }
+
+    /// The commit succeeded: the stored data's new revision.
+    pub(crate) fn committed(&mut self, revision: u64) {
+        self.revision = revision;
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<Vec<u8>> {
@@ -194,10 +219,10 @@ mod tests {
     #[test]
     fn a_durable_store_tracks_changes_and_refuses_writes_after_a_disk_failure() {
         let dir = std::env::temp_dir().join(format!("wsroom-storage-{}", uuid::Uuid::new_v4()));
-        let store = DurableStore::open(&dir).unwrap();
-        let mut s = Storage::new(1000, Some(store.clone()));
+        let store = crate::store::DurableStore::open(&dir).unwrap();
+        let mut s = Storage::new(1000, Some(RoomStore::File(store.clone())));
         assert!(!s.is_loaded(), "read from the store first");
-        s.load([("a".to_owned(), b"1".to_vec())].into());
+        s.load([("a".to_owned(), b"1".to_vec())].into(), 0);
         assert_eq!(s.bytes(), 2);
         s.set("b".into(), b"2".to_vec()).unwrap();
         assert!(s.delete("a"));

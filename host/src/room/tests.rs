@@ -7,6 +7,7 @@ use crate::engine::Runtime;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::registry::Registry;
+use crate::store::DurableStore;
 use clap::Parser as _;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ fn registry_with_instances(max_instances: usize) -> Arc<Registry> {
 }
 
 fn registry_of(args: &[&str], max_instances: usize, store: Option<DurableStore>) -> Arc<Registry> {
+    let store = store.map(crate::store::RoomStore::File);
     let config = crate::config::Cli::parse_from(args).config().unwrap();
     let settings = Settings {
         inbox: 4,

@@ -14,6 +14,7 @@
 //! `projectId` → `(at ms since the epoch, retry count)`.
 
 mod committer;
+pub(crate) mod jetstream;
 mod stats;
 
 use std::collections::BTreeMap;
@@ -54,17 +55,86 @@ pub(crate) struct Alarm {
 pub(crate) struct RoomData {
     pub(crate) entries: BTreeMap<String, Vec<u8>>,
     pub(crate) alarm: Option<Alarm>,
+    /// The stored value's revision (JetStream; 0: none, or a file).
+    pub(crate) revision: u64,
 }
 
-/// What a room changed since its last commit.
+/// What a room changed since its last commit (with a store that wants
+/// [`RoomStore::whole_rooms`], the whole room).
 #[derive(Debug, Default)]
 pub(crate) struct Changes {
     /// Every key was deleted first (`storage-delete-all`).
     pub(crate) cleared: bool,
     /// Keys set (`Some`) or deleted (`None`), after the clearing.
     pub(crate) entries: Vec<(String, Option<Vec<u8>>)>,
-    /// The alarm, if it changed.
+    /// The alarm, if it changed (with whole rooms, always).
     pub(crate) alarm: Option<Option<Alarm>>,
+    /// Whether the alarm changed.
+    pub(crate) alarm_changed: bool,
+    /// The revision the room read or last wrote (JetStream).
+    pub(crate) revision: u64,
+}
+
+/// Where durable rooms keep their data: a file on a node alone, JetStream
+/// in a cluster.
+#[derive(Clone)]
+pub(crate) enum RoomStore {
+    File(DurableStore),
+    JetStream(Arc<jetstream::JetStreamStore>),
+}
+
+impl std::fmt::Debug for RoomStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoomStore::File(store) => store.fmt(f),
+            RoomStore::JetStream(_) => f.write_str("JetStream"),
+        }
+    }
+}
+
+impl RoomStore {
+    /// Whether writes are accepted: not within a second of a failed commit.
+    pub(crate) fn accepts_writes(&self) -> bool {
+        match self {
+            RoomStore::File(store) => store.accepts_writes(),
+            RoomStore::JetStream(store) => store.accepts_writes(),
+        }
+    }
+
+    /// Whether a commit carries the whole room rather than what changed.
+    pub(crate) fn whole_rooms(&self) -> bool {
+        matches!(self, RoomStore::JetStream(_))
+    }
+
+    pub(crate) fn stats(&self) -> &Stats {
+        match self {
+            RoomStore::File(store) => store.stats(),
+            RoomStore::JetStream(store) => store.stats(),
+        }
+    }
+
+    /// Everything stored for `project`.
+    pub(crate) async fn load(&self, project: Arc<str>) -> anyhow::Result<RoomData> {
+        match self {
+            RoomStore::File(store) => {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.load(&project)).await?
+            }
+            RoomStore::JetStream(store) => store.load(&project).await,
+        }
+    }
+
+    /// Makes `changes` durable; the room's new revision.
+    pub(crate) async fn commit(
+        &self,
+        project: Arc<str>,
+        changes: Changes,
+    ) -> Result<u64, CommitError> {
+        match self {
+            RoomStore::File(store) => store.commit(project, changes).await.map(|()| 0),
+            RoomStore::JetStream(store) => store.commit(&project, changes).await,
+        }
+    }
 }
 
 /// Why a commit failed: the disk's error, as text (every room of the group
