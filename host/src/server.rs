@@ -54,7 +54,7 @@ pub async fn run(
     // In a cluster, rooms keep their data in JetStream (unless
     // --in-memory), so that a project that moves keeps it.
     let nats = match &config.cluster {
-        Some(cluster) => Some(crate::cluster::connect(cluster).await?),
+        Some(cluster) => Some(crate::cluster::connect(cluster, "data").await?),
         None => None,
     };
     let store = match (&nats, &config.data_dir) {

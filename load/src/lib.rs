@@ -59,6 +59,12 @@ pub struct Cli {
     /// Address of the wsroom server (a loopback address).
     #[arg(long, default_value = "127.0.0.1:8787", global = true)]
     server: SocketAddr,
+    /// Another node of the same cluster (repeatable): clients are spread
+    /// over --server and these, round robin; the first client of each
+    /// project (a fan-out's sender, an rpc's requester) goes to --server,
+    /// so its node owns the project, and an rpc's responder to the next.
+    #[arg(long, global = true)]
+    also_server: Vec<SocketAddr>,
     /// Print one machine-readable JSON line instead of the report.
     #[arg(long, global = true)]
     json: bool,
@@ -157,6 +163,23 @@ enum Route {
     Id,
     /// No `to`: every receiver gets every message.
     Broadcast,
+}
+
+/// The nodes a run's clients connect to: `--server`, then the
+/// `--also-server`s.
+#[derive(Clone)]
+struct Servers(Arc<[SocketAddr]>);
+
+impl Servers {
+    /// The node of a project's first client.
+    fn first(&self) -> SocketAddr {
+        self.0[0]
+    }
+
+    /// The node of the `i`th client, round robin.
+    fn nth(&self, i: usize) -> SocketAddr {
+        self.0[i % self.0.len()]
+    }
 }
 
 /// A client connection after the handshake (see [`wire`]).
@@ -397,7 +420,7 @@ struct Progress {
 }
 
 async fn fanout(
-    server: SocketAddr,
+    servers: &Servers,
     args: FanoutArgs,
     server_pid: Option<u32>,
     deadline: Instant,
@@ -442,10 +465,10 @@ async fn fanout(
             delivered: AtomicU64::new(0),
             wake: Notify::new(),
         });
-        let (sender_ws, sender_id) = connect(server, "runtime", &project).await?;
+        let (sender_ws, sender_id) = connect(servers.first(), "runtime", &project).await?;
         let mut receiver_ids = Vec::new();
         for r in 0..receivers {
-            let (ws, id) = connect(server, "data-agent", &project).await?;
+            let (ws, id) = connect(servers.nth(r), "data-agent", &project).await?;
             receiver_ids.push(id);
             let expected = match route {
                 Route::Id => (messages + (receivers - 1 - r) as u64) / receivers as u64,
@@ -744,7 +767,7 @@ async fn receive(mut ws: Ws, expect: Expect, tally: Tally) {
 }
 
 async fn rpc(
-    server: SocketAddr,
+    servers: &Servers,
     args: RpcArgs,
     server_pid: Option<u32>,
     deadline: Instant,
@@ -766,8 +789,8 @@ async fn rpc(
     let mut sockets = Vec::new();
     for i in 0..pairs {
         let project = format!("{run}-{}", i % projects);
-        let (client, client_id) = connect(server, "runtime", &project).await?;
-        let (agent, agent_id) = connect(server, "data-agent", &project).await?;
+        let (client, client_id) = connect(servers.first(), "runtime", &project).await?;
+        let (agent, agent_id) = connect(servers.nth(1), "data-agent", &project).await?;
         sockets.push((client, client_id, agent, agent_id));
     }
     let cpu0 = server_pid.map(cpu_times).transpose()?;
@@ -883,7 +906,7 @@ async fn rpc(
 
 /// A process's CPU time so far (all its threads), in seconds: user, system.
 async fn chat(
-    server: SocketAddr,
+    servers: &Servers,
     args: ChatArgs,
     server_pid: Option<u32>,
     deadline: Instant,
@@ -903,7 +926,7 @@ async fn chat(
     let pad = "x".repeat(size);
     let mut sockets = Vec::new();
     for i in 0..speakers {
-        let mut ws = open(server, "member", &format!("{run}-{}", i % projects)).await?;
+        let mut ws = open(servers.nth(i), "member", &format!("{run}-{}", i % projects)).await?;
         read_text(&mut ws).await.context("the chat history")?;
         sockets.push(ws);
     }
@@ -1040,7 +1063,7 @@ fn memory(pid: u32) -> anyhow::Result<Memory> {
 }
 
 async fn connect_many(
-    server: SocketAddr,
+    servers: &Servers,
     args: ConnectArgs,
     server_pid: Option<u32>,
     deadline: Instant,
@@ -1080,6 +1103,7 @@ async fn connect_many(
             let project = format!("{run}-{}", i % projects);
             let hist = hist.clone();
             let checks = checks.clone();
+            let server = servers.nth(i);
             tasks.push(tokio::spawn(async move {
                 let t = Instant::now();
                 let remaining = deadline.saturating_duration_since(t);
@@ -1296,9 +1320,11 @@ fn check_open_files(connections: usize, files: Option<u64>) -> anyhow::Result<()
 /// open files for every connection, the server's pid) and starts the
 /// runtime the run goes on.
 fn prepare(cli: &Cli) -> anyhow::Result<tokio::runtime::Runtime> {
-    let ip: IpAddr = cli.server.ip();
-    if !ip.is_loopback() {
-        bail!("wsroom-load only drives servers on loopback addresses; {ip} is not one");
+    for server in std::iter::once(&cli.server).chain(&cli.also_server) {
+        let ip: IpAddr = server.ip();
+        if !ip.is_loopback() {
+            bail!("wsroom-load only drives servers on loopback addresses; {ip} is not one");
+        }
     }
     // As the server does: many systems start processes with a soft limit of
     // 1024 open files, fewer than a run's connections.
@@ -1328,11 +1354,16 @@ fn prepare(cli: &Cli) -> anyhow::Result<tokio::runtime::Runtime> {
 /// Runs the scenario; `reference-server` returns only on error.
 async fn scenario(cli: &Cli) -> anyhow::Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(cli.timeout_secs);
+    let servers = Servers(
+        std::iter::once(cli.server)
+            .chain(cli.also_server.iter().copied())
+            .collect(),
+    );
     match cli.scenario {
-        Scenario::Fanout(args) => fanout(cli.server, args, cli.server_pid, deadline).await,
-        Scenario::Rpc(args) => rpc(cli.server, args, cli.server_pid, deadline).await,
-        Scenario::Connect(args) => connect_many(cli.server, args, cli.server_pid, deadline).await,
-        Scenario::Chat(args) => chat(cli.server, args, cli.server_pid, deadline).await,
+        Scenario::Fanout(args) => fanout(&servers, args, cli.server_pid, deadline).await,
+        Scenario::Rpc(args) => rpc(&servers, args, cli.server_pid, deadline).await,
+        Scenario::Connect(args) => connect_many(&servers, args, cli.server_pid, deadline).await,
+        Scenario::Chat(args) => chat(&servers, args, cli.server_pid, deadline).await,
         // Serves until killed; returns only on error.
         Scenario::ReferenceServer => reference::serve(cli.server)
             .await

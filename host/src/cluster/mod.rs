@@ -126,7 +126,12 @@ impl Cluster {
         outbox_limit: usize,
     ) -> anyhow::Result<Arc<Cluster>> {
         let node: Arc<str> = config.node_name.as_str().into();
-        let js = async_nats::jetstream::new(client.clone());
+        // The lease and the owners on a connection of their own: on the
+        // one that carries clients' messages and frames, a renewal would
+        // queue behind megabytes of frames under load, and a node that
+        // misses its renewals stops its rooms.
+        let control = connect(config, "control").await?;
+        let js = async_nats::jetstream::new(control);
         let leases = Leases::open(&js, node.clone(), config.lease).await?;
         let subscription = client
             .subscribe(wire::inbox(&node))
@@ -771,9 +776,12 @@ impl RemoteClient {
 
 /// Connects to NATS as `config` says (the connection reconnects by itself,
 /// with backoff, whenever it is lost).
-pub(crate) async fn connect(config: &ClusterConfig) -> anyhow::Result<async_nats::Client> {
+pub(crate) async fn connect(
+    config: &ClusterConfig,
+    purpose: &str,
+) -> anyhow::Result<async_nats::Client> {
     let mut options = async_nats::ConnectOptions::new()
-        .name(format!("wsroom {}", config.node_name))
+        .name(format!("wsroom {} ({purpose})", config.node_name))
         .request_timeout(Some(REQUEST_TIMEOUT))
         .event_callback(|event| async move {
             match event {

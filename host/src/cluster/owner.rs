@@ -1,12 +1,16 @@
 //! The owner's side of clients held by other nodes. Such a client is in
 //! the room's table like any other, with an outbox of its own; instead of a
-//! socket writer, a forwarder drains that outbox and publishes each batch
-//! of frames to the holder node, numbered. [`Served`] maps the holders'
-//! keys to the table's entries for their messages and closes.
+//! socket writer, a forwarder drains that outbox into its holder node's
+//! [`Link`], which publishes the batches of all that node's clients
+//! gathered meanwhile in one NATS message (a broadcast's frame written
+//! once). [`Served`] maps the holders' keys to the table's entries for
+//! their messages and closes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use super::wire;
@@ -26,6 +30,87 @@ pub(super) struct Served {
 struct Holder {
     epoch: u64,
     clients: HashMap<u64, ServedConn>,
+    /// Where their frames go.
+    link: Option<Arc<Link>>,
+}
+
+impl Holder {
+    /// Stops forwarding to this node: its forwarders, then its link.
+    fn close(self) {
+        for served in self.clients.into_values() {
+            served.forwarder.abort();
+        }
+        if let Some(link) = self.link {
+            // Wakes it to see it is the last one holding itself.
+            link.wake.notify_one();
+        }
+    }
+}
+
+/// The frames on their way to one holder node: every forwarder of its
+/// clients adds its batches, one task publishes what gathered.
+pub(super) struct Link {
+    pending: Mutex<Vec<wire::Batch>>,
+    wake: Notify,
+}
+
+/// Most bytes of frames in one NATS message (NATS refuses messages over
+/// its `max_payload`, 1 MiB by default).
+const MESSAGE_BYTES: usize = 512 * 1024;
+
+impl Link {
+    fn start(client: async_nats::Client, subject: async_nats::Subject, epoch: u64) -> Arc<Link> {
+        let link = Arc::new(Link {
+            pending: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+        });
+        tokio::spawn(link.clone().publish(client, subject, epoch));
+        link
+    }
+
+    fn push(&self, batch: wire::Batch) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(batch);
+        self.wake.notify_one();
+    }
+
+    /// Publishes what gathered, a message per [`MESSAGE_BYTES`], until the
+    /// link is the last holder of itself (its node's clients all gone).
+    async fn publish(
+        self: Arc<Self>,
+        client: async_nats::Client,
+        subject: async_nats::Subject,
+        epoch: u64,
+    ) {
+        let mut taken = Vec::new();
+        loop {
+            self.wake.notified().await;
+            std::mem::swap(
+                &mut taken,
+                &mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()),
+            );
+            while !taken.is_empty() {
+                let mut bytes = 0;
+                let cut = taken
+                    .iter()
+                    .position(|b| {
+                        bytes += b.frames.iter().map(Bytes::len).sum::<usize>();
+                        bytes > MESSAGE_BYTES
+                    })
+                    .map_or(taken.len(), |i| i.max(1));
+                let body = wire::frames(epoch, &taken[..cut]);
+                taken.drain(..cut);
+                // Fails only once the connection is closed: the holder sees
+                // the gap then.
+                let _ = client.publish(subject.clone(), body).await;
+            }
+            if Arc::strong_count(&self) == 1 {
+                return;
+            }
+        }
+    }
 }
 
 struct ServedConn {
@@ -52,8 +137,6 @@ impl Served {
         conn: ConnRef,
         outbox: Arc<Outbox>,
     ) {
-        let subject = wire::subject(holder, &format!("frames.{me}")).into();
-        let forwarder = tokio::spawn(forward(client.clone(), subject, key, epoch, outbox));
         let mut conns = self.lock();
         let of_holder = conns.entry(holder.into()).or_default();
         if of_holder.epoch != holder_epoch {
@@ -63,6 +146,14 @@ impl Served {
             }
             of_holder.epoch = holder_epoch;
         }
+        let link = of_holder
+            .link
+            .get_or_insert_with(|| {
+                let subject = wire::subject(holder, &format!("frames.{me}"));
+                Link::start(client.clone(), subject.into(), epoch)
+            })
+            .clone();
+        let forwarder = tokio::spawn(forward(link, key, outbox));
         let old = of_holder.clients.insert(
             key,
             ServedConn {
@@ -89,9 +180,6 @@ impl Served {
         let mut conns = self.lock();
         let of_holder = conns.get_mut(holder)?;
         let served = of_holder.clients.remove(&key)?;
-        if of_holder.clients.is_empty() {
-            conns.remove(holder);
-        }
         Some((served.room, served.conn))
     }
 
@@ -99,9 +187,7 @@ impl Served {
     /// here (the node that takes a project over serves them).
     pub(super) fn clear(&self) {
         for (_, of_holder) in self.lock().drain() {
-            for served in of_holder.clients.into_values() {
-                served.forwarder.abort();
-            }
+            of_holder.close();
         }
     }
 
@@ -118,17 +204,15 @@ impl Served {
         if conns.get(holder).is_none_or(|of| of.epoch != epoch) {
             return Vec::new();
         }
-        let Some(of_holder) = conns.remove(holder) else {
+        let Some(mut of_holder) = conns.remove(holder) else {
             return Vec::new();
         };
-        of_holder
-            .clients
+        let clients = std::mem::take(&mut of_holder.clients)
             .into_values()
-            .map(|served| {
-                served.forwarder.abort();
-                (served.room, served.conn)
-            })
-            .collect()
+            .map(|served| (served.room, served.conn))
+            .collect();
+        of_holder.close();
+        clients
     }
 
     pub(super) fn len(&self) -> usize {
@@ -136,25 +220,21 @@ impl Served {
     }
 }
 
-/// Publishes what the room queues for a client on another node, batch by
-/// batch, until the client's outbox finishes.
-async fn forward(
-    client: async_nats::Client,
-    subject: async_nats::Subject,
-    key: u64,
-    epoch: u64,
-    outbox: Arc<Outbox>,
-) {
-    let mut batch = Vec::new();
+/// Hands what the room queues for a client on another node to its node's
+/// link, batch by batch, until the client's outbox finishes.
+async fn forward(link: Arc<Link>, key: u64, outbox: Arc<Outbox>) {
     let mut seq = 0;
     loop {
-        let next = outbox.take(&mut batch).await;
+        let mut frames = Vec::new();
+        let next = outbox.take(&mut frames).await;
         seq += 1;
-        let body = wire::frames(key, epoch, seq, next, &batch);
-        batch.clear();
-        // Publishing waits while the connection's buffer is full and fails
-        // only once the client is closed: the holder sees the gap then.
-        if client.publish(subject.clone(), body).await.is_err() || next != Next::Continue {
+        link.push(wire::Batch {
+            key,
+            seq,
+            next,
+            frames,
+        });
+        if next != Next::Continue {
             return;
         }
     }

@@ -46,6 +46,42 @@ impl Stub {
         (link.node.clone(), link.epoch)
     }
 
+    /// Queues a batch of frames from the owner under `epoch`.
+    fn take(&self, epoch: u64, batch: wire::Batch) {
+        {
+            let mut link = self.link();
+            if link.epoch != epoch {
+                // From a node that no longer owns the project.
+                return;
+            }
+            if batch.seq != link.seq + 1 {
+                drop(link);
+                self.outbox.close(
+                    CLOSE_FRAMES_LOST,
+                    "messages were lost between cluster nodes; reconnect",
+                );
+                return;
+            }
+            link.seq = batch.seq;
+        }
+        let mut frames = batch.frames;
+        match batch.next {
+            Next::Continue => {
+                // An overflow is the outbox's to handle: it closes the
+                // client with 1013 as a local room's would.
+                let _ = self.outbox.push_all(frames);
+            }
+            Next::Finish => {
+                let close = frames.pop();
+                let _ = self.outbox.push_all(frames);
+                if let Some(close) = close {
+                    self.outbox.close_raw(close);
+                }
+            }
+            Next::Abort => self.outbox.abort(),
+        }
+    }
+
     /// The project moved to `node`: frames count from there anew.
     pub(super) fn moved_to(&self, node: Arc<str>, epoch: u64) {
         *self.link() = Link {
@@ -132,40 +168,18 @@ impl Stubs {
             .collect()
     }
 
-    /// Puts a batch of frames from an owner in its client's outbox: in
-    /// order, from the client's current owner only; a gap closes it.
+    /// Puts the batches of frames from an owner in their clients'
+    /// outboxes: in order, from each client's current owner only; a gap
+    /// closes the client.
     pub(super) fn deliver(&self, body: &Bytes) {
-        let Some(batch) = wire::parse_frames(body) else {
+        let Some((epoch, batches)) = wire::parse_frames(body) else {
             return;
         };
-        let Some(stub) = self.lock().by_key.get(&batch.key).cloned() else {
-            return;
-        };
-        {
-            let mut link = stub.link();
-            if link.epoch != batch.epoch {
-                // From a node that no longer owns the project.
-                return;
-            }
-            if batch.seq != link.seq + 1 {
-                drop(link);
-                stub.outbox.close(
-                    CLOSE_FRAMES_LOST,
-                    "messages were lost between cluster nodes; reconnect",
-                );
-                return;
-            }
-            link.seq = batch.seq;
-        }
-        // An overflow is the outbox's to handle: it closes the client with
-        // 1013 as a local room's would.
-        if !batch.data.is_empty() {
-            let _ = stub.outbox.push(batch.data);
-        }
-        match batch.next {
-            Next::Continue => {}
-            Next::Finish => stub.outbox.close_raw(batch.close),
-            Next::Abort => stub.outbox.abort(),
+        for batch in batches {
+            let Some(stub) = self.lock().by_key.get(&batch.key).cloned() else {
+                continue;
+            };
+            stub.take(epoch, batch);
         }
     }
 }

@@ -9,13 +9,16 @@
 //! - `msg.<holder>`: a client's message ([`message`]), answered once the
 //!   room has handled it ([`MessageReply`]).
 //! - `close.<holder>`: a client left ([`close`]).
-//! - `frames.<owner>`: what a room sent one of this node's clients
-//!   ([`frames`]), in order, numbered so that a gap is seen.
+//! - `frames.<owner>`: what the owner's rooms sent this node's clients
+//!   ([`frames`]): batches for many clients in one body, each client's
+//!   numbered so that a gap is seen.
 //! - `gather`: a node took over a project: which of its clients are here?
 //! - `report`: `/status` or `/health` of a project this node owns.
 //!
 //! Nothing a peer sends is trusted to be well formed: every parser returns
 //! `None` on a short or malformed body.
+
+use std::collections::HashMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -224,62 +227,118 @@ pub(super) fn parse_close(body: &[u8]) -> Option<(u64, u16, String)> {
 const CONTINUE: u8 = 0;
 const FINISH: u8 = 1;
 const ABORT: u8 = 2;
+/// A frame's length word with this bit set names an earlier frame of the
+/// same body instead (its index in the lower bits).
+const SAME_AS: u32 = 1 << 31;
 
-/// `frames`: the client's key, the owner's epoch, the batch's number, what
-/// the batch ends with, the close frame's length (when it ends with one),
-/// then the frames as the client will read them.
-pub(super) fn frames(key: u64, epoch: u64, seq: u64, next: Next, batch: &[Bytes]) -> Bytes {
-    let len: usize = batch.iter().map(Bytes::len).sum();
-    let mut out = BytesMut::with_capacity(29 + len);
-    out.put_u64(key);
+/// What the room queued for one client since its last batch.
+pub(super) struct Batch {
+    pub(super) key: u64,
+    /// Its number among the client's batches, from 1.
+    pub(super) seq: u64,
+    /// What the batch ends with: with `Finish`, its last frame is the
+    /// close frame.
+    pub(super) next: Next,
+    pub(super) frames: Vec<Bytes>,
+}
+
+/// `frames`: the owner's epoch, then batches for clients of one holder
+/// node: each client's key, the batch's number, what it ends with, its
+/// frame count, and each frame, written once per body: a frame several
+/// clients get (a broadcast's) is written the first time and named by its
+/// index after that, so a fan-out to a node's clients costs one copy.
+pub(super) fn frames(epoch: u64, batches: &[Batch]) -> Bytes {
+    let mut out = BytesMut::new();
     out.put_u64(epoch);
-    out.put_u64(seq);
-    let (flag, close_len) = match next {
-        Next::Continue => (CONTINUE, 0),
-        Next::Finish => (FINISH, batch.last().map_or(0, Bytes::len)),
-        Next::Abort => (ABORT, 0),
-    };
-    out.put_u8(flag);
-    out.put_u32(u32::try_from(close_len).unwrap_or(0));
-    for frame in batch {
-        out.put_slice(frame);
+    let mut written: HashMap<(usize, usize), u32> = HashMap::new();
+    let mut count = 0u32;
+    for batch in batches {
+        out.put_u64(batch.key);
+        out.put_u64(batch.seq);
+        out.put_u8(match batch.next {
+            Next::Continue => CONTINUE,
+            Next::Finish => FINISH,
+            Next::Abort => ABORT,
+        });
+        out.put_u32(batch.frames.len() as u32);
+        for frame in &batch.frames {
+            let id = (frame.as_ptr() as usize, frame.len());
+            match written.get(&id) {
+                Some(index) => out.put_u32(SAME_AS | index),
+                None => {
+                    written.insert(id, count);
+                    count += 1;
+                    out.put_u32(frame.len() as u32);
+                    out.put_slice(frame);
+                }
+            }
+        }
     }
     out.freeze()
 }
 
-/// A batch of frames for one client, as [`frames`] wrote it.
-pub(super) struct Frames {
-    pub(super) key: u64,
-    pub(super) epoch: u64,
-    pub(super) seq: u64,
-    pub(super) next: Next,
-    /// The data frames.
-    pub(super) data: Bytes,
-    /// The close frame it ends with (`Next::Finish`).
-    pub(super) close: Bytes,
+/// The owner's epoch and the batches of a [`frames`] body; `None` if it is
+/// malformed (then nothing of it is delivered).
+pub(super) fn parse_frames(body: &Bytes) -> Option<(u64, Vec<Batch>)> {
+    let mut r = Reader { body, at: 0 };
+    let epoch = r.u64()?;
+    let mut seen: Vec<Bytes> = Vec::new();
+    let mut batches = Vec::new();
+    while r.at < body.len() {
+        let key = r.u64()?;
+        let seq = r.u64()?;
+        let next = match r.bytes(1)?[0] {
+            CONTINUE => Next::Continue,
+            FINISH => Next::Finish,
+            ABORT => Next::Abort,
+            _ => return None,
+        };
+        let n = r.u32()? as usize;
+        let mut frames = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let word = r.u32()?;
+            if word & SAME_AS != 0 {
+                frames.push(seen.get((word & !SAME_AS) as usize)?.clone());
+            } else {
+                let frame = r.bytes(word as usize)?;
+                seen.push(frame.clone());
+                frames.push(frame);
+            }
+        }
+        batches.push(Batch {
+            key,
+            seq,
+            next,
+            frames,
+        });
+    }
+    Some((epoch, batches))
 }
 
-pub(super) fn parse_frames(body: &Bytes) -> Option<Frames> {
-    let field = |at: usize| -> Option<u64> {
-        Some(u64::from_be_bytes(body.get(at..at + 8)?.try_into().ok()?))
-    };
-    let next = match *body.get(24)? {
-        CONTINUE => Next::Continue,
-        FINISH => Next::Finish,
-        ABORT => Next::Abort,
-        _ => return None,
-    };
-    let close_len = u32::from_be_bytes(body.get(25..29)?.try_into().ok()?) as usize;
-    let frames = body.slice(29.min(body.len())..);
-    let split = frames.len().checked_sub(close_len)?;
-    Some(Frames {
-        key: field(0)?,
-        epoch: field(8)?,
-        seq: field(16)?,
-        next,
-        data: frames.slice(..split),
-        close: frames.slice(split..),
-    })
+/// Reads a body front to back, every read checked against its end.
+struct Reader<'a> {
+    body: &'a Bytes,
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn bytes(&mut self, n: usize) -> Option<Bytes> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&end| end <= self.body.len())?;
+        let slice = self.body.slice(self.at..end);
+        self.at = end;
+        Some(slice)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.bytes(8)?[..].try_into().ok()?))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.bytes(4)?[..].try_into().ok()?))
+    }
 }
 
 #[cfg(test)]
@@ -304,20 +363,59 @@ mod tests {
             parse_close(&close(9, 1001, "bye")),
             Some((9, 1001, "bye".into()))
         );
-        let batch = [Bytes::from_static(b"ab"), Bytes::from_static(b"close")];
-        let f = parse_frames(&frames(3, 4, 5, Next::Finish, &batch)).unwrap();
-        assert_eq!((f.key, f.epoch, f.seq, f.next), (3, 4, 5, Next::Finish));
-        assert_eq!((&f.data[..], &f.close[..]), (&b"ab"[..], &b"close"[..]));
+        let shared = Bytes::from_static(b"broadcast");
+        let batches = [
+            Batch {
+                key: 3,
+                seq: 5,
+                next: Next::Finish,
+                frames: vec![shared.clone(), Bytes::from_static(b"close")],
+            },
+            Batch {
+                key: 4,
+                seq: 1,
+                next: Next::Continue,
+                frames: vec![shared.clone()],
+            },
+        ];
+        let body = frames(9, &batches);
+        // The broadcast is written once.
+        assert_eq!(body.len(), 8 + 2 * 21 + 4 + 9 + 4 + 5 + 4);
+        let (epoch, back) = parse_frames(&body).unwrap();
+        assert_eq!(epoch, 9);
+        assert_eq!(back.len(), 2);
+        assert_eq!(
+            (back[0].key, back[0].seq, back[0].next),
+            (3, 5, Next::Finish)
+        );
+        assert_eq!(back[0].frames, [&b"broadcast"[..], &b"close"[..]]);
+        assert_eq!(
+            (back[1].key, back[1].seq, back[1].next),
+            (4, 1, Next::Continue)
+        );
+        assert_eq!(back[1].frames, [&b"broadcast"[..]]);
     }
 
     #[test]
     fn a_malformed_body_is_refused_not_a_panic() {
-        let mut bad = frames(1, 1, 1, Next::Continue, &[]).to_vec();
-        bad[25..29].copy_from_slice(&100u32.to_be_bytes());
+        let one = Batch {
+            key: 1,
+            seq: 1,
+            next: Next::Continue,
+            frames: vec![Bytes::from_static(b"x")],
+        };
+        let good = frames(1, &[one]).to_vec();
+        for cut in 9..good.len() {
+            assert!(parse_frames(&Bytes::copy_from_slice(&good[..cut])).is_none());
+        }
+        // A reference to a frame not yet written.
+        let mut bad = good.clone();
+        bad[29..33].copy_from_slice(&(SAME_AS | 7).to_be_bytes());
         assert!(parse_frames(&Bytes::from(bad)).is_none());
         for n in 0..30 {
             let body = Bytes::from(vec![0xff; n]);
-            assert!(parse_frames(&body).is_none());
+            // Eight bytes are an epoch and no batch.
+            assert_eq!(parse_frames(&body).is_none(), n != 8, "{n}");
             let _ = parse_message(&body);
             let _ = parse_close(&body);
         }
