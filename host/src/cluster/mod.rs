@@ -639,6 +639,15 @@ impl Cluster {
             None => wire::MessageReply::Lost,
             Some((key, incoming)) => match self.served.get(&holder, key) {
                 Some((room, conn)) if self.leases.valid() => {
+                    // An idle room runs it here, as a local reader would,
+                    // without waking the room's task.
+                    if let Some(mut turn) = room.try_run() {
+                        turn.message(conn, incoming).await;
+                        drop(turn);
+                        self.reply(&message, wire::MessageReply::Handled.encode())
+                            .await;
+                        return;
+                    }
                     let (done, handled) = oneshot::channel();
                     let event = Event::Forwarded {
                         conn,

@@ -87,6 +87,10 @@ impl Link {
         let mut taken = Vec::new();
         loop {
             self.wake.notified().await;
+            // The forwarders of a room's other clients here were woken by
+            // the same flush: let them add their batches first, so that
+            // they go in this message (and a broadcast is written once).
+            tokio::task::yield_now().await;
             std::mem::swap(
                 &mut taken,
                 &mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()),
