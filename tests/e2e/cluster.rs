@@ -89,8 +89,13 @@ impl Drop for Nats {
 /// A node named `name` of the cluster on `nats`, with a lease of
 /// `lease_ms`.
 pub(crate) fn node(nats: &Nats, name: &str, lease_ms: &str) -> Server {
+    node_with(nats, name, lease_ms, &[])
+}
+
+/// A node with more flags.
+fn node_with(nats: &Nats, name: &str, lease_ms: &str, extra: &[&str]) -> Server {
     let url = nats.url();
-    Server::start(&[
+    let mut args = vec![
         "--in-memory",
         "--nats",
         &url,
@@ -98,7 +103,9 @@ pub(crate) fn node(nats: &Nats, name: &str, lease_ms: &str) -> Server {
         name,
         "--lease-ms",
         lease_ms,
-    ])
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args)
 }
 
 /// Three nodes on one nats-server.
@@ -473,4 +480,56 @@ async fn a_project_keeps_its_store_when_it_moves_and_a_live_node_fires_its_alarm
         health["store"]["commits"].as_u64().unwrap() >= 1,
         "{health}"
     );
+}
+
+#[tokio::test]
+async fn a_dead_owner_s_project_is_taken_over_without_waiting_for_a_message() {
+    let nats = Nats::start();
+    let [n1, n2, n3] = three_nodes(&nats);
+    let p = project();
+    let _own = n1.connect("runtime", &p).await;
+    let mut r = n2.connect("runtime", &p).await;
+    let mut d = n3.connect("data-agent", &p).await;
+    kill_9(n1);
+    // Nobody sends anything: the nodes holding its clients notice the
+    // owner's lease ended, and one of them takes the project over.
+    poll_until(
+        "the project's clients gathered by a live node",
+        Duration::from_millis(100),
+        async || n2.get(&format!("/status?projectId={p}")).await.1,
+        |status| status["clientCount"] == 2,
+    )
+    .await;
+    let counts = rooms(&[&n2, &n3]).await;
+    assert_eq!(counts.iter().sum::<u64>(), 1, "{counts:?}");
+    r.send_json(&json!({"id": "m", "type": "t", "to": {"id": d.id}}))
+        .await;
+    assert_eq!(d.next_json().await["id"], "m");
+}
+
+#[tokio::test]
+async fn a_project_s_limits_and_its_room_s_refusals_hold_across_nodes() {
+    let nats = Nats::start();
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let [n1, n2, n3]: [Server; 3] = std::array::from_fn(|i| {
+        node_with(
+            &nats,
+            &format!("l{i}-{tag}"),
+            LEASE_MS,
+            &["--max-project-connections", "2"],
+        )
+    });
+    let p = project();
+    let _a = n1.connect("runtime", &p).await;
+    // The room on n1 refuses, through n2, what it refuses locally.
+    let (code, body) = n2.refused(&format!("type=robot&projectId={p}")).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["error"], "invalid_type");
+    let _b = n2.connect("admin", &p).await;
+    // The project's limit counts its clients on every node.
+    let (code, body) = n3.refused(&format!("type=runtime&projectId={p}")).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["error"], "too_many_project_connections");
+    let (_, status) = n3.get(&format!("/status?projectId={p}")).await;
+    assert_eq!(status["clientCount"], 2, "{status}");
 }

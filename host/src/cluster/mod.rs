@@ -20,6 +20,7 @@ mod owner;
 mod remote;
 mod wire;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +56,8 @@ const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a forwarded message may wait for the owner's room to handle
 /// it (it may queue behind others).
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Locks that claims of projects take, by a hash of the projectId.
+const CLAIM_STRIPES: usize = 64;
 /// Pause between two looks for the owner of a project that is moving.
 const RETRY: Duration = Duration::from_millis(100);
 /// The longest pause between two looks (many clients may be looking).
@@ -68,10 +71,11 @@ pub(crate) struct Cluster {
     served: Served,
     registry: Arc<Registry>,
     outbox_limit: usize,
-    /// Claims, and the gathering that follows a takeover, one at a time: a
-    /// second client of a project being taken waits until its clients are
-    /// back in its table.
-    claiming: tokio::sync::Mutex<()>,
+    /// Claims, and the gathering that follows a takeover, one at a time per
+    /// project: a second client of a project being taken waits until its
+    /// clients are back in its table. (Striped by a hash of the projectId:
+    /// claims of most pairs of projects go on at once.)
+    claiming: [tokio::sync::Mutex<()>; CLAIM_STRIPES],
     /// Warnings a flapping connection to NATS would repeat.
     warnings: Throttle,
 }
@@ -145,7 +149,7 @@ impl Cluster {
             served: Served::default(),
             registry: registry.clone(),
             outbox_limit,
-            claiming: tokio::sync::Mutex::new(()),
+            claiming: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             warnings: Throttle::new(1),
         });
         tokio::spawn(cluster.clone().serve(subscription));
@@ -197,6 +201,7 @@ impl Cluster {
                 self.fence().await;
             }
             self.drop_clients_of_ended_nodes().await;
+            self.adopt_orphans().await;
         }
     }
 
@@ -238,6 +243,25 @@ impl Cluster {
                         reason: String::new(),
                     })
                     .await;
+            }
+        }
+    }
+
+    /// The projects whose clients here are served by a node whose lease
+    /// ended are taken over now, not at their clients' next message: the
+    /// node that takes one gathers its clients from every node.
+    async fn adopt_orphans(&self) {
+        let mut alive: HashMap<Arc<str>, Option<u64>> = HashMap::new();
+        for (project, node, epoch) in self.stubs.projects() {
+            let now = match alive.get(&node) {
+                Some(now) => *now,
+                None => match self.leases.node_epoch(&node).await {
+                    Ok(now) => *alive.entry(node).or_insert(now),
+                    Err(_) => return,
+                },
+            };
+            if now != Some(epoch) {
+                let _ = self.place(&project).await;
             }
         }
     }
@@ -382,7 +406,13 @@ impl Cluster {
         if !self.leases.valid() {
             return Err("this node holds no lease in the cluster (is NATS reachable?)".into());
         }
-        let _claiming = self.claiming.lock().await;
+        let stripe = {
+            use std::hash::{BuildHasher as _, Hasher as _};
+            let mut h = foldhash::fast::FixedState::default().build_hasher();
+            h.write(project.as_bytes());
+            h.finish() as usize % CLAIM_STRIPES
+        };
+        let _claiming = self.claiming[stripe].lock().await;
         for _ in 0..PLACE_ATTEMPTS {
             if self.leases.owns(project) {
                 return Ok(Placement::Here);

@@ -152,6 +152,21 @@ impl Stubs {
         self.lock().by_key.len()
     }
 
+    /// Each project with clients here, with the node (and its epoch) that
+    /// serves them.
+    pub(super) fn projects(&self) -> Vec<(Arc<str>, Arc<str>, u64)> {
+        let index = self.lock();
+        index
+            .by_project
+            .iter()
+            .filter_map(|(project, keys)| {
+                let stub = index.by_key.get(keys.iter().next()?)?;
+                let (node, epoch) = stub.owner();
+                Some((project.clone(), node, epoch))
+            })
+            .collect()
+    }
+
     /// The project's clients here, now served by `node`.
     pub(super) fn moved(&self, project: &str, node: &str, epoch: u64) -> Vec<wire::Client> {
         let node: Arc<str> = node.into();
