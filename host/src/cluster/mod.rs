@@ -22,6 +22,7 @@ mod wire;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -42,7 +43,7 @@ use crate::room::{ClientMeta, Event, Incoming, Refusal};
 use lease::{Leases, Owner};
 pub(crate) use lease::{Validity, bucket};
 use owner::Served;
-use remote::{Stub, Stubs};
+use remote::{Answer, Stub, Stubs};
 
 /// How many times a connect looks for the project's owner again when the
 /// node it found turned out not to be it.
@@ -363,6 +364,7 @@ impl Cluster {
                     return Ok(RoomLink::Remote(RemoteClient {
                         cluster: self.clone(),
                         stub,
+                        sent: AtomicU64::new(0),
                     }));
                 }
                 Some(wire::ConnectReply::NotOwner) => {
@@ -585,6 +587,18 @@ impl Cluster {
                 // In order, here: a client's frames must not overtake each
                 // other.
                 ("frames", Some(_)) => self.stubs.deliver(&message.payload),
+                // The answer to a client's message, on its own, or NATS
+                // saying nobody took it.
+                ("ack", Some(key)) => {
+                    let Some(stub) = key.parse().ok().and_then(|key| self.stubs.get(key)) else {
+                        continue;
+                    };
+                    if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                        stub.answered(None, Answer::NoResponders);
+                    } else if let Some((seq, reply)) = wire::MessageReply::decode(&message.payload) {
+                        stub.answered(Some(seq), Answer::Replied(reply));
+                    }
+                }
                 ("msg", Some(holder)) => {
                     let holder: Arc<str> = holder.into();
                     tokio::spawn(self.clone().on_message(holder, message));
@@ -665,19 +679,18 @@ impl Cluster {
     /// A message from a client another node holds: answered once the room
     /// handled it.
     async fn on_message(self: Arc<Self>, holder: Arc<str>, message: Message) {
-        let answer = match wire::parse_message(&message.payload) {
-            None => wire::MessageReply::Lost,
-            Some((key, incoming)) => match self.served.get(&holder, key) {
-                Some((room, conn)) if self.leases.valid() => {
-                    // An idle room runs it here, as a local reader would,
-                    // without waking the room's task.
-                    if let Some(mut turn) = room.try_run() {
-                        turn.message(conn, incoming).await;
-                        drop(turn);
-                        self.reply(&message, wire::MessageReply::Handled.encode())
-                            .await;
-                        return;
-                    }
+        let Some((key, seq, incoming)) = wire::parse_message(&message.payload) else {
+            return;
+        };
+        let answer = match self.served.get(&holder, key) {
+            Some((room, conn)) if self.leases.valid() => {
+                // An idle room runs it here, as a local reader would,
+                // without waking the room's task.
+                if let Some(mut turn) = room.try_run() {
+                    turn.message(conn, incoming).await;
+                    drop(turn);
+                    wire::MessageReply::Handled
+                } else {
                     let (done, handled) = oneshot::channel();
                     let event = Event::Forwarded {
                         conn,
@@ -690,10 +703,16 @@ impl Cluster {
                         wire::MessageReply::Lost
                     }
                 }
-                _ => wire::MessageReply::Unknown,
-            },
+            }
+            _ => wire::MessageReply::Unknown,
         };
-        self.reply(&message, answer.encode()).await;
+        // With the frames for that node when there are (many answers then
+        // share a NATS message), else on its own.
+        let with_frames = answer != wire::MessageReply::Unknown
+            && self.served.ack(&holder, key, seq, answer.clone());
+        if !with_frames {
+            self.reply(&message, answer.encode(seq)).await;
+        }
     }
 
     async fn on_close(self: Arc<Self>, holder: Arc<str>, message: Message) {
@@ -753,6 +772,8 @@ impl Cluster {
 pub(crate) struct RemoteClient {
     cluster: Arc<Cluster>,
     stub: Arc<Stub>,
+    /// Messages sent to the owner (attempts, retries included).
+    sent: AtomicU64,
 }
 
 impl RemoteClient {
@@ -767,22 +788,28 @@ impl RemoteClient {
     /// owner appears within a lease and a few seconds.
     pub(crate) async fn forward(&self, message: &Incoming) -> Result<(), NotDelivered> {
         let cluster = &self.cluster;
-        let body = wire::message(self.stub.key, message);
         let give_up = tokio::time::Instant::now() + cluster.leases.lease() + REQUEST_TIMEOUT;
+        let reply_to = wire::subject(&cluster.node, &format!("ack.{}", self.stub.key));
         let mut pause = RETRY;
         loop {
             let (node, _) = self.stub.owner();
+            // A number per attempt: an answer to an earlier one is ignored.
+            let seq = self.sent.fetch_add(1, Relaxed) + 1;
+            self.stub.sending(seq);
             let subject = wire::subject(&node, &format!("msg.{}", cluster.node));
-            let request = Request::new()
-                .payload(body.clone())
-                .timeout(Some(MESSAGE_TIMEOUT));
-            match cluster.client.send_request(subject, request).await {
-                Ok(reply) => match wire::MessageReply::decode(&reply.payload) {
-                    wire::MessageReply::Handled => return Ok(()),
-                    wire::MessageReply::Lost => return Err(ROOM_LOST),
-                    wire::MessageReply::Unknown => {}
-                },
-                Err(e) if e.kind() == RequestErrorKind::NoResponders => {}
+            let body = wire::message(self.stub.key, seq, message);
+            let sent = cluster
+                .client
+                .publish_with_reply(subject, reply_to.clone(), body)
+                .await;
+            let answer = match sent {
+                Ok(()) => tokio::time::timeout(MESSAGE_TIMEOUT, self.stub.answer()).await,
+                Err(_) => Ok(Answer::NoResponders),
+            };
+            match answer {
+                Ok(Answer::Replied(wire::MessageReply::Handled)) => return Ok(()),
+                Ok(Answer::Replied(wire::MessageReply::Lost)) => return Err(ROOM_LOST),
+                Ok(Answer::Replied(wire::MessageReply::Unknown) | Answer::NoResponders) => {}
                 Err(_) => {
                     // Frozen, cut off, or overloaded: whether it handled
                     // the message is unknown. Its lease may have ended

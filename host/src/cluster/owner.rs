@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
@@ -50,7 +49,7 @@ impl Holder {
 /// The frames on their way to one holder node: every forwarder of its
 /// clients adds its batches, one task publishes what gathered.
 pub(super) struct Link {
-    pending: Mutex<Vec<wire::Batch>>,
+    pending: Mutex<Vec<wire::Record>>,
     wake: Notify,
 }
 
@@ -68,11 +67,11 @@ impl Link {
         link
     }
 
-    fn push(&self, batch: wire::Batch) {
+    fn push(&self, record: wire::Record) {
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(batch);
+            .push(record);
         self.wake.notify_one();
     }
 
@@ -99,8 +98,8 @@ impl Link {
                 let mut bytes = 0;
                 let cut = taken
                     .iter()
-                    .position(|b| {
-                        bytes += b.frames.iter().map(Bytes::len).sum::<usize>();
+                    .position(|record| {
+                        bytes += record.len();
                         bytes > MESSAGE_BYTES
                     })
                     .map_or(taken.len(), |i| i.max(1));
@@ -178,6 +177,17 @@ impl Served {
         Some((served.room.clone(), served.conn))
     }
 
+    /// Sends the answer to a holder's message with that node's frames;
+    /// false if no frames go to that node (the answer goes on its own).
+    pub(super) fn ack(&self, holder: &str, key: u64, seq: u64, reply: wire::MessageReply) -> bool {
+        let conns = self.lock();
+        let Some(link) = conns.get(holder).and_then(|of| of.link.as_ref()) else {
+            return false;
+        };
+        link.push(wire::Record::Ack { key, seq, reply });
+        true
+    }
+
     /// Stops serving a client that left; its forwarder ends with the
     /// close the room sends it.
     pub(super) fn remove(&self, holder: &str, key: u64) -> Option<(RoomHandle, ConnRef)> {
@@ -232,12 +242,12 @@ async fn forward(link: Arc<Link>, key: u64, outbox: Arc<Outbox>) {
         let mut frames = Vec::new();
         let next = outbox.take(&mut frames).await;
         seq += 1;
-        link.push(wire::Batch {
+        link.push(wire::Record::Frames(wire::Batch {
             key,
             seq,
             next,
             frames,
-        });
+        }));
         if next != Next::Continue {
             return;
         }

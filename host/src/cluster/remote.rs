@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+use tokio::sync::Notify;
 
 use super::wire;
 use crate::outbox::{Next, Outbox};
@@ -25,6 +26,25 @@ pub(super) struct Stub {
     pub(super) meta: Arc<ClientMeta>,
     pub(super) outbox: Arc<Outbox>,
     owner: Mutex<Link>,
+    /// The message in flight to the owner, and its answer.
+    in_flight: Mutex<InFlight>,
+    answered: Notify,
+}
+
+/// A client's message on its way to the owner (one at a time).
+#[derive(Default)]
+struct InFlight {
+    /// Its number; 0: none.
+    seq: u64,
+    answer: Option<Answer>,
+}
+
+/// What became of a message sent to the owner.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Answer {
+    Replied(wire::MessageReply),
+    /// NATS had nobody to give it to: the owner is gone.
+    NoResponders,
 }
 
 /// Where a stub's project runs, and how far its frames got.
@@ -38,6 +58,37 @@ struct Link {
 impl Stub {
     fn link(&self) -> MutexGuard<'_, Link> {
         self.owner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn in_flight(&self) -> MutexGuard<'_, InFlight> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts waiting for the answer to message `seq`.
+    pub(super) fn sending(&self, seq: u64) {
+        *self.in_flight() = InFlight { seq, answer: None };
+    }
+
+    /// The answer to the message in flight, once it comes.
+    pub(super) async fn answer(&self) -> Answer {
+        loop {
+            let notified = self.answered.notified();
+            if let Some(answer) = self.in_flight().answer.take() {
+                return answer;
+            }
+            notified.await;
+        }
+    }
+
+    /// An answer came for message `seq` (`None`: for whichever is in
+    /// flight); one for an earlier message is ignored.
+    pub(super) fn answered(&self, seq: Option<u64>, answer: Answer) {
+        let mut in_flight = self.in_flight();
+        if in_flight.seq != 0 && seq.is_none_or(|seq| seq == in_flight.seq) {
+            in_flight.answer = Some(answer);
+            drop(in_flight);
+            self.answered.notify_one();
+        }
     }
 
     /// The owner node and its epoch.
@@ -130,6 +181,8 @@ impl Stubs {
                 epoch,
                 seq: 0,
             }),
+            in_flight: Mutex::default(),
+            answered: Notify::new(),
         });
         let mut index = self.lock();
         index.by_key.insert(key, stub.clone());
@@ -187,14 +240,26 @@ impl Stubs {
     /// outboxes: in order, from each client's current owner only; a gap
     /// closes the client.
     pub(super) fn deliver(&self, body: &Bytes) {
-        let Some((epoch, batches)) = wire::parse_frames(body) else {
+        let Some((epoch, records)) = wire::parse_frames(body) else {
             return;
         };
-        for batch in batches {
-            let Some(stub) = self.lock().by_key.get(&batch.key).cloned() else {
-                continue;
-            };
-            stub.take(epoch, batch);
+        for record in records {
+            match record {
+                wire::Record::Frames(batch) => {
+                    if let Some(stub) = self.get(batch.key) {
+                        stub.take(epoch, batch);
+                    }
+                }
+                wire::Record::Ack { key, seq, reply } => {
+                    if let Some(stub) = self.get(key) {
+                        stub.answered(Some(seq), Answer::Replied(reply));
+                    }
+                }
+            }
         }
+    }
+
+    pub(super) fn get(&self, key: u64) -> Option<Arc<Stub>> {
+        self.lock().by_key.get(&key).cloned()
     }
 }

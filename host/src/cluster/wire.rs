@@ -143,7 +143,7 @@ pub(super) struct Report {
 }
 
 /// The owner's answer to a message.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum MessageReply {
     /// The room handled it.
     Handled,
@@ -154,20 +154,34 @@ pub(super) enum MessageReply {
 }
 
 impl MessageReply {
-    pub(super) fn encode(&self) -> Bytes {
-        Bytes::from_static(match self {
-            MessageReply::Handled => b"",
-            MessageReply::Lost => b"lost",
-            MessageReply::Unknown => b"unknown",
-        })
+    fn code(&self) -> u8 {
+        match self {
+            MessageReply::Handled => 0,
+            MessageReply::Lost => 1,
+            MessageReply::Unknown => 2,
+        }
     }
 
-    pub(super) fn decode(body: &[u8]) -> MessageReply {
-        match body {
-            b"" => MessageReply::Handled,
-            b"lost" => MessageReply::Lost,
+    fn from_code(code: u8) -> MessageReply {
+        match code {
+            0 => MessageReply::Handled,
+            1 => MessageReply::Lost,
             _ => MessageReply::Unknown,
         }
+    }
+
+    /// The owner's answer sent on its own (to `ack.<key>`): the message's
+    /// number and the answer.
+    pub(super) fn encode(&self, seq: u64) -> Bytes {
+        let mut out = BytesMut::with_capacity(9);
+        out.put_u64(seq);
+        out.put_u8(self.code());
+        out.freeze()
+    }
+
+    pub(super) fn decode(body: &[u8]) -> Option<(u64, MessageReply)> {
+        let seq = u64::from_be_bytes(body.get(..8)?.try_into().ok()?);
+        Some((seq, MessageReply::from_code(*body.get(8)?)))
     }
 }
 
@@ -175,15 +189,20 @@ const TEXT: u8 = 0;
 const BINARY: u8 = 1;
 const TOO_LARGE: u8 = 2;
 
-/// `msg`: the client's key, the kind, the message's bytes.
-pub(super) fn message(key: u64, message: &Incoming) -> Bytes {
+/// `msg`: the client's key, the message's number (from 1), the kind, the
+/// message's bytes. Published with the reply subject `ack.<key>` of the
+/// holder: NATS answers there if the owner is gone (no responders), and so
+/// does the owner when it serves no such client; otherwise its answer
+/// comes in a `frames` body ([`Record::Ack`]).
+pub(super) fn message(key: u64, seq: u64, message: &Incoming) -> Bytes {
     let (kind, body): (u8, &[u8]) = match message {
         Incoming::Text(text) => (TEXT, text.as_bytes()),
         Incoming::Binary(bytes) => (BINARY, bytes),
         Incoming::TooLarge(_) => (TOO_LARGE, &[]),
     };
-    let mut out = BytesMut::with_capacity(25 + body.len());
+    let mut out = BytesMut::with_capacity(33 + body.len());
     out.put_u64(key);
+    out.put_u64(seq);
     out.put_u8(kind);
     if let Incoming::TooLarge(over) = message {
         out.put_u64(over.size);
@@ -193,10 +212,11 @@ pub(super) fn message(key: u64, message: &Incoming) -> Bytes {
     out.freeze()
 }
 
-pub(super) fn parse_message(body: &[u8]) -> Option<(u64, Incoming)> {
+pub(super) fn parse_message(body: &[u8]) -> Option<(u64, u64, Incoming)> {
     let key = u64::from_be_bytes(body.get(..8)?.try_into().ok()?);
-    let rest = body.get(9..)?;
-    let message = match *body.get(8)? {
+    let seq = u64::from_be_bytes(body.get(8..16)?.try_into().ok()?);
+    let rest = body.get(17..)?;
+    let message = match *body.get(16)? {
         TEXT => Incoming::Text(String::from_utf8(rest.to_vec()).ok()?),
         BINARY => Incoming::Binary(rest.to_vec()),
         TOO_LARGE => Incoming::TooLarge(Oversize {
@@ -205,7 +225,7 @@ pub(super) fn parse_message(body: &[u8]) -> Option<(u64, Incoming)> {
         }),
         _ => return None,
     };
-    Some((key, message))
+    Some((key, seq, message))
 }
 
 /// `close`: the client's key, the close code, the reason.
@@ -242,17 +262,54 @@ pub(super) struct Batch {
     pub(super) frames: Vec<Bytes>,
 }
 
-/// `frames`: the owner's epoch, then batches for clients of one holder
-/// node: each client's key, the batch's number, what it ends with, its
-/// frame count, and each frame, written once per body: a frame several
-/// clients get (a broadcast's) is written the first time and named by its
-/// index after that, so a fan-out to a node's clients costs one copy.
-pub(super) fn frames(epoch: u64, batches: &[Batch]) -> Bytes {
+/// What goes to a holder node in a `frames` body.
+pub(super) enum Record {
+    Frames(Batch),
+    /// The owner's answer to a client's message.
+    Ack {
+        key: u64,
+        seq: u64,
+        reply: MessageReply,
+    },
+}
+
+impl Record {
+    /// Bytes of frames it carries.
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Record::Frames(batch) => batch.frames.iter().map(Bytes::len).sum(),
+            Record::Ack { .. } => 0,
+        }
+    }
+}
+
+const FRAMES_RECORD: u8 = 0;
+const ACK_RECORD: u8 = 1;
+
+/// `frames`: the owner's epoch, then records for clients of one holder
+/// node. A batch: its kind, the client's key, the batch's number, what it
+/// ends with, its frame count, and each frame, written once per body: a
+/// frame several clients get (a broadcast's) is written the first time and
+/// named by its index after that, so a fan-out to a node's clients costs
+/// one copy. An answer: its kind, the client's key, the message's number,
+/// the answer.
+pub(super) fn frames(epoch: u64, records: &[Record]) -> Bytes {
     let mut out = BytesMut::new();
     out.put_u64(epoch);
     let mut written: HashMap<(usize, usize), u32> = HashMap::new();
     let mut count = 0u32;
-    for batch in batches {
+    for record in records {
+        let batch = match record {
+            Record::Ack { key, seq, reply } => {
+                out.put_u8(ACK_RECORD);
+                out.put_u64(*key);
+                out.put_u64(*seq);
+                out.put_u8(reply.code());
+                continue;
+            }
+            Record::Frames(batch) => batch,
+        };
+        out.put_u8(FRAMES_RECORD);
         out.put_u64(batch.key);
         out.put_u64(batch.seq);
         out.put_u8(match batch.next {
@@ -277,14 +334,20 @@ pub(super) fn frames(epoch: u64, batches: &[Batch]) -> Bytes {
     out.freeze()
 }
 
-/// The owner's epoch and the batches of a [`frames`] body; `None` if it is
+/// The owner's epoch and the records of a [`frames`] body; `None` if it is
 /// malformed (then nothing of it is delivered).
-pub(super) fn parse_frames(body: &Bytes) -> Option<(u64, Vec<Batch>)> {
+pub(super) fn parse_frames(body: &Bytes) -> Option<(u64, Vec<Record>)> {
     let mut r = Reader { body, at: 0 };
     let epoch = r.u64()?;
     let mut seen: Vec<Bytes> = Vec::new();
     let mut batches = Vec::new();
     while r.at < body.len() {
+        if r.bytes(1)?[0] == ACK_RECORD {
+            let (key, seq) = (r.u64()?, r.u64()?);
+            let reply = MessageReply::from_code(r.bytes(1)?[0]);
+            batches.push(Record::Ack { key, seq, reply });
+            continue;
+        }
         let key = r.u64()?;
         let seq = r.u64()?;
         let next = match r.bytes(1)?[0] {
@@ -305,12 +368,12 @@ pub(super) fn parse_frames(body: &Bytes) -> Option<(u64, Vec<Batch>)> {
                 frames.push(frame);
             }
         }
-        batches.push(Batch {
+        batches.push(Record::Frames(Batch {
             key,
             seq,
             next,
             frames,
-        });
+        }));
     }
     Some((epoch, batches))
 }
@@ -355,62 +418,76 @@ mod tests {
                 limit: 1 << 20,
             }),
         ] {
-            let (key, back) = parse_message(&message(7, &m)).unwrap();
-            assert_eq!(key, 7);
+            let (key, seq, back) = parse_message(&message(7, 8, &m)).unwrap();
+            assert_eq!((key, seq), (7, 8));
             assert_eq!(format!("{back:?}"), format!("{m:?}"));
         }
         assert_eq!(
             parse_close(&close(9, 1001, "bye")),
             Some((9, 1001, "bye".into()))
         );
+        assert_eq!(
+            MessageReply::decode(&MessageReply::Lost.encode(3)),
+            Some((3, MessageReply::Lost))
+        );
         let shared = Bytes::from_static(b"broadcast");
-        let batches = [
-            Batch {
+        let records = [
+            Record::Frames(Batch {
                 key: 3,
                 seq: 5,
                 next: Next::Finish,
                 frames: vec![shared.clone(), Bytes::from_static(b"close")],
+            }),
+            Record::Ack {
+                key: 3,
+                seq: 2,
+                reply: MessageReply::Handled,
             },
-            Batch {
+            Record::Frames(Batch {
                 key: 4,
                 seq: 1,
                 next: Next::Continue,
                 frames: vec![shared.clone()],
-            },
+            }),
         ];
-        let body = frames(9, &batches);
+        let body = frames(9, &records);
         // The broadcast is written once.
-        assert_eq!(body.len(), 8 + 2 * 21 + 4 + 9 + 4 + 5 + 4);
+        assert_eq!(body.len(), 8 + 2 * 22 + 4 + 9 + 4 + 5 + 4 + 18);
         let (epoch, back) = parse_frames(&body).unwrap();
         assert_eq!(epoch, 9);
-        assert_eq!(back.len(), 2);
+        let [
+            Record::Frames(first),
+            Record::Ack { key, seq, reply },
+            Record::Frames(second),
+        ] = &back[..]
+        else {
+            panic!("three records");
+        };
+        assert_eq!((*key, *seq, reply), (3, 2, &MessageReply::Handled));
+        assert_eq!((first.key, first.seq, first.next), (3, 5, Next::Finish));
+        assert_eq!(first.frames, [&b"broadcast"[..], &b"close"[..]]);
         assert_eq!(
-            (back[0].key, back[0].seq, back[0].next),
-            (3, 5, Next::Finish)
-        );
-        assert_eq!(back[0].frames, [&b"broadcast"[..], &b"close"[..]]);
-        assert_eq!(
-            (back[1].key, back[1].seq, back[1].next),
+            (second.key, second.seq, second.next),
             (4, 1, Next::Continue)
         );
-        assert_eq!(back[1].frames, [&b"broadcast"[..]]);
+        assert_eq!(second.frames, [&b"broadcast"[..]]);
     }
 
     #[test]
     fn a_malformed_body_is_refused_not_a_panic() {
-        let one = Batch {
+        let one = Record::Frames(Batch {
             key: 1,
             seq: 1,
             next: Next::Continue,
             frames: vec![Bytes::from_static(b"x")],
-        };
+        });
         let good = frames(1, &[one]).to_vec();
         for cut in 9..good.len() {
             assert!(parse_frames(&Bytes::copy_from_slice(&good[..cut])).is_none());
         }
         // A reference to a frame not yet written.
         let mut bad = good.clone();
-        bad[29..33].copy_from_slice(&(SAME_AS | 7).to_be_bytes());
+        bad[30..34].copy_from_slice(&(SAME_AS | 7).to_be_bytes());
         assert!(parse_frames(&Bytes::from(bad)).is_none());
         for n in 0..30 {
             let body = Bytes::from(vec![0xff; n]);
@@ -419,6 +496,6 @@ mod tests {
             let _ = parse_message(&body);
             let _ = parse_close(&body);
         }
-        assert!(parse_message(&[0, 0, 0, 0, 0, 0, 0, 1, TEXT, 0xff]).is_none());
+        assert!(parse_message(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, TEXT, 0xff]).is_none());
     }
 }
