@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::cluster::Validity;
 use crate::engine::Runtime;
@@ -17,6 +17,14 @@ use crate::room::{self, ClientMeta, Event, Refusal, RoomHandle, Settings};
 
 /// How many times a connect retries when it races with a room's removal.
 const CONNECT_ATTEMPTS: usize = 4;
+
+/// In a cluster, the projects this node owns (see
+/// [`Registry::owned_through`]).
+pub(crate) trait Ownership: Send + Sync {
+    fn owns(&self, project: &str) -> bool;
+    /// The project's room was removed: it is released.
+    fn removed(&self, project: &str);
+}
 
 /// Why a client could not be placed in its project's room.
 #[derive(Debug)]
@@ -40,8 +48,8 @@ pub struct Registry {
     max_rooms: usize,
     /// Live instances, at most `--max-instances`.
     instances: Instances,
-    /// Told the projectId of each room removed (a cluster releases it).
-    removals: OnceLock<mpsc::UnboundedSender<Arc<str>>>,
+    /// In a cluster: which projects this node owns, told when their rooms go.
+    ownership: OnceLock<Arc<dyn Ownership>>,
     /// In a cluster, until when this node may run its rooms.
     lease: OnceLock<Arc<Validity>>,
 }
@@ -64,7 +72,7 @@ impl Registry {
             generations: AtomicU64::new(0),
             max_rooms,
             instances: Instances::new(max_instances),
-            removals: OnceLock::new(),
+            ownership: OnceLock::new(),
             lease: OnceLock::new(),
         })
     }
@@ -74,15 +82,31 @@ impl Registry {
         let _ = self.lease.set(lease);
     }
 
-    /// Whether this node may run its rooms now: always alone; in a cluster,
-    /// while its lease holds (a room checks before each batch of events).
-    pub(crate) fn lease_holds(&self) -> bool {
-        self.lease.get().is_none_or(|lease| lease.holds())
+    /// The generation of this node's lease now (0 alone): a room records
+    /// it when it is made.
+    pub(crate) fn lease_generation(&self) -> u64 {
+        self.lease.get().map_or(0, |lease| lease.generation())
     }
 
-    /// Where the projectIds of removed rooms are sent from now on.
-    pub(crate) fn tell_removals(&self, to: mpsc::UnboundedSender<Arc<str>>) {
-        let _ = self.removals.set(to);
+    /// Whether a room made under lease `generation` may run now: always
+    /// alone; in a cluster, while that lease holds (a room checks before
+    /// each batch of events).
+    pub(crate) fn lease_holds(&self, generation: u64) -> bool {
+        self.lease
+            .get()
+            .is_none_or(|lease| lease.holds_for(generation))
+    }
+
+    /// In a cluster: rooms are made only for the projects `ownership` says
+    /// this node owns, and it is told (under the registry's lock, so that
+    /// no room of the project can be made meanwhile) when one goes.
+    pub(crate) fn owned_through(&self, ownership: Arc<dyn Ownership>) {
+        let _ = self.ownership.set(ownership);
+    }
+
+    /// Whether this node may run `project`'s room: always alone.
+    fn may_run(&self, project: &str) -> bool {
+        self.ownership.get().is_none_or(|o| o.owns(project))
     }
 
     /// Asks the project's room to take the client, making the room if the
@@ -95,6 +119,10 @@ impl Registry {
     ) -> Result<(RoomHandle, ConnRef), ConnectError> {
         for _ in 0..CONNECT_ATTEMPTS {
             let Some(room) = self.get_or_create(project) else {
+                if !self.may_run(project) {
+                    // In a cluster: the project moved meanwhile.
+                    return Err(ConnectError::Unreachable);
+                }
                 return Err(ConnectError::TooManyRooms {
                     limit: self.max_rooms,
                 });
@@ -153,13 +181,14 @@ impl Registry {
     }
 
     /// The project's live room, started if there is none; `None` if there
-    /// is none and `--max-rooms` are live.
+    /// is none and `--max-rooms` are live (or, in a cluster, this node does
+    /// not own the project).
     pub fn get_or_create(self: &Arc<Self>, project: &str) -> Option<RoomHandle> {
         let mut rooms = self.lock();
         if let Some(handle) = rooms.get(project) {
             return Some(handle.clone());
         }
-        if rooms.len() >= self.max_rooms {
+        if rooms.len() >= self.max_rooms || !self.may_run(project) {
             return None;
         }
         let project: Arc<str> = project.into();
@@ -196,9 +225,9 @@ impl Registry {
         let mut rooms = self.lock();
         match rooms.get(project) {
             Some(h) if h.generation == generation => {
-                let removed = rooms.remove_entry(project);
-                if let (Some((project, _)), Some(removals)) = (removed, self.removals.get()) {
-                    let _ = removals.send(project);
+                rooms.remove(project);
+                if let Some(ownership) = self.ownership.get() {
+                    ownership.removed(project);
                 }
                 true
             }

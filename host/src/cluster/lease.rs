@@ -36,8 +36,12 @@ const OWNERS_BUCKET: &str = "wsroom-owners";
 pub(super) enum Owner {
     /// Nobody: the key is missing or deleted (`revision` of the deletion).
     Nobody { revision: Option<u64> },
-    /// A live node, maybe this one.
-    Node { node: Arc<str>, epoch: u64 },
+    /// A live node, maybe this one (`revision`: of the key).
+    Node {
+        node: Arc<str>,
+        epoch: u64,
+        revision: u64,
+    },
     /// A node whose lease ended (dead, or since re-joined with a new epoch),
     /// or this node under an epoch it no longer has.
     Lapsed { revision: u64 },
@@ -51,9 +55,22 @@ pub(crate) struct Validity {
     start: std::time::Instant,
     /// Nanoseconds from `start`; 0: no lease.
     until: AtomicU64,
+    /// Moves on each time the node loses its lease: a room made under an
+    /// earlier one never runs again, even once the node holds a new lease.
+    generation: AtomicU64,
 }
 
 impl Validity {
+    /// The lease's generation now (a room records it when it is made).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Relaxed)
+    }
+
+    /// Whether a room made under `generation` may run now.
+    pub(crate) fn holds_for(&self, generation: u64) -> bool {
+        self.generation.load(Relaxed) == generation && self.holds()
+    }
+
     fn set(&self, until: Option<Instant>) {
         let nanos = until.map_or(0, |until| {
             (until.into_std().saturating_duration_since(self.start)).as_nanos() as u64
@@ -129,6 +146,7 @@ impl Leases {
             validity: Arc::new(Validity {
                 start: std::time::Instant::now(),
                 until: AtomicU64::new(0),
+                generation: AtomicU64::new(0),
             }),
             nodes,
             owners,
@@ -249,6 +267,7 @@ impl Leases {
         state.epoch = 0;
         state.valid_until = None;
         self.validity.set(None);
+        self.validity.generation.fetch_add(1, Relaxed);
         state.owned.drain().map(|(project, _)| project).collect()
     }
 
@@ -310,6 +329,7 @@ impl Leases {
             Owner::Node {
                 node: node.into(),
                 epoch,
+                revision: entry.revision,
             }
         } else {
             Owner::Lapsed {
@@ -374,16 +394,18 @@ impl Leases {
         Ok(true)
     }
 
-    /// Gives `project` up (its room was removed): its key is deleted if it
-    /// is still this node's, so that the next client's node may take it.
-    pub(super) async fn release(&self, project: &str) {
+    /// Gives `project` up (its room was removed): it is no longer this
+    /// node's at once, and its key is deleted if it is still the one this
+    /// node wrote, so that the next client's node may take it.
+    fn release(&self, project: &str) {
         let Some(revision) = self.lock().owned.remove(project) else {
             return;
         };
-        let _ = self
-            .owners
-            .delete_expect_revision(key(project), Some(revision))
-            .await;
+        let owners = self.owners.clone();
+        let key = key(project);
+        tokio::spawn(async move {
+            let _ = owners.delete_expect_revision(key, Some(revision)).await;
+        });
     }
 }
 
@@ -420,6 +442,16 @@ pub(crate) async fn bucket(
     js.get_key_value(name)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the JetStream bucket {name}: {e}"))
+}
+
+impl crate::registry::Ownership for Leases {
+    fn owns(&self, project: &str) -> bool {
+        Leases::owns(self, project)
+    }
+
+    fn removed(&self, project: &str) {
+        self.release(project);
+    }
 }
 
 /// A project's key: its projectId in base64url (any UTF-8 may be a

@@ -31,7 +31,7 @@ use async_nats::{Message, Request};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::ClusterConfig;
@@ -67,7 +67,7 @@ const MAX_RETRY: Duration = Duration::from_secs(1);
 pub(crate) struct Cluster {
     client: async_nats::Client,
     node: Arc<str>,
-    leases: Leases,
+    leases: Arc<Leases>,
     stubs: Stubs,
     served: Served,
     registry: Arc<Registry>,
@@ -137,7 +137,7 @@ impl Cluster {
         // misses its renewals stops its rooms.
         let control = connect(config, "control").await?;
         let js = async_nats::jetstream::new(control);
-        let leases = Leases::open(&js, node.clone(), config.lease).await?;
+        let leases = Arc::new(Leases::open(&js, node.clone(), config.lease).await?);
         let subscription = client
             .subscribe(wire::inbox(&node))
             .await
@@ -156,10 +156,9 @@ impl Cluster {
         tokio::spawn(cluster.clone().serve(subscription));
         cluster.first_lease().await?;
         tokio::spawn(cluster.clone().keep_lease());
+        tokio::spawn(cluster.clone().watch_other_nodes());
         registry.run_under(cluster.leases.validity());
-        let (removals, removed) = mpsc::unbounded_channel();
-        registry.tell_removals(removals);
-        tokio::spawn(cluster.clone().release_removed(removed));
+        registry.owned_through(cluster.leases.clone());
         info!(node = %cluster.node, lease_ms = cluster.leases.lease().as_millis() as u64, "joined the cluster");
         Ok(cluster)
     }
@@ -199,8 +198,18 @@ impl Cluster {
             }
             if !self.leases.valid() && (self.leases.owned_count() > 0 || !self.registry.is_empty())
             {
-                self.fence().await;
+                self.fence();
             }
+        }
+    }
+
+    /// What follows other nodes' leases, in a task of its own so that it
+    /// never delays this node's renewals: their clients here, and the
+    /// projects they owned.
+    async fn watch_other_nodes(self: Arc<Self>) {
+        let period = self.leases.lease() / 4;
+        loop {
+            tokio::time::sleep(period).await;
             self.drop_clients_of_ended_nodes().await;
             self.adopt_orphans().await;
         }
@@ -210,7 +219,9 @@ impl Cluster {
     /// them before anyone else may take them. Clients held here are closed
     /// (1012) and reconnect; clients held elsewhere keep their sockets and
     /// the node that takes the project over serves them.
-    async fn fence(&self) {
+    fn fence(&self) {
+        // Forgetting the lease moves its generation on: every room made
+        // under it stops at its next batch, whatever the lease does next.
         let projects = self.leases.forget();
         warn!(
             projects = projects.len(),
@@ -218,7 +229,8 @@ impl Cluster {
         );
         self.served.clear();
         for room in self.registry.all() {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, room.send(Event::LeaseLost)).await;
+            // Wakes a room with nothing queued, to stop it now.
+            tokio::spawn(async move { room.send(Event::LeaseLost).await });
         }
     }
 
@@ -273,6 +285,8 @@ impl Cluster {
     pub(crate) fn leaving(&self) {
         self.served.clear();
         self.leases.let_go();
+        self.stubs
+            .close_all(crate::room::CLOSE_GOING_AWAY, "server shutting down");
     }
 
     /// Shutdown, after the rooms closed: the lease is given up, so the
@@ -280,13 +294,6 @@ impl Cluster {
     pub(crate) async fn leave(&self) {
         self.leases.leave().await;
         let _ = self.client.flush().await;
-    }
-
-    /// Releases the projects whose rooms were removed.
-    async fn release_removed(self: Arc<Self>, mut removed: mpsc::UnboundedReceiver<Arc<str>>) {
-        while let Some(project) = removed.recv().await {
-            self.leases.release(&project).await;
-        }
     }
 
     /// Starts the room of a project whose alarm is due, if no live node owns
@@ -425,7 +432,15 @@ impl Cluster {
                 .await
                 .map_err(|e| format!("{e:#}"))?;
             let (revision, took_over) = match owner {
-                Owner::Node { node, epoch } => return Ok(Placement::On { node, epoch }),
+                // This node, under its epoch, though it does not hold the
+                // project (its release, or the answer to its claim, was
+                // lost): it takes it back over that record.
+                Owner::Node {
+                    node,
+                    epoch,
+                    revision,
+                } if node == self.node && epoch == self.leases.epoch() => (Some(revision), true),
+                Owner::Node { node, epoch, .. } => return Ok(Placement::On { node, epoch }),
                 Owner::Nobody { revision } => (revision, false),
                 Owner::Lapsed { revision } => (Some(revision), true),
             };
@@ -537,6 +552,9 @@ impl Cluster {
         let Owner::Node { node, .. } = owner else {
             return Ok(None);
         };
+        if node == self.node {
+            return Ok(None);
+        }
         let request = to_json(&wire::Report {
             project: project.into(),
             health,
@@ -595,7 +613,8 @@ impl Cluster {
                     };
                     if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
                         stub.answered(None, Answer::NoResponders);
-                    } else if let Some((seq, reply)) = wire::MessageReply::decode(&message.payload) {
+                    } else if let Some((seq, reply)) = wire::MessageReply::decode(&message.payload)
+                    {
                         stub.answered(Some(seq), Answer::Replied(reply));
                     }
                 }
@@ -697,7 +716,12 @@ impl Cluster {
                         message: incoming,
                         done,
                     };
-                    if room.send(event).await.is_ok() && handled.await.is_ok() {
+                    // Bounded: the holder stops waiting then, and a task per
+                    // message must not pile up behind a stuck room.
+                    let handled = tokio::time::timeout(MESSAGE_TIMEOUT, async {
+                        room.send(event).await.is_ok() && handled.await.is_ok()
+                    });
+                    if handled.await == Ok(true) {
                         wire::MessageReply::Handled
                     } else {
                         wire::MessageReply::Lost

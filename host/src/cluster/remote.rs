@@ -205,6 +205,13 @@ impl Stubs {
         self.lock().by_key.len()
     }
 
+    /// Closes every client here of another node's project (shutdown).
+    pub(super) fn close_all(&self, code: u16, reason: &str) {
+        for stub in self.lock().by_key.values() {
+            stub.outbox.close(code, reason);
+        }
+    }
+
     /// Each project with clients here, with the node (and its epoch) that
     /// serves them.
     pub(super) fn projects(&self) -> Vec<(Arc<str>, Arc<str>, u64)> {

@@ -496,6 +496,8 @@ mod tests {
             let _ = parse_message(&body);
             let _ = parse_close(&body);
         }
-        assert!(parse_message(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, TEXT, 0xff]).is_none());
+        assert!(
+            parse_message(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, TEXT, 0xff]).is_none()
+        );
     }
 }

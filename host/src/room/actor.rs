@@ -53,7 +53,7 @@ impl Actor {
     /// finished (shut down, or removed for being empty).
     pub(super) async fn drain(&mut self) -> bool {
         loop {
-            if !self.registry.lease_holds() {
+            if !self.registry.lease_holds(self.lease_generation) {
                 self.lose_lease().await;
                 return true;
             }
@@ -65,7 +65,7 @@ impl Actor {
                 };
                 match event {
                     Event::Shutdown => {
-                        self.shut_down(CLOSE_GOING_AWAY, "server shutting down")
+                        self.shut_down(CLOSE_GOING_AWAY, "server shutting down", true)
                             .await;
                         return true;
                     }
@@ -265,9 +265,12 @@ impl Actor {
     /// with 1012 (they reconnect, and find its new owner).
     pub(super) async fn lose_lease(&mut self) {
         warn!(project = %self.project, "stopping the room: this node's lease ran out");
+        // Nothing is committed: the project may be another node's already,
+        // and what the room's last events wrote was never told to anyone.
         self.shut_down(
             CLOSE_SERVICE_RESTART,
             "this node lost the project; reconnect",
+            false,
         )
         .await;
     }

@@ -89,7 +89,7 @@ impl RoomHandle {
         // inbox, so one queued before this point is still there.
         if self.tx.capacity() != self.tx.max_capacity()
             || actor.stopped
-            || !actor.registry.lease_holds()
+            || !actor.registry.lease_holds(actor.lease_generation)
         {
             return None;
         }

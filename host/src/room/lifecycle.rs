@@ -26,6 +26,7 @@ pub(crate) fn spawn(
     metrics: Arc<Metrics>,
 ) -> RoomHandle {
     let (tx, rx) = mpsc::channel(settings.inbox);
+    let lease_generation = registry.lease_generation();
     let inbox_bytes_max = settings.inbox_bytes;
     let shared = Arc::new(RoomShared::default());
     let table = Table::new(
@@ -54,6 +55,7 @@ pub(crate) fn spawn(
             last_event: tokio::time::Instant::now(),
             stopped: false,
             committed_alarm: None,
+            lease_generation,
         }),
         wake: Notify::new(),
     });
@@ -116,7 +118,7 @@ async fn run(core: Arc<Core>) {
         if actor.stopped {
             return;
         }
-        if !actor.registry.lease_holds() {
+        if !actor.registry.lease_holds(actor.lease_generation) {
             actor.lose_lease().await;
             actor.finish();
             return;
@@ -185,8 +187,12 @@ impl Actor {
     /// Server shutdown (or, in a cluster, the project lost): what the room
     /// changed is committed, then every client gets `code` after what is
     /// queued for it.
-    pub(super) async fn shut_down(&mut self, code: u16, reason: &'static str) {
-        self.commit().await;
+    pub(super) async fn shut_down(&mut self, code: u16, reason: &'static str, commit: bool) {
+        if commit {
+            self.commit().await;
+        } else {
+            self.table().discard_pending();
+        }
         let table = self.table();
         for c in table.drain() {
             table.close_later(c, code, reason);

@@ -235,6 +235,9 @@ struct Actor {
     stopped: bool,
     /// The alarm as last committed (durable rooms).
     committed_alarm: Option<Alarm>,
+    /// In a cluster, the generation of the node's lease the room was made
+    /// under: it runs only while that lease holds.
+    lease_generation: u64,
 }
 
 /// Milliseconds since the Unix epoch, as the room's timestamps.
