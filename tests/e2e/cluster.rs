@@ -533,3 +533,23 @@ async fn a_project_s_limits_and_its_room_s_refusals_hold_across_nodes() {
     let (_, status) = n3.get(&format!("/status?projectId={p}")).await;
     assert_eq!(status["clientCount"], 2, "{status}");
 }
+
+#[tokio::test]
+async fn a_message_near_the_size_limit_crosses_nodes_intact() {
+    let nats = Nats::start();
+    let [n1, n2, n3] = three_nodes(&nats);
+    let p = project();
+    let mut own = n1.connect("runtime", &p).await;
+    let mut r = n2.connect("runtime", &p).await;
+    let mut d = n3.connect("data-agent", &p).await;
+    // 1 MB, under --max-message-bytes (1 MiB): with the frame's header and
+    // the JSON around it, more than a NATS message holds; the frames for d
+    // go from n1 to n3 in pieces.
+    let text = "x".repeat(1_000_000);
+    let big = json!({"id": "big", "type": "t", "to": {"type": "data-agent"}, "payload": text});
+    r.send_json(&big).await;
+    let got = d.next_json().await;
+    assert_eq!(got["id"], "big");
+    assert_eq!(got["payload"].as_str().unwrap().len(), 1_000_000);
+    own.assert_nothing_before_marker(&mut d).await;
+}

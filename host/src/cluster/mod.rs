@@ -115,6 +115,11 @@ const ROOM_LOST: NotDelivered = NotDelivered {
     message: "the project's room failed or stopped before handling the message",
     reconnect: false,
 };
+const TOO_LARGE: NotDelivered = NotDelivered {
+    code: "message_too_large",
+    message: "the message is larger than a NATS message (the cluster's max_payload) and cannot reach its room on another node",
+    reconnect: false,
+};
 const NO_OWNER: NotDelivered = NotDelivered {
     code: "not_delivered",
     message: "no node took this project's clients over in time; message not handled, reconnect",
@@ -208,10 +213,11 @@ impl Cluster {
     /// projects they owned.
     async fn watch_other_nodes(self: Arc<Self>) {
         let period = self.leases.lease() / 4;
+        let mut stranded = Vec::new();
         loop {
             tokio::time::sleep(period).await;
             self.drop_clients_of_ended_nodes().await;
-            self.adopt_orphans().await;
+            stranded = self.adopt_orphans(&stranded).await;
         }
     }
 
@@ -248,35 +254,48 @@ impl Cluster {
             if !clients.is_empty() {
                 info!(node = %holder, clients = clients.len(), "a node's lease ended: its clients left");
             }
-            for (room, conn) in clients {
-                let _ = room
-                    .send(Event::Close {
-                        conn,
-                        code: 1006,
-                        reason: String::new(),
-                    })
-                    .await;
-            }
+            left(clients).await;
         }
     }
 
     /// The projects whose clients here are served by a node whose lease
     /// ended are taken over now, not at their clients' next message: the
     /// node that takes one gathers its clients from every node.
-    async fn adopt_orphans(&self) {
+    ///
+    /// A project another node took over without gathering this node's
+    /// clients (this node did not answer in time) leaves them in no room:
+    /// found twice in a row (a gathering takes at most [`GATHER_TIMEOUT`],
+    /// less than the pause between two rounds), they are closed with 1012
+    /// and reconnect. Returns this round's such projects.
+    async fn adopt_orphans(&self, stranded_before: &[Arc<str>]) -> Vec<Arc<str>> {
+        let mut stranded = Vec::new();
         let mut alive: HashMap<Arc<str>, Option<u64>> = HashMap::new();
         for (project, node, epoch) in self.stubs.projects() {
             let now = match alive.get(&node) {
                 Some(now) => *now,
                 None => match self.leases.node_epoch(&node).await {
                     Ok(now) => *alive.entry(node).or_insert(now),
-                    Err(_) => return,
+                    Err(_) => return stranded,
                 },
             };
-            if now != Some(epoch) {
-                let _ = self.place(&project).await;
+            if now == Some(epoch) {
+                continue;
+            }
+            match self.place(&project).await {
+                // Taken over: the gathering pointed this node's clients at
+                // the new owner.
+                Ok(Placement::Here) => {}
+                Ok(Placement::On { node, epoch }) => {
+                    if stranded_before.contains(&project) {
+                        self.stubs.close_stranded(&project, &node, epoch);
+                    } else {
+                        stranded.push(project);
+                    }
+                }
+                Err(_) => {}
             }
         }
+        stranded
     }
 
     /// Shutdown, before the rooms close: nothing more goes from here to the
@@ -515,16 +534,19 @@ impl Cluster {
         let outbox = Arc::new(Outbox::new(self.outbox_limit));
         let meta = Arc::new(client.meta());
         match self.registry.rejoin(project, meta, outbox.clone()).await {
-            Some((room, conn)) => self.served.add(
-                &self.client,
-                &self.node,
-                self.leases.epoch(),
-                holder,
-                client.key,
-                room,
-                conn,
-                outbox,
-            ),
+            Some((room, conn)) => {
+                let gone = self.served.add(
+                    &self.client,
+                    &self.node,
+                    self.leases.epoch(),
+                    holder,
+                    client.key,
+                    room,
+                    conn,
+                    outbox,
+                );
+                left(gone).await;
+            }
             None => warn!(
                 project,
                 holder = holder.0,
@@ -608,14 +630,22 @@ impl Cluster {
                 // The answer to a client's message, on its own, or NATS
                 // saying nobody took it.
                 ("ack", Some(key)) => {
+                    // `ack.<key>.<seq>`: which attempt NATS found nobody for.
+                    let seq = message
+                        .subject
+                        .rsplit('.')
+                        .next()
+                        .and_then(|s| s.parse().ok());
                     let Some(stub) = key.parse().ok().and_then(|key| self.stubs.get(key)) else {
                         continue;
                     };
                     if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-                        stub.answered(None, Answer::NoResponders);
+                        if let Some(seq) = seq {
+                            stub.answered(seq, Answer::NoResponders);
+                        }
                     } else if let Some((seq, reply)) = wire::MessageReply::decode(&message.payload)
                     {
-                        stub.answered(Some(seq), Answer::Replied(reply));
+                        stub.answered(seq, Answer::Replied(reply));
                     }
                 }
                 ("msg", Some(holder)) => {
@@ -667,7 +697,7 @@ impl Cluster {
             .await
         {
             Ok((room, conn)) => {
-                self.served.add(
+                let gone = self.served.add(
                     &self.client,
                     &self.node,
                     self.leases.epoch(),
@@ -677,6 +707,7 @@ impl Cluster {
                     conn,
                     outbox,
                 );
+                tokio::spawn(left(gone));
                 Reply::Admitted
             }
             Err(ConnectError::TooManyRooms { limit }) => Reply::TooManyRooms { limit },
@@ -813,7 +844,6 @@ impl RemoteClient {
     pub(crate) async fn forward(&self, message: &Incoming) -> Result<(), NotDelivered> {
         let cluster = &self.cluster;
         let give_up = tokio::time::Instant::now() + cluster.leases.lease() + REQUEST_TIMEOUT;
-        let reply_to = wire::subject(&cluster.node, &format!("ack.{}", self.stub.key));
         let mut pause = RETRY;
         loop {
             let (node, _) = self.stub.owner();
@@ -822,9 +852,13 @@ impl RemoteClient {
             self.stub.sending(seq);
             let subject = wire::subject(&node, &format!("msg.{}", cluster.node));
             let body = wire::message(self.stub.key, seq, message);
+            if body.len() > cluster.client.server_info().max_payload {
+                return Err(TOO_LARGE);
+            }
+            let reply_to = wire::subject(&cluster.node, &format!("ack.{}.{seq}", self.stub.key));
             let sent = cluster
                 .client
-                .publish_with_reply(subject, reply_to.clone(), body)
+                .publish_with_reply(subject, reply_to, body)
                 .await;
             let answer = match sent {
                 Ok(()) => tokio::time::timeout(MESSAGE_TIMEOUT, self.stub.answer()).await,
@@ -901,6 +935,19 @@ pub(crate) async fn connect(
         .connect(config.urls.as_slice())
         .await
         .with_context(|| format!("cannot connect to NATS at {}", config.urls.join(",")))
+}
+
+/// Tells the rooms of clients held by a node that is gone that they left
+/// (1006, as for a socket that dropped).
+async fn left(clients: Vec<(crate::room::RoomHandle, crate::room::table::ConnRef)>) {
+    for (room, conn) in clients {
+        let close = Event::Close {
+            conn,
+            code: 1006,
+            reason: String::new(),
+        };
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, room.send(close)).await;
+    }
 }
 
 /// Sleeps until `at`; forever when there is no such time.

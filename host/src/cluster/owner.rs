@@ -9,6 +9,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
@@ -51,7 +54,19 @@ impl Holder {
 pub(super) struct Link {
     pending: Mutex<Vec<wire::Record>>,
     wake: Notify,
+    /// Bytes of frames taken from outboxes and not yet published: past
+    /// [`LINK_BYTES`] the forwarders stop taking, so a node that cannot
+    /// keep up has its clients' outboxes fill (and overflow, 1013) as a
+    /// slow local client's would.
+    queued: AtomicUsize,
+    drained: Notify,
 }
+
+/// Most bytes of frames waiting in one link.
+const LINK_BYTES: usize = 8 << 20;
+/// Most bytes of frames in one record: a larger batch, or frame, goes in
+/// pieces (the holder writes the bytes in order, whatever their cut).
+const RECORD_BYTES: usize = 256 * 1024;
 
 /// Most bytes of frames in one NATS message (NATS refuses messages over
 /// its `max_payload`, 1 MiB by default).
@@ -62,12 +77,26 @@ impl Link {
         let link = Arc::new(Link {
             pending: Mutex::new(Vec::new()),
             wake: Notify::new(),
+            queued: AtomicUsize::new(0),
+            drained: Notify::new(),
         });
         tokio::spawn(link.clone().publish(client, subject, epoch));
         link
     }
 
+    /// Waits while the link holds [`LINK_BYTES`] or more.
+    async fn room_for_more(&self) {
+        loop {
+            let drained = self.drained.notified();
+            if self.queued.load(Relaxed) < LINK_BYTES {
+                return;
+            }
+            drained.await;
+        }
+    }
+
     fn push(&self, record: wire::Record) {
+        self.queued.fetch_add(record.len(), Relaxed);
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -104,10 +133,12 @@ impl Link {
                     })
                     .map_or(taken.len(), |i| i.max(1));
                 let body = wire::frames(epoch, &taken[..cut]);
-                taken.drain(..cut);
+                let published: usize = taken.drain(..cut).map(|r| r.len()).sum();
                 // Fails only once the connection is closed: the holder sees
                 // the gap then.
                 let _ = client.publish(subject.clone(), body).await;
+                self.queued.fetch_sub(published, Relaxed);
+                self.drained.notify_waiters();
             }
             if Arc::strong_count(&self) == 1 {
                 return;
@@ -127,7 +158,9 @@ impl Served {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Serves a client the room admitted: its frames go to `holder`.
+    /// Serves a client the room admitted: its frames go to `holder`. The
+    /// clients it replaces (the holder's from before it started anew) are
+    /// returned, for their rooms to be told they left.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn add(
         &self,
@@ -139,13 +172,15 @@ impl Served {
         room: RoomHandle,
         conn: ConnRef,
         outbox: Arc<Outbox>,
-    ) {
+    ) -> Vec<(RoomHandle, ConnRef)> {
+        let mut gone = Vec::new();
         let mut conns = self.lock();
         let of_holder = conns.entry(holder.into()).or_default();
         if of_holder.epoch != holder_epoch {
             // The holder started anew: what it held before is gone.
             for (_, old) in of_holder.clients.drain() {
                 old.forwarder.abort();
+                gone.push((old.room, old.conn));
             }
             of_holder.epoch = holder_epoch;
         }
@@ -167,7 +202,9 @@ impl Served {
         );
         if let Some(old) = old {
             old.forwarder.abort();
+            gone.push((old.room, old.conn));
         }
+        gone
     }
 
     /// The room and table entry of a holder's client.
@@ -235,21 +272,71 @@ impl Served {
 }
 
 /// Hands what the room queues for a client on another node to its node's
-/// link, batch by batch, until the client's outbox finishes.
+/// link, batch by batch (in records of at most [`RECORD_BYTES`]), until
+/// the client's outbox finishes.
 async fn forward(link: Arc<Link>, key: u64, outbox: Arc<Outbox>) {
     let mut seq = 0;
     loop {
+        link.room_for_more().await;
         let mut frames = Vec::new();
         let next = outbox.take(&mut frames).await;
-        seq += 1;
-        link.push(wire::Record::Frames(wire::Batch {
-            key,
-            seq,
-            next,
-            frames,
-        }));
+        let close = (next == Next::Finish).then(|| frames.pop()).flatten();
+        let mut pieces = pieces(frames).peekable();
+        loop {
+            let mut record = Vec::new();
+            let mut bytes = 0;
+            while let Some(piece) =
+                pieces.next_if(|p| record.is_empty() || bytes + p.len() <= RECORD_BYTES)
+            {
+                bytes += piece.len();
+                record.push(piece);
+            }
+            let last = pieces.peek().is_none();
+            if last {
+                record.extend(close.clone());
+            }
+            seq += 1;
+            link.push(wire::Record::Frames(wire::Batch {
+                key,
+                seq,
+                next: if last { next } else { Next::Continue },
+                frames: record,
+            }));
+            if last {
+                break;
+            }
+        }
         if next != Next::Continue {
             return;
         }
+    }
+}
+
+/// The frames, those over [`RECORD_BYTES`] cut in pieces of that size.
+fn pieces(frames: Vec<Bytes>) -> impl Iterator<Item = Bytes> {
+    frames.into_iter().flat_map(|frame| {
+        let n = frame.len().div_ceil(RECORD_BYTES).max(1);
+        (0..n)
+            .map(move |i| frame.slice(i * RECORD_BYTES..((i + 1) * RECORD_BYTES).min(frame.len())))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_frame_goes_in_pieces_that_keep_its_bytes_in_order() {
+        let big = Bytes::from(
+            (0..RECORD_BYTES * 2 + 10)
+                .map(|i| i as u8)
+                .collect::<Vec<u8>>(),
+        );
+        let small = Bytes::from_static(b"small");
+        let pieces: Vec<Bytes> = pieces(vec![small.clone(), big.clone()]).collect();
+        assert_eq!(pieces.len(), 4);
+        assert!(pieces.iter().all(|p| p.len() <= RECORD_BYTES));
+        let joined: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+        assert_eq!(joined, [&small[..], &big[..]].concat());
     }
 }

@@ -80,11 +80,11 @@ impl Stub {
         }
     }
 
-    /// An answer came for message `seq` (`None`: for whichever is in
-    /// flight); one for an earlier message is ignored.
-    pub(super) fn answered(&self, seq: Option<u64>, answer: Answer) {
+    /// An answer came for message `seq`; one for an earlier message is
+    /// ignored.
+    pub(super) fn answered(&self, seq: u64, answer: Answer) {
         let mut in_flight = self.in_flight();
-        if in_flight.seq != 0 && seq.is_none_or(|seq| seq == in_flight.seq) {
+        if in_flight.seq != 0 && seq == in_flight.seq {
             in_flight.answer = Some(answer);
             drop(in_flight);
             self.answered.notify_one();
@@ -205,6 +205,24 @@ impl Stubs {
         self.lock().by_key.len()
     }
 
+    /// Closes the project's clients here that are not served by `node`
+    /// under `epoch`, its owner now: they are in no room (1012, reconnect).
+    pub(super) fn close_stranded(&self, project: &str, node: &str, epoch: u64) {
+        let index = self.lock();
+        let Some(keys) = index.by_project.get(project) else {
+            return;
+        };
+        for stub in keys.iter().filter_map(|key| index.by_key.get(key)) {
+            let (owner, owner_epoch) = stub.owner();
+            if &*owner != node || owner_epoch != epoch {
+                stub.outbox.close(
+                    crate::room::CLOSE_SERVICE_RESTART,
+                    "the project moved; reconnect",
+                );
+            }
+        }
+    }
+
     /// Closes every client here of another node's project (shutdown).
     pub(super) fn close_all(&self, code: u16, reason: &str) {
         for stub in self.lock().by_key.values() {
@@ -259,7 +277,7 @@ impl Stubs {
                 }
                 wire::Record::Ack { key, seq, reply } => {
                     if let Some(stub) = self.get(key) {
-                        stub.answered(Some(seq), Answer::Replied(reply));
+                        stub.answered(seq, Answer::Replied(reply));
                     }
                 }
             }

@@ -7,7 +7,8 @@
 //! Every node listens on `wsroom.<node>.>`:
 //! - `connect`: admit a client of a project this node owns ([`Connect`]).
 //! - `msg.<holder>`: a client's message ([`message`]), answered once the
-//!   room has handled it ([`MessageReply`]).
+//!   room has handled it ([`MessageReply`]), with the frames for its node
+//!   or on its own to `ack.<key>.<number>` on the holder.
 //! - `close.<holder>`: a client left ([`close`]).
 //! - `frames.<owner>`: what the owner's rooms sent this node's clients
 //!   ([`frames`]): batches for many clients in one body, each client's
@@ -190,8 +191,8 @@ const BINARY: u8 = 1;
 const TOO_LARGE: u8 = 2;
 
 /// `msg`: the client's key, the message's number (from 1), the kind, the
-/// message's bytes. Published with the reply subject `ack.<key>` of the
-/// holder: NATS answers there if the owner is gone (no responders), and so
+/// message's bytes. Published with the reply subject `ack.<key>.<number>`
+/// of the holder: NATS answers there if the owner is gone (no responders), and so
 /// does the owner when it serves no such client; otherwise its answer
 /// comes in a `frames` body ([`Record::Ack`]).
 pub(super) fn message(key: u64, seq: u64, message: &Incoming) -> Bytes {
