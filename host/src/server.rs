@@ -69,13 +69,14 @@ pub async fn run(
     crate::signals::reload_on_sighup(runtime.clone(), tls.clone(), metrics.clone());
     let mut settings = Settings::from_config(&config);
     if let Some(RoomStore::JetStream(store)) = &store {
-        // A room is one NATS message: its store must fit in one, with the
-        // room's own bookkeeping (8 bytes an entry).
-        let fits = store.max_bytes() / 2;
+        // A room is one NATS message: its store must fit in one (the
+        // store counts 8 bytes an entry for its lengths; the rest of the
+        // message is the alarm and a few bytes).
+        let fits = store.max_bytes().saturating_sub(1024);
         if settings.storage_bytes > fits {
             warn!(
                 limit = fits,
-                "--room-storage-bytes lowered to half NATS' largest message (its max_payload) in a cluster"
+                "--room-storage-bytes lowered to NATS' largest message (its max_payload) in a cluster"
             );
             settings.storage_bytes = fits;
         }

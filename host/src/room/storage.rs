@@ -23,6 +23,9 @@ pub(crate) enum Refused {
     Unavailable,
 }
 
+/// What the JetStream store writes per entry besides its key and value.
+const ENTRY_OVERHEAD: usize = 8;
+
 pub(crate) struct Storage {
     entries: BTreeMap<String, Vec<u8>>,
     /// Sum of the lengths of every key and value.
@@ -32,6 +35,10 @@ pub(crate) struct Storage {
     durable: Option<RoomStore>,
     /// The revision of the stored data (JetStream), to commit over.
     revision: u64,
+    /// Bytes counted per entry besides its key and value: what a store of
+    /// whole rooms spends on each (its lengths), so that the limit bounds
+    /// what it writes.
+    overhead: usize,
     /// The data was read from the durable store (always, in memory).
     loaded: bool,
     /// Keys set or deleted since the last commit (durable rooms only).
@@ -44,6 +51,11 @@ impl Storage {
     pub(crate) fn new(limit: usize, durable: Option<RoomStore>) -> Storage {
         Storage {
             revision: 0,
+            overhead: if durable.as_ref().is_some_and(RoomStore::whole_rooms) {
+                ENTRY_OVERHEAD
+            } else {
+                0
+            },
             entries: BTreeMap::new(),
             bytes: 0,
             limit,
@@ -64,7 +76,10 @@ impl Storage {
 
     /// Takes the data read from the durable store.
     pub(crate) fn load(&mut self, entries: BTreeMap<String, Vec<u8>>, revision: u64) {
-        self.bytes = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.bytes = entries
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + self.overhead)
+            .sum();
         self.entries = entries;
         self.revision = revision;
         self.changed.clear();
@@ -136,8 +151,11 @@ impl Storage {
         if key.is_empty() || key.len() > MAX_KEY {
             return Err(Refused::BadKey);
         }
-        let old = self.entries.get(&key).map_or(0, |v| key.len() + v.len());
-        let new = key.len() + value.len();
+        let old = self
+            .entries
+            .get(&key)
+            .map_or(0, |v| key.len() + v.len() + self.overhead);
+        let new = key.len() + value.len() + self.overhead;
         if self.bytes - old + new > self.limit {
             return Err(Refused::Full);
         }
@@ -156,7 +174,7 @@ impl Storage {
     pub(crate) fn delete(&mut self, key: &str) -> bool {
         match self.entries.remove(key) {
             Some(v) => {
-                self.bytes -= key.len() + v.len();
+                self.bytes -= key.len() + v.len() + self.overhead;
                 if self.durable.is_some() {
                     self.changed.insert(key.to_owned());
                 }

@@ -5,7 +5,8 @@
 //! in base64url), written whole at each commit with compare-and-set on the
 //! revision the room last read or wrote: one write makes a batch's changes
 //! durable at once, and a node that lost the project cannot write over its
-//! successor (its commit fails, and its room stops as after a disk error).
+//! successor (its commit fails, as after a disk error, and its room, which
+//! the lost lease stops before its next batch anyway, reads its data again).
 //! The cost is the room's size per commit, not the changes' (rooms are
 //! bounded by `--room-storage-bytes`, and by NATS' largest message).
 //!
