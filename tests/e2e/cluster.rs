@@ -132,6 +132,16 @@ fn kill_9(server: Server) {
     drop(server);
 }
 
+/// A client of `p` on each node: a runtime on the first (which makes it
+/// the owner), a runtime on the second, a data-agent on the third.
+async fn one_per_node(nodes: [&Server; 3], p: &str) -> (Client, Client, Client) {
+    (
+        nodes[0].connect("runtime", p).await,
+        nodes[1].connect("runtime", p).await,
+        nodes[2].connect("data-agent", p).await,
+    )
+}
+
 /// How many rooms each node runs now.
 async fn rooms(nodes: &[&Server]) -> Vec<u64> {
     let mut counts = Vec::new();
@@ -247,9 +257,7 @@ async fn a_killed_owner_s_project_moves_and_other_nodes_clients_stay() {
     let nats = Nats::start();
     let [n1, n2, n3] = three_nodes(&nats);
     let p = project();
-    let _own = n1.connect("runtime", &p).await;
-    let mut r = n2.connect("runtime", &p).await;
-    let mut d = n3.connect("data-agent", &p).await;
+    let (_own, mut r, mut d) = one_per_node([&n1, &n2, &n3], &p).await;
     let mut a = n3.connect("admin", &p).await;
     kill_9(n1);
     // Sent while the project has no owner: delivered once it has one.
@@ -321,9 +329,7 @@ async fn sigterm_hands_the_owner_s_projects_over_and_other_nodes_clients_notice_
     let nats = Nats::start();
     let [n1, n2, n3] = three_nodes(&nats);
     let p = project();
-    let mut own = n1.connect("runtime", &p).await;
-    let mut r = n2.connect("runtime", &p).await;
-    let mut d = n3.connect("data-agent", &p).await;
+    let (mut own, mut r, mut d) = one_per_node([&n1, &n2, &n3], &p).await;
     let status = n1.terminate();
     assert!(status.success(), "{status}");
     // Its own client was told the server went away.
@@ -487,9 +493,7 @@ async fn a_dead_owner_s_project_is_taken_over_without_waiting_for_a_message() {
     let nats = Nats::start();
     let [n1, n2, n3] = three_nodes(&nats);
     let p = project();
-    let _own = n1.connect("runtime", &p).await;
-    let mut r = n2.connect("runtime", &p).await;
-    let mut d = n3.connect("data-agent", &p).await;
+    let (_own, mut r, mut d) = one_per_node([&n1, &n2, &n3], &p).await;
     kill_9(n1);
     // Nobody sends anything: the nodes holding its clients notice the
     // owner's lease ended, and one of them takes the project over.
@@ -539,9 +543,7 @@ async fn a_message_near_the_size_limit_crosses_nodes_intact() {
     let nats = Nats::start();
     let [n1, n2, n3] = three_nodes(&nats);
     let p = project();
-    let mut own = n1.connect("runtime", &p).await;
-    let mut r = n2.connect("runtime", &p).await;
-    let mut d = n3.connect("data-agent", &p).await;
+    let (mut own, mut r, mut d) = one_per_node([&n1, &n2, &n3], &p).await;
     // 1 MB, under --max-message-bytes (1 MiB): with the frame's header and
     // the JSON around it, more than a NATS message holds; the frames for d
     // go from n1 to n3 in pieces.
