@@ -533,7 +533,15 @@ impl Cluster {
     async fn rejoin(&self, project: &str, holder: (&str, u64), client: wire::Client) {
         let outbox = Arc::new(Outbox::new(self.outbox_limit));
         let meta = Arc::new(client.meta());
-        match self.registry.rejoin(project, meta, outbox.clone()).await {
+        // Bounded: a takeover holds its project's claim lock meanwhile.
+        let rejoined = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.registry.rejoin(project, meta, outbox.clone()),
+        )
+        .await
+        .ok()
+        .flatten();
+        match rejoined {
             Some((room, conn)) => {
                 let gone = self.served.add(
                     &self.client,
