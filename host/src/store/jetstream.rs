@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
 use base64::Engine as _;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -105,37 +105,56 @@ impl JetStreamStore {
         let result = self.write(project, &changes).await;
         match &result {
             Ok(_) => self.stats.committed(1, started.elapsed()),
-            Err(e) => {
+            Err((e, every_room)) => {
                 self.stats.failed();
                 warn!(project, error = %e, "commit to JetStream failed; the room's last changes are lost and its clients closed");
-                self.refuse_writes_until
-                    .store(crate::room::now_ms() + RETRY_AFTER_FAILURE_MS, Relaxed);
+                // JetStream out of reach concerns every room; a conflict on
+                // this room's revision, only this one.
+                if *every_room {
+                    self.refuse_writes_until
+                        .store(crate::room::now_ms() + RETRY_AFTER_FAILURE_MS, Relaxed);
+                }
             }
         }
-        result.map_err(|e| format!("{e:#}").into())
+        result.map_err(|(e, _)| format!("{e:#}").into())
     }
 
-    async fn write(&self, project: &str, changes: &Changes) -> anyhow::Result<u64> {
+    /// The new revision; or why not, and whether it concerns every room.
+    async fn write(&self, project: &str, changes: &Changes) -> Result<u64, (anyhow::Error, bool)> {
         let alarm = changes.alarm.flatten();
         let value = encode(&changes.entries, alarm);
         if value.len() > self.max_bytes {
-            bail!(
-                "the room's store ({} bytes) is larger than NATS' largest message ({} bytes)",
-                value.len(),
-                self.max_bytes
-            );
+            return Err((
+                anyhow::anyhow!(
+                    "the room's store ({} bytes) is larger than NATS' largest message ({} bytes)",
+                    value.len(),
+                    self.max_bytes
+                ),
+                false,
+            ));
         }
         let key = key(project);
+        let conflict = |e: &dyn std::fmt::Display| {
+            (
+                anyhow::anyhow!("another node wrote the room's data (it took the project?): {e}"),
+                false,
+            )
+        };
         let revision = if changes.revision == 0 {
-            self.data.create(&key, value).await.map_err(|e| {
-                anyhow::anyhow!("cannot write the room's data (did another node take it?): {e}")
-            })?
+            self.data
+                .create(&key, value)
+                .await
+                .map_err(|e| match e.kind() {
+                    kv::CreateErrorKind::AlreadyExists => conflict(&e),
+                    _ => (anyhow::anyhow!("cannot write the room's data: {e}"), true),
+                })?
         } else {
             self.data
                 .update(&key, value, changes.revision)
                 .await
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot write the room's data (did another node take it?): {e}")
+                .map_err(|e| match e.kind() {
+                    kv::UpdateErrorKind::WrongLastRevision => conflict(&e),
+                    _ => (anyhow::anyhow!("cannot write the room's data: {e}"), true),
                 })?
         };
         if changes.alarm_changed {
