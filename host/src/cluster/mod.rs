@@ -355,14 +355,18 @@ impl Cluster {
                 Placement::On { node, epoch } => (node, epoch),
             };
             // Known before the request: the room may send as it admits.
-            let stub = self
-                .stubs
-                .add(project, meta.clone(), outbox.clone(), node.clone(), epoch);
+            let placing = Placing {
+                cluster: self.clone(),
+                stub: self
+                    .stubs
+                    .add(project, meta.clone(), outbox.clone(), node.clone(), epoch),
+                kept: false,
+            };
             let request = wire::Connect {
                 project: project.into(),
                 holder: self.node.to_string(),
                 holder_epoch: self.leases.epoch(),
-                client: wire::Client::new(stub.key, &meta),
+                client: wire::Client::new(placing.stub.key, &meta),
             };
             let reply = self
                 .client
@@ -372,14 +376,11 @@ impl Cluster {
                 Ok(reply) => serde_json::from_slice::<wire::ConnectReply>(&reply.payload).ok(),
                 Err(e) if e.kind() == RequestErrorKind::NoResponders => {
                     // The owner is gone; its lease has not ended yet.
-                    self.stubs.remove(&stub);
+                    drop(placing);
                     tokio::time::sleep(RETRY).await;
                     continue;
                 }
                 Err(e) => {
-                    // It may have admitted the client: take it back out.
-                    self.stubs.remove(&stub);
-                    self.send_close(&node, stub.key, 1006, "").await;
                     return Err(PlaceError::Cluster(format!(
                         "the project's owner node {node} did not answer: {e}"
                     )));
@@ -389,12 +390,12 @@ impl Cluster {
                 Some(wire::ConnectReply::Admitted) => {
                     return Ok(RoomLink::Remote(RemoteClient {
                         cluster: self.clone(),
-                        stub,
+                        stub: placing.keep(),
                         sent: AtomicU64::new(0),
                     }));
                 }
                 Some(wire::ConnectReply::NotOwner) => {
-                    self.stubs.remove(&stub);
+                    drop(placing);
                     tokio::time::sleep(RETRY).await;
                     continue;
                 }
@@ -416,7 +417,6 @@ impl Cluster {
                 Some(wire::ConnectReply::Failed) => ConnectError::Refused(Refusal::Failed),
                 Some(wire::ConnectReply::Unreachable) | None => ConnectError::Unreachable,
             };
-            self.stubs.remove(&stub);
             return Err(PlaceError::Connect(refusal));
         }
         Err(PlaceError::Cluster(
@@ -828,6 +828,38 @@ impl Cluster {
             .client
             .request(subject, wire::close(key, code, reason))
             .await;
+    }
+}
+
+/// A client being placed with another node's room. Unless kept (admitted),
+/// dropping it (a refusal, a failure, or the upgrade abandoned halfway when
+/// its client went) removes the stub and tells the owner, which may have
+/// admitted it without its answer arriving.
+struct Placing {
+    cluster: Arc<Cluster>,
+    stub: Arc<Stub>,
+    kept: bool,
+}
+
+impl Placing {
+    fn keep(mut self) -> Arc<Stub> {
+        self.kept = true;
+        self.stub.clone()
+    }
+}
+
+impl Drop for Placing {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        self.cluster.stubs.remove(&self.stub);
+        let cluster = self.cluster.clone();
+        let stub = self.stub.clone();
+        tokio::spawn(async move {
+            let (node, _) = stub.owner();
+            cluster.send_close(&node, stub.key, 1006, "").await;
+        });
     }
 }
 
