@@ -454,9 +454,10 @@ impl crate::registry::Ownership for Leases {
     }
 }
 
-/// A project's key: its projectId in base64url (any UTF-8 may be a
-/// projectId; keys allow letters, digits and `-_=./`).
-fn key(project: &str) -> String {
+/// A project's key in every bucket (owners, data, alarms): its projectId
+/// in base64url (any UTF-8 may be a projectId; keys allow letters, digits
+/// and `-_=./`).
+pub(crate) fn key(project: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(project)
 }
 

@@ -41,7 +41,7 @@ use crate::registry::{ConnectError, Registry};
 use crate::room::log_limit::Throttle;
 use crate::room::{ClientMeta, Event, Incoming, Refusal};
 use lease::{Leases, Owner};
-pub(crate) use lease::{Validity, bucket};
+pub(crate) use lease::{Validity, bucket, key};
 use owner::Served;
 use remote::{Answer, Stub, Stubs};
 

@@ -28,6 +28,7 @@ use futures_util::StreamExt as _;
 use tracing::warn;
 
 use super::{Alarm, Changes, CommitError, RETRY_AFTER_FAILURE_MS, RoomData, Stats};
+use crate::cluster::key;
 
 const DATA_BUCKET: &str = "wsroom-data";
 const ALARMS_BUCKET: &str = "wsroom-alarms";
@@ -225,11 +226,7 @@ impl JetStreamStore {
     }
 }
 
-/// A project's key: its projectId in base64url.
-fn key(project: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(project)
-}
-
+/// The projectId a key names (see [`key`]).
 fn project_of(key: &str) -> Option<String> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(key)
