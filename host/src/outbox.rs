@@ -3,12 +3,14 @@
 //!
 //! The room pushes without ever waiting (what it sent during a batch of
 //! events, under one lock); the writer takes everything queued at once and
-//! writes it with one vectored write. The queue is bounded in
+//! writes it with one vectored write. An outbox whose client is on another
+//! node has no writer: a [`Collector`] (the link to that node) takes the
+//! frames of all its outboxes at once instead. The queue is bounded in
 //! bytes: a push that would pass the bound drops what is queued and leaves
 //! only a close frame (1013), so a slow client costs at most the bound.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload};
@@ -62,6 +64,42 @@ struct State {
     /// otherwise grow the queue without bound, uncounted (RFC 6455 5.5.3
     /// allows answering only the latest ping).
     pong: Option<Bytes>,
+    /// Who takes the frames when it is not a writer task, and the key it
+    /// knows this outbox by.
+    collector: Option<(Weak<dyn Collector>, u64)>,
+    /// The collector was told of frames it has not taken yet.
+    signalled: bool,
+}
+
+/// Takes the frames of many outboxes (see [`Outbox::collect_by`]): told
+/// once when one has frames (by the keys it gave them), then calls
+/// [`Outbox::try_take`].
+pub trait Collector: Send + Sync {
+    fn ready(&self, keys: &[u64]);
+}
+
+/// Collectors' wakes held back while a room hands out a batch of frames
+/// ([`Outbox::push_all_held`]), and given when it is done ([`Wakes::run`]):
+/// a collector then finds every one of its outboxes' copies at once, and
+/// sends a broadcast's frame once.
+#[derive(Default)]
+pub struct Wakes(Vec<(Weak<dyn Collector>, u64)>);
+
+impl Wakes {
+    pub fn run(&mut self) {
+        let mut keys = Vec::new();
+        let mut wakes = self.0.drain(..).peekable();
+        while let Some((collector, key)) = wakes.next() {
+            keys.push(key);
+            while let Some((_, key)) = wakes.next_if(|(c, _)| Weak::ptr_eq(c, &collector)) {
+                keys.push(key);
+            }
+            if let Some(collector) = collector.upgrade() {
+                collector.ready(&keys);
+            }
+            keys.clear();
+        }
+    }
 }
 
 impl State {
@@ -101,10 +139,71 @@ impl Outbox {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // The lock guards plain data and no code panics while holding it;
         // recover the data if a panic ever poisoned it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes whoever takes the frames, after releasing the lock.
+    fn wake(&self, s: MutexGuard<'_, State>) {
+        if let Some((collector, key)) = self.signal(s)
+            && let Some(collector) = collector.upgrade()
+        {
+            collector.ready(&[key]);
+        }
+    }
+
+    /// Releases the lock and wakes the writer, or returns the wake its
+    /// collector is owed (none if one is already).
+    fn signal(&self, mut s: MutexGuard<'_, State>) -> Option<(Weak<dyn Collector>, u64)> {
+        if s.collector.is_none() {
+            drop(s);
+            self.wake.notify_one();
+            return None;
+        }
+        if s.signalled {
+            return None;
+        }
+        s.signalled = true;
+        s.collector.clone()
+    }
+
+    /// Hands the frames to `collector` instead of a writer task, as `key`
+    /// (told at once if some are already queued).
+    pub fn collect_by(&self, collector: Weak<dyn Collector>, key: u64) {
+        let mut s = self.lock();
+        s.collector = Some((collector, key));
+        s.signalled = false;
+        if !s.frames.is_empty() || s.aborted {
+            self.wake(s);
+        }
+    }
+
+    /// What [`Outbox::take`] would return, without waiting: `None` when
+    /// nothing is queued.
+    pub fn try_take(&self, batch: &mut Vec<Bytes>) -> Option<Next> {
+        let mut s = self.lock();
+        s.signalled = false;
+        Self::take_queued(&mut s, batch)
+    }
+
+    fn take_queued(s: &mut State, batch: &mut Vec<Bytes>) -> Option<Next> {
+        if s.aborted {
+            return Some(Next::Abort);
+        }
+        if s.frames.is_empty() && s.pong.is_none() {
+            return None;
+        }
+        // The pong first: it never follows a close frame.
+        batch.extend(s.pong.take());
+        batch.extend(s.frames.drain(..));
+        s.bytes = 0;
+        Some(if s.closing {
+            Next::Finish
+        } else {
+            Next::Continue
+        })
     }
 
     /// Queues a data frame, refusing it past the bound, and wakes the writer.
@@ -118,6 +217,18 @@ impl Outbox {
     /// frame (1013). A single frame larger than the bound still goes to a
     /// client with nothing queued.
     pub fn push_all(&self, frames: impl IntoIterator<Item = Bytes>) -> Result<(), Refused> {
+        let mut wakes = Wakes::default();
+        let pushed = self.push_all_held(frames, &mut wakes);
+        wakes.run();
+        pushed
+    }
+
+    /// [`Outbox::push_all`], but a collector's wake is added to `wakes`.
+    pub fn push_all_held(
+        &self,
+        frames: impl IntoIterator<Item = Bytes>,
+        wakes: &mut Wakes,
+    ) -> Result<(), Refused> {
         let mut s = self.lock();
         if s.closing || s.aborted {
             return Err(Refused::Closed);
@@ -132,8 +243,7 @@ impl Outbox {
             s.bytes += frame.len();
             s.frames.push_back(frame);
         }
-        drop(s);
-        self.wake.notify_one();
+        wakes.0.extend(self.signal(s));
         result
     }
 
@@ -150,8 +260,7 @@ impl Outbox {
             return;
         }
         s.overflow();
-        drop(s);
-        self.wake.notify_one();
+        self.wake(s);
     }
 
     /// Queues the answer to a ping, replacing one not yet written.
@@ -161,8 +270,7 @@ impl Outbox {
             return;
         }
         s.pong = Some(frame);
-        drop(s);
-        self.wake.notify_one();
+        self.wake(s);
     }
 
     /// Queues the server's own keep-alive ping (one an interval); not
@@ -173,8 +281,7 @@ impl Outbox {
             return;
         }
         s.frames.push_back(frame);
-        drop(s);
-        self.wake.notify_one();
+        self.wake(s);
     }
 
     /// Queues a close frame after everything already queued; later pushes are
@@ -191,8 +298,7 @@ impl Outbox {
         }
         s.closing = true;
         s.frames.push_back(frame);
-        drop(s);
-        self.wake.notify_one();
+        self.wake(s);
     }
 
     /// Drops everything queued and stops the writer: the peer is gone.
@@ -202,30 +308,15 @@ impl Outbox {
         s.pong = None;
         s.frames.clear();
         s.bytes = 0;
-        drop(s);
-        self.wake.notify_one();
+        self.wake(s);
     }
 
     /// Waits until something is queued, then moves all of it into `batch`.
     /// Cancel-safe: nothing is taken until it returns.
     pub async fn take(&self, batch: &mut Vec<Bytes>) -> Next {
         loop {
-            {
-                let mut s = self.lock();
-                if s.aborted {
-                    return Next::Abort;
-                }
-                if !s.frames.is_empty() || s.pong.is_some() {
-                    // The pong first: it never follows a close frame.
-                    batch.extend(s.pong.take());
-                    batch.extend(s.frames.drain(..));
-                    s.bytes = 0;
-                    return if s.closing {
-                        Next::Finish
-                    } else {
-                        Next::Continue
-                    };
-                }
+            if let Some(next) = Self::take_queued(&mut self.lock(), batch) {
+                return next;
             }
             self.wake.notified().await;
         }
@@ -235,6 +326,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn text(n: usize) -> Bytes {
         encode(OpCode::Text, &vec![b'x'; n])
@@ -250,6 +342,44 @@ mod tests {
         assert_eq!(close[0], 0x88);
         assert!(close.len() - 2 <= 125);
         assert!(std::str::from_utf8(&close[4..]).is_ok());
+    }
+
+    #[derive(Default)]
+    struct Told(Mutex<Vec<u64>>);
+
+    impl Collector for Told {
+        fn ready(&self, keys: &[u64]) {
+            self.0.lock().unwrap().extend_from_slice(keys);
+        }
+    }
+
+    #[test]
+    fn a_collector_is_told_once_per_take_and_only_when_the_batch_is_out() {
+        let told = Arc::new(Told::default());
+        let collector: Arc<dyn Collector> = told.clone();
+        let (a, b) = (Outbox::new(1000), Outbox::new(1000));
+        a.push(text(1)).unwrap();
+        a.collect_by(Arc::downgrade(&collector), 7);
+        b.collect_by(Arc::downgrade(&collector), 8);
+        // Frames queued before it collects are owed to it at once.
+        assert_eq!(*told.0.lock().unwrap(), [7]);
+        let mut wakes = Wakes::default();
+        for outbox in [&a, &b, &b] {
+            outbox.push_all_held([text(2)], &mut wakes).unwrap();
+        }
+        assert_eq!(*told.0.lock().unwrap(), [7], "held until the batch is out");
+        wakes.run();
+        // `a` was told already and not taken since; `b` once for two pushes.
+        assert_eq!(*told.0.lock().unwrap(), [7, 8]);
+        let mut batch = Vec::new();
+        assert_eq!(b.try_take(&mut batch), Some(Next::Continue));
+        assert_eq!(batch, [text(2), text(2)]);
+        assert_eq!(b.try_take(&mut batch), None);
+        b.close(1000, "bye");
+        assert_eq!(*told.0.lock().unwrap(), [7, 8, 8], "told again once taken");
+        batch.clear();
+        assert_eq!(b.try_take(&mut batch), Some(Next::Finish));
+        assert_eq!(batch.len(), 1);
     }
 
     #[tokio::test]

@@ -1,22 +1,18 @@
 //! The owner's side of clients held by other nodes. Such a client is in
 //! the room's table like any other, with an outbox of its own; instead of a
-//! socket writer, a forwarder drains that outbox into its holder node's
-//! [`Link`], which publishes the batches of all that node's clients
-//! gathered meanwhile in one NATS message (a broadcast's frame written
-//! once). [`Served`] maps the holders' keys to the table's entries for
-//! their messages and closes.
+//! socket writer, its holder node's [`Link`] takes what the room queued for
+//! all that node's clients at once and publishes it in one NATS message (a
+//! broadcast's frame written once). [`Served`] maps the holders' keys to the
+//! table's entries for their messages and closes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
-use tokio::task::AbortHandle;
 
 use super::wire;
-use crate::outbox::{Next, Outbox};
+use crate::outbox::{Collector, Next, Outbox};
 use crate::room::RoomHandle;
 use crate::room::table::ConnRef;
 
@@ -32,16 +28,14 @@ pub(super) struct Served {
 struct Holder {
     epoch: u64,
     clients: HashMap<u64, ServedConn>,
-    /// Where their frames go.
+    /// Where their frames go (for this epoch of the holder only: keys are
+    /// the holder's, and mean other clients once it starts anew).
     link: Option<Arc<Link>>,
 }
 
 impl Holder {
-    /// Stops forwarding to this node: its forwarders, then its link.
+    /// Stops forwarding to this node.
     fn close(self) {
-        for served in self.clients.into_values() {
-            served.forwarder.abort();
-        }
         if let Some(link) = self.link {
             // Wakes it to see it is the last one holding itself.
             link.wake.notify_one();
@@ -49,21 +43,31 @@ impl Holder {
     }
 }
 
-/// The frames on their way to one holder node: every forwarder of its
-/// clients adds its batches, one task publishes what gathered.
+/// The frames on their way to one holder node: the outboxes of its clients
+/// tell it when they have frames; one task takes them all and publishes
+/// them. It takes only as fast as it publishes, so a node that cannot keep
+/// up has its clients' outboxes fill (and overflow, 1013) as a slow local
+/// client's would.
 pub(super) struct Link {
-    pending: Mutex<Vec<wire::Record>>,
+    state: Mutex<LinkState>,
     wake: Notify,
-    /// Bytes of frames taken from outboxes and not yet published: past
-    /// [`LINK_BYTES`] the forwarders stop taking, so a node that cannot
-    /// keep up has its clients' outboxes fill (and overflow, 1013) as a
-    /// slow local client's would.
-    queued: AtomicUsize,
-    drained: Notify,
 }
 
-/// Most bytes of frames waiting in one link.
-const LINK_BYTES: usize = 8 << 20;
+#[derive(Default)]
+struct LinkState {
+    clients: HashMap<u64, Forwarded>,
+    /// Keys of the clients whose outboxes have frames.
+    ready: Vec<u64>,
+    /// Answers to the holder's messages.
+    acks: Vec<wire::Record>,
+}
+
+struct Forwarded {
+    outbox: Arc<Outbox>,
+    /// The number of the client's last record: the holder sees a gap.
+    seq: u64,
+}
+
 /// Most bytes of frames in one record: a larger batch, or frame, goes in
 /// pieces (the holder writes the bytes in order, whatever their cut).
 const RECORD_BYTES: usize = 256 * 1024;
@@ -72,36 +76,69 @@ const RECORD_BYTES: usize = 256 * 1024;
 /// its `max_payload`, 1 MiB by default).
 const MESSAGE_BYTES: usize = 512 * 1024;
 
+impl Collector for Link {
+    fn ready(&self, keys: &[u64]) {
+        self.lock().ready.extend_from_slice(keys);
+        self.wake.notify_one();
+    }
+}
+
 impl Link {
     fn start(client: async_nats::Client, subject: async_nats::Subject, epoch: u64) -> Arc<Link> {
         let link = Arc::new(Link {
-            pending: Mutex::new(Vec::new()),
+            state: Mutex::new(LinkState::default()),
             wake: Notify::new(),
-            queued: AtomicUsize::new(0),
-            drained: Notify::new(),
         });
         tokio::spawn(link.clone().publish(client, subject, epoch));
         link
     }
 
-    /// Waits while the link holds [`LINK_BYTES`] or more.
-    async fn room_for_more(&self) {
-        loop {
-            let drained = self.drained.notified();
-            if self.queued.load(Relaxed) < LINK_BYTES {
-                return;
-            }
-            drained.await;
-        }
+    fn lock(&self) -> MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn push(&self, record: wire::Record) {
-        self.queued.fetch_add(record.len(), Relaxed);
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(record);
+    /// Forwards what `outbox` gets as client `key`'s.
+    fn attach(self: &Arc<Self>, key: u64, outbox: Arc<Outbox>) {
+        let collector: Arc<dyn Collector> = self.clone();
+        let weak: Weak<dyn Collector> = Arc::downgrade(&collector);
+        self.lock().clients.insert(
+            key,
+            Forwarded {
+                outbox: outbox.clone(),
+                seq: 0,
+            },
+        );
+        outbox.collect_by(weak, key);
+    }
+
+    fn push_ack(&self, record: wire::Record) {
+        self.lock().acks.push(record);
         self.wake.notify_one();
+    }
+
+    /// Takes what the ready outboxes hold, in records of at most
+    /// [`RECORD_BYTES`], then the answers.
+    fn take(&self, records: &mut Vec<wire::Record>) {
+        let mut state = self.lock();
+        let LinkState {
+            clients,
+            ready,
+            acks,
+        } = &mut *state;
+        let mut frames = Vec::new();
+        for key in ready.drain(..) {
+            let Some(client) = clients.get_mut(&key) else {
+                continue;
+            };
+            let Some(next) = client.outbox.try_take(&mut frames) else {
+                continue;
+            };
+            records_of(key, &mut client.seq, next, &mut frames, records);
+            if next != Next::Continue {
+                clients.remove(&key);
+            }
+        }
+        records.append(acks);
     }
 
     /// Publishes what gathered, a message per [`MESSAGE_BYTES`], until the
@@ -115,14 +152,14 @@ impl Link {
         let mut taken = Vec::new();
         loop {
             self.wake.notified().await;
-            // The forwarders of a room's other clients here were woken by
-            // the same flush: let them add their batches first, so that
-            // they go in this message (and a broadcast is written once).
+            if Arc::strong_count(&self) == 1 {
+                return;
+            }
+            // The room that woke the link may still be handing its other
+            // clients here their copies: let it, so that they go in this
+            // message (and a broadcast is written once).
             tokio::task::yield_now().await;
-            std::mem::swap(
-                &mut taken,
-                &mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()),
-            );
+            self.take(&mut taken);
             while !taken.is_empty() {
                 let mut bytes = 0;
                 let cut = taken
@@ -133,16 +170,48 @@ impl Link {
                     })
                     .map_or(taken.len(), |i| i.max(1));
                 let body = wire::frames(epoch, &taken[..cut]);
-                let published: usize = taken.drain(..cut).map(|r| r.len()).sum();
+                taken.drain(..cut);
                 // Fails only once the connection is closed: the holder sees
                 // the gap then.
                 let _ = client.publish(subject.clone(), body).await;
-                self.queued.fetch_sub(published, Relaxed);
-                self.drained.notify_waiters();
             }
-            if Arc::strong_count(&self) == 1 {
-                return;
-            }
+        }
+    }
+}
+
+/// Adds client `key`'s frames as records, cutting them to [`RECORD_BYTES`];
+/// the last says what follows (the close, if `next` finishes).
+fn records_of(
+    key: u64,
+    seq: &mut u64,
+    next: Next,
+    frames: &mut Vec<Bytes>,
+    records: &mut Vec<wire::Record>,
+) {
+    let close = (next == Next::Finish).then(|| frames.pop()).flatten();
+    let mut pieces = pieces(frames.drain(..)).peekable();
+    loop {
+        let mut record = Vec::new();
+        let mut bytes = 0;
+        while let Some(piece) =
+            pieces.next_if(|p| record.is_empty() || bytes + p.len() <= RECORD_BYTES)
+        {
+            bytes += piece.len();
+            record.push(piece);
+        }
+        let last = pieces.peek().is_none();
+        if last {
+            record.extend(close.clone());
+        }
+        *seq += 1;
+        records.push(wire::Record::Frames(wire::Batch {
+            key,
+            seq: *seq,
+            next: if last { next } else { Next::Continue },
+            frames: record,
+        }));
+        if last {
+            return;
         }
     }
 }
@@ -150,7 +219,6 @@ impl Link {
 struct ServedConn {
     room: RoomHandle,
     conn: ConnRef,
-    forwarder: AbortHandle,
 }
 
 impl Served {
@@ -178,10 +246,9 @@ impl Served {
         let of_holder = conns.entry(holder.into()).or_default();
         if of_holder.epoch != holder_epoch {
             // The holder started anew: what it held before is gone.
-            for (_, old) in of_holder.clients.drain() {
-                old.forwarder.abort();
-                gone.push((old.room, old.conn));
-            }
+            let old = std::mem::take(of_holder);
+            gone.extend(old.clients.values().map(|c| (c.room.clone(), c.conn)));
+            old.close();
             of_holder.epoch = holder_epoch;
         }
         let link = of_holder
@@ -191,17 +258,9 @@ impl Served {
                 Link::start(client.clone(), subject.into(), epoch)
             })
             .clone();
-        let forwarder = tokio::spawn(forward(link, key, outbox));
-        let old = of_holder.clients.insert(
-            key,
-            ServedConn {
-                room,
-                conn,
-                forwarder: forwarder.abort_handle(),
-            },
-        );
+        link.attach(key, outbox);
+        let old = of_holder.clients.insert(key, ServedConn { room, conn });
         if let Some(old) = old {
-            old.forwarder.abort();
             gone.push((old.room, old.conn));
         }
         gone
@@ -221,12 +280,12 @@ impl Served {
         let Some(link) = conns.get(holder).and_then(|of| of.link.as_ref()) else {
             return false;
         };
-        link.push(wire::Record::Ack { key, seq, reply });
+        link.push_ack(wire::Record::Ack { key, seq, reply });
         true
     }
 
-    /// Stops serving a client that left; its forwarder ends with the
-    /// close the room sends it.
+    /// Stops serving a client that left; its frames go on to the holder
+    /// until the close the room sends it.
     pub(super) fn remove(&self, holder: &str, key: u64) -> Option<(RoomHandle, ConnRef)> {
         let mut conns = self.lock();
         let of_holder = conns.get_mut(holder)?;
@@ -271,49 +330,8 @@ impl Served {
     }
 }
 
-/// Hands what the room queues for a client on another node to its node's
-/// link, batch by batch (in records of at most [`RECORD_BYTES`]), until
-/// the client's outbox finishes.
-async fn forward(link: Arc<Link>, key: u64, outbox: Arc<Outbox>) {
-    let mut seq = 0;
-    loop {
-        link.room_for_more().await;
-        let mut frames = Vec::new();
-        let next = outbox.take(&mut frames).await;
-        let close = (next == Next::Finish).then(|| frames.pop()).flatten();
-        let mut pieces = pieces(frames).peekable();
-        loop {
-            let mut record = Vec::new();
-            let mut bytes = 0;
-            while let Some(piece) =
-                pieces.next_if(|p| record.is_empty() || bytes + p.len() <= RECORD_BYTES)
-            {
-                bytes += piece.len();
-                record.push(piece);
-            }
-            let last = pieces.peek().is_none();
-            if last {
-                record.extend(close.clone());
-            }
-            seq += 1;
-            link.push(wire::Record::Frames(wire::Batch {
-                key,
-                seq,
-                next: if last { next } else { Next::Continue },
-                frames: record,
-            }));
-            if last {
-                break;
-            }
-        }
-        if next != Next::Continue {
-            return;
-        }
-    }
-}
-
 /// The frames, those over [`RECORD_BYTES`] cut in pieces of that size.
-fn pieces(frames: Vec<Bytes>) -> impl Iterator<Item = Bytes> {
+fn pieces(frames: impl IntoIterator<Item = Bytes>) -> impl Iterator<Item = Bytes> {
     frames.into_iter().flat_map(|frame| {
         let n = frame.len().div_ceil(RECORD_BYTES).max(1);
         (0..n)

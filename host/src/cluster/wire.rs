@@ -19,8 +19,6 @@
 //! Nothing a peer sends is trusted to be well formed: every parser returns
 //! `None` on a short or malformed body.
 
-use std::collections::HashMap;
-
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
@@ -286,6 +284,10 @@ impl Record {
 
 const FRAMES_RECORD: u8 = 0;
 const ACK_RECORD: u8 = 1;
+/// A frames record's fixed part: kind, key, number, what follows, count.
+const FRAMES_RECORD_BYTES: usize = 1 + 8 + 8 + 1 + 4;
+/// An answer record: kind, key, number, answer.
+const ACK_RECORD_BYTES: usize = 1 + 8 + 8 + 1;
 
 /// `frames`: the owner's epoch, then records for clients of one holder
 /// node. A batch: its kind, the client's key, the batch's number, what it
@@ -295,9 +297,30 @@ const ACK_RECORD: u8 = 1;
 /// one copy. An answer: its kind, the client's key, the message's number,
 /// the answer.
 pub(super) fn frames(epoch: u64, records: &[Record]) -> Bytes {
-    let mut out = BytesMut::new();
+    // Each frame's place in the body, by where its bytes are (the records
+    // hold them all alive, so an address names one frame), and the body's
+    // exact size: it is allocated once.
+    let mut index: foldhash::HashMap<(usize, usize), u32> = foldhash::HashMap::default();
+    let mut size = 8;
+    for record in records {
+        let Record::Frames(batch) = record else {
+            size += ACK_RECORD_BYTES;
+            continue;
+        };
+        size += FRAMES_RECORD_BYTES + 4 * batch.frames.len();
+        for frame in &batch.frames {
+            let next = index.len() as u32;
+            if *index
+                .entry((frame.as_ptr() as usize, frame.len()))
+                .or_insert(next)
+                == next
+            {
+                size += frame.len();
+            }
+        }
+    }
+    let mut out = BytesMut::with_capacity(size);
     out.put_u64(epoch);
-    let mut written: HashMap<(usize, usize), u32> = HashMap::new();
     let mut count = 0u32;
     for record in records {
         let batch = match record {
@@ -320,18 +343,20 @@ pub(super) fn frames(epoch: u64, records: &[Record]) -> Bytes {
         });
         out.put_u32(batch.frames.len() as u32);
         for frame in &batch.frames {
-            let id = (frame.as_ptr() as usize, frame.len());
-            match written.get(&id) {
-                Some(index) => out.put_u32(SAME_AS | index),
-                None => {
-                    written.insert(id, count);
-                    count += 1;
-                    out.put_u32(frame.len() as u32);
-                    out.put_slice(frame);
-                }
+            let at = index
+                .get(&(frame.as_ptr() as usize, frame.len()))
+                .copied()
+                .unwrap_or(count);
+            if at < count {
+                out.put_u32(SAME_AS | at);
+            } else {
+                count += 1;
+                out.put_u32(frame.len() as u32);
+                out.put_slice(frame);
             }
         }
     }
+    debug_assert_eq!(out.len(), size);
     out.freeze()
 }
 

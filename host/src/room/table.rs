@@ -17,7 +17,7 @@ use smallvec::SmallVec;
 
 use crate::engine::wit;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Refused};
+use crate::outbox::{Outbox, Refused, Wakes};
 use crate::room::log_limit::LogBudget;
 use crate::room::output::{self, RoomOutput};
 use crate::room::storage::Storage;
@@ -63,12 +63,14 @@ const PENDING_FLUSH_BYTES: usize = 64 * 1024;
 
 impl Conn {
     /// Hands the frames gathered for this client to its outbox.
-    fn flush(&mut self) -> Result<(), Refused> {
+    fn flush(&mut self, wakes: &mut Wakes) -> Result<(), Refused> {
         if self.pending.is_empty() {
             return Ok(());
         }
         self.pending_bytes = 0;
-        let pushed = self.outbox.push_all(std::mem::take(&mut self.pending));
+        let pushed = self
+            .outbox
+            .push_all_held(std::mem::take(&mut self.pending), wakes);
         if pushed == Err(Refused::Closed) {
             self.gone = true;
         }
@@ -121,6 +123,9 @@ pub(crate) struct Table {
     /// Clients removed since the last flush, with the close each gets once
     /// its pending frames are out (see [`Table::close_later`]).
     closing: Vec<(Conn, u16, String)>,
+    /// Outboxes' collectors to wake once the frames of a send or a flush
+    /// are all out (see [`Wakes`]).
+    wakes: Wakes,
 }
 
 impl Table {
@@ -156,6 +161,7 @@ impl Table {
             overflowed: Vec::new(),
             touched: Vec::new(),
             closing: Vec::new(),
+            wakes: Wakes::default(),
         }
     }
 
@@ -172,7 +178,7 @@ impl Table {
         for slot in self.touched.drain(..) {
             if let Some(c) = self.slots.get_mut(slot) {
                 c.touched = false;
-                if c.flush() == Err(Refused::Overflow) {
+                if c.flush(&mut self.wakes) == Err(Refused::Overflow) {
                     self.overflowed.push(ConnRef {
                         slot,
                         serial: c.serial,
@@ -181,9 +187,10 @@ impl Table {
             }
         }
         for (mut c, code, reason) in self.closing.drain(..) {
-            let _ = c.flush();
+            let _ = c.flush(&mut self.wakes);
             c.outbox.close(code, &reason);
         }
+        self.wakes.run();
     }
 
     /// Closes a removed client with `code` at the next flush, after the
@@ -372,6 +379,7 @@ impl Table {
     ) -> u32 {
         let mut n = 0u32;
         let touched = &mut self.touched;
+        let wakes = &mut self.wakes;
         // A durable room's frames wait for the end of the batch however
         // many gather (bounded by the outbox's limit instead): they wait for
         // its commit, and a call's writes may follow its sends.
@@ -399,7 +407,7 @@ impl Table {
                 return;
             }
             let overflow = if !hold_output {
-                c.flush() == Err(Refused::Overflow)
+                c.flush(wakes) == Err(Refused::Overflow)
             } else if c.pending_bytes > c.outbox.limit() {
                 c.pending.clear();
                 c.pending_bytes = 0;
@@ -434,6 +442,7 @@ impl Table {
                 }
             }
         }
+        self.wakes.run();
         self.metrics.frames_out(u64::from(n));
         n
     }
