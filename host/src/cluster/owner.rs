@@ -72,8 +72,9 @@ struct Forwarded {
 /// pieces (the holder writes the bytes in order, whatever their cut).
 const RECORD_BYTES: usize = 256 * 1024;
 
-/// Most bytes of frames in one NATS message (NATS refuses messages over
-/// its `max_payload`, 1 MiB by default).
+/// Most bytes in one NATS message but for its last record (NATS refuses
+/// messages over its `max_payload`, 1 MiB by default): a frame several
+/// clients get counts once.
 const MESSAGE_BYTES: usize = 512 * 1024;
 
 impl Collector for Link {
@@ -161,16 +162,8 @@ impl Link {
             tokio::task::yield_now().await;
             self.take(&mut taken);
             while !taken.is_empty() {
-                let mut bytes = 0;
-                let cut = taken
-                    .iter()
-                    .position(|record| {
-                        bytes += record.len();
-                        bytes > MESSAGE_BYTES
-                    })
-                    .map_or(taken.len(), |i| i.max(1));
-                let body = wire::frames(epoch, &taken[..cut]);
-                taken.drain(..cut);
+                let (body, published) = wire::frames(epoch, &taken, MESSAGE_BYTES);
+                taken.drain(..published);
                 // Fails only once the connection is closed: the holder sees
                 // the gap then.
                 let _ = client.publish(subject.clone(), body).await;

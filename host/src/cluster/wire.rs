@@ -295,30 +295,40 @@ const ACK_RECORD_BYTES: usize = 1 + 8 + 8 + 1;
 /// frame several clients get (a broadcast's) is written the first time and
 /// named by its index after that, so a fan-out to a node's clients costs
 /// one copy. An answer: its kind, the client's key, the message's number,
-/// the answer.
-pub(super) fn frames(epoch: u64, records: &[Record]) -> Bytes {
+/// the answer. Writes as many of `records` as fit in `max_bytes` (at least
+/// one) and says how many.
+pub(super) fn frames(epoch: u64, records: &[Record], max_bytes: usize) -> (Bytes, usize) {
     // Each frame's place in the body, by where its bytes are (the records
-    // hold them all alive, so an address names one frame), and the body's
-    // exact size: it is allocated once.
+    // hold them all alive, so an address names one frame); the records
+    // that fit, and the body's exact size: it is allocated once.
     let mut index: foldhash::HashMap<(usize, usize), u32> = foldhash::HashMap::default();
     let mut size = 8;
+    let mut fit = 0;
     for record in records {
-        let Record::Frames(batch) = record else {
-            size += ACK_RECORD_BYTES;
-            continue;
-        };
-        size += FRAMES_RECORD_BYTES + 4 * batch.frames.len();
-        for frame in &batch.frames {
-            let next = index.len() as u32;
-            if *index
-                .entry((frame.as_ptr() as usize, frame.len()))
-                .or_insert(next)
-                == next
-            {
-                size += frame.len();
+        let added = match record {
+            Record::Ack { .. } => ACK_RECORD_BYTES,
+            Record::Frames(batch) => {
+                let mut added = FRAMES_RECORD_BYTES + 4 * batch.frames.len();
+                for frame in &batch.frames {
+                    let next = index.len() as u32;
+                    if *index
+                        .entry((frame.as_ptr() as usize, frame.len()))
+                        .or_insert(next)
+                        == next
+                    {
+                        added += frame.len();
+                    }
+                }
+                added
             }
+        };
+        if fit > 0 && size + added > max_bytes {
+            break;
         }
+        size += added;
+        fit += 1;
     }
+    let records = &records[..fit];
     let mut out = BytesMut::with_capacity(size);
     out.put_u64(epoch);
     let mut count = 0u32;
@@ -357,7 +367,7 @@ pub(super) fn frames(epoch: u64, records: &[Record]) -> Bytes {
         }
     }
     debug_assert_eq!(out.len(), size);
-    out.freeze()
+    (out.freeze(), fit)
 }
 
 /// The owner's epoch and the records of a [`frames`] body; `None` if it is
@@ -476,7 +486,7 @@ mod tests {
                 frames: vec![shared.clone()],
             }),
         ];
-        let body = frames(9, &records);
+        let (body, _) = frames(9, &records, usize::MAX);
         // The broadcast is written once.
         assert_eq!(body.len(), 8 + 2 * 22 + 4 + 9 + 4 + 5 + 4 + 18);
         let (epoch, back) = parse_frames(&body).unwrap();
@@ -500,6 +510,33 @@ mod tests {
     }
 
     #[test]
+    fn a_body_holds_the_records_that_fit_counting_a_shared_frame_once() {
+        let shared = Bytes::from(vec![b'x'; 100_000]);
+        let batch = |key, frame: &Bytes| {
+            Record::Frames(Batch {
+                key,
+                seq: 1,
+                next: Next::Continue,
+                frames: vec![frame.clone()],
+            })
+        };
+        // Ten clients' copies of one broadcast: one frame and ten records.
+        let copies: Vec<Record> = (0..10).map(|key| batch(key, &shared)).collect();
+        let (body, fit) = frames(1, &copies, 200_000);
+        assert_eq!(fit, 10);
+        assert!(body.len() < 101_000, "{}", body.len());
+        // Ten different frames: as many as the bound allows, at least one.
+        let distinct: Vec<Record> = (0..10)
+            .map(|key| batch(key, &Bytes::from(vec![b'y'; 100_000])))
+            .collect();
+        let (body, fit) = frames(1, &distinct, 350_000);
+        assert_eq!(fit, 3);
+        assert!(body.len() <= 350_000);
+        assert_eq!(parse_frames(&body).unwrap().1.len(), 3);
+        assert_eq!(frames(1, &distinct, 10).1, 1);
+    }
+
+    #[test]
     fn a_malformed_body_is_refused_not_a_panic() {
         let one = Record::Frames(Batch {
             key: 1,
@@ -507,7 +544,7 @@ mod tests {
             next: Next::Continue,
             frames: vec![Bytes::from_static(b"x")],
         });
-        let good = frames(1, &[one]).to_vec();
+        let good = frames(1, &[one], usize::MAX).0.to_vec();
         for cut in 9..good.len() {
             assert!(parse_frames(&Bytes::copy_from_slice(&good[..cut])).is_none());
         }
