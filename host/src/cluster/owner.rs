@@ -156,9 +156,12 @@ impl Link {
             if Arc::strong_count(&self) == 1 {
                 return;
             }
-            // The room that woke the link may still be handing its other
-            // clients here their copies: let it, so that they go in this
-            // message (and a broadcast is written once).
+            // A room wakes the link once it has handed all its clients
+            // their copies (see `outbox::Wakes`); one turn of the scheduler
+            // lets the tasks woken with it (other rooms, answers to the
+            // holder's messages) add theirs to this message: without it,
+            // rpc across nodes sent 2.4 times the NATS messages, and was
+            // slower.
             tokio::task::yield_now().await;
             self.take(&mut taken);
             while !taken.is_empty() {
