@@ -272,16 +272,6 @@ pub(super) enum Record {
     },
 }
 
-impl Record {
-    /// Bytes of frames it carries.
-    pub(super) fn len(&self) -> usize {
-        match self {
-            Record::Frames(batch) => batch.frames.iter().map(Bytes::len).sum(),
-            Record::Ack { .. } => 0,
-        }
-    }
-}
-
 const FRAMES_RECORD: u8 = 0;
 const ACK_RECORD: u8 = 1;
 /// A frames record's fixed part: kind, key, number, what follows, count.
