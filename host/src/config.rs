@@ -25,6 +25,13 @@ pub struct Cli {
     #[arg(long, env = "WSROOM_LISTEN", default_value = "127.0.0.1:8787")]
     pub listen: SocketAddr,
 
+    /// Connections the kernel may hold waiting to be accepted (the listen
+    /// backlog), capped by `net.core.somaxconn`. A reconnect storm past it
+    /// costs the clients left out a second each (their SYN is sent again).
+    #[arg(long, env = "WSROOM_LISTEN_BACKLOG", default_value_t = crate::listen::DEFAULT_BACKLOG,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub listen_backlog: u32,
+
     /// How log lines are written to stderr: `text` for people, `json` (one
     /// object a line, with its fields) for a log pipeline.
     #[arg(long, env = "WSROOM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -1,10 +1,12 @@
 //! wsroom: self-hosted Durable-Object-style WebSocket rooms.
 //!
 //! The binary (`main.rs`) parses the command line and calls [`run`]; the
-//! library's own API is that, [`config`], [`limits`] and [`check_component`];
+//! library's own API is that, [`config`], [`limits`], [`listen`] and
+//! [`check_component`];
 //! [`outbox`] and [`write_all`] are public for the load tool's reference
 //! server, which writes as wsroom does so that comparing the two prices the
 //! room alone. Map of the modules:
+//! - [`listen`]: the listening socket and its backlog.
 //! - `server`: [`run`]: the listener, one handler per connection's HTTP
 //!   phase, graceful shutdown. `handshakes`: connections in the HTTP phase
 //!   per source address. `signals`: SIGTERM, ctrl-c, SIGHUP reload.
@@ -37,6 +39,7 @@ mod engine;
 mod handshakes;
 mod http;
 pub mod limits;
+pub mod listen;
 mod metrics;
 pub mod outbox;
 mod rate;

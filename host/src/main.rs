@@ -60,8 +60,7 @@ async fn main() -> anyhow::Result<()> {
         None => {}
     }
     let config = cli.config()?;
-    let listener = tokio::net::TcpListener::bind(cli.listen)
-        .await
+    let listener = wsroom::listen::bind(cli.listen, cli.listen_backlog)
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     wsroom::run(listener, config, wsroom::shutdown_signal()).await
 }

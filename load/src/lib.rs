@@ -153,6 +153,11 @@ struct ConnectArgs {
     /// Connections being opened at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// A reconnect storm: every connection opened at once (no
+    /// --concurrency, rooms not created first), timed to the last one's
+    /// `connected`. Run it on a server that just started.
+    #[arg(long)]
+    storm: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -200,7 +205,17 @@ where
 /// Opens a WebSocket and reads its `connected` message; returns the socket
 /// and the client id.
 async fn connect(server: SocketAddr, kind: &str, project: &str) -> anyhow::Result<(Ws, String)> {
-    let mut ws = open(server, kind, project).await?;
+    connect_from(None, server, kind, project).await
+}
+
+/// [`connect`] from the source address `from` (any if `None`).
+async fn connect_from(
+    from: Option<std::net::IpAddr>,
+    server: SocketAddr,
+    kind: &str,
+    project: &str,
+) -> anyhow::Result<(Ws, String)> {
+    let mut ws = open_from(from, server, kind, project).await?;
     let hello = read_text(&mut ws).await?;
     #[derive(Deserialize)]
     struct Hello {
@@ -217,7 +232,24 @@ async fn connect(server: SocketAddr, kind: &str, project: &str) -> anyhow::Resul
 
 /// Opens a WebSocket to a project, reading nothing yet.
 async fn open(server: SocketAddr, kind: &str, project: &str) -> anyhow::Result<Ws> {
-    let stream = TcpStream::connect(server).await.context("tcp connect")?;
+    open_from(None, server, kind, project).await
+}
+
+async fn open_from(
+    from: Option<std::net::IpAddr>,
+    server: SocketAddr,
+    kind: &str,
+    project: &str,
+) -> anyhow::Result<Ws> {
+    let stream = match from {
+        None => TcpStream::connect(server).await,
+        Some(from) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(from, 0))?;
+            socket.connect(server).await
+        }
+    }
+    .context("tcp connect")?;
     stream.set_nodelay(true)?;
     let req = hyper::Request::builder()
         .method("GET")
@@ -1071,8 +1103,10 @@ async fn connect_many(
     let ConnectArgs {
         connections,
         projects,
-        concurrency,
+        storm,
+        ..
     } = args;
+    let concurrency = if storm { connections } else { args.concurrency };
     anyhow::ensure!(
         connections > 0 && projects > 0 && concurrency > 0,
         "counts must be positive"
@@ -1091,8 +1125,14 @@ async fn connect_many(
     let mut mem_rooms = None;
     // CPU time of the server and of this tool while opening, per phase.
     let mut cpu = Vec::with_capacity(2);
-    // Phase 1 opens one connection per project (rooms), phase 2 the rest.
-    for (from, to) in [(0, projects), (projects, connections)] {
+    // Phase 1 opens one connection per project (rooms), phase 2 the rest;
+    // a storm opens them all in one.
+    let phases = if storm {
+        vec![(0, connections)]
+    } else {
+        vec![(0, projects), (projects, connections)]
+    };
+    for (from, to) in phases {
         let phase = Instant::now();
         let server0 = server_pid.map(cpu_times).transpose()?;
         let tool0 = cpu_times(std::process::id())?;
@@ -1107,9 +1147,13 @@ async fn connect_many(
             tasks.push(tokio::spawn(async move {
                 let t = Instant::now();
                 let remaining = deadline.saturating_duration_since(t);
-                let ws = match tokio::time::timeout(remaining, connect(server, "runtime", &project))
-                    .await
-                {
+                // A storm's clients come from many addresses, as clients
+                // on many hosts would (a server limits the handshakes of one
+                // address at once): 250 in 127.0.0.0/8.
+                let from = (storm && server.ip() == std::net::Ipv4Addr::LOCALHOST)
+                    .then(|| std::net::Ipv4Addr::new(127, 0, 1, (i % 250) as u8 + 1).into());
+                let connecting = connect_from(from, server, "runtime", &project);
+                let ws = match tokio::time::timeout(remaining, connecting).await {
                     Ok(Ok((ws, _))) => Some(ws),
                     Ok(Err(e)) => {
                         checks.error(|| format!("connect: {e:#}"));
@@ -1139,7 +1183,7 @@ async fn connect_many(
             "serverCpu": server_cpu(server_pid, server0, units)?,
             "toolMicrosPerUnit": tool * 1e6 / units.max(1) as f64,
         }));
-        if from == 0 {
+        if from == 0 && !storm {
             // Let the server settle before reading its memory.
             tokio::time::sleep(Duration::from_millis(500)).await;
             mem_rooms = server_pid.map(memory).transpose()?;
@@ -1180,8 +1224,9 @@ async fn connect_many(
         "seconds": elapsed.as_secs_f64(),
         "connectionsPerSec": opened as f64 / elapsed.as_secs_f64().max(1e-9),
         "timeToConnected": percentiles(&hist),
+        "storm": storm,
         // Phase 1 creates a room per connection; phase 2 joins live rooms.
-        "cpu": { "newRooms": cpu[0], "liveRooms": cpu[1] },
+        "cpu": if storm { json!({ "storm": cpu[0] }) } else { json!({ "newRooms": cpu[0], "liveRooms": cpu[1] }) },
         "memory": memory,
         "checks": checks.json(),
         "ok": checks.ok(),
@@ -1246,7 +1291,12 @@ fn print_report(r: &serde_json::Value) {
         }
         _ => {
             out!(
-                "connect {} over {} projects: {} opened in {:.2} s = {:.0} connections/s",
+                "connect {}{} over {} projects: {} opened in {:.2} s = {:.0} connections/s",
+                if r["storm"] == true {
+                    "(storm, all at once) "
+                } else {
+                    ""
+                },
                 r["connections"],
                 r["projects"],
                 r["opened"],
@@ -1254,7 +1304,11 @@ fn print_report(r: &serde_json::Value) {
                 f(&r["connectionsPerSec"])
             );
             out!("time to connected: {}", lat(&r["timeToConnected"]));
-            for (phase, what) in [("newRooms", "a new room"), ("liveRooms", "a live room")] {
+            for (phase, what) in [
+                ("newRooms", "a new room"),
+                ("liveRooms", "a live room"),
+                ("storm", "a room in a storm"),
+            ] {
                 let c = &r["cpu"][phase];
                 let server = &c["serverCpu"];
                 if c["connections"].as_u64().unwrap_or(0) > 0 && !server.is_null() {

@@ -349,3 +349,83 @@ async fn a_full_room_inbox_slows_senders_down_but_loses_nothing() {
         assert_eq!(b.next_json().await, json!({ "echo": format!("m{i}") }));
     }
 }
+
+/// How many of `n` TCP connects to a stopped server complete within a
+/// second: those its accept queue has room for (the kernel answers their
+/// handshake); the others wait for their SYN to be sent again.
+async fn connects_a_stopped_server_queues(server: &Server, n: usize) -> Vec<tokio::net::TcpStream> {
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &server.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let addr = server.addr;
+    let connects: Vec<_> = (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                tokio::time::timeout(
+                    Duration::from_millis(900),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut queued = Vec::new();
+    for connect in connects {
+        if let Ok(Ok(Ok(stream))) = connect.await {
+            queued.push(stream);
+        }
+    }
+    signal("-CONT");
+    queued
+}
+
+#[tokio::test]
+async fn a_burst_of_connects_waits_in_a_deep_accept_queue_not_for_a_syn_retransmit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let burst = 400.min(somaxconn);
+    // By default the queue is as deep as the kernel allows: a burst of
+    // clients all complete their handshake while the server is busy.
+    let server = Server::start(&["--in-memory"]);
+    server
+        .wait_stderr("the accept queue's size", |e| e.contains("accept queue"))
+        .await;
+    let mut queued = connects_a_stopped_server_queues(&server, burst).await;
+    assert_eq!(queued.len(), burst, "every connect of the burst was queued");
+    // And they are served once the server runs again.
+    for stream in queued.iter_mut().take(20) {
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut answer))
+            .await
+            .expect("the queued connection is answered")
+            .unwrap();
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    drop(queued);
+
+    // A shallow queue, as asked: most of the burst is left waiting.
+    let shallow = Server::start(&["--in-memory", "--listen-backlog", "16"]);
+    let queued = connects_a_stopped_server_queues(&shallow, burst).await;
+    assert!(
+        queued.len() < 40,
+        "{} of {burst} queued with a backlog of 16",
+        queued.len()
+    );
+}
