@@ -313,3 +313,27 @@ async fn the_chat_scenario_hears_every_line_back_from_the_durable_chat_room() {
     let p50 = &health["store"]["commitLatencyMs"]["p50"];
     assert!(p50.as_f64().is_some(), "{health}");
 }
+
+#[tokio::test]
+async fn a_storm_opens_every_connection_at_once_from_many_addresses() {
+    // Five handshakes at once per address: 300 clients at once from one
+    // address would be refused, from 250 addresses they all get in.
+    let server = Server::start(&["--in-memory", "--max-handshakes-per-address", "5"]);
+    let r = load(
+        &server,
+        &[
+            "connect",
+            "--connections",
+            "300",
+            "--projects",
+            "10",
+            "--storm",
+        ],
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["storm"], true, "{r}");
+    assert_eq!(r["opened"], 300, "{r}");
+    assert_eq!(r["concurrency"], 300, "{r}");
+    assert!(r["timeToConnected"]["p99Us"].as_f64().unwrap() > 0.0, "{r}");
+}
