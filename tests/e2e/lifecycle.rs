@@ -143,6 +143,35 @@ async fn hibernation_is_invisible_to_clients() {
 }
 
 #[tokio::test]
+async fn a_room_whose_last_client_left_drops_its_instance_at_once() {
+    // Clients leaving many rooms at once (a deploy) must not leave a live
+    // instance per room waiting out --hibernate-after-ms.
+    let server = Server::start(&["--in-memory", "--hibernate-after-ms", "600000"]);
+    let projects: Vec<String> = (0..20).map(|_| project()).collect();
+    let mut clients = Vec::new();
+    for p in &projects {
+        clients.push(server.connect("runtime", p).await);
+    }
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["counters"]["instancesLive"], 20, "{health}");
+    for c in &mut clients {
+        c.close().await;
+    }
+    let health = server
+        .wait_health("every empty room's instance to go", |h| {
+            h["connections"] == 0 && h["counters"]["instancesLive"] == 0
+        })
+        .await;
+    // The rooms are still there (the default room's cleanup alarm waits in
+    // each), and the next client is served as before.
+    assert_eq!(health["rooms"], 20, "{health}");
+    let mut back = server.connect("runtime", &projects[0]).await;
+    let mut other = server.connect("admin", &projects[0]).await;
+    back.send_json(&json!({"id": "m", "type": "t"})).await;
+    assert_eq!(other.next_json().await["id"], "m");
+}
+
+#[tokio::test]
 async fn attachments_survive_hibernation() {
     let server = Server::start(&["--component", FIXTURE_ROOM, "--hibernate-after-ms", "150"]);
     let mut c = server.connect("runtime", &project()).await;

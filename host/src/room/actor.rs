@@ -78,6 +78,14 @@ impl Actor {
                 self.handle(event).await;
                 handled += 1;
             }
+            // A room nobody is connected to has nothing for an instance to
+            // do but its alarm, which waits without one: it goes now rather
+            // than after --hibernate-after-ms, so that clients leaving many
+            // rooms at once (a deploy, a network blip) do not wake a live
+            // instance per room that then waits there.
+            if handled > 0 && self.instance.is_live() && self.table().is_empty() {
+                self.hibernate();
+            }
             self.finish_batch().await;
             if self.try_remove() {
                 return true;
