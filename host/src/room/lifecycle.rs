@@ -83,7 +83,9 @@ enum Woken {
 }
 
 /// The room's own task: runs what waits in the inbox, fires the alarm,
-/// hibernates an idle instance, until the room is finished.
+/// hibernates an idle instance, until the room is finished. What it runs
+/// is boxed for the run: the task of a hibernated room holds only its
+/// waits (~0.5 KiB, against 3.4 KiB with the runs inline).
 async fn run(core: Arc<Core>) {
     {
         let mut actor = core.actor.lock().await;
@@ -91,7 +93,7 @@ async fn run(core: Arc<Core>) {
         info!(project = %actor.project, "room created");
         // The alarm it has in the store is known before the first wait; a
         // failure is tried again before the first call.
-        if let Err(e) = actor.ensure_loaded().await {
+        if let Err(e) = Box::pin(actor.ensure_loaded()).await {
             warn!(project = %actor.project, error = %format!("{e:#}"), "cannot read the room's data; trying again in a second");
         }
     }
@@ -119,14 +121,14 @@ async fn run(core: Arc<Core>) {
             return;
         }
         if !actor.registry.lease_holds(actor.lease_generation) {
-            actor.lose_lease().await;
+            Box::pin(actor.lose_lease()).await;
             actor.finish();
             return;
         }
         match woken {
             Woken::Event => {}
             Woken::Load => {
-                if let Err(e) = actor.ensure_loaded().await {
+                if let Err(e) = Box::pin(actor.ensure_loaded()).await {
                     warn!(project = %actor.project, error = %format!("{e:#}"), "cannot read the room's data; trying again in a second");
                 }
             }
@@ -142,12 +144,15 @@ async fn run(core: Arc<Core>) {
             Woken::Alarm => {
                 // The alarm may have been moved or cancelled meanwhile.
                 if actor.table().alarm_at.is_some_and(|at| at <= now_ms()) {
-                    actor.fire_alarm().await;
-                    actor.finish_batch().await;
+                    Box::pin(async {
+                        actor.fire_alarm().await;
+                        actor.finish_batch().await;
+                    })
+                    .await;
                 }
             }
         }
-        if actor.drain().await {
+        if Box::pin(actor.drain()).await {
             actor.finish();
             return;
         }
