@@ -158,6 +158,12 @@ struct ConnectArgs {
     /// `connected`. Run it on a server that just started.
     #[arg(long)]
     storm: bool,
+    /// With --server-pid: keep the connections open this long after the
+    /// last is connected (past the server's --hibernate-after-ms, rooms
+    /// hibernate), read the server's memory again, then close them all at
+    /// once and report the most memory the server held while they left.
+    #[arg(long, default_value_t = 0)]
+    hold_secs: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -1104,6 +1110,7 @@ async fn connect_many(
         connections,
         projects,
         storm,
+        hold_secs,
         ..
     } = args;
     let concurrency = if storm { connections } else { args.concurrency };
@@ -1216,9 +1223,18 @@ async fn connect_many(
     };
     let hist = hist.lock().await;
     let opened = sockets.len();
-    drop(sockets);
+    let held = match server_pid.filter(|_| hold_secs > 0) {
+        Some(pid) => {
+            hold_and_leave(pid, sockets, Duration::from_secs(hold_secs), projects, mem0).await?
+        }
+        None => {
+            drop(sockets);
+            serde_json::Value::Null
+        }
+    };
     Ok(json!({
         "scenario": "connect",
+        "held": held,
         "connections": connections, "projects": projects, "concurrency": concurrency,
         "opened": opened,
         "seconds": elapsed.as_secs_f64(),
@@ -1230,6 +1246,38 @@ async fn connect_many(
         "memory": memory,
         "checks": checks.json(),
         "ok": checks.ok(),
+    }))
+}
+
+/// Keeps `sockets` open for `hold`, reads the server's memory, then closes
+/// them all at once and samples its memory while they leave (3 s).
+async fn hold_and_leave(
+    pid: u32,
+    sockets: Vec<Ws>,
+    hold: Duration,
+    projects: usize,
+    before: Option<Memory>,
+) -> anyhow::Result<serde_json::Value> {
+    tokio::time::sleep(hold).await;
+    let held = memory(pid)?;
+    drop(sockets);
+    let mut peak = held;
+    let leaving = Instant::now();
+    while leaving.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let now = memory(pid)?;
+        peak.rss = peak.rss.max(now.rss);
+        peak.pss = peak.pss.max(now.pss);
+    }
+    let after = memory(pid)?;
+    let per_project = |b: u64, b0: u64| b.saturating_sub(b0) as f64 / projects.max(1) as f64;
+    Ok(json!({
+        "holdSecs": hold.as_secs_f64(),
+        "rssHeldBytes": held.rss, "pssHeldBytes": held.pss,
+        "bytesPerProjectHeld": before.map(|b| per_project(held.pss, b.pss)),
+        "rssBytesPerProjectHeld": before.map(|b| per_project(held.rss, b.rss)),
+        "rssPeakLeavingBytes": peak.rss, "pssPeakLeavingBytes": peak.pss,
+        "rssAfterLeavingBytes": after.rss, "pssAfterLeavingBytes": after.pss,
     }))
 }
 
@@ -1318,6 +1366,19 @@ fn print_report(r: &serde_json::Value) {
                         f(&c["toolMicrosPerUnit"])
                     );
                 }
+            }
+            if !r["held"].is_null() {
+                let h = &r["held"];
+                out!(
+                    "after {:.0} s held: {:.0} B per project with its client (PSS; RSS {:.0} B); \
+                     all leaving at once: RSS {:.1} MB -> peak {:.1} MB -> {:.1} MB after 3 s",
+                    f(&h["holdSecs"]),
+                    f(&h["bytesPerProjectHeld"]),
+                    f(&h["rssBytesPerProjectHeld"]),
+                    f(&h["rssHeldBytes"]) / 1e6,
+                    f(&h["rssPeakLeavingBytes"]) / 1e6,
+                    f(&h["rssAfterLeavingBytes"]) / 1e6
+                );
             }
             if !r["memory"].is_null() {
                 let m = &r["memory"];
