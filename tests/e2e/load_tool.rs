@@ -337,3 +337,36 @@ async fn a_storm_opens_every_connection_at_once_from_many_addresses() {
     assert_eq!(r["concurrency"], 300, "{r}");
     assert!(r["timeToConnected"]["p99Us"].as_f64().unwrap() > 0.0, "{r}");
 }
+
+#[tokio::test]
+async fn connect_reports_memory_held_and_while_everyone_leaves() {
+    let server = Server::start(&["--in-memory", "--hibernate-after-ms", "200"]);
+    let pid = server.pid().to_string();
+    let r = load(
+        &server,
+        &[
+            "connect",
+            "--connections",
+            "20",
+            "--projects",
+            "20",
+            "--hold-secs",
+            "1",
+            "--server-pid",
+            &pid,
+        ],
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let held = &r["held"];
+    assert_eq!(held["holdSecs"], 1.0, "{r}");
+    assert!(held["bytesPerProjectHeld"].as_f64().unwrap() > 0.0, "{r}");
+    let peak = held["rssPeakLeavingBytes"].as_u64().unwrap();
+    assert!(peak >= held["rssHeldBytes"].as_u64().unwrap(), "{r}");
+    // The rooms hibernated during the hold.
+    let (_, health) = server.get("/health").await;
+    assert!(
+        health["counters"]["hibernations"].as_u64().unwrap() >= 20,
+        "{health}"
+    );
+}
