@@ -155,7 +155,7 @@ pub async fn run(
     if let Some(cluster) = &cluster {
         // Clients of this node's projects held by other nodes stay open:
         // another node takes the projects over once this one has left.
-        cluster.leaving();
+        cluster.leaving().await;
     }
     for room in registry.all() {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, room.send(Event::Shutdown)).await;

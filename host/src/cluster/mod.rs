@@ -45,6 +45,10 @@ pub(crate) use lease::{Validity, bucket, key};
 use owner::Served;
 use remote::{Answer, Stub, Stubs};
 
+/// How long a leaving node waits for its links to hand NATS what its
+/// rooms sent other nodes' clients.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How many times a connect looks for the project's owner again when the
 /// node it found turned out not to be it.
 const PLACE_ATTEMPTS: usize = 4;
@@ -301,7 +305,12 @@ impl Cluster {
     /// Shutdown, before the rooms close: nothing more goes from here to the
     /// clients other nodes hold, so that they stay open for the node that
     /// takes the projects over.
-    pub(crate) fn leaving(&self) {
+    pub(crate) async fn leaving(&self) {
+        // What this node's rooms already sent other nodes' clients goes out
+        // first: their next owner numbers its frames anew, so a frame lost
+        // here would be a gap nobody sees. (A message a room handles from
+        // now until the links close may still lose its copies to them.)
+        self.served.settle(SETTLE_TIMEOUT).await;
         self.served.clear();
         self.leases.let_go();
         self.stubs
@@ -311,6 +320,7 @@ impl Cluster {
     /// Shutdown, after the rooms closed: the lease is given up, so the
     /// projects this node owned can be taken over at once.
     pub(crate) async fn leave(&self) {
+        let _ = self.client.flush().await;
         self.leases.leave().await;
         let _ = self.client.flush().await;
     }

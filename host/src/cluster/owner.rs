@@ -6,7 +6,9 @@
 //! table's entries for their messages and closes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -51,6 +53,10 @@ impl Holder {
 pub(super) struct Link {
     state: Mutex<LinkState>,
     wake: Notify,
+    /// It holds records it took and has not published yet.
+    publishing: AtomicBool,
+    /// Rounds of taking and publishing done.
+    rounds: AtomicU64,
 }
 
 #[derive(Default)]
@@ -89,6 +95,8 @@ impl Link {
         let link = Arc::new(Link {
             state: Mutex::new(LinkState::default()),
             wake: Notify::new(),
+            publishing: AtomicBool::new(false),
+            rounds: AtomicU64::new(0),
         });
         tokio::spawn(link.clone().publish(client, subject, epoch));
         link
@@ -110,6 +118,12 @@ impl Link {
             },
         );
         outbox.collect_by(weak, key);
+    }
+
+    /// Nothing is waiting to go, or on its way out.
+    fn settled(&self) -> bool {
+        let state = self.lock();
+        state.ready.is_empty() && state.acks.is_empty() && !self.publishing.load(SeqCst)
     }
 
     fn push_ack(&self, record: wire::Record) {
@@ -163,6 +177,7 @@ impl Link {
             // rpc across nodes sent 2.4 times the NATS messages, and was
             // slower.
             tokio::task::yield_now().await;
+            self.publishing.store(true, SeqCst);
             self.take(&mut taken);
             while !taken.is_empty() {
                 let (body, published) = wire::frames(epoch, &taken, MESSAGE_BYTES);
@@ -171,6 +186,8 @@ impl Link {
                 // the gap then.
                 let _ = client.publish(subject.clone(), body).await;
             }
+            self.publishing.store(false, SeqCst);
+            self.rounds.fetch_add(1, SeqCst);
         }
     }
 }
@@ -323,6 +340,29 @@ impl Served {
 
     pub(super) fn len(&self) -> usize {
         self.lock().values().map(|of| of.clients.len()).sum()
+    }
+
+    /// Waits (at most `patience`) until every link has handed NATS what
+    /// the rooms gave it before the call (two rounds from then: the one
+    /// under way may have taken before), or has nothing left: a node that
+    /// stops must not take frames its rooms sent down with it.
+    pub(super) async fn settle(&self, patience: Duration) {
+        let links: Vec<(Arc<Link>, u64)> = self
+            .lock()
+            .values()
+            .filter_map(|of| of.link.clone())
+            .map(|link| {
+                let round = link.rounds.load(SeqCst);
+                (link, round)
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + patience;
+        let done = |(link, round): &(Arc<Link>, u64)| {
+            link.settled() || link.rounds.load(SeqCst) >= round + 2
+        };
+        while !links.iter().all(done) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
