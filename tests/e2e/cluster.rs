@@ -349,6 +349,55 @@ async fn sigterm_hands_the_owner_s_projects_over_and_other_nodes_clients_notice_
 }
 
 #[tokio::test]
+async fn a_message_sent_while_its_owner_leaves_reaches_its_target_or_its_sender_hears() {
+    let nats = Nats::start();
+    let [n1, n2, n3] = three_nodes(&nats);
+    let p = project();
+    let (_own, mut r, mut d) = one_per_node([&n1, &n2, &n3], &p).await;
+    // A burst from one node to another through the owner, which leaves
+    // (SIGTERM) in the middle of it.
+    const N: usize = 300;
+    for i in 0..N {
+        r.send_json(&json!({"id": format!("m{i}"), "type": "t", "to": {"id": d.id}}))
+            .await;
+    }
+    let status = n1.terminate();
+    assert!(status.success(), "{status}");
+    r.send_json(&json!({"id": "after", "type": "t", "to": {"id": d.id}}))
+        .await;
+    let mut received = Vec::new();
+    loop {
+        let got = d.next_json().await;
+        let id = got["id"].as_str().unwrap_or_default().to_owned();
+        if id == "after" {
+            break;
+        }
+        received.push(id);
+    }
+    d.send_json(&json!({"id": "marker", "type": "t", "to": {"id": r.id}}))
+        .await;
+    let mut refused = Vec::new();
+    loop {
+        let got = r.next_json().await;
+        if got["id"] == "marker" {
+            break;
+        }
+        assert_eq!(got["type"], "error", "{got}");
+        refused.push(got["payload"]["messageId"].as_str().unwrap().to_owned());
+    }
+    // In order, once each, and every other one was refused to its sender.
+    let numbers: Vec<usize> = received.iter().map(|id| id[1..].parse().unwrap()).collect();
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+    for i in 0..N {
+        let id = format!("m{i}");
+        assert!(
+            received.contains(&id) || refused.contains(&id),
+            "{id} reached nobody and its sender heard nothing: received {received:?}, refused {refused:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_short_nats_outage_costs_the_clients_nothing() {
     let mut nats = Nats::start();
     // A lease long enough that the outage stays under its fence.
