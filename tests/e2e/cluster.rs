@@ -562,7 +562,14 @@ async fn a_dead_owner_s_project_is_taken_over_without_waiting_for_a_message() {
     // order), and nothing else.
     let mut got = d.next_json().await;
     if got["type"] == "client_left" {
-        assert_eq!(got["payload"]["clientId"], own.id.as_str(), "{got}");
+        assert_eq!(
+            got["payload"]["clientId"],
+            own.id.as_str(),
+            "{got}; own {}, r {}, d {}",
+            own.id,
+            r.id,
+            d.id
+        );
         got = d.next_json().await;
     }
     assert_eq!(got["id"], "m", "{got}");

@@ -541,6 +541,12 @@ impl Cluster {
 
     /// Puts a client another node holds back in the project's table here.
     async fn rejoin(&self, project: &str, holder: (&str, u64), client: wire::Client) {
+        // Its holder may have placed it here itself meanwhile: a second
+        // entry would make the room tell everyone, the client included, that
+        // it left when the first was replaced.
+        if self.served.contains(holder.0, holder.1, client.key) {
+            return;
+        }
         let outbox = Arc::new(Outbox::new(self.outbox_limit));
         let meta = Arc::new(client.meta());
         // Bounded: a takeover holds its project's claim lock meanwhile.
@@ -706,6 +712,13 @@ impl Cluster {
         use wire::ConnectReply as Reply;
         if !self.leases.owns(&request.project) || !crate::config::is_node_name(&request.holder) {
             return Reply::NotOwner;
+        }
+        // Gathered here by a takeover already: admitted once is enough.
+        if self
+            .served
+            .contains(&request.holder, request.holder_epoch, request.client.key)
+        {
+            return Reply::Admitted;
         }
         let outbox = Arc::new(Outbox::new(self.outbox_limit));
         let meta = Arc::new(request.client.meta());

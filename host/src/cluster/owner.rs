@@ -279,6 +279,15 @@ impl Served {
         gone
     }
 
+    /// Whether the holder's client `key` (of that epoch of the holder) is
+    /// served here already.
+    pub(super) fn contains(&self, holder: &str, epoch: u64, key: u64) -> bool {
+        let conns = self.lock();
+        conns
+            .get(holder)
+            .is_some_and(|of| of.epoch == epoch && of.clients.contains_key(&key))
+    }
+
     /// The room and table entry of a holder's client.
     pub(super) fn get(&self, holder: &str, key: u64) -> Option<(RoomHandle, ConnRef)> {
         let conns = self.lock();
