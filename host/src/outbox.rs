@@ -86,6 +86,10 @@ pub trait Collector: Send + Sync {
 pub struct Wakes(Vec<(Weak<dyn Collector>, u64)>);
 
 impl Wakes {
+    pub fn shrink(&mut self) {
+        self.0.shrink_to_fit();
+    }
+
     pub fn run(&mut self) {
         let mut keys = Vec::new();
         let mut wakes = self.0.drain(..).peekable();

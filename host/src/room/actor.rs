@@ -60,9 +60,10 @@ impl Actor {
             let mut handled = 0;
             while handled < BATCH {
                 // The message's bytes are given back once it is handled.
-                let Ok(Queued { event, _bytes }) = self.rx.try_recv() else {
+                let Ok(queued) = self.rx.try_recv() else {
                     break;
                 };
+                let Queued { event, _bytes } = *queued;
                 match event {
                     Event::Shutdown => {
                         self.shut_down(CLOSE_GOING_AWAY, "server shutting down", true)
@@ -379,7 +380,9 @@ impl Actor {
         if let Instance::Live { store, .. } =
             std::mem::replace(&mut self.instance, Instance::Moving)
         {
-            self.instance = Instance::Hibernated(Box::new(store.into_data().table));
+            let mut table = store.into_data().table;
+            table.shrink();
+            self.instance = Instance::Hibernated(Box::new(table));
             self.metrics.instance_dropped();
         }
     }

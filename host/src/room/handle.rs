@@ -13,7 +13,7 @@ use super::{Core, Event, Incoming, Queued, RoomShared};
 #[derive(Clone)]
 pub struct RoomHandle {
     pub(crate) project: Arc<str>,
-    tx: mpsc::Sender<Queued>,
+    tx: mpsc::Sender<Box<Queued>>,
     /// The inbox's bound in bytes: a queued message holds as many permits
     /// as it has bytes (at most all of them) until the room takes it.
     inbox_bytes: Arc<Semaphore>,
@@ -26,7 +26,7 @@ pub struct RoomHandle {
 impl RoomHandle {
     pub(super) fn new(
         project: Arc<str>,
-        tx: mpsc::Sender<Queued>,
+        tx: mpsc::Sender<Box<Queued>>,
         inbox_bytes_max: u32,
         core: Arc<Core>,
         shared: Arc<RoomShared>,
@@ -72,10 +72,10 @@ impl RoomHandle {
         let Ok(permit) = self.tx.reserve().await else {
             return Err(event);
         };
-        permit.send(Queued {
+        permit.send(Box::new(Queued {
             event,
             _bytes: bytes,
-        });
+        }));
         self.core.wake.notify_one();
         Ok(())
     }

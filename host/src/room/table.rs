@@ -200,6 +200,26 @@ impl Table {
         self.closing.push((c, code, reason.to_owned()));
     }
 
+    /// Gives back what the table grew for traffic it has no more: the room
+    /// is hibernating, and may stay so for hours.
+    pub(crate) fn shrink(&mut self) {
+        for (_, c) in self.slots.iter_mut() {
+            c.pending.shrink_to_fit();
+        }
+        self.slots.shrink_to_fit();
+        self.by_id.shrink_to_fit();
+        self.by_kind.shrink_to_fit();
+        for (_, list) in self.kinds.iter_mut() {
+            list.shrink_to_fit();
+        }
+        self.kinds.shrink_to_fit();
+        self.order.shrink_to_fit();
+        self.touched.shrink_to_fit();
+        self.overflowed.shrink_to_fit();
+        self.closing.shrink_to_fit();
+        self.wakes.shrink();
+    }
+
     /// Drops every frame not yet handed to an outbox: they were sent by
     /// calls whose writes were lost, and must not tell anyone of them. The
     /// closes those calls made happen, but as a failure's (1011), not with
