@@ -156,7 +156,7 @@ struct ConnectArgs {
     /// A reconnect storm: every connection opened at once (no
     /// --concurrency, rooms not created first), timed to the last one's
     /// `connected`. Run it on a server that just started.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "concurrency")]
     storm: bool,
     /// With --server-pid: keep the connections open this long after the
     /// last is connected (past the server's --hibernate-after-ms, rooms
@@ -1114,6 +1114,10 @@ async fn connect_many(
         ..
     } = args;
     let concurrency = if storm { connections } else { args.concurrency };
+    anyhow::ensure!(
+        hold_secs == 0 || server_pid.is_some(),
+        "--hold-secs measures the server's memory: it needs --server-pid"
+    );
     anyhow::ensure!(
         connections > 0 && projects > 0 && concurrency > 0,
         "counts must be positive"
