@@ -10,7 +10,7 @@
 //! long-lived objects. With the instances in an arena of their own, what a
 //! hibernated room leaves behind is its table, not the pages around it.
 //!
-//! `instance_arena` marks the allocations of an instance's creation; the
+//! [`instance_arena`] marks the allocations of an instance's creation; the
 //! binary installs [`Allocator`] and calls [`init`]. Without them (a test
 //! using the library with the system allocator) the mark does nothing.
 
@@ -33,7 +33,7 @@ thread_local! {
     static IN_INSTANCE: Cell<bool> = const { Cell::new(false) };
 }
 
-/// jemalloc, sending what `instance_arena` marks to the instances' arena.
+/// jemalloc, sending what [`instance_arena`] marks to the instances' arena.
 pub struct Allocator;
 
 impl Allocator {
