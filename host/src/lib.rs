@@ -31,7 +31,6 @@
 //!
 //! The wire protocol is docs/PROTOCOL.md; the room contract, wit/room.wit.
 
-pub mod alloc;
 mod auth;
 mod cluster;
 pub mod config;

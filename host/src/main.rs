@@ -5,10 +5,9 @@ use tracing_subscriber::EnvFilter;
 use wsroom::config::{Cli, Command, LogFormat};
 
 // jemalloc: measured here against the system allocator, less memory per idle
-// connection and no loss of throughput; room instances in an arena of their
-// own (`wsroom::alloc`).
+// connection and no loss of throughput.
 #[global_allocator]
-static GLOBAL: wsroom::alloc::Allocator = wsroom::alloc::Allocator;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options (its `malloc_conf`, read at start; the
 /// `_RJEM_MALLOC_CONF` environment variable still overrides them). A
@@ -38,9 +37,6 @@ async fn main() -> anyhow::Result<()> {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
         LogFormat::Json => logs.json().init(),
-    }
-    if let Err(e) = wsroom::alloc::init() {
-        tracing::warn!("{e}: room instances share the allocator's arenas");
     }
     match &cli.command {
         Some(Command::Token(args)) => {
