@@ -184,9 +184,16 @@ impl Runtime {
         self.inner.version.load(SeqCst)
     }
 
-    /// A new store and instance for one project.
-    /// On failure the table is handed back.
+    /// A new store and instance for one project, made in the instances'
+    /// arena (see `crate::alloc`). On failure the table is handed back.
     pub(crate) async fn instantiate(
+        &self,
+        table: Table,
+    ) -> Result<(Store<RoomState>, Room, u64), (Table, anyhow::Error)> {
+        crate::alloc::instance_arena(self.instantiate_here(table)).await
+    }
+
+    async fn instantiate_here(
         &self,
         table: Table,
     ) -> Result<(Store<RoomState>, Room, u64), (Table, anyhow::Error)> {

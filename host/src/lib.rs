@@ -31,6 +31,7 @@
 //!
 //! The wire protocol is docs/PROTOCOL.md; the room contract, wit/room.wit.
 
+pub mod alloc;
 mod auth;
 mod cluster;
 pub mod config;
