@@ -170,6 +170,52 @@ mod tests {
         assert_eq!(seen, [true, true]);
     }
 
+    /// The arena jemalloc says `ptr` belongs to.
+    fn arena_of(ptr: *mut u8) -> u32 {
+        let mut arena: u32 = u32::MAX;
+        let mut len = size_of::<u32>();
+        let mut ptr = ptr.cast::<std::ffi::c_void>();
+        // SAFETY: "arenas.lookup" reads a pointer and writes an unsigned int.
+        let rc = unsafe {
+            sys::mallctl(
+                c"arenas.lookup".as_ptr(),
+                (&raw mut arena).cast(),
+                &mut len,
+                (&raw mut ptr).cast(),
+                size_of::<*mut std::ffi::c_void>(),
+            )
+        };
+        assert_eq!(rc, 0, "arenas.lookup");
+        arena
+    }
+
+    #[test]
+    fn marked_allocations_land_in_the_instances_arena_and_others_do_not() {
+        init().expect("an arena");
+        let arena = INSTANCE_ARENA.load(Relaxed);
+        let layout = Layout::from_size_align(200, 64).unwrap();
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut marked = std::ptr::null_mut();
+        let mut future = std::pin::pin!(instance_arena(std::future::poll_fn(|_| {
+            // SAFETY: a non-zero size; freed below with the same layout.
+            marked = unsafe { Allocator.alloc(layout) };
+            Poll::Ready(())
+        })));
+        assert!(future.as_mut().poll(&mut cx).is_ready());
+        // SAFETY: as above.
+        let unmarked = unsafe { Allocator.alloc(layout) };
+        assert!(!marked.is_null() && !unmarked.is_null());
+        assert_eq!(marked as usize % 64, 0, "the layout's alignment is kept");
+        assert_eq!(arena_of(marked), arena);
+        assert_ne!(arena_of(unmarked), arena);
+        // SAFETY: allocated above with this layout.
+        unsafe {
+            Allocator.dealloc(marked, layout);
+            Allocator.dealloc(unmarked, layout);
+        }
+    }
+
     #[test]
     fn a_panicking_poll_leaves_no_mark() {
         let result = std::panic::catch_unwind(|| {

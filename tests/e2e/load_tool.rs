@@ -250,6 +250,21 @@ async fn the_load_tool_refuses_other_hosts() {
         err.contains("--server-pid") && err.contains("no such process"),
         "{err}"
     );
+    // Options that would be ignored are refused, saying why.
+    let err = run_tool(&["connect", "--hold-secs", "5"])
+        .await
+        .expect_err("a hold without a server to measure");
+    assert!(
+        err.contains("--hold-secs") && err.contains("--server-pid"),
+        "{err}"
+    );
+    let err = run_tool(&["connect", "--storm", "--concurrency", "10"])
+        .await
+        .expect_err("a storm with a concurrency");
+    assert!(
+        err.contains("--storm") && err.contains("--concurrency"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
