@@ -260,10 +260,27 @@ async fn a_killed_owner_s_project_moves_and_other_nodes_clients_stay() {
     let (_own, mut r, mut d) = one_per_node([&n1, &n2, &n3], &p).await;
     let mut a = n3.connect("admin", &p).await;
     kill_9(n1);
-    // Sent while the project has no owner: delivered once it has one.
-    r.send_json(&json!({"id": "during", "type": "t", "to": {"id": d.id}}))
-        .await;
-    let got = d.next_json().await;
+    // Sent while the project has no owner: delivered once it has one. Or,
+    // when NATS handed it to the owner in the instant the owner died (NATS
+    // had not yet seen its socket close), its sender is told it may not have
+    // been handled, once the project has moved: never silence.
+    let during = json!({"id": "during", "type": "t", "to": {"id": d.id}});
+    r.send_json(&during).await;
+    let got = tokio::select! {
+        got = d.next_json() => got,
+        refused = r.next_json() => {
+            assert_eq!(refused["type"], "error", "{refused}");
+            assert_eq!(refused["payload"]["code"], "not_delivered", "{refused}");
+            assert!(
+                refused["payload"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("may not have been handled")),
+                "{refused}"
+            );
+            r.send_json(&during).await;
+            d.next_json().await
+        }
+    };
     assert_eq!(got["id"], "during", "{got}");
     assert_eq!(a.next_json().await["id"], "during");
     // Exactly one live node runs the project now, and it knows the clients
@@ -278,6 +295,7 @@ async fn a_killed_owner_s_project_moves_and_other_nodes_clients_stay() {
     assert_eq!(r.next_json().await["id"], "after");
     assert_eq!(a.next_json().await["id"], "after");
     a.assert_nothing_before_marker(&mut r).await;
+    d.assert_nothing_before_marker(&mut r).await;
 }
 
 #[tokio::test]

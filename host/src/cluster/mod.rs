@@ -114,6 +114,11 @@ const OWNER_SILENT: NotDelivered = NotDelivered {
     message: "the node running this project did not answer in time; the message may not have been handled",
     reconnect: false,
 };
+const OWNER_GONE: NotDelivered = NotDelivered {
+    code: "not_delivered",
+    message: "the node running this project stopped before answering; the message may not have been handled",
+    reconnect: false,
+};
 const ROOM_LOST: NotDelivered = NotDelivered {
     code: "not_delivered",
     message: "the project's room failed or stopped before handling the message",
@@ -909,7 +914,8 @@ impl RemoteClient {
         let give_up = tokio::time::Instant::now() + cluster.leases.lease() + REQUEST_TIMEOUT;
         let mut pause = RETRY;
         loop {
-            let (node, _) = self.stub.owner();
+            let owner = self.stub.owner();
+            let node = &owner.0;
             // A number per attempt: an answer to an earlier one is ignored.
             let seq = self.sent.fetch_add(1, Relaxed) + 1;
             self.stub.sending(seq);
@@ -924,13 +930,18 @@ impl RemoteClient {
                 .publish_with_reply(subject, reply_to, body)
                 .await;
             let answer = match sent {
-                Ok(()) => tokio::time::timeout(MESSAGE_TIMEOUT, self.stub.answer()).await,
-                Err(_) => Ok(Answer::NoResponders),
+                Ok(()) => {
+                    tokio::time::timeout(MESSAGE_TIMEOUT, self.stub.answer_from(&owner)).await
+                }
+                Err(_) => Ok(Some(Answer::NoResponders)),
             };
             match answer {
-                Ok(Answer::Replied(wire::MessageReply::Handled)) => return Ok(()),
-                Ok(Answer::Replied(wire::MessageReply::Lost)) => return Err(ROOM_LOST),
-                Ok(Answer::Replied(wire::MessageReply::Unknown) | Answer::NoResponders) => {}
+                Ok(Some(Answer::Replied(wire::MessageReply::Handled))) => return Ok(()),
+                Ok(Some(Answer::Replied(wire::MessageReply::Lost))) => return Err(ROOM_LOST),
+                Ok(Some(Answer::Replied(wire::MessageReply::Unknown) | Answer::NoResponders)) => {}
+                // The owner's lease ended before it answered, and the
+                // project moved: whether it handled the message is unknown.
+                Ok(None) => return Err(OWNER_GONE),
                 Err(_) => {
                     // Frozen, cut off, or overloaded: whether it handled
                     // the message is unknown. Its lease may have ended

@@ -69,12 +69,19 @@ impl Stub {
         *self.in_flight() = InFlight { seq, answer: None };
     }
 
-    /// The answer to the message in flight, once it comes.
-    pub(super) async fn answer(&self) -> Answer {
+    /// The answer to the message in flight, once it comes from `owner`;
+    /// `None` if the project moves to another node first. It moves only
+    /// once that owner's lease has ended, so no answer will come: NATS may
+    /// have handed it the message in the instant it died, or it may have
+    /// handled the message and died before answering.
+    pub(super) async fn answer_from(&self, owner: &(Arc<str>, u64)) -> Option<Answer> {
         loop {
             let notified = self.answered.notified();
             if let Some(answer) = self.in_flight().answer.take() {
-                return answer;
+                return Some(answer);
+            }
+            if self.owner() != *owner {
+                return None;
             }
             notified.await;
         }
@@ -133,13 +140,15 @@ impl Stub {
         }
     }
 
-    /// The project moved to `node`: frames count from there anew.
+    /// The project moved to `node`: frames count from there anew, and a
+    /// message waiting for the old owner's answer stops waiting.
     pub(super) fn moved_to(&self, node: Arc<str>, epoch: u64) {
         *self.link() = Link {
             node,
             epoch,
             seq: 0,
         };
+        self.answered.notify_one();
     }
 }
 
