@@ -919,7 +919,7 @@ impl RemoteClient {
             // A number per attempt: an answer to an earlier one is ignored.
             let seq = self.sent.fetch_add(1, Relaxed) + 1;
             self.stub.sending(seq);
-            let subject = wire::subject(&node, &format!("msg.{}", cluster.node));
+            let subject = wire::subject(node, &format!("msg.{}", cluster.node));
             let body = wire::message(self.stub.key, seq, message);
             if body.len() > cluster.client.server_info().max_payload {
                 return Err(TOO_LARGE);
