@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, Weak};
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload};
@@ -69,6 +70,8 @@ struct State {
     collector: Option<(Weak<dyn Collector>, u64)>,
     /// The collector was told of frames it has not taken yet.
     signalled: bool,
+    /// When the oldest data frame queued now was handed over.
+    since: Option<Instant>,
 }
 
 /// Takes the frames of many outboxes (see [`Outbox::collect_by`]): told
@@ -82,17 +85,28 @@ pub trait Collector: Send + Sync {
 /// ([`Outbox::push_all_held`]), and given when it is done ([`Wakes::run`]):
 /// a collector then finds every one of its outboxes' copies at once, and
 /// sends a broadcast's frame once.
+/// It also reads the clock for the batch, once, for the frames' wait
+/// (`wsroom_delivery_duration_seconds`).
 #[derive(Default)]
-pub struct Wakes(Vec<(Weak<dyn Collector>, u64)>);
+pub struct Wakes {
+    collectors: Vec<(Weak<dyn Collector>, u64)>,
+    at: Option<Instant>,
+}
 
 impl Wakes {
     pub fn shrink(&mut self) {
-        self.0.shrink_to_fit();
+        self.collectors.shrink_to_fit();
+    }
+
+    /// When this batch of frames was handed out.
+    fn now(&mut self) -> Instant {
+        *self.at.get_or_insert_with(Instant::now)
     }
 
     pub fn run(&mut self) {
+        self.at = None;
         let mut keys = Vec::new();
-        let mut wakes = self.0.drain(..).peekable();
+        let mut wakes = self.collectors.drain(..).peekable();
         while let Some((collector, key)) = wakes.next() {
             keys.push(key);
             while let Some((_, key)) = wakes.next_if(|(c, _)| Weak::ptr_eq(c, &collector)) {
@@ -189,6 +203,7 @@ impl Outbox {
     pub fn try_take(&self, batch: &mut Vec<Bytes>) -> Option<Next> {
         let mut s = self.lock();
         s.signalled = false;
+        s.since = None;
         Self::take_queued(&mut s, batch)
     }
 
@@ -247,7 +262,10 @@ impl Outbox {
             s.bytes += frame.len();
             s.frames.push_back(frame);
         }
-        wakes.0.extend(self.signal(s));
+        if s.since.is_none() && !s.frames.is_empty() {
+            s.since = Some(wakes.now());
+        }
+        wakes.collectors.extend(self.signal(s));
         result
     }
 
@@ -318,9 +336,18 @@ impl Outbox {
     /// Waits until something is queued, then moves all of it into `batch`.
     /// Cancel-safe: nothing is taken until it returns.
     pub async fn take(&self, batch: &mut Vec<Bytes>) -> Next {
+        self.take_timed(batch).await.0
+    }
+
+    /// [`Outbox::take`], with when the oldest data frame taken was handed
+    /// over (`None` when only the connection's own frames were queued).
+    pub async fn take_timed(&self, batch: &mut Vec<Bytes>) -> (Next, Option<Instant>) {
         loop {
-            if let Some(next) = Self::take_queued(&mut self.lock(), batch) {
-                return next;
+            {
+                let mut s = self.lock();
+                if let Some(next) = Self::take_queued(&mut s, batch) {
+                    return (next, s.since.take());
+                }
             }
             self.wake.notified().await;
         }

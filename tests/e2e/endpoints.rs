@@ -18,83 +18,180 @@ async fn host_health_reports_version_and_counts() {
     assert_eq!(health["connections"], 0);
 }
 
+/// A scrape: each sample (`name{labels}` as written) with its value, and
+/// the text.
+struct Scrape {
+    body: String,
+}
+
+impl Scrape {
+    async fn of(server: &Server) -> Scrape {
+        let response = server
+            .exchange("GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await;
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        Scrape { body: body.into() }
+    }
+
+    fn samples(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.body.lines().filter(|l| !l.starts_with('#')).map(|l| {
+            let (name, value) = l.rsplit_once(' ').unwrap();
+            (name, value.parse().unwrap())
+        })
+    }
+
+    fn value(&self, sample: &str) -> f64 {
+        self.samples()
+            .find(|(name, _)| *name == sample)
+            .unwrap_or_else(|| panic!("no {sample} in\n{}", self.body))
+            .1
+    }
+}
+
 #[tokio::test]
 async fn metrics_are_served_for_prometheus() {
     let server = Server::start(&[]);
     let p = project();
     let mut c = server.connect("runtime", &p).await;
-    c.send_json(&json!({"type": "hello", "payload": {}})).await;
+    let hello = json!({"type": "hello", "payload": {}}).to_string();
+    c.send_text(&hello).await;
+    // Refused by the room, and a client that closes without a code.
+    let (status, _) = server.refused(&format!("type=robot&projectId={p}")).await;
+    assert_eq!(status, 400);
+    let mut leaving = server.connect("admin", &p).await;
+    leaving.close().await;
     server
-        .wait_health("the message counted", |h| h["counters"]["messagesIn"] == 1)
+        .wait_health("the message, the close and the writes counted", |h| {
+            h["counters"]["messagesIn"] == 1
+                && h["connections"] == 1
+                && h["latencyMs"]["roomCall"]["count"] == 5
+                && h["latencyMs"]["delivery"]["count"].as_u64() >= Some(2)
+        })
         .await;
-    let response = server
-        .exchange("GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: text/plain; version=0.0.4"),
-        "{head}"
-    );
-    let value = |name: &str| -> u64 {
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {name} in\n{body}"))
-            .parse()
-            .unwrap()
-    };
-    assert_eq!(value("wsroom_connections_total"), 1);
-    assert_eq!(value("wsroom_connections_open"), 1);
-    assert_eq!(value("wsroom_messages_in_total"), 1);
-    assert_eq!(value("wsroom_rooms_live"), 1);
+    let m = Scrape::of(&server).await;
     let (_, health) = server.get("/health").await;
+    assert_eq!(m.value("wsroom_connections_total"), 2.0);
+    assert_eq!(m.value("wsroom_connections_open"), 1.0);
+    assert_eq!(m.value("wsroom_messages_in_total"), 1.0);
+    assert_eq!(m.value("wsroom_received_bytes_total"), hello.len() as f64);
+    assert!(m.value("wsroom_sent_bytes_total") > 0.0);
+    assert_eq!(m.value("wsroom_rooms_live"), 1.0);
+    // Refusals and closes by reason; /health's counter is their sum.
     assert_eq!(
-        value("wsroom_max_rooms"),
-        health["maxRooms"].as_u64().unwrap()
+        m.value(r#"wsroom_connections_refused_total{reason="room"}"#),
+        1.0
     );
     assert_eq!(
-        value("wsroom_max_instances"),
-        health["maxInstances"].as_u64().unwrap()
+        m.value(r#"wsroom_connections_refused_total{reason="max_rooms"}"#),
+        0.0
     );
-    // The durable store's figures, its commit latency a histogram (10
-    // buckets, +Inf, sum and count), agree with /health's.
+    assert_eq!(health["counters"]["connectionsRefused"], 1);
+    assert_eq!(
+        m.value(r#"wsroom_connections_closed_total{reason="no_status"}"#),
+        1.0
+    );
+    assert_eq!(
+        m.value(r#"wsroom_connections_closed_total{reason="abnormal"}"#),
+        0.0
+    );
+    // Room calls timed by export: three connects (one refused), a message,
+    // a close; every written frame's wait is in the delivery histogram.
+    let calls = |call: &str| {
+        m.value(&format!(
+            "wsroom_room_call_duration_seconds_count{{call=\"{call}\"}}"
+        ))
+    };
+    assert_eq!(calls("on_connect"), 3.0);
+    assert_eq!(calls("on_message"), 1.0);
+    assert_eq!(calls("on_close"), 1.0);
+    assert_eq!(calls("on_alarm"), 0.0);
+    assert_eq!(
+        m.value(r#"wsroom_room_call_duration_seconds_bucket{call="on_connect",le="+Inf"}"#),
+        3.0
+    );
+    assert!(m.value("wsroom_delivery_duration_seconds_count") >= 2.0);
+    assert_eq!(
+        health["latencyMs"]["roomCall"]["count"].as_f64().unwrap(),
+        calls("on_connect") + calls("on_message") + calls("on_close")
+    );
+    // Limits, as /health has them.
+    for (name, key) in [
+        ("wsroom_max_rooms", "maxRooms"),
+        ("wsroom_max_instances", "maxInstances"),
+        ("wsroom_max_project_connections", "maxProjectConnections"),
+        ("wsroom_max_messages_per_sec", "maxMessagesPerSec"),
+        (
+            "wsroom_max_handshakes_per_address",
+            "maxHandshakesPerAddress",
+        ),
+    ] {
+        assert_eq!(m.value(name), health[key].as_f64().unwrap(), "{name}");
+    }
+    assert_eq!(m.value("wsroom_max_project_connections"), 32768.0);
+    // The durable store's figures; its commit latency a histogram (16
+    // buckets, +Inf, sum and count) that agrees with its commit count.
     let histogram = "wsroom_store_commit_duration_seconds";
-    assert!(
-        body.contains(&format!("# TYPE {histogram} histogram\n")),
-        "{body}"
-    );
-    let (buckets, samples): (Vec<&str>, Vec<&str>) = body
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .partition(|l| l.starts_with(histogram));
-    assert_eq!(buckets.len(), 13, "{body}");
-    let commits = value("wsroom_store_commits_total");
-    assert!(buckets.contains(&format!("{histogram}_count {commits}").as_str()));
-    assert!(value("wsroom_store_bytes") > 0);
-    assert_eq!(value("wsroom_store_commit_failures_total"), 0);
-    // Every other sample has its HELP and TYPE, and every /health counter
-    // is there.
-    let counters = health["counters"].as_object().unwrap().len();
-    assert_eq!(samples.len(), counters + 7 + 4, "{body}");
-    assert_eq!(value("wsroom_max_project_connections"), 32768);
-    assert_eq!(health["maxProjectConnections"], 32768);
-    assert_eq!(value("wsroom_max_messages_per_sec"), 0);
-    assert_eq!(health["maxMessagesPerSec"], 0);
+    let commits = m.value("wsroom_store_commits_total");
+    assert_eq!(m.value(&format!("{histogram}_count")), commits);
     assert_eq!(
-        value("wsroom_max_handshakes_per_address"),
-        health["maxHandshakesPerAddress"].as_u64().unwrap()
+        m.value(&format!("{histogram}_bucket{{le=\"+Inf\"}}")),
+        commits
     );
-    assert_eq!(value("wsroom_handshakes_refused_total"), 0);
-    for sample in samples {
-        let name = sample.split(' ').next().unwrap();
-        assert!(body.contains(&format!("# HELP {name} ")), "{name}");
+    let buckets = m
+        .samples()
+        .filter(|(n, _)| n.starts_with(histogram))
+        .count();
+    assert_eq!(buckets, 16 + 1 + 2, "{}", m.body);
+    assert!(m.value("wsroom_store_bytes") > 0.0);
+    assert_eq!(m.value("wsroom_store_commit_failures_total"), 0.0);
+    // The process, as every Prometheus client exports it.
+    assert!(m.value("process_resident_memory_bytes") > 1e6);
+    assert!(m.value("process_open_fds") >= 3.0);
+    assert!(m.value("process_start_time_seconds") > 1.7e9);
+    // Every /health counter is there, and every sample has its HELP and
+    // TYPE.
+    let families: std::collections::BTreeSet<&str> = m
+        .samples()
+        .map(|(name, _)| {
+            let name = name.split('{').next().unwrap();
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    name.strip_suffix(suffix)
+                        .filter(|base| m.body.contains(&format!("# TYPE {base} histogram\n")))
+                })
+                .unwrap_or(name)
+        })
+        .collect();
+    assert!(families.len() > health["counters"].as_object().unwrap().len());
+    for name in families {
+        assert!(m.body.contains(&format!("# HELP {name} ")), "{name}");
         assert!(
-            body.contains(&format!("# TYPE {name} counter\n"))
-                || body.contains(&format!("# TYPE {name} gauge\n")),
+            ["counter", "gauge", "histogram"]
+                .iter()
+                .any(|t| m.body.contains(&format!("# TYPE {name} {t}\n"))),
             "{name}"
         );
     }
+    // OpenMetrics, for a scraper that asks for it.
+    let response = server
+        .exchange(
+            "GET /metrics HTTP/1.1\r\nHost: t\r\nAccept: application/openmetrics-text; version=1.0.0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
 }
 
 #[tokio::test]
@@ -181,4 +278,32 @@ async fn status_lists_clients_with_metadata() {
     assert_eq!(health["clientCount"], 2);
     assert!(health["lastActivity"].is_u64());
     assert_eq!(health["projectId"], p.as_str());
+}
+
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_metrics_the_server_exports() {
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../contrib/grafana/wsroom.json")).unwrap();
+    let server = Server::start(&[]);
+    let scrape = Scrape::of(&server).await;
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            exprs.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let mut names = 0;
+    for expr in &exprs {
+        let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+        for word in words.filter(|w| w.starts_with("wsroom_") || w.starts_with("process_")) {
+            let family = word.strip_suffix("_bucket").unwrap_or(word);
+            assert!(
+                scrape.body.contains(&format!("# TYPE {family} ")),
+                "the dashboard queries {word}, which /metrics does not export ({expr})"
+            );
+            names += 1;
+        }
+    }
+    assert!(names >= exprs.len(), "every query names a metric");
 }

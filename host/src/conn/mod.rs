@@ -119,6 +119,7 @@ pub(crate) async fn serve(
             Ended::lost()
         }
     };
+    let code = ended.code;
     match &link {
         RoomLink::Local { room, conn } => {
             let _ = room
@@ -132,7 +133,7 @@ pub(crate) async fn serve(
         RoomLink::Remote(remote) => remote.close(ended.code, &ended.reason).await,
     }
     drop(permit);
-    metrics.connection_closed();
+    metrics.connection_closed(code);
 }
 
 async fn run<R, W>(read: R, mut write: W, c: &Connection<'_>) -> Ended

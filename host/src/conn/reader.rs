@@ -77,7 +77,11 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(read: R, c: &Connection<'_>)
             }
             Err(violation) => return violated(violation, c),
         };
-        c.metrics.message_in();
+        c.metrics.message_in(match &message {
+            Incoming::Text(text) => text.len(),
+            Incoming::Binary(bytes) => bytes.len(),
+            Incoming::TooLarge(o) => usize::try_from(o.size).unwrap_or(usize::MAX),
+        });
         if rate > 0 && !bucket.take(rate, now_ms) {
             // Over --max-messages-per-sec: not routed; its sender hears why.
             c.metrics.message_rate_limited();

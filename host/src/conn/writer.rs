@@ -24,10 +24,11 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(write: &mut W, c: &Connect
     let mut batch: Vec<Bytes> = Vec::new();
     loop {
         tokio::select! {
-            next = c.outbox.take(&mut batch) => {
+            (next, since) = c.outbox.take_timed(&mut batch) => {
                 if next == Next::Abort {
                     return true;
                 }
+                let bytes = batch.iter().map(Bytes::len).sum();
                 // A peer that cannot take our bytes for as long as it may be
                 // silent is as good as gone.
                 let wrote = tokio::time::timeout(interval * 2, write_all(write, &mut batch)).await;
@@ -36,6 +37,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(write: &mut W, c: &Connect
                     c.outbox.abort();
                     return true;
                 }
+                c.metrics.written(bytes, since.map(|at| at.elapsed()));
                 if next == Next::Finish {
                     let _ = write.shutdown().await;
                     return false;

@@ -83,7 +83,7 @@ pub(crate) async fn route(
                 Path::WebSocket => upgrade::websocket(&app, req, query).await,
                 Path::Status => report::status(&app, &req, &query).await,
                 Path::Health => report::health(&app, &req, &query).await,
-                Path::Metrics => Ok(report::metrics(&app)),
+                Path::Metrics => Ok(report::metrics(&app, &req)),
             }
         }
     };

@@ -15,6 +15,9 @@ use crate::auth::Access;
 use crate::registry::Registry;
 use crate::room::now_ms;
 use crate::store::RoomStore;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry as PromRegistry;
 
 pub(super) async fn status(
     app: &App,
@@ -109,6 +112,10 @@ pub(super) async fn health(
                 "maxHandshakesPerAddress": app.config.max_handshakes_per_address,
                 "connections": app.metrics.open_connections(),
                 "counters": app.metrics.to_json(),
+                "latencyMs": {
+                    "roomCall": latency_json(&app.metrics.room_calls()),
+                    "delivery": latency_json(&app.metrics.delivery()),
+                },
                 "store": store_json(app),
                 "cluster": app.cluster.as_ref().map(|c| c.health_json()),
             }),
@@ -121,6 +128,19 @@ pub(super) async fn health(
         None => project_health(&app.registry, project),
     };
     Ok(json_reply(StatusCode::OK, &body))
+}
+
+/// A latency histogram's summary, in milliseconds: `p50` and `p99` as the
+/// upper bound of their bucket (`null` before the first observation or past
+/// the last bucket), `mean`, `max`, `count`.
+fn latency_json(s: &crate::metrics::HistogramSnapshot) -> Value {
+    json!({
+        "p50": s.quantile_ms(0.5),
+        "p99": s.quantile_ms(0.99),
+        "mean": s.mean_ms(),
+        "max": s.max_seconds * 1000.0,
+        "count": s.count,
+    })
 }
 
 /// The durable store's figures (`null` in memory).
@@ -145,75 +165,48 @@ fn store_json(app: &App) -> serde_json::Value {
         "roomCommits": s.room_commits,
         "commitFailures": s.failures,
         "acceptingWrites": store.accepts_writes(),
-        "commitLatencyMs": {
-            "p50": s.quantile_ms(0.5),
-            "p99": s.quantile_ms(0.99),
-            "max": s.max_seconds * 1000.0,
-            "mean": (s.commits > 0).then(|| s.seconds_sum * 1000.0 / s.commits as f64),
-        },
+        "commitLatencyMs": latency_json(&s.latency),
     })
 }
 
-/// The store's figures in Prometheus' text format.
-fn store_prometheus(out: &mut String, store: &RoomStore) {
-    use crate::metrics::Kind::{Counter, Gauge};
-    use crate::metrics::write_prometheus;
-    use std::fmt::Write as _;
+/// The store's figures, for a scrape.
+fn store_register(registry: &mut PromRegistry, store: &RoomStore) {
     let s = store.stats().snapshot();
     if let RoomStore::File(file) = store {
-        write_prometheus(
-            out,
+        registry.register(
             "wsroom_store_bytes",
-            Gauge,
             "size of the durable store's file",
-            file.file_bytes(),
+            ConstGauge::new(i64::try_from(file.file_bytes()).unwrap_or(i64::MAX)),
         );
     }
-    write_prometheus(
-        out,
-        "wsroom_store_commits_total",
-        Counter,
+    registry.register(
+        "wsroom_store_commits",
         "transactions committed (each a group of rooms' changes, one fdatasync)",
-        s.commits,
+        ConstCounter::new(s.commits),
     );
-    write_prometheus(
-        out,
-        "wsroom_store_room_commits_total",
-        Counter,
+    registry.register(
+        "wsroom_store_room_commits",
         "rooms' change sets committed (one per room and batch of events that changed something)",
-        s.room_commits,
+        ConstCounter::new(s.room_commits),
     );
-    write_prometheus(
-        out,
-        "wsroom_store_commit_failures_total",
-        Counter,
+    registry.register(
+        "wsroom_store_commit_failures",
         "commits that failed (a full or failing disk); their rooms were reset",
-        s.failures,
+        ConstCounter::new(s.failures),
     );
-    let name = "wsroom_store_commit_duration_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} time to commit one group of rooms' changes durably
-# TYPE {name} histogram"
-    );
-    for (bound, count) in crate::store::BUCKETS.iter().zip(s.cumulative) {
-        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
-    }
-    let _ = writeln!(
-        out,
-        "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
-        s.commits, s.seconds_sum, s.commits
+    registry.register(
+        "wsroom_store_commit_duration_seconds",
+        "time to commit one group of rooms' changes durably",
+        s.latency,
     );
 }
 
-/// `/health`'s counters and limits in Prometheus' text format, for a
-/// scraper. Like `/health` without a project, it needs no token.
-pub(super) fn metrics(app: &App) -> Reply {
-    use crate::metrics::{Kind::Gauge, write_prometheus};
-    let mut out = String::with_capacity(4096);
-    for e in app.metrics.entries() {
-        write_prometheus(&mut out, e.prometheus, e.kind, e.help, e.value);
-    }
+/// Every figure of `/health` and more, for Prometheus: its text format
+/// (0.0.4), or OpenMetrics when the scraper asks for it. Like `/health`
+/// without a project, it needs no token.
+pub(super) fn metrics(app: &App, req: &Request<Body>) -> Reply {
+    let mut registry = PromRegistry::default();
+    app.metrics.register(&mut registry);
     let limits = [
         (
             "wsroom_max_rooms",
@@ -252,15 +245,38 @@ pub(super) fn metrics(app: &App) -> Reply {
         ),
     ];
     for (name, help, value) in limits {
-        write_prometheus(&mut out, name, Gauge, help, value);
+        registry.register(
+            name,
+            help,
+            ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)),
+        );
     }
     if let Some(store) = &app.store {
-        store_prometheus(&mut out, store);
+        store_register(&mut registry, store);
     }
+    if let Some(process) = crate::metrics::Process::read() {
+        process.register(&mut registry);
+    }
+    let openmetrics = req
+        .headers()
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.to_ascii_lowercase()
+                .contains("application/openmetrics-text")
+        });
+    let mut out = String::with_capacity(8192);
+    // Writing to a String cannot fail.
+    let content_type = if openmetrics {
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+        prometheus_client::encoding::prometheus_text::CONTENT_TYPE
+    };
     let mut resp = Response::new(Full::new(Bytes::from(out)));
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }

@@ -18,6 +18,7 @@ use super::{App, HttpError, Query, Reply, authorize};
 use crate::auth::{self, Access};
 use crate::cluster::PlaceError;
 use crate::conn::{self, Admitted, RoomLink};
+use crate::metrics::RefusedFor;
 use crate::outbox::Outbox;
 use crate::registry::ConnectError;
 use crate::room::log_limit::Throttle;
@@ -35,6 +36,7 @@ pub(super) async fn websocket(
             &app.warnings.max_connections,
             &project,
             "--max-connections reached",
+            RefusedFor::MaxConnections,
             "too_many_connections",
             "the server is at its connection limit; try again later",
         ));
@@ -183,6 +185,7 @@ async fn admit(
                     &app.warnings.unreachable,
                     project,
                     &why,
+                    RefusedFor::ClusterUnavailable,
                     "cluster_unavailable",
                     "the cluster cannot place this project now; try again",
                 ));
@@ -200,6 +203,7 @@ async fn admit(
             &app.warnings.max_rooms,
             project,
             "--max-rooms reached",
+            RefusedFor::MaxRooms,
             "too_many_rooms",
             format!("the server is at its limit of {limit} live rooms; try again later"),
         )),
@@ -208,7 +212,7 @@ async fn admit(
             error,
             message,
         })) => {
-            app.metrics.connection_refused();
+            app.metrics.connection_refused(RefusedFor::Room);
             let status = StatusCode::from_u16(status)
                 .ok()
                 .filter(|s| s.is_client_error() || s.is_server_error())
@@ -220,11 +224,12 @@ async fn admit(
             &app.warnings.project_full,
             project,
             "--max-project-connections reached",
+            RefusedFor::MaxProjectConnections,
             "too_many_project_connections",
             format!("the project is at its limit of {limit} connections; try again later"),
         )),
         Err(ConnectError::Refused(Refusal::Failed)) => {
-            app.metrics.connection_refused();
+            app.metrics.connection_refused(RefusedFor::RoomFailed);
             Err(HttpError::unavailable(
                 "room_failed",
                 "the project's room failed while admitting the connection; try again",
@@ -235,6 +240,7 @@ async fn admit(
             &app.warnings.unreachable,
             project,
             "could not reach its room after several attempts",
+            RefusedFor::RoomUnavailable,
             "room_unavailable",
             "the project's room is restarting; try again",
         )),
@@ -242,17 +248,18 @@ async fn admit(
 }
 
 /// A `503` for a WebSocket the server cannot take now (a limit reached, the
-/// room out of reach): counted in `connectionsRefused`, and `why` warned
+/// room out of reach): counted in `connectionsRefused` as `counted_as`, and `why` warned
 /// about through its own throttle.
 fn unavailable(
     app: &App,
     throttle: &Throttle,
     project: &str,
     why: &str,
+    counted_as: RefusedFor,
     code: &'static str,
     message: impl Into<String>,
 ) -> HttpError {
-    app.metrics.connection_refused();
+    app.metrics.connection_refused(counted_as);
     if let Some(skipped) = throttle.admit() {
         warn!(project = %project, skipped, "refusing a websocket: {why}");
     }

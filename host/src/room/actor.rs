@@ -12,6 +12,7 @@ use super::{
     Instance, Queued, Refusal, client_info,
 };
 use crate::engine::{self, Room, RoomState};
+use crate::metrics::RoomCall;
 
 /// A guest call (or instantiation) that failed.
 pub(super) struct Trapped(pub(super) anyhow::Error);
@@ -19,9 +20,14 @@ pub(super) struct Trapped(pub(super) anyhow::Error);
 /// Calls a guest export under a fresh CPU budget, instantiating the room
 /// first if it has no live instance.
 macro_rules! call {
-    ($actor:expr, |$room:ident, $store:ident| $call:expr) => {
+    ($actor:expr, $export:expr, |$room:ident, $store:ident| $call:expr) => {
         match $actor.ensure_live().await {
-            Ok(($store, $room)) => $call.await.map_err(|e| Trapped(anyhow::Error::from(e))),
+            Ok(($store, $room)) => {
+                let started = std::time::Instant::now();
+                let result = $call.await;
+                $actor.metrics.room_call($export, started.elapsed());
+                result.map_err(|e| Trapped(anyhow::Error::from(e)))
+            }
             Err(t) => Err(t),
         }
     };
@@ -214,7 +220,9 @@ impl Actor {
                 let conn = self.table().insert(meta.clone(), outbox.clone());
                 self.activity_unrecorded = true;
                 let info = client_info(&meta);
-                let result = match call!(self, |room, store| room.call_on_connect(store, &info)) {
+                let result = match call!(self, RoomCall::Connect, |room, store| room
+                    .call_on_connect(store, &info))
+                {
                     Ok(Ok(())) => Ok(conn),
                     Ok(Err(r)) => {
                         self.table().remove(conn);
@@ -291,7 +299,7 @@ impl Actor {
         };
         let sender = c.sender.clone();
         self.activity_unrecorded = true;
-        if let Err(Trapped(e)) = call!(self, |room, store| room
+        if let Err(Trapped(e)) = call!(self, RoomCall::Message, |room, store| room
             .call_on_message(store, &sender, &message))
         {
             self.fail("on-message", e);
@@ -306,7 +314,7 @@ impl Actor {
         debug!(project = %self.project, client = %c.meta.id, code, "client left");
         let info = client_info(&c.meta);
         self.table().close_later(c, 1000, "");
-        if let Err(Trapped(e)) = call!(self, |room, store| room
+        if let Err(Trapped(e)) = call!(self, RoomCall::Close, |room, store| room
             .call_on_close(store, &info, code, &reason))
         {
             self.fail("on-close", e);

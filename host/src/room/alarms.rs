@@ -8,6 +8,7 @@ use tracing::{error, warn};
 use super::actor::{Trapped, call};
 use super::{Actor, now_ms};
 use crate::engine::wit;
+use crate::metrics::RoomCall;
 
 impl Actor {
     /// Calls the alarm handler; if it traps, resets the room like any trap
@@ -19,7 +20,9 @@ impl Actor {
         self.table().alarm_at = None;
         self.table().alarm_retry = 0;
         let info = wit::AlarmInfo { retry_count: retry };
-        if let Err(Trapped(e)) = call!(self, |room, store| room.call_alarm(store, info)) {
+        if let Err(Trapped(e)) = call!(self, RoomCall::Alarm, |room, store| room
+            .call_alarm(store, info))
+        {
             self.fail("alarm", e);
             if retry < self.settings.alarm_retries {
                 let delay = retry_delay(self.settings.alarm_retry_base, retry);

@@ -26,7 +26,7 @@ use anyhow::Context as _;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-pub(crate) use stats::{BUCKETS, Stats};
+pub(crate) use stats::Stats;
 
 const ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entries");
 const ALARMS: TableDefinition<&str, (u64, u32)> = TableDefinition::new("alarms");
