@@ -16,12 +16,17 @@ use crate::outbox::{self, Next};
 /// Most frames handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
+/// One write of data frames in this many (the first of each connection
+/// among them) is timed for `wsroom_delivery_duration_seconds`.
+const DELIVERY_SAMPLE: u32 = 8;
+
 /// Writes until the outbox finishes (true: the peer is gone, false: our
 /// close frame was written).
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(write: &mut W, c: &Connection<'_>) -> bool {
     let interval = c.config.ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut batch: Vec<Bytes> = Vec::new();
+    let mut sampled: u32 = 0;
     loop {
         tokio::select! {
             (next, since) = c.outbox.take_timed(&mut batch) => {
@@ -37,7 +42,13 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(write: &mut W, c: &Connect
                     c.outbox.abort();
                     return true;
                 }
-                c.metrics.written(bytes, since.map(|at| at.elapsed()));
+                // The clock is read for one write in DELIVERY_SAMPLE: a read
+                // per write cost the fan-out path ~8% (a read is ~28 ns here).
+                let waited = since.filter(|_| {
+                    sampled += 1;
+                    sampled % DELIVERY_SAMPLE == 1
+                });
+                c.metrics.written(bytes, waited.map(|at| at.elapsed()));
                 if next == Next::Finish {
                     let _ = write.shutdown().await;
                     return false;

@@ -5,9 +5,11 @@
 //!
 //! - [`histogram`]: latency histograms fed without a lock.
 //! - [`process`]: the standard `process_*` figures, from `/proc`.
+//! - [`shards`]: figures updated from every core, a cache line per thread.
 
 mod histogram;
 mod process;
+mod shards;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -20,6 +22,7 @@ use prometheus_client::registry::Registry;
 
 pub(crate) use histogram::{Histogram, Snapshot as HistogramSnapshot};
 pub(crate) use process::Process;
+use shards::ShardedCounter;
 
 /// Why a WebSocket upgrade was refused after its request was read
 /// (`wsroom_connections_refused_total`'s `reason`).
@@ -112,8 +115,8 @@ pub(crate) struct Metrics {
     /// By [`CLOSE_REASONS`], then `other`.
     connections_closed: [AtomicU64; CLOSE_REASONS.len() + 1],
     messages_in: AtomicU64,
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
+    bytes_in: ShardedCounter,
+    bytes_out: ShardedCounter,
     messages_rate_limited: AtomicU64,
     frames_out: AtomicU64,
     outbox_overflows: AtomicU64,
@@ -156,13 +159,13 @@ impl Metrics {
     /// A complete message of `bytes` (its payload) came from a client.
     pub(crate) fn message_in(&self, bytes: usize) {
         self.messages_in.fetch_add(1, Relaxed);
-        self.bytes_in.fetch_add(bytes as u64, Relaxed);
+        self.bytes_in.add(bytes as u64);
     }
     /// A writer wrote `bytes` to a client's socket; the oldest of them had
     /// waited `waited` since its room handed it over (`None`: only frames
     /// of the connection's own, such as pings).
     pub(crate) fn written(&self, bytes: usize, waited: Option<Duration>) {
-        self.bytes_out.fetch_add(bytes as u64, Relaxed);
+        self.bytes_out.add(bytes as u64);
         if let Some(waited) = waited {
             self.delivery.observe(waited);
         }
@@ -456,12 +459,12 @@ impl Metrics {
         registry.register(
             "wsroom_received_bytes",
             "bytes of the messages received from clients (payloads)",
-            ConstCounter::new(self.bytes_in.load(Relaxed)),
+            ConstCounter::new(self.bytes_in.get()),
         );
         registry.register(
             "wsroom_sent_bytes",
             "bytes written to clients' sockets (whole frames, pings and closes included)",
-            ConstCounter::new(self.bytes_out.load(Relaxed)),
+            ConstCounter::new(self.bytes_out.get()),
         );
         registry.register(
             "wsroom_room_call_duration_seconds",
