@@ -247,6 +247,19 @@ pub enum Command {
         #[command(subcommand)]
         action: DataCommand,
     },
+    /// Ask a running server whether it is healthy (`GET /health`), for a
+    /// container's health check: exit status 0 when it answers 200 within
+    /// the timeout, 1 otherwise. Plain HTTP only (a TLS listener: point it
+    /// at a plain one, or check through your proxy).
+    Health {
+        /// The URL to ask (`http://HOST:PORT/PATH`); `/health?ready` fails
+        /// while the server is at a limit.
+        #[arg(long, default_value = "http://127.0.0.1:8787/health")]
+        url: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]

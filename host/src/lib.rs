@@ -27,7 +27,9 @@
 //!   one committing thread.
 //! - `cluster`: with `--nats`, the node's membership of a cluster: leases,
 //!   projects' owners, clients served across nodes.
-//! - `metrics`: process-wide counters for `/health` and `/metrics`.
+//! - `metrics`: process-wide counters and latency histograms for `/health`
+//!   and `/metrics` (encoded by prometheus-client).
+//! - `healthcheck`: [`health_check`], the client of `wsroom health`.
 //!
 //! The wire protocol is docs/PROTOCOL.md; the room contract, wit/room.wit.
 
@@ -38,6 +40,7 @@ pub mod config;
 mod conn;
 mod engine;
 mod handshakes;
+mod healthcheck;
 mod http;
 pub mod limits;
 pub mod listen;
@@ -53,6 +56,7 @@ mod store;
 mod tls;
 
 pub use conn::writer::write_all;
+pub use healthcheck::health_check;
 pub use server::run;
 pub use signals::shutdown_signal;
 

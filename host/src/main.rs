@@ -71,6 +71,22 @@ async fn main() -> anyhow::Result<()> {
             );
             return Ok(());
         }
+        Some(Command::Health { url, timeout_secs }) => {
+            let timeout = std::time::Duration::from_secs(*timeout_secs);
+            let answer = tokio::time::timeout(timeout, wsroom::health_check(url))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {timeout_secs} s")));
+            match answer {
+                Ok(body) => {
+                    println!("{body}");
+                    return Ok(());
+                }
+                Err(e) => {
+                    eprintln!("{url}: {e:#}");
+                    std::process::exit(1);
+                }
+            }
+        }
         Some(Command::Data { action }) => {
             print!("{}", wsroom::read_data(&cli.data.data_dir, action)?);
             return Ok(());

@@ -108,9 +108,12 @@ impl Server {
 
     /// Every server keeps its rooms durable, as the binary does by default,
     /// in a directory of its own unless `args` choose one (or memory).
-    fn spawn_with(mut command: Command, args: &[String]) -> Server {
-        let own_data_dir = (!args.iter().any(|a| a == "--data-dir" || a == "--in-memory"))
-            .then(|| scratch_dir("data"));
+    pub(crate) fn spawn_with(mut command: Command, args: &[String]) -> Server {
+        let chosen = args.iter().any(|a| a == "--data-dir" || a == "--in-memory")
+            || command
+                .get_envs()
+                .any(|(k, v)| k == "WSROOM_DATA_DIR" && v.is_some());
+        let own_data_dir = (!chosen).then(|| scratch_dir("data"));
         if let Some(dir) = &own_data_dir {
             command.arg("--data-dir").arg(dir);
         }

@@ -11,6 +11,7 @@ mod durable;
 mod edge;
 mod endpoints;
 mod faults;
+mod install;
 mod lifecycle;
 mod limits;
 mod load_tool;

@@ -152,6 +152,9 @@ struct Query {
     kind: Option<String>,
     /// An access token (never logged).
     token: Option<String>,
+    /// `/health?ready`: answer 503 when the server should get no new
+    /// clients.
+    ready: bool,
 }
 
 impl Query {
@@ -164,6 +167,7 @@ impl Query {
                 "projectId" if q.project_id.is_none() => q.project_id = Some(v.into_owned()),
                 "type" if q.kind.is_none() => q.kind = Some(v.into_owned()),
                 "token" if q.token.is_none() => q.token = Some(v.into_owned()),
+                "ready" => q.ready = true,
                 _ => {}
             }
         }

@@ -96,10 +96,19 @@ pub(super) async fn health(
     let now = now_ms();
     if query.project_id.is_none() {
         let degraded = app.cluster.as_ref().is_some_and(|c| !c.healthy());
+        let at_limits = at_limits(app);
+        let ready = !degraded && at_limits.is_empty();
+        let status = if query.ready && !ready {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
         return Ok(json_reply(
-            StatusCode::OK,
+            status,
             &json!({
                 "status": if degraded { "degraded" } else { "healthy" },
+                "ready": ready,
+                "atLimits": at_limits,
                 "version": env!("CARGO_PKG_VERSION"),
                 "timestamp": now,
                 "uptimeMs": app.started.elapsed().as_millis() as u64,
@@ -128,6 +137,23 @@ pub(super) async fn health(
         None => project_health(&app.registry, project),
     };
     Ok(json_reply(StatusCode::OK, &body))
+}
+
+/// What keeps the server from taking more clients now: the limits reached
+/// (`connections`: `--max-connections`; `rooms`: `--max-rooms`) and a
+/// durable store refusing writes after a failure (`store`).
+fn at_limits(app: &App) -> Vec<&'static str> {
+    let mut reached = Vec::new();
+    if app.metrics.open_connections() >= app.config.max_connections as u64 {
+        reached.push("connections");
+    }
+    if app.registry.len() >= app.registry.max_rooms() {
+        reached.push("rooms");
+    }
+    if app.store.as_ref().is_some_and(|s| !s.accepts_writes()) {
+        reached.push("store");
+    }
+    reached
 }
 
 /// A latency histogram's summary, in milliseconds: `p50` and `p99` as the
