@@ -16,6 +16,10 @@ RUN cargo build --locked --release -p wsroom \
 
 # --- run: the binary alone, as an unprivileged user ----------------------
 FROM debian:bookworm-slim
+# The roots a `tls://` NATS server's certificate is checked against.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /var/lib/wsroom --create-home \
         --shell /usr/sbin/nologin wsroom
 COPY --from=build /usr/local/bin/wsroom /usr/local/bin/wsroom
@@ -23,13 +27,16 @@ USER wsroom
 WORKDIR /var/lib/wsroom
 # Every flag has its WSROOM_* variable (`wsroom --help`). HOME holds
 # wasmtime's cache of compiled components: restarts skip compilation.
+# A named volume gets the user's ownership; a host directory mounted here
+# must be writable by uid 10001.
 ENV WSROOM_LISTEN=0.0.0.0:8787 \
     WSROOM_DATA_DIR=/var/lib/wsroom/data \
     HOME=/var/lib/wsroom
 VOLUME ["/var/lib/wsroom"]
 EXPOSE 8787
-# Liveness; `--url http://127.0.0.1:8787/health?ready` also fails while the
-# server is at a limit (readiness).
+# Liveness, at WSROOM_LISTEN's port on loopback; `--url
+# http://127.0.0.1:8787/health?ready` also fails while the server is at a
+# limit (readiness).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["/usr/local/bin/wsroom", "health"]
 # SIGTERM (docker stop) drains: connections get 1001 after what is queued.

@@ -252,10 +252,11 @@ pub enum Command {
     /// the timeout, 1 otherwise. Plain HTTP only (a TLS listener: point it
     /// at a plain one, or check through your proxy).
     Health {
-        /// The URL to ask (`http://HOST:PORT/PATH`); `/health?ready` fails
-        /// while the server is at a limit.
-        #[arg(long, default_value = "http://127.0.0.1:8787/health")]
-        url: String,
+        /// The URL to ask (`http://HOST:PORT/PATH`; by default `/health` at
+        /// --listen, on loopback when that is a wildcard address);
+        /// `/health?ready` fails while the server is at a limit.
+        #[arg(long)]
+        url: Option<String>,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 3)]
         timeout_secs: u64,

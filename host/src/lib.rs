@@ -56,7 +56,7 @@ mod store;
 mod tls;
 
 pub use conn::writer::write_all;
-pub use healthcheck::health_check;
+pub use healthcheck::{health_check, local_health_url};
 pub use server::run;
 pub use signals::shutdown_signal;
 

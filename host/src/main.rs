@@ -72,6 +72,9 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Some(Command::Health { url, timeout_secs }) => {
+            let url = &url
+                .clone()
+                .unwrap_or_else(|| wsroom::local_health_url(cli.listen));
             let timeout = std::time::Duration::from_secs(*timeout_secs);
             let answer = tokio::time::timeout(timeout, wsroom::health_check(url))
                 .await

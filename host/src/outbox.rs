@@ -124,6 +124,8 @@ impl State {
     fn overflow(&mut self) {
         self.frames.clear();
         self.bytes = 0;
+        // The close frame's wait is not the dropped frames'.
+        self.since = None;
         self.closing = true;
         self.frames.push_back(close_frame(
             CLOSE_TOO_SLOW,
@@ -330,6 +332,7 @@ impl Outbox {
         s.pong = None;
         s.frames.clear();
         s.bytes = 0;
+        s.since = None;
         self.wake(s);
     }
 

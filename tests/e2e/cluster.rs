@@ -267,6 +267,9 @@ async fn a_killed_owner_s_project_moves_and_other_nodes_clients_stay() {
     let during = json!({"id": "during", "type": "t", "to": {"id": d.id}});
     r.send_json(&during).await;
     let got = tokio::select! {
+        // Delivered first if delivered at all: a refusal that comes too
+        // would be a lie (the resend would duplicate it).
+        biased;
         got = d.next_json() => got,
         refused = r.next_json() => {
             assert_eq!(refused["type"], "error", "{refused}");

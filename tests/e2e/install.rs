@@ -161,6 +161,14 @@ async fn the_image_runs_as_its_user_with_its_environment_and_passes_its_health_c
         &format!("http://{}/health?ready", server.addr),
     );
     assert!(ready.status.success(), "{ready:?}");
+    // Without --url, as the HEALTHCHECK runs it: /health at WSROOM_LISTEN.
+    let mut check = stage.healthcheck.iter();
+    let by_default = Command::new(inside(&root, check.next().unwrap()))
+        .args(check)
+        .env("WSROOM_LISTEN", server.addr.to_string())
+        .output()
+        .unwrap();
+    assert!(by_default.status.success(), "{by_default:?}");
     // Stopped as `docker stop` does: SIGTERM, a clean exit.
     assert!(server.terminate().success());
     let gone = health_check(&root, &stage, "http://127.0.0.1:1/health");

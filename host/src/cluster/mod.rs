@@ -925,6 +925,10 @@ impl RemoteClient {
                 return Err(TOO_LARGE);
             }
             let reply_to = wire::subject(&cluster.node, &format!("ack.{}.{seq}", self.stub.key));
+            // Moved meanwhile (a takeover's gathering): to the new owner.
+            if self.stub.owner() != owner {
+                continue;
+            }
             let sent = cluster
                 .client
                 .publish_with_reply(subject, reply_to, body)

@@ -144,7 +144,9 @@ pub(super) async fn health(
 /// durable store refusing writes after a failure (`store`).
 fn at_limits(app: &App) -> Vec<&'static str> {
     let mut reached = Vec::new();
-    if app.metrics.open_connections() >= app.config.max_connections as u64 {
+    // The permits the upgrade takes, not the gauge: what a new client
+    // would be told.
+    if app.websockets.available_permits() == 0 {
         reached.push("connections");
     }
     if app.registry.len() >= app.registry.max_rooms() {
