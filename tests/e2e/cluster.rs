@@ -286,6 +286,15 @@ async fn a_killed_owner_s_project_moves_and_other_nodes_clients_stay() {
     };
     assert_eq!(got["id"], "during", "{got}");
     assert_eq!(a.next_json().await["id"], "during");
+    // /metrics says so: one takeover among the live nodes, r's message
+    // forwarded by its node (refused at most once, as the owner left).
+    let (m2, m3) = (Scrape::of(&n2).await, Scrape::of(&n3).await);
+    let takeovers =
+        m2.value("wsroom_cluster_takeovers_total") + m3.value("wsroom_cluster_takeovers_total");
+    assert_eq!(takeovers, 1.0);
+    assert!(m2.value("wsroom_cluster_messages_forwarded_total") >= 1.0);
+    assert!(m2.value(r#"wsroom_cluster_messages_not_delivered_total{reason="owner_gone"}"#) <= 1.0);
+    assert_eq!(m2.value("wsroom_cluster_lease_valid"), 1.0);
     // Exactly one live node runs the project now, and it knows the clients
     // that kept their sockets (not the killed node's own).
     let counts = rooms(&[&n2, &n3]).await;

@@ -18,42 +18,6 @@ async fn host_health_reports_version_and_counts() {
     assert_eq!(health["connections"], 0);
 }
 
-/// A scrape: each sample (`name{labels}` as written) with its value, and
-/// the text.
-struct Scrape {
-    body: String,
-}
-
-impl Scrape {
-    async fn of(server: &Server) -> Scrape {
-        let response = server
-            .exchange("GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .await;
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(
-            head.to_ascii_lowercase()
-                .contains("content-type: text/plain; version=0.0.4"),
-            "{head}"
-        );
-        Scrape { body: body.into() }
-    }
-
-    fn samples(&self) -> impl Iterator<Item = (&str, f64)> {
-        self.body.lines().filter(|l| !l.starts_with('#')).map(|l| {
-            let (name, value) = l.rsplit_once(' ').unwrap();
-            (name, value.parse().unwrap())
-        })
-    }
-
-    fn value(&self, sample: &str) -> f64 {
-        self.samples()
-            .find(|(name, _)| *name == sample)
-            .unwrap_or_else(|| panic!("no {sample} in\n{}", self.body))
-            .1
-    }
-}
-
 #[tokio::test]
 async fn metrics_are_served_for_prometheus() {
     let server = Server::start(&[]);

@@ -14,7 +14,9 @@
 //! - [`owner`]: what the owner keeps for clients held by other nodes.
 //! - [`remote`]: this node's clients of projects other nodes own.
 //! - [`wire`]: the subjects and the bodies of what nodes say to each other.
+//! - [`counters`]: what the cluster did, for `/metrics`.
 
+mod counters;
 mod lease;
 mod owner;
 mod remote;
@@ -40,6 +42,7 @@ use crate::outbox::Outbox;
 use crate::registry::{ConnectError, Registry};
 use crate::room::log_limit::Throttle;
 use crate::room::{ClientMeta, Event, Incoming, Refusal};
+use counters::{Counters, Undelivered};
 use lease::{Leases, Owner};
 pub(crate) use lease::{Validity, bucket, key};
 use owner::Served;
@@ -83,6 +86,7 @@ pub(crate) struct Cluster {
     claiming: [tokio::sync::Mutex<()>; CLAIM_STRIPES],
     /// Warnings a flapping connection to NATS would repeat.
     warnings: Throttle,
+    counters: Counters,
 }
 
 /// Why a client could not be placed.
@@ -107,32 +111,38 @@ pub(crate) struct NotDelivered {
     pub(crate) message: &'static str,
     /// The client is no longer in its room's table: it must reconnect.
     pub(crate) reconnect: bool,
+    counted_as: Undelivered,
 }
 
 const OWNER_SILENT: NotDelivered = NotDelivered {
     code: "not_delivered",
     message: "the node running this project did not answer in time; the message may not have been handled",
     reconnect: false,
+    counted_as: Undelivered::OwnerSilent,
 };
 const OWNER_GONE: NotDelivered = NotDelivered {
     code: "not_delivered",
     message: "the node running this project stopped before answering; the message may not have been handled",
     reconnect: false,
+    counted_as: Undelivered::OwnerGone,
 };
 const ROOM_LOST: NotDelivered = NotDelivered {
     code: "not_delivered",
     message: "the project's room failed or stopped before handling the message",
     reconnect: false,
+    counted_as: Undelivered::RoomLost,
 };
 const TOO_LARGE: NotDelivered = NotDelivered {
     code: "message_too_large",
     message: "the message is larger than a NATS message (the cluster's max_payload) and cannot reach its room on another node",
     reconnect: false,
+    counted_as: Undelivered::TooLarge,
 };
 const NO_OWNER: NotDelivered = NotDelivered {
     code: "not_delivered",
     message: "no node took this project's clients over in time; message not handled, reconnect",
     reconnect: true,
+    counted_as: Undelivered::NoOwner,
 };
 
 impl Cluster {
@@ -166,6 +176,7 @@ impl Cluster {
             outbox_limit,
             claiming: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             warnings: Throttle::new(1),
+            counters: Counters::default(),
         });
         tokio::spawn(cluster.clone().serve(subscription));
         cluster.first_lease().await?;
@@ -238,6 +249,7 @@ impl Cluster {
         // Forgetting the lease moves its generation on: every room made
         // under it stops at its next batch, whatever the lease does next.
         let projects = self.leases.forget();
+        self.counters.fenced();
         warn!(
             projects = projects.len(),
             "this node's lease ran out: stopping its rooms"
@@ -489,6 +501,7 @@ impl Cluster {
                         project,
                         "took over the project from a node whose lease ended"
                     );
+                    self.counters.took_over();
                     self.gather(project).await;
                 }
                 return Ok(Placement::Here);
@@ -635,6 +648,21 @@ impl Cluster {
             "clientsServedForOtherNodes": self.served.len(),
             "clientsOfOtherNodesProjects": self.stubs.len(),
         })
+    }
+
+    /// The cluster's figures, for a scrape of `/metrics`.
+    pub(crate) fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        let state = counters::State {
+            nats_connected: matches!(
+                self.client.connection_state(),
+                async_nats::connection::State::Connected
+            ),
+            lease_valid: self.leases.valid(),
+            owned_projects: self.leases.owned_count(),
+            clients_served_for_other_nodes: self.served.len(),
+            clients_of_other_nodes_projects: self.stubs.len(),
+        };
+        self.counters.register(state, registry);
     }
 
     /// Whether the node is fully a member: connected and holding its lease.
@@ -910,6 +938,16 @@ impl RemoteClient {
     /// when the owner may have taken it without answering, or when no
     /// owner appears within a lease and a few seconds.
     pub(crate) async fn forward(&self, message: &Incoming) -> Result<(), NotDelivered> {
+        let counters = &self.cluster.counters;
+        counters.forwarded();
+        let forwarded = self.try_forward(message).await;
+        if let Err(why) = &forwarded {
+            counters.undelivered(why.counted_as);
+        }
+        forwarded
+    }
+
+    async fn try_forward(&self, message: &Incoming) -> Result<(), NotDelivered> {
         let cluster = &self.cluster;
         let give_up = tokio::time::Instant::now() + cluster.leases.lease() + REQUEST_TIMEOUT;
         let mut pause = RETRY;

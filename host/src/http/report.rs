@@ -282,6 +282,9 @@ pub(super) fn metrics(app: &App, req: &Request<Body>) -> Reply {
     if let Some(store) = &app.store {
         store_register(&mut registry, store);
     }
+    if let Some(cluster) = &app.cluster {
+        cluster.register(&mut registry);
+    }
     if let Some(process) = crate::metrics::Process::read() {
         process.register(&mut registry);
     }
