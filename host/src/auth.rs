@@ -214,8 +214,8 @@ pub(crate) fn mint(
 }
 
 /// The bearer token of a request: the `Authorization: Bearer` header, else
-/// the `token` query parameter. A non-Bearer Authorization header counts as
-/// no token.
+/// `query_token` (a WebSocket subprotocol's, else the `token` query
+/// parameter). A non-Bearer Authorization header counts as no token.
 pub(crate) fn bearer<'a>(
     authorization: Option<&'a str>,
     query_token: Option<&'a str>,
@@ -228,6 +228,31 @@ pub(crate) fn bearer<'a>(
                 .then_some(token.trim())
         })
         .or(query_token)
+}
+
+/// The subprotocol a browser offers beside its token (and the one the
+/// server selects): see [`subprotocol_token`].
+pub(crate) const SUBPROTOCOL: &str = "wsroom";
+
+/// The prefix of a token offered as a WebSocket subprotocol.
+const SUBPROTOCOL_BEARER: &str = "bearer.";
+
+/// The token a browser sends in `Sec-WebSocket-Protocol` as
+/// `bearer.<token>`, beside [`SUBPROTOCOL`]: a browser's `WebSocket` cannot
+/// set an `Authorization` header, and a token in the URL ends up in access
+/// logs and browser history. `header` is each line of that header.
+pub(crate) fn subprotocol_token<'a>(header: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    offered_subprotocols(header).find_map(|p| p.strip_prefix(SUBPROTOCOL_BEARER))
+}
+
+/// Every subprotocol a request offers, in order.
+pub(crate) fn offered_subprotocols<'a>(
+    header: impl Iterator<Item = &'a str>,
+) -> impl Iterator<Item = &'a str> {
+    header
+        .flat_map(|line| line.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
 }
 
 /// Normalizes an origin for comparison: lower case, no trailing `/`.

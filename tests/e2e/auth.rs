@@ -286,3 +286,71 @@ async fn bad_access_settings_are_refused_at_start() {
     assert!(!mint.status.success());
     assert!(String::from_utf8_lossy(&mint.stderr).contains("secret"));
 }
+
+/// Opens a WebSocket offering `protocols`; the protocol the server selected,
+/// or the refusal's status and error code.
+async fn open_offering(url: &str, protocols: &str) -> Result<Option<String>, (u16, String)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", protocols.parse().unwrap());
+    // tungstenite, like a browser, fails a handshake that selects none of
+    // the protocols offered.
+    match within(tokio_tungstenite::connect_async(req)).await {
+        Ok((ws, resp)) => {
+            let mut client = Client::hello(ws).await;
+            client.close().await;
+            Ok(resp
+                .headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.to_str().unwrap().to_owned()))
+        }
+        Err(tungstenite::Error::Http(resp)) => {
+            let body: Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}")).unwrap_or_default();
+            Err((
+                resp.status().as_u16(),
+                body["error"].as_str().unwrap_or("").to_owned(),
+            ))
+        }
+        Err(e) => panic!("unexpected websocket error: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_browser_sends_its_token_as_a_subprotocol_not_in_the_url() {
+    let server = secured(&[]);
+    let p = project();
+    let url = server.url(&format!("type=runtime&projectId={p}"));
+    let token = grant(&p, &["runtime"]);
+    // What a browser's `new WebSocket(url, ["wsroom", "bearer." + token])`
+    // sends: admitted, and `wsroom` selected (never the token).
+    let selected = open_offering(&url, &format!("wsroom, bearer.{token}")).await;
+    assert_eq!(selected, Ok(Some("wsroom".into())));
+    // A token for another project is refused as in the URL.
+    let other = grant(&project(), &["runtime"]);
+    assert_eq!(
+        open_offering(&url, &format!("wsroom, bearer.{other}")).await,
+        Err((403, "project_not_allowed".into()))
+    );
+    // The token without `wsroom` beside it: nothing the server could select.
+    assert_eq!(
+        open_offering(&url, &format!("bearer.{token}")).await,
+        Err((400, "bad_upgrade".into()))
+    );
+    // `wsroom` alone is no token.
+    assert_eq!(
+        open_offering(&url, "wsroom").await,
+        Err((401, "missing_token".into()))
+    );
+    // Without a secret, `wsroom` is still selected when offered, and a
+    // client offering nothing is answered with none, as before.
+    let open = Server::start(&[]);
+    let url = open.url(&format!("type=runtime&projectId={p}"));
+    assert_eq!(
+        open_offering(&url, "wsroom").await,
+        Ok(Some("wsroom".into()))
+    );
+    let ws = within(tokio_tungstenite::connect_async(url)).await.unwrap();
+    assert!(ws.1.headers().get("sec-websocket-protocol").is_none());
+}

@@ -160,3 +160,15 @@ fn origins_are_checked_and_normalized() {
     }
     assert_eq!(normalize_origin("HTTPS://A.b"), "https://a.b");
 }
+
+#[test]
+fn a_token_is_read_from_the_offered_subprotocols() {
+    let token = |lines: &[&'static str]| subprotocol_token(lines.iter().copied());
+    assert_eq!(token(&["wsroom, bearer.a.b.c"]), Some("a.b.c"));
+    // Several header lines, spaces, empty entries.
+    assert_eq!(token(&["wsroom", " , bearer.x.y.z ,"]), Some("x.y.z"));
+    assert_eq!(token(&["wsroom"]), None);
+    assert_eq!(token(&[]), None);
+    let offered: Vec<&str> = offered_subprotocols(["a, b", "c"].into_iter()).collect();
+    assert_eq!(offered, ["a", "b", "c"]);
+}

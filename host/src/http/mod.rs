@@ -229,7 +229,13 @@ fn authorize(
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match auth.check(auth::bearer(header, query.token.as_deref()), access) {
+    let protocols = req
+        .headers()
+        .get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let other_token = auth::subprotocol_token(protocols).or(query.token.as_deref());
+    match auth.check(auth::bearer(header, other_token), access) {
         Ok(_) => Ok(()),
         Err(denied) => {
             app.metrics.auth_refused();

@@ -30,6 +30,7 @@ pub(super) async fn websocket(
     query: Query,
 ) -> Result<Reply, HttpError> {
     let (project, meta) = validate(app, &req, &query)?;
+    let selects_ours = offers_our_subprotocol(&req)?;
     let Ok(permit) = app.websockets.clone().try_acquire_owned() else {
         return Err(unavailable(
             app,
@@ -54,8 +55,36 @@ pub(super) async fn websocket(
         app.config.clone(),
         app.metrics.clone(),
     ));
-    let (parts, _) = response.into_parts();
+    let (mut parts, _) = response.into_parts();
+    if selects_ours {
+        // A browser fails a handshake that selects none of the protocols
+        // it offered.
+        parts.headers.insert(
+            hyper::header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(auth::SUBPROTOCOL),
+        );
+    }
     Ok(Response::from_parts(parts, Full::new(Bytes::new())))
+}
+
+/// Whether the request offers the `wsroom` subprotocol (the server then
+/// selects it). A token offered as `bearer.<token>` needs it beside: the
+/// server must select one of the offered protocols, and never the token.
+fn offers_our_subprotocol(req: &Request<Body>) -> Result<bool, HttpError> {
+    let lines = || {
+        req.headers()
+            .get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+    };
+    let ours = auth::offered_subprotocols(lines()).any(|p| p == auth::SUBPROTOCOL);
+    if !ours && auth::subprotocol_token(lines()).is_some() {
+        return Err(HttpError::bad_request(
+            "bad_upgrade",
+            "a token offered as the subprotocol bearer.<token> needs the subprotocol wsroom offered beside it (the one the server selects)",
+        ));
+    }
+    Ok(ours)
 }
 
 /// Checks everything the request says before anything is reserved for it.
