@@ -264,7 +264,9 @@ impl Outbox {
             s.bytes += frame.len();
             s.frames.push_back(frame);
         }
-        if s.since.is_none() && !s.frames.is_empty() {
+        // (After an overflow only the close frame is queued: no wait of a
+        // room's frames to report.)
+        if result.is_ok() && s.since.is_none() && !s.frames.is_empty() {
             s.since = Some(wakes.now());
         }
         wakes.collectors.extend(self.signal(s));
@@ -483,5 +485,27 @@ mod tests {
         o.push(text(50)).unwrap();
         let mut batch = Vec::new();
         assert_eq!(o.take(&mut batch).await, Next::Continue);
+    }
+
+    #[tokio::test]
+    async fn a_take_tells_when_its_frames_were_handed_over_but_not_for_dropped_ones() {
+        let outbox = Outbox::new(100);
+        let mut batch = Vec::new();
+        outbox.push(text(60)).unwrap();
+        let (next, since) = outbox.take_timed(&mut batch).await;
+        assert_eq!(next, Next::Continue);
+        assert!(since.is_some());
+        batch.clear();
+        // Only the connection's own frame: nothing a room handed over.
+        outbox.push_control(text(2));
+        assert_eq!(outbox.take_timed(&mut batch).await.1, None);
+        batch.clear();
+        // An overflow drops the queued frames: the close frame's wait is
+        // not theirs.
+        outbox.push(text(60)).unwrap();
+        assert_eq!(outbox.push(text(60)), Err(Refused::Overflow));
+        let (next, since) = outbox.take_timed(&mut batch).await;
+        assert_eq!(next, Next::Finish);
+        assert_eq!(since, None);
     }
 }

@@ -635,24 +635,21 @@ impl Cluster {
 
     /// The cluster's part of `/health`.
     pub(crate) fn health_json(&self) -> Value {
-        let connected = matches!(
-            self.client.connection_state(),
-            async_nats::connection::State::Connected
-        );
+        let state = self.state();
         json!({
             "node": &*self.node,
-            "nats": if connected { "connected" } else { "disconnected" },
-            "leaseValid": self.leases.valid(),
+            "nats": if state.nats_connected { "connected" } else { "disconnected" },
+            "leaseValid": state.lease_valid,
             "leaseMs": self.leases.lease().as_millis() as u64,
-            "ownedProjects": self.leases.owned_count(),
-            "clientsServedForOtherNodes": self.served.len(),
-            "clientsOfOtherNodesProjects": self.stubs.len(),
+            "ownedProjects": state.owned_projects,
+            "clientsServedForOtherNodes": state.clients_served_for_other_nodes,
+            "clientsOfOtherNodesProjects": state.clients_of_other_nodes_projects,
         })
     }
 
-    /// The cluster's figures, for a scrape of `/metrics`.
-    pub(crate) fn register(&self, registry: &mut prometheus_client::registry::Registry) {
-        let state = counters::State {
+    /// What `/health` and `/metrics` say of this node now.
+    fn state(&self) -> counters::State {
+        counters::State {
             nats_connected: matches!(
                 self.client.connection_state(),
                 async_nats::connection::State::Connected
@@ -661,8 +658,12 @@ impl Cluster {
             owned_projects: self.leases.owned_count(),
             clients_served_for_other_nodes: self.served.len(),
             clients_of_other_nodes_projects: self.stubs.len(),
-        };
-        self.counters.register(state, registry);
+        }
+    }
+
+    /// The cluster's figures, for a scrape of `/metrics`.
+    pub(crate) fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.counters.register(self.state(), registry);
     }
 
     /// Whether the node is fully a member: connected and holding its lease.

@@ -262,7 +262,7 @@ impl Metrics {
             Entry {
                 json: "connectionsRefused",
                 prometheus: "wsroom_connections_refused_total",
-                kind: Counter,
+                kind: Kind::ByReason,
                 help: "WebSocket upgrades refused, by reason: a limit reached, the room said no or failed (bad requests and failed auth are not counted here)",
                 value: self
                     .connections_refused
@@ -418,7 +418,7 @@ impl Metrics {
         for e in self.entries() {
             match e.kind {
                 // Registered by reason below.
-                Kind::Counter if e.json == "connectionsRefused" => {}
+                Kind::ByReason => {}
                 // prometheus-client adds the `_total` of a counter itself.
                 Kind::Counter => registry.register(
                     e.prometheus.trim_end_matches("_total"),
@@ -489,6 +489,8 @@ impl Metrics {
 pub(crate) enum Kind {
     Counter,
     Gauge,
+    /// A counter `/metrics` shows by its `reason` label; `/health` its sum.
+    ByReason,
 }
 
 /// One counter or gauge and its value.
