@@ -84,6 +84,9 @@ pub enum Access<'a> {
     Status { project: &'a str },
     /// Read `/health` of `project`: any type.
     Health { project: &'a str },
+    /// List projects in the console: needs `admin`; the list shows only
+    /// the projects the token grants.
+    Console,
 }
 
 /// The verifier built from the configured secret.
@@ -157,9 +160,10 @@ impl Auth {
         let project = match access {
             Access::Join { project, .. }
             | Access::Status { project }
-            | Access::Health { project } => project,
+            | Access::Health { project } => Some(project),
+            Access::Console => None,
         };
-        if !claims.allows_project(project) {
+        if project.is_some_and(|project| !claims.allows_project(project)) {
             return Err(Denied::forbidden(
                 "project_not_allowed",
                 "the token does not grant this projectId",
@@ -173,6 +177,10 @@ impl Auth {
             Access::Status { .. } if !claims.allows_type(ADMIN) => Err(Denied::forbidden(
                 "admin_required",
                 "/status needs a token that grants the admin type",
+            )),
+            Access::Console if !claims.allows_type(ADMIN) => Err(Denied::forbidden(
+                "admin_required",
+                "the console needs a token that grants the admin type",
             )),
             _ => Ok(claims),
         }

@@ -179,6 +179,26 @@ impl Runtime {
         Ok(self.inner.version.fetch_add(1, SeqCst) + 1)
     }
 
+    /// What runs `project`: the file name of its component, or `default`
+    /// for the embedded default room (for the console).
+    pub(crate) fn component_name(&self, project: &str) -> String {
+        let sources = &self.inner.sources;
+        let path = sources
+            .by_project
+            .iter()
+            .find(|(pattern, _)| config::project_matches(pattern, project))
+            .map(|(_, path)| path)
+            .or(sources.default.as_ref());
+        match path {
+            Some(path) => path
+                .file_name()
+                .unwrap_or(path.as_os_str())
+                .to_string_lossy()
+                .into_owned(),
+            None => "default".to_owned(),
+        }
+    }
+
     /// The version of the components new instances are made from.
     pub(crate) fn version(&self) -> u64 {
         self.inner.version.load(SeqCst)

@@ -37,6 +37,16 @@ pub(crate) enum ConnectError {
     Unreachable,
 }
 
+/// One page of [`Registry::page`].
+pub(crate) struct RoomPage {
+    /// The page's rooms, in projectId order.
+    pub(crate) rooms: Vec<RoomHandle>,
+    /// The rooms the filter keeps, on every page.
+    pub(crate) total: usize,
+    /// Whether more rooms follow the page's last.
+    pub(crate) more: bool,
+}
+
 pub struct Registry {
     rooms: Mutex<HashMap<Arc<str>, RoomHandle>>,
     runtime: Runtime,
@@ -241,6 +251,51 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty()
+    }
+
+    /// One page of the live rooms for the console, in projectId order: the
+    /// first `limit` whose id sorts after `after` and that `wanted` keeps,
+    /// with how many rooms `wanted` keeps in all. One pass under the lock
+    /// (connects wait on it), keeping `limit + 1` ids in a heap: no sort
+    /// of every room, and no copy of their ids.
+    pub(crate) fn page(
+        &self,
+        wanted: impl Fn(&str) -> bool,
+        after: Option<&str>,
+        limit: usize,
+    ) -> RoomPage {
+        let mut total = 0;
+        let mut smallest: std::collections::BinaryHeap<&str> =
+            std::collections::BinaryHeap::with_capacity(limit + 2);
+        let rooms = self.lock();
+        for id in rooms.keys() {
+            if !wanted(id) {
+                continue;
+            }
+            total += 1;
+            if after.is_some_and(|after| &**id <= after) {
+                continue;
+            }
+            if smallest.len() <= limit {
+                smallest.push(id);
+            } else if smallest.peek().is_some_and(|largest| **id < **largest) {
+                smallest.pop();
+                smallest.push(id);
+            }
+        }
+        let mut ids = smallest.into_sorted_vec();
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        let rooms = ids
+            .into_iter()
+            .filter_map(|id| rooms.get(id).cloned())
+            .collect();
+        RoomPage { rooms, total, more }
+    }
+
+    /// What runs `project`: its component's file name, or `default`.
+    pub(crate) fn component_name(&self, project: &str) -> String {
+        self.runtime.component_name(project)
     }
 
     /// Every live room, for shutdown.

@@ -633,6 +633,11 @@ impl Cluster {
             .filter(|v| !v.is_null()))
     }
 
+    /// This node's name (`--node-name`).
+    pub(crate) fn node(&self) -> &str {
+        &self.node
+    }
+
     /// The cluster's part of `/health`.
     pub(crate) fn health_json(&self) -> Value {
         let state = self.state();

@@ -1,9 +1,11 @@
 //! HTTP routes: `/websocket` (the upgrade into a project's room, in
-//! [`upgrade`]), `/status`, `/health` and `/metrics` (in [`report`]). Every
+//! [`upgrade`]), `/status`, `/health` and `/metrics` (in [`report`]), the
+//! console's pages and its list of projects (in [`console`]). Every
 //! refusal is an [`HttpError`]: a status code with a JSON body
 //! `{"error": code, "message": text}` (docs/PROTOCOL.md lists them), the
 //! listener's refusal of a connection before hyper serves it included.
 
+mod console;
 mod error;
 pub(crate) mod report;
 mod upgrade;
@@ -84,6 +86,8 @@ pub(crate) async fn route(
                 Path::Status => report::status(&app, &req, &query).await,
                 Path::Health => report::health(&app, &req, &query).await,
                 Path::Metrics => Ok(report::metrics(&app, &req)),
+                Path::Console(asset) => Ok(console::asset(asset)),
+                Path::ConsoleProjects => console::projects(&app, &req, &query),
             }
         }
     };
@@ -107,6 +111,8 @@ enum Path {
     Status,
     Health,
     Metrics,
+    Console(console::Asset),
+    ConsoleProjects,
 }
 
 /// The route a request names, once its path, method and `Host` are fine.
@@ -117,13 +123,25 @@ fn checked(req: &Request<Body>) -> Result<Path, HttpError> {
         "/status" => (Path::Status, &[Method::GET, Method::HEAD][..], "GET, HEAD"),
         "/health" => (Path::Health, &[Method::GET, Method::HEAD][..], "GET, HEAD"),
         "/metrics" => (Path::Metrics, &[Method::GET, Method::HEAD][..], "GET, HEAD"),
-        _ => {
-            return Err(HttpError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no such endpoint: {path}"),
-            ));
-        }
+        "/console/api/projects" => (
+            Path::ConsoleProjects,
+            &[Method::GET, Method::HEAD][..],
+            "GET, HEAD",
+        ),
+        _ => match console::Asset::at(path) {
+            Some(asset) => (
+                Path::Console(asset),
+                &[Method::GET, Method::HEAD][..],
+                "GET, HEAD",
+            ),
+            None => {
+                return Err(HttpError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no such endpoint: {path}"),
+                ));
+            }
+        },
     };
     if !methods.contains(req.method()) {
         return Err(HttpError::new(
@@ -215,15 +233,16 @@ impl Query {
     }
 }
 
-/// Checks the request's token against `access` when a secret is configured.
+/// Checks the request's token against `access` when a secret is
+/// configured, and gives its claims (`None`: no secret, all is allowed).
 fn authorize(
     app: &App,
     req: &Request<Body>,
     query: &Query,
     access: Access<'_>,
-) -> Result<(), HttpError> {
+) -> Result<Option<auth::Claims>, HttpError> {
     let Some(auth) = &app.config.auth else {
-        return Ok(());
+        return Ok(None);
     };
     let header = req
         .headers()
@@ -236,7 +255,7 @@ fn authorize(
         .filter_map(|v| v.to_str().ok());
     let other_token = auth::subprotocol_token(protocols).or(query.token.as_deref());
     match auth.check(auth::bearer(header, other_token), access) {
-        Ok(_) => Ok(()),
+        Ok(claims) => Ok(Some(claims)),
         Err(denied) => {
             app.metrics.auth_refused();
             let status = StatusCode::from_u16(denied.status).unwrap_or(StatusCode::FORBIDDEN);

@@ -199,6 +199,10 @@ impl Actor {
         if std::mem::take(&mut self.activity_unrecorded) {
             self.table().touch();
         }
+        let messages = std::mem::take(&mut self.messages_since_flush);
+        if messages > 0 {
+            self.table().shared().count_messages(messages);
+        }
         self.table().flush();
     }
 
@@ -299,6 +303,7 @@ impl Actor {
         };
         let sender = c.sender.clone();
         self.activity_unrecorded = true;
+        self.messages_since_flush += 1;
         if let Err(Trapped(e)) = call!(self, RoomCall::Message, |room, store| room
             .call_on_message(store, &sender, &message))
         {
@@ -365,6 +370,7 @@ impl Actor {
                         version,
                         _permit: permit,
                     };
+                    self.table().shared().set_awake(true);
                     self.metrics.instance_created();
                 }
                 Err((table, e)) => {
@@ -390,6 +396,7 @@ impl Actor {
         {
             let mut table = store.into_data().table;
             table.shrink();
+            table.shared().set_awake(false);
             self.instance = Instance::Hibernated(Box::new(table));
             self.metrics.instance_dropped();
         }

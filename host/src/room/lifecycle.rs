@@ -52,6 +52,7 @@ pub(crate) fn spawn(
             used_since_clock_passed: false,
             activity_unrecorded: false,
             handled_since_flush: false,
+            messages_since_flush: 0,
             last_event: tokio::time::Instant::now(),
             stopped: false,
             committed_alarm: None,

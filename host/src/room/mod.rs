@@ -231,6 +231,8 @@ struct Actor {
     activity_unrecorded: bool,
     /// An event (or the alarm) was handled since the last flush.
     handled_since_flush: bool,
+    /// Client messages handled since the last flush, for the console.
+    messages_since_flush: u64,
     /// When the last batch with an event was flushed (hibernation counts
     /// from it; the clock is read once per batch, not per event).
     last_event: tokio::time::Instant,

@@ -1,8 +1,9 @@
-//! What `/status` and `/health` read of a room without taking its lock: the
-//! clients in connection order and the time of the last activity.
+//! What `/status`, `/health` and the console read of a room without taking
+//! its lock: the clients in connection order, the time of the last
+//! activity, the messages handled and whether the room is hibernated.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{ClientMeta, now_ms};
@@ -19,6 +20,11 @@ pub(crate) struct RoomShared {
     /// Milliseconds since the Unix epoch of the last connect or message;
     /// 0: none yet.
     last_activity: AtomicU64,
+    /// Client messages the room has handled (counted once per batch).
+    messages: AtomicU64,
+    /// Whether a wasm instance is live (false: never made, hibernated,
+    /// evicted or failed).
+    awake: AtomicBool,
 }
 
 impl RoomShared {
@@ -50,5 +56,19 @@ impl RoomShared {
     }
     pub(super) fn touch(&self) {
         self.last_activity.store(now_ms(), Relaxed);
+    }
+    /// Client messages handled since the room started.
+    pub(crate) fn messages(&self) -> u64 {
+        self.messages.load(Relaxed)
+    }
+    pub(super) fn count_messages(&self, n: u64) {
+        self.messages.fetch_add(n, Relaxed);
+    }
+    /// Whether the room holds no wasm instance now.
+    pub(crate) fn hibernated(&self) -> bool {
+        !self.awake.load(Relaxed)
+    }
+    pub(super) fn set_awake(&self, awake: bool) {
+        self.awake.store(awake, Relaxed);
     }
 }

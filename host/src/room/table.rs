@@ -253,6 +253,11 @@ impl Table {
         self.shared.touch();
     }
 
+    /// What the console reads of the room without its lock.
+    pub(crate) fn shared(&self) -> &RoomShared {
+        &self.shared
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.slots.len()
     }
