@@ -11,6 +11,7 @@ const POLL_MS = 2000;
 const CLIENTS_POLL_MS = 1000;
 const CHART_POINTS = 150; // five minutes at POLL_MS
 const FEED_KEEP = 500;
+const CHART_COLORS = ['#2f7de1', '#e0803a'];
 const FEED_WAITING_MAX = 2000;
 
 const $ = (id) => document.getElementById(id);
@@ -145,29 +146,45 @@ class Chart {
       points.push(v);
       if (points.length > CHART_POINTS) points.shift();
     });
-    this.label.textContent = this.series
-      .map((s, i) => (this.series.length > 1 ? s.name + ' ' : '') + format(values[i], this.unit))
-      .join(' · ');
+    clearChildren(this.label);
+    this.series.forEach((s, i) => {
+      const part = document.createElement('span');
+      part.style.color = CHART_COLORS[i];
+      part.textContent = (i > 0 ? ' · ' : '') + (this.series.length > 1 ? s.name + ' ' : '') + format(values[i], this.unit);
+      this.label.appendChild(part);
+    });
     this.draw();
   }
 
+  // The newest point at the right edge, the scale from zero to a little
+  // over the largest point shown, which is written in the corner.
   draw() {
     const c = this.canvas.getContext('2d');
     const { width, height } = this.canvas;
     c.clearRect(0, 0, width, height);
     let max = 0;
     for (const s of this.series) for (const v of s.points) if (v != null && v > max) max = v;
-    max = max > 0 ? max * 1.1 : 1;
-    const colors = ['#2f7de1', '#e0803a'];
+    const top = max > 0 ? max * 1.15 : 1;
+    c.fillStyle = getComputedStyle(document.body).getPropertyValue('--muted') || '#888';
+    c.font = '10px system-ui, sans-serif';
+    c.fillText('max ' + format(max, this.unit), 2, 10);
+    c.strokeStyle = c.fillStyle;
+    c.globalAlpha = 0.3;
+    c.beginPath();
+    c.moveTo(0, height - 1.5);
+    c.lineTo(width, height - 1.5);
+    c.stroke();
+    c.globalAlpha = 1;
     this.series.forEach((s, i) => {
-      c.strokeStyle = colors[i];
+      c.strokeStyle = CHART_COLORS[i];
       c.lineWidth = 1.5;
       c.beginPath();
       let started = false;
+      const offset = CHART_POINTS - s.points.length;
       s.points.forEach((v, x) => {
         if (v == null) return;
-        const px = (x / (CHART_POINTS - 1)) * width;
-        const py = height - 2 - (v / max) * (height - 4);
+        const px = ((offset + x) / (CHART_POINTS - 1)) * width;
+        const py = height - 2 - (v / top) * (height - 4);
         if (started) c.lineTo(px, py);
         else c.moveTo(px, py);
         started = true;

@@ -1,9 +1,10 @@
-//! projectId → live room. Get-or-create on upgrade; `/status` and `/health`
-//! only read it, so they never create a room.
+//! projectId → live room. Get-or-create on upgrade; `/status`, `/health`
+//! and the console only read it, so they never create a room.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::oneshot;
 
@@ -47,8 +48,51 @@ pub(crate) struct RoomPage {
     pub(crate) more: bool,
 }
 
+/// Reads every id of `index` in order, `chunk` at a time under its lock:
+/// keeps in `ids` the first `keep` that `wanted` keeps and that sort after
+/// `after`, and returns how many `wanted` keeps in all.
+fn scan_in_chunks(
+    index: &Mutex<BTreeSet<Arc<str>>>,
+    wanted: &dyn Fn(&str) -> bool,
+    after: Option<&str>,
+    keep: usize,
+    chunk: usize,
+    ids: &mut Vec<Arc<str>>,
+) -> usize {
+    let mut count = 0;
+    let mut resume: Option<Arc<str>> = None;
+    loop {
+        let index = index.lock().unwrap_or_else(|e| e.into_inner());
+        let from = resume.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let mut seen = 0;
+        for id in index.range::<str, _>((from, Bound::Unbounded)) {
+            seen += 1;
+            if wanted(id) {
+                count += 1;
+                if ids.len() < keep && after.is_none_or(|after| &**id > after) {
+                    ids.push(id.clone());
+                }
+            }
+            if seen == chunk {
+                resume = Some(id.clone());
+                break;
+            }
+        }
+        if seen < chunk {
+            return count;
+        }
+    }
+}
+
+/// The most room ids [`Registry::page`] reads under the index's lock at a
+/// time (about 100 µs of scanning here).
+const PAGE_SCAN_CHUNK: usize = 1024;
+
 pub struct Registry {
     rooms: Mutex<HashMap<Arc<str>, RoomHandle>>,
+    /// The ids of `rooms`, in order, for the console's pages. Changed under
+    /// `rooms`' lock (taken first), read without it.
+    index: Mutex<BTreeSet<Arc<str>>>,
     runtime: Runtime,
     room_config: Arc<BTreeMap<String, String>>,
     settings: Settings,
@@ -75,6 +119,7 @@ impl Registry {
     ) -> Arc<Registry> {
         Arc::new(Registry {
             rooms: Mutex::new(HashMap::new()),
+            index: Mutex::new(BTreeSet::new()),
             runtime,
             room_config: Arc::new(room_config),
             settings,
@@ -182,8 +227,12 @@ impl Registry {
         None
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, RoomHandle>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, RoomHandle>> {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn index(&self) -> MutexGuard<'_, BTreeSet<Arc<str>>> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn room_config(&self) -> Arc<BTreeMap<String, String>> {
@@ -211,6 +260,7 @@ impl Registry {
             self.settings.clone(),
             self.metrics.clone(),
         );
+        self.index().insert(project.clone());
         rooms.insert(project, handle.clone());
         Some(handle)
     }
@@ -236,6 +286,7 @@ impl Registry {
         match rooms.get(project) {
             Some(h) if h.generation == generation => {
                 rooms.remove(project);
+                self.index().remove(project);
                 if let Some(ownership) = self.ownership.get() {
                     ownership.removed(project);
                 }
@@ -254,42 +305,44 @@ impl Registry {
     }
 
     /// One page of the live rooms for the console, in projectId order: the
-    /// first `limit` whose id sorts after `after` and that `wanted` keeps,
-    /// with how many rooms `wanted` keeps in all. One pass under the lock
-    /// (connects wait on it), keeping `limit + 1` ids in a heap: no sort
-    /// of every room, and no copy of their ids.
+    /// first `limit` whose id sorts after `after` and that `wanted` keeps
+    /// (all, without it), with how many rooms it keeps in all. It reads the ordered index
+    /// of ids, never the rooms' map (whose lock every connect takes), and
+    /// holds the index's lock for at most [`PAGE_SCAN_CHUNK`] ids at a time
+    /// (only rooms being made or removed wait on it); `total` is exact
+    /// unless rooms come or go during the scan.
     pub(crate) fn page(
         &self,
-        wanted: impl Fn(&str) -> bool,
+        wanted: Option<&dyn Fn(&str) -> bool>,
         after: Option<&str>,
         limit: usize,
     ) -> RoomPage {
-        let mut total = 0;
-        let mut smallest: std::collections::BinaryHeap<&str> =
-            std::collections::BinaryHeap::with_capacity(limit + 2);
-        let rooms = self.lock();
-        for id in rooms.keys() {
-            if !wanted(id) {
-                continue;
-            }
-            total += 1;
-            if after.is_some_and(|after| &**id <= after) {
-                continue;
-            }
-            if smallest.len() <= limit {
-                smallest.push(id);
-            } else if smallest.peek().is_some_and(|largest| **id < **largest) {
-                smallest.pop();
-                smallest.push(id);
-            }
+        let mut ids: Vec<Arc<str>> = Vec::with_capacity(limit + 1);
+        let total;
+        if let Some(wanted) = wanted {
+            total = scan_in_chunks(
+                &self.index,
+                wanted,
+                after,
+                limit + 1,
+                PAGE_SCAN_CHUNK,
+                &mut ids,
+            );
+        } else {
+            let index = self.index();
+            let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+            ids.extend(
+                index
+                    .range::<str, _>((from, Bound::Unbounded))
+                    .take(limit + 1)
+                    .cloned(),
+            );
+            total = index.len();
         }
-        let mut ids = smallest.into_sorted_vec();
         let more = ids.len() > limit;
         ids.truncate(limit);
-        let rooms = ids
-            .into_iter()
-            .filter_map(|id| rooms.get(id).cloned())
-            .collect();
+        let rooms = self.lock();
+        let rooms = ids.iter().filter_map(|id| rooms.get(id).cloned()).collect();
         RoomPage { rooms, total, more }
     }
 
@@ -301,5 +354,30 @@ impl Registry {
     /// Every live room, for shutdown.
     pub fn all(&self) -> Vec<RoomHandle> {
         self.lock().values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scan_in_chunks_sees_every_id_once_and_keeps_the_first_after_the_cursor() {
+        let ids: BTreeSet<Arc<str>> = (0..10).map(|i| Arc::from(format!("p{i}"))).collect();
+        let index = Mutex::new(ids);
+        let even = |id: &str| id.ends_with(['0', '2', '4', '6', '8']);
+        for chunk in [1, 3, 5, 10, 11] {
+            let mut kept = Vec::new();
+            let total = scan_in_chunks(&index, &even, Some("p2"), 2, chunk, &mut kept);
+            assert_eq!(total, 5, "chunk {chunk}");
+            let kept: Vec<&str> = kept.iter().map(|id| &**id).collect();
+            assert_eq!(kept, ["p4", "p6"], "chunk {chunk}");
+        }
+        let mut kept = Vec::new();
+        assert_eq!(
+            scan_in_chunks(&index, &|_| true, Some("p9"), 5, 4, &mut kept),
+            10
+        );
+        assert!(kept.is_empty());
     }
 }

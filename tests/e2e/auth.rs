@@ -25,7 +25,8 @@ fn sign(secret: &str, claims: Value) -> String {
     .unwrap()
 }
 
-fn grant(project: &str, types: &[&str]) -> String {
+/// A token for `types` on `project`, valid for ten minutes.
+pub(crate) fn grant(project: &str, types: &[&str]) -> String {
     sign(
         SECRET,
         json!({"project": project, "types": types, "exp": now_secs() + 600}),

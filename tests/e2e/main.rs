@@ -7,6 +7,7 @@ mod common;
 mod auth;
 mod bad_input;
 mod cluster;
+mod console;
 mod durable;
 mod edge;
 mod endpoints;
