@@ -1,16 +1,21 @@
-//! Access control: signed tokens (JWT, HS256) that say which projects and
+//! Access control: signed tokens (JWT: HS256 with the server's secret, or
+//! RS256/ES256 with public keys, in [`keys`]) that say which projects and
 //! which client types a bearer may use, and an optional allow-list of
 //! browser origins.
 //!
-//! With no secret configured every request is admitted, as in the original.
-//! With a secret, `/websocket`, `/status` and `/health?projectId=` need a
-//! token, from `Authorization: Bearer …` or the `token` query parameter
-//! (browsers cannot set headers on a WebSocket). Tokens are never logged.
+//! With no secret or keys configured every request is admitted, as in the
+//! original. With them, `/websocket`, `/status` and `/health?projectId=`
+//! need a token, from `Authorization: Bearer …`, a WebSocket subprotocol or
+//! the `token` query parameter. Tokens are never logged.
+
+pub(crate) mod keys;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
+
+use keys::{KeySources, Keys, SecretSource};
 use serde::{Deserialize, Serialize};
 
 /// Shortest secret accepted: HS256 wants at least as many bytes as the hash.
@@ -89,15 +94,16 @@ pub enum Access<'a> {
     Console,
 }
 
-/// The verifier built from the configured secret.
+/// The verifier: the keys, swapped whole when they are read again.
 pub struct Auth {
-    key: DecodingKey,
-    validation: Validation,
+    keys: std::sync::RwLock<std::sync::Arc<Keys>>,
+    /// Where they were read from; `None` for keys given in memory.
+    sources: Option<KeySources>,
 }
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Auth { secret: <redacted> }")
+        f.write_str("Auth { keys: <redacted> }")
     }
 }
 
@@ -113,15 +119,43 @@ pub(crate) fn check_secret(secret: &[u8]) -> anyhow::Result<()> {
 }
 
 impl Auth {
+    /// A verifier of HS256 tokens signed with `secret`.
     pub fn new(secret: &[u8]) -> anyhow::Result<Auth> {
-        check_secret(secret)?;
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = LEEWAY_SECS;
-        validation.set_required_spec_claims(&["exp"]);
         Ok(Auth {
-            key: DecodingKey::from_secret(secret),
-            validation,
+            keys: std::sync::RwLock::new(std::sync::Arc::new(Keys::from_secret(secret)?)),
+            sources: None,
         })
+    }
+
+    /// A verifier with the keys `sources` name, read now and again by
+    /// [`Auth::reload`].
+    pub(crate) fn load(sources: KeySources) -> anyhow::Result<Auth> {
+        let keys = Keys::load(&sources)?;
+        Ok(Auth {
+            keys: std::sync::RwLock::new(std::sync::Arc::new(keys)),
+            sources: Some(sources),
+        })
+    }
+
+    /// Reads the secret file and the public keys again; new tokens are
+    /// checked with them, open connections stay. On failure the keys in use
+    /// stay. Returns whether there was anything to read.
+    pub(crate) fn reload(&self) -> anyhow::Result<bool> {
+        let Some(sources) = &self.sources else {
+            return Ok(false);
+        };
+        let fixed_only =
+            sources.public_keys.is_none() && !matches!(sources.secret, Some(SecretSource::File(_)));
+        if fixed_only {
+            return Ok(false);
+        }
+        let keys = Keys::load(sources)?;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(keys);
+        Ok(true)
+    }
+
+    fn keys(&self) -> std::sync::Arc<Keys> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Verifies `token` and checks that it grants `access`.
@@ -132,31 +166,7 @@ impl Auth {
                 "this server requires a token: an Authorization: Bearer header or a token query parameter",
             ));
         };
-        let claims = match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
-            Ok(data) => data.claims,
-            Err(e) => {
-                return Err(match e.kind() {
-                    ErrorKind::ExpiredSignature => {
-                        Denied::unauthorized("token_expired", "the token has expired")
-                    }
-                    ErrorKind::InvalidSignature => Denied::unauthorized(
-                        "invalid_token",
-                        "the token's signature does not match",
-                    ),
-                    ErrorKind::InvalidAlgorithm => {
-                        Denied::unauthorized("invalid_token", "the token must be signed with HS256")
-                    }
-                    ErrorKind::MissingRequiredClaim(claim) => Denied::unauthorized(
-                        "invalid_token",
-                        format!("the token has no {claim} claim"),
-                    ),
-                    _ => Denied::unauthorized(
-                        "invalid_token",
-                        "the token is not a valid JWT with project, types and exp claims",
-                    ),
-                });
-            }
-        };
+        let claims = self.verify(token)?;
         let project = match access {
             Access::Join { project, .. }
             | Access::Status { project }
@@ -183,6 +193,64 @@ impl Auth {
                 "the console needs a token that grants the admin type",
             )),
             _ => Ok(claims),
+        }
+    }
+}
+
+impl Auth {
+    /// The claims of `token`, once its signature and expiry are checked
+    /// with the key its header's `alg` (and `kid`) names.
+    fn verify(&self, token: &str) -> Result<Claims, Denied> {
+        let invalid = |message: String| Denied::unauthorized("invalid_token", message);
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            invalid("the token is not a valid JWT with project, types and exp claims".into())
+        })?;
+        let keys = self.keys();
+        let key = match header.alg {
+            Algorithm::HS256 => keys.secret.as_ref().ok_or_else(|| {
+                invalid("this server takes tokens signed with its public keys, not HS256".into())
+            })?,
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::ES256
+            | Algorithm::ES384 => {
+                if keys.public.is_empty() {
+                    return Err(invalid("the token must be signed with HS256".into()));
+                }
+                &keys
+                    .public_key(header.alg, header.kid.as_deref())
+                    .map_err(invalid)?
+                    .key
+            }
+            other => {
+                return Err(invalid(format!(
+                    "tokens signed with {other:?} are not taken (HS256, RS256, ES256 are)"
+                )));
+            }
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.set_required_spec_claims(&["exp"]);
+        match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+            Ok(data) => Ok(data.claims),
+            Err(e) => Err(match e.kind() {
+                ErrorKind::ExpiredSignature => {
+                    Denied::unauthorized("token_expired", "the token has expired")
+                }
+                ErrorKind::InvalidSignature => {
+                    invalid("the token's signature does not match".into())
+                }
+                ErrorKind::InvalidAlgorithm => {
+                    invalid(format!("the key cannot verify a {:?} token", header.alg))
+                }
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    invalid(format!("the token has no {claim} claim"))
+                }
+                _ => invalid(
+                    "the token is not a valid JWT with project, types and exp claims".into(),
+                ),
+            }),
         }
     }
 }

@@ -65,6 +65,14 @@ pub struct Cli {
     #[command(flatten)]
     pub cluster: ClusterArgs,
 
+    /// Public keys that verify RS256 and ES256 tokens (RS384, RS512, ES384
+    /// too): a PEM file with one RSA or EC public key, or a JWKS file (JSON
+    /// with "keys") whose keys are chosen by the token's "kid". With or
+    /// without --auth-secret (which verifies HS256 tokens); either one turns
+    /// access control on. Read again on SIGHUP.
+    #[arg(long, env = "WSROOM_AUTH_PUBLIC_KEYS")]
+    pub auth_public_keys: Option<PathBuf>,
+
     /// Browser origin allowed to open WebSockets (scheme://host, with an optional :port);
     /// repeatable. When set, an upgrade whose Origin header is not listed is
     /// refused with 403; clients that send no Origin (non-browsers) are
@@ -359,15 +367,19 @@ impl SecretArgs {
     /// The secret's bytes, if one was given.
     pub fn load(&self) -> anyhow::Result<Option<Vec<u8>>> {
         if let Some(path) = &self.auth_secret_file {
-            let mut bytes = std::fs::read(path).map_err(|e| {
-                anyhow::anyhow!("cannot read the auth secret file {}: {e}", path.display())
-            })?;
-            while bytes.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
-                bytes.pop();
-            }
-            return Ok(Some(bytes));
+            return auth::keys::read_secret_file(path).map(Some);
         }
         Ok(self.auth_secret.as_ref().map(|s| s.0.clone().into_bytes()))
+    }
+
+    /// Where the server reads its secret (again on SIGHUP, from a file).
+    fn source(&self) -> Option<auth::keys::SecretSource> {
+        use auth::keys::SecretSource;
+        match (&self.auth_secret_file, &self.auth_secret) {
+            (Some(path), _) => Some(SecretSource::File(path.clone())),
+            (None, Some(secret)) => Some(SecretSource::Fixed(secret.0.clone().into_bytes())),
+            (None, None) => None,
+        }
     }
 }
 
@@ -623,11 +635,15 @@ impl Cli {
                 .zip(self.tls_key.clone())
                 .map(|(cert, key)| TlsSource::Files { cert, key })
         };
-        let auth = self
-            .secret
-            .load()?
-            .map(|secret| Auth::new(&secret).map(Arc::new))
-            .transpose()?;
+        let key_sources = auth::keys::KeySources {
+            secret: self.secret.source(),
+            public_keys: self.auth_public_keys.clone(),
+        };
+        let auth = if key_sources.secret.is_some() || key_sources.public_keys.is_some() {
+            Some(Arc::new(Auth::load(key_sources)?))
+        } else {
+            None
+        };
         let allowed_origins = self
             .allowed_origins
             .iter()

@@ -66,7 +66,12 @@ pub async fn run(
     };
     let runtime = Runtime::new(&config)?;
     let metrics = Arc::new(Metrics::default());
-    crate::signals::reload_on_sighup(runtime.clone(), tls.clone(), metrics.clone());
+    crate::signals::reload_on_sighup(
+        runtime.clone(),
+        tls.clone(),
+        config.auth.clone(),
+        metrics.clone(),
+    );
     let mut settings = Settings::from_config(&config);
     if let Some(RoomStore::JetStream(store)) = &store {
         // A room is one NATS message: its store must fit in one (the
@@ -131,7 +136,7 @@ pub async fn run(
     info!(%addr, "listening");
     if app.config.auth.is_none() {
         warn!(
-            "no --auth-secret: anyone who can reach this server and knows a projectId may join it, \
+            "no --auth-secret nor --auth-public-keys: anyone who can reach this server and knows a projectId may join it, \
              as admin too"
         );
     }

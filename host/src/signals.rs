@@ -1,10 +1,12 @@
 //! The process's signals: SIGINT and SIGTERM shut the server down
-//! gracefully; SIGHUP reloads the room components and the TLS certificate.
+//! gracefully; SIGHUP reloads the room components, the TLS certificate and
+//! the keys that verify tokens.
 
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
+use crate::auth::Auth;
 use crate::engine::Runtime;
 use crate::metrics::Metrics;
 use crate::tls::Tls;
@@ -12,8 +14,15 @@ use crate::tls::Tls;
 /// On SIGHUP, compiles the room components again from their files (rooms
 /// switch to the new code at their next event, and no connection is
 /// dropped) and reads the TLS certificate files again (for new
-/// connections). What fails to load is logged, and the old one stays.
-pub(crate) fn reload_on_sighup(runtime: Runtime, tls: Option<Tls>, metrics: Arc<Metrics>) {
+/// connections), and the token secret file and public keys (for new
+/// connections and requests; open WebSockets stay). What fails to load is
+/// logged, and the old one stays.
+pub(crate) fn reload_on_sighup(
+    runtime: Runtime,
+    tls: Option<Tls>,
+    auth: Option<Arc<Auth>>,
+    metrics: Arc<Metrics>,
+) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -29,6 +38,7 @@ pub(crate) fn reload_on_sighup(runtime: Runtime, tls: Option<Tls>, metrics: Arc<
                 info!("SIGHUP: reloading the room components");
                 let runtime = runtime.clone();
                 let tls = tls.clone();
+                let auth = auth.clone();
                 // Compiling takes a while: keep it off the async workers.
                 let result = tokio::task::spawn_blocking(move || {
                     let components = runtime.reload();
@@ -43,7 +53,18 @@ pub(crate) fn reload_on_sighup(runtime: Runtime, tls: Option<Tls>, metrics: Arc<
                             false
                         }
                     });
-                    (components, certificate.unwrap_or(true))
+                    let keys = auth.map(|auth| match auth.reload() {
+                        Ok(true) => {
+                            info!("token keys reloaded for new connections and requests");
+                            true
+                        }
+                        Ok(false) => true,
+                        Err(e) => {
+                            error!(error = %format!("{e:#}"), "cannot reload the token keys; the current ones stay");
+                            false
+                        }
+                    });
+                    (components, certificate.unwrap_or(true) && keys.unwrap_or(true))
                 })
                 .await;
                 match result {
@@ -67,7 +88,7 @@ pub(crate) fn reload_on_sighup(runtime: Runtime, tls: Option<Tls>, metrics: Arc<
         });
     }
     #[cfg(not(unix))]
-    let _ = (runtime, tls, metrics);
+    let _ = (runtime, tls, auth, metrics);
 }
 
 /// Resolves on SIGINT (ctrl-c) or SIGTERM.

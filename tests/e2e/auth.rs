@@ -355,3 +355,184 @@ async fn a_browser_sends_its_token_as_a_subprotocol_not_in_the_url() {
     let ws = within(tokio_tungstenite::connect_async(url)).await.unwrap();
     assert!(ws.1.headers().get("sec-websocket-protocol").is_none());
 }
+
+// ---- public keys (RS256, ES256) and SIGHUP --------------------------------------
+//
+// tests/fixtures/jwt-rsa-{1,2}.key are RSA keys whose public halves are
+// tests/fixtures/jwt-keys.jwks.json's k1 and k2; jwt-ec.key is a P-256 key,
+// jwt-ec.pub its public half (all made with openssl for these tests).
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+
+/// A token with `claims` signed by the fixture key `key` with `alg`, its
+/// header naming `kid`.
+fn sign_with(key: &str, alg: jsonwebtoken::Algorithm, kid: Option<&str>, claims: Value) -> String {
+    let pem = std::fs::read(format!("{FIXTURES}/{key}")).unwrap();
+    let key = match alg {
+        jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(&pem),
+        _ => jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
+    }
+    .unwrap();
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+fn claims(project: &str) -> Value {
+    json!({"project": project, "types": ["runtime"], "exp": now_secs() + 600})
+}
+
+#[tokio::test]
+async fn an_rs256_token_is_checked_with_the_jwks_key_its_kid_names() {
+    let jwks = format!("{FIXTURES}/jwt-keys.jwks.json");
+    let server = Server::start(&["--auth-public-keys", &jwks]);
+    let p = project();
+    let url = |token: &str| server.url(&format!("type=runtime&projectId={p}&token={token}"));
+    use jsonwebtoken::Algorithm::RS256;
+    // Each key of the set verifies the tokens that name it.
+    for (key, kid) in [("jwt-rsa-1.key", "k1"), ("jwt-rsa-2.key", "k2")] {
+        let token = sign_with(key, RS256, Some(kid), claims(&p));
+        let ws = open(&url(&token), &[])
+            .await
+            .expect("a token its kid's key verifies");
+        Client::hello(ws).await;
+    }
+    let refused = async |token: String| {
+        let (status, body) = open(&url(&token), &[]).await.expect_err("refused");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_token")),
+            "{body}"
+        );
+        body["message"].as_str().unwrap().to_owned()
+    };
+    // Signed by k1, naming k2: k2 does not verify it.
+    let message = refused(sign_with("jwt-rsa-1.key", RS256, Some("k2"), claims(&p))).await;
+    assert!(message.contains("signature"), "{message}");
+    let message = refused(sign_with("jwt-rsa-1.key", RS256, Some("k9"), claims(&p))).await;
+    assert!(message.contains("kid \"k9\""), "{message}");
+    // Two keys could verify a token without a kid: it must name one.
+    let message = refused(sign_with("jwt-rsa-1.key", RS256, None, claims(&p))).await;
+    assert!(message.contains("names no kid"), "{message}");
+    // No secret: HS256 tokens are not taken.
+    let message = refused(grant(&p, &["runtime"])).await;
+    assert!(message.contains("not HS256"), "{message}");
+}
+
+#[tokio::test]
+async fn an_es256_token_is_checked_with_a_pem_key_beside_the_secret() {
+    let pem = format!("{FIXTURES}/jwt-ec.pub");
+    let server = secured(&["--auth-public-keys", &pem]);
+    let p = project();
+    let url = |token: &str| server.url(&format!("type=runtime&projectId={p}&token={token}"));
+    let es256 = sign_with(
+        "jwt-ec.key",
+        jsonwebtoken::Algorithm::ES256,
+        None,
+        claims(&p),
+    );
+    Client::hello(
+        open(&url(&es256), &[])
+            .await
+            .expect("ES256 with the PEM key"),
+    )
+    .await;
+    Client::hello(
+        open(&url(&grant(&p, &["runtime"])), &[])
+            .await
+            .expect("HS256 with the secret"),
+    )
+    .await;
+    // An RS256 token has no key here.
+    let rs256 = sign_with(
+        "jwt-rsa-1.key",
+        jsonwebtoken::Algorithm::RS256,
+        None,
+        claims(&p),
+    );
+    let (status, body) = open(&url(&rs256), &[]).await.expect_err("no RSA key");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_token")),
+        "{body}"
+    );
+}
+
+#[test]
+fn unusable_public_keys_stop_the_server_at_start_with_the_file_named() {
+    let not_a_key = temp_file("keys.pem", "hello");
+    let stderr = refused_at_start(&["--auth-public-keys", not_a_key.to_str().unwrap()]);
+    assert!(stderr.contains("not a PEM public key"), "{stderr}");
+    assert!(stderr.contains(not_a_key.to_str().unwrap()), "{stderr}");
+    let empty = temp_file("keys.json", r#"{"keys": []}"#);
+    let stderr = refused_at_start(&["--auth-public-keys", empty.to_str().unwrap()]);
+    assert!(stderr.contains("holds no key"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sighup_rotates_the_secret_for_new_connections_and_open_ones_stay() {
+    let old_secret = SECRET;
+    let new_secret = "another-secret-0123456789abcdef-0123456789";
+    let file = temp_file("secret", &format!("{old_secret}\n"));
+    let server = Server::start(&["--auth-secret-file", file.to_str().unwrap()]);
+    let p = project();
+    let token_from = |secret: &str, kind: &str| {
+        sign(
+            secret,
+            json!({"project": p, "types": [kind], "exp": now_secs() + 600}),
+        )
+    };
+    let url =
+        |token: &str, kind: &str| server.url(&format!("type={kind}&projectId={p}&token={token}"));
+    let mut before = Client::hello(
+        open(&url(&token_from(old_secret, "runtime"), "runtime"), &[])
+            .await
+            .expect("the old secret's token, before the rotation"),
+    )
+    .await;
+
+    std::fs::write(&file, format!("{new_secret}\n")).unwrap();
+    crate::reload::sighup(&server);
+    server
+        .wait_stderr("the keys reloaded", |log| {
+            log.contains("token keys reloaded")
+        })
+        .await;
+    let (status, body) = open(&url(&token_from(old_secret, "runtime"), "runtime"), &[])
+        .await
+        .expect_err("the old secret's tokens are refused after the rotation");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_token")),
+        "{body}"
+    );
+    let mut after = Client::hello(
+        open(
+            &url(&token_from(new_secret, "data-agent"), "data-agent"),
+            &[],
+        )
+        .await
+        .expect("the new secret's token"),
+    )
+    .await;
+    // The socket opened before the rotation still works both ways.
+    before
+        .send_json(&json!({"id": "m", "type": "t", "payload": 1, "to": {"id": after.id}}))
+        .await;
+    assert_eq!(after.next_json().await["payload"], 1);
+
+    // A secret file that cannot be used leaves the keys in use.
+    std::fs::write(&file, "short\n").unwrap();
+    crate::reload::sighup(&server);
+    server
+        .wait_stderr("the failed reload", |log| {
+            log.contains("cannot reload the token keys")
+        })
+        .await;
+    Client::hello(
+        open(&url(&token_from(new_secret, "runtime"), "runtime"), &[])
+            .await
+            .expect("the new secret still works"),
+    )
+    .await;
+}

@@ -10,7 +10,7 @@ use crate::common::*;
 /// The default room as a file, built by the host's build script.
 const DEFAULT_ROOM: &str = concat!(env!("OUT_DIR"), "/default-room.wasm");
 
-fn sighup(server: &Server) {
+pub(crate) fn sighup(server: &Server) {
     let status = std::process::Command::new("kill")
         .args(["-HUP", &server.pid().to_string()])
         .status()
