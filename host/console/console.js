@@ -40,8 +40,12 @@ async function api(path) {
   return body;
 }
 
+// Whatever must stop when the server refuses the token (the feed).
+const onRefused = [];
+
 // Shows the token form (hiding every project's data) after a refusal.
 function askForToken(message) {
+  onRefused.splice(0).forEach((stop) => stop());
   $('overview').hidden = true;
   $('project').hidden = true;
   clearChildren($('projects').tBodies[0]);
@@ -225,7 +229,6 @@ function startCharts() {
     };
     $('server-state').textContent =
       'v' + h.version + ' · up ' + duration(h.uptimeMs) + (h.ready ? '' : ' · not ready: ' + (h.atLimits || []).join(', '));
-    if (h.cluster) $('node').textContent = 'node ' + h.cluster.node;
     charts.connections.push([h.connections]);
     const live = counters.instancesLive || 0;
     charts.rooms.push([live, Math.max(0, (counters.roomsLive || 0) - live)]);
@@ -246,16 +249,20 @@ function startProjectList() {
   let page = 0;
   let next = null;
   const previous = new Map(); // projectId -> { messages, at }
+  let asked = 0; // requests made; only the latest one's answer is shown
   const refresh = async () => {
     const query = new URLSearchParams({ q: $('search').value, limit: '50' });
     if (cursors[page]) query.set('cursor', cursors[page]);
+    const mine = ++asked;
     let list;
     try {
       list = await api('/console/api/projects?' + query);
     } catch (e) {
+      if (mine !== asked) return;
       if (!(e instanceof AuthError)) $('projects-error').textContent = e.message;
       throw e;
     }
+    if (mine !== asked) return; // a newer request (search, paging) was made
     $('projects-error').textContent = '';
     $('overview').hidden = false;
     $('token-panel').hidden = true;
@@ -280,12 +287,17 @@ function startProjectList() {
           .map(([type, n]) => type + ' ' + n)
           .join(', '),
       );
+      // A rate over at least a second: a click can refresh sooner, and
+      // then the last rate stays.
       const before = previous.get(p.projectId);
-      const perSecond = before ? Math.max(0, p.messages - before.messages) / ((now - before.at) / 1000) : null;
+      let perSecond = before ? before.rate : null;
+      if (!before || now - before.at >= 1000) {
+        if (before) perSecond = Math.max(0, p.messages - before.messages) / ((now - before.at) / 1000);
+        previous.set(p.projectId, { messages: p.messages, at: now, rate: perSecond });
+      }
       cell(row, perSecond == null ? '–' : rate(perSecond), 'num');
       cell(row, p.hibernated ? 'hibernated' : 'live');
       cell(row, p.component);
-      previous.set(p.projectId, { messages: p.messages, at: now });
     }
     if (previous.size > 5000) previous.clear();
     $('projects-empty').hidden = list.projects.length > 0;
@@ -319,7 +331,24 @@ function startProject(projectId) {
   let shown = false;
 
   const clientsBody = $('clients').tBodies[0];
-  const refreshClients = async () => {
+  // One /status request at a time: a burst of client_left asks once more.
+  let inFlight = null;
+  let again = false;
+  const refreshClients = () => {
+    if (inFlight) {
+      again = true;
+      return inFlight;
+    }
+    inFlight = loadClients().finally(() => {
+      inFlight = null;
+      if (again) {
+        again = false;
+        refreshClients().catch(() => {});
+      }
+    });
+    return inFlight;
+  };
+  const loadClients = async () => {
     let status;
     try {
       status = await api('/status?projectId=' + encodeURIComponent(projectId));
@@ -358,6 +387,13 @@ function startProject(projectId) {
   let dropped = 0;
   let socket = null;
   let retryMs = 500;
+  let stopped = false;
+  let retry = null;
+  onRefused.push(() => {
+    stopped = true;
+    clearTimeout(retry);
+    if (socket) socket.close();
+  });
 
   function feedState(text) {
     $('feed-state').textContent = text;
@@ -368,8 +404,14 @@ function startProject(projectId) {
     const url = scheme + '//' + location.host + '/websocket?type=admin&projectId=' + encodeURIComponent(projectId);
     // The token goes as a subprotocol beside "wsroom", never in the URL.
     const protocols = token() ? ['wsroom', 'bearer.' + token()] : ['wsroom'];
+    if (stopped) return;
     feedState('(connecting)');
-    socket = new WebSocket(url, protocols);
+    try {
+      socket = new WebSocket(url, protocols);
+    } catch (e) {
+      feedState('(cannot connect: ' + e.message + ')');
+      return;
+    }
     socket.onopen = () => {
       retryMs = 500;
       feedState('(live)');
@@ -377,8 +419,9 @@ function startProject(projectId) {
     socket.onmessage = (event) => received(event.data);
     socket.onclose = (event) => {
       myId = null;
+      if (stopped) return;
       feedState('(disconnected' + (event.code ? ': ' + event.code + (event.reason ? ' ' + event.reason : '') : '') + '; reconnecting)');
-      setTimeout(connectFeed, retryMs);
+      retry = setTimeout(connectFeed, retryMs);
       retryMs = Math.min(retryMs * 2, 10000);
     };
   }

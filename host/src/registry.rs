@@ -1,5 +1,5 @@
 //! projectId → live room. Get-or-create on upgrade; `/status`, `/health`
-//! and the console only read it, so they never create a room.
+//! and the console's list only read it, so they never create a room.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
@@ -46,6 +46,9 @@ pub(crate) struct RoomPage {
     pub(crate) total: usize,
     /// Whether more rooms follow the page's last.
     pub(crate) more: bool,
+    /// The page's last id (its room may have gone since): the next page's
+    /// cursor.
+    pub(crate) last: Option<Arc<str>>,
 }
 
 /// Reads every id of `index` in order, `chunk` at a time under its lock:
@@ -309,8 +312,9 @@ impl Registry {
     /// (all, without it), with how many rooms it keeps in all. It reads the ordered index
     /// of ids, never the rooms' map (whose lock every connect takes), and
     /// holds the index's lock for at most [`PAGE_SCAN_CHUNK`] ids at a time
-    /// (only rooms being made or removed wait on it); `total` is exact
-    /// unless rooms come or go during the scan.
+    /// (a room being made or removed waits on it, and connects meanwhile
+    /// wait on that); `total` is exact unless rooms come or go during the
+    /// scan.
     pub(crate) fn page(
         &self,
         wanted: Option<&dyn Fn(&str) -> bool>,
@@ -341,9 +345,15 @@ impl Registry {
         }
         let more = ids.len() > limit;
         ids.truncate(limit);
+        let last = ids.last().cloned();
         let rooms = self.lock();
         let rooms = ids.iter().filter_map(|id| rooms.get(id).cloned()).collect();
-        RoomPage { rooms, total, more }
+        RoomPage {
+            rooms,
+            total,
+            more,
+            last,
+        }
     }
 
     /// What runs `project`: its component's file name, or `default`.

@@ -5,6 +5,7 @@
 //! `target/tmp/console-*.png` (README's pictures).
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
@@ -102,6 +103,38 @@ async fn the_console_api_pages_through_the_live_projects_in_order() {
         assert_eq!(body["error"], "invalid_limit");
     }
     drop(other);
+}
+
+#[tokio::test]
+async fn without_a_filter_the_pages_cover_every_room_and_a_removed_room_leaves() {
+    let server = Server::start(&["--in-memory", "--cleanup-delay-ms", "0"]);
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        clients.push(server.connect("runtime", &format!("all-{i}")).await);
+    }
+    let (_, first) = server.get("/console/api/projects?limit=2").await;
+    assert_eq!(first["total"], 5, "{first}");
+    assert_eq!(first["nextCursor"], "all-1", "{first}");
+    let (_, rest) = server
+        .get("/console/api/projects?limit=10&cursor=all-1")
+        .await;
+    let ids: Vec<&str> = rest["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["projectId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["all-2", "all-3", "all-4"], "{rest}");
+    assert_eq!(rest["nextCursor"], Value::Null);
+    // The last client of all-3 leaves: its room goes, and the list says so.
+    clients[3].close().await;
+    poll_until(
+        "the empty room to leave the list",
+        std::time::Duration::from_millis(50),
+        async || server.get("/console/api/projects").await.1,
+        |page| page["total"] == 4 && !page.to_string().contains("all-3"),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -229,20 +262,32 @@ async fn the_console_s_files_come_with_their_types_and_a_strict_policy() {
 // ---- in a real browser ----------------------------------------------------------
 
 /// A chromedriver on a port of its choosing and one headless Chromium
-/// session through it; both end with this value.
+/// session through it; both end with this value (chromedriver runs in a
+/// process group of its own, Chromium in it, and the group is killed).
+/// One at a time: two cores do not start several Chromiums quickly.
 struct Chromium {
     browser: Option<Browser>,
     driver: Child,
+    profile: std::path::PathBuf,
+    _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
 }
+
+static BROWSERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long Chromium may take to start (longer than [`TIMEOUT`]: on two
+/// busy cores its first start has taken seconds).
+const BROWSER_START: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Chromium {
     async fn start() -> Chromium {
+        let one_at_a_time = BROWSERS.lock().await;
         let chromedriver =
             std::env::var("WSROOM_TEST_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
         let chromium =
             std::env::var("WSROOM_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         let mut driver = Command::new(&chromedriver)
             .arg("--port=0")
+            .process_group(0)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -284,16 +329,20 @@ impl Chromium {
             }),
         );
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        let browser = within(
+        let browser = tokio::time::timeout(
+            BROWSER_START,
             ClientBuilder::new(connector)
                 .capabilities(capabilities)
                 .connect(&format!("http://127.0.0.1:{port}")),
         )
         .await
+        .expect("headless Chromium did not start in time")
         .unwrap_or_else(|e| panic!("cannot start headless Chromium ({chromium}): {e}"));
         Chromium {
             browser: Some(browser),
             driver,
+            profile,
+            _one_at_a_time: one_at_a_time,
         }
     }
 
@@ -352,17 +401,22 @@ impl Chromium {
 
 impl Drop for Chromium {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // The whole group: chromedriver and the Chromium it started (left
+        // behind if a test failed before closing its session).
+        if let Ok(group) = i32::try_from(self.driver.id()) {
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+        }
         let _ = self.driver.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 
-/// The text of the project list's row for `project` (null while absent).
+/// The cells of the project list's row for `project` (null while absent).
 fn project_row(project: &str) -> String {
     format!(
         "const row = [...document.querySelectorAll('#projects tbody tr')]\
             .find(r => r.dataset.projectId === {project});\
-         return row ? row.innerText : null;",
+         return row ? [...row.cells].map(c => c.textContent) : null;",
         project = json!(project)
     )
 }
@@ -394,12 +448,14 @@ async fn the_project_list_shows_a_new_project_without_a_reload() {
     let _b = server.connect("data-agent", &project).await;
     let row = chromium
         .wait_for("the new project in the list", &project_row(&project), |v| {
-            v.as_str()
+            v[2].as_str()
                 .is_some_and(|t| t.contains("runtime 1") && t.contains("data-agent 1"))
         })
         .await;
-    let row = row.as_str().unwrap();
-    assert!(row.contains("live") && row.contains('2'), "{row}");
+    // projectId, clients, by type, messages/s, room, component
+    assert_eq!(row[0], project.as_str(), "{row}");
+    assert_eq!(row[1], "2", "{row}");
+    assert_eq!(row[4], "live", "{row}");
     // The charts have drawn from /health.
     chromium
         .wait_for(

@@ -76,7 +76,7 @@ pub(super) fn asset(asset: Asset) -> Reply {
         "content-security-policy",
         HeaderValue::from_static(
             "default-src 'none'; script-src 'self'; style-src 'self'; \
-             img-src 'self' data:; connect-src 'self' ws: wss:; \
+             img-src 'self' data:; connect-src 'self'; \
              frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
         ),
     );
@@ -123,8 +123,9 @@ pub(super) fn projects(app: &App, req: &Request<Body>, query: &Query) -> Result<
             })
         })
         .collect();
+    // The page's last id, even if that room went away since the scan.
     let next_cursor = if page.more {
-        projects.last().map(|p| p["projectId"].clone())
+        page.last.as_deref()
     } else {
         None
     };
