@@ -24,7 +24,7 @@ mod wire;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -84,9 +84,31 @@ pub(crate) struct Cluster {
     /// clients are back in its table. (Striped by a hash of the projectId:
     /// claims of most pairs of projects go on at once.)
     claiming: [tokio::sync::Mutex<()>; CLAIM_STRIPES],
+    /// Takeovers whose gathering may still be going on. The project is this
+    /// node's from its claim on, before its clients elsewhere are back in
+    /// its table: while this is not 0, a client of a project this node owns
+    /// waits for its stripe's claim (and so for any gathering) to end, or a
+    /// message from a client not yet gathered could miss it.
+    takeovers: std::sync::atomic::AtomicUsize,
     /// Warnings a flapping connection to NATS would repeat.
     warnings: Throttle,
     counters: Counters,
+}
+
+/// One takeover in [`Cluster::takeovers`], for as long as it lives.
+struct TakeoverGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> TakeoverGuard<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, SeqCst);
+        TakeoverGuard(count)
+    }
+}
+
+impl Drop for TakeoverGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
 }
 
 /// Why a client could not be placed.
@@ -175,6 +197,7 @@ impl Cluster {
             registry: registry.clone(),
             outbox_limit,
             claiming: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
+            takeovers: std::sync::atomic::AtomicUsize::new(0),
             warnings: Throttle::new(1),
             counters: Counters::default(),
         });
@@ -455,18 +478,22 @@ impl Cluster {
     /// live node owns it, gathering its clients from the other nodes first
     /// when it had an owner.
     async fn place(&self, project: &str) -> Result<Placement, String> {
-        if self.leases.owns(project) {
-            return Ok(Placement::Here);
-        }
-        if !self.leases.valid() {
-            return Err("this node holds no lease in the cluster (is NATS reachable?)".into());
-        }
         let stripe = {
             use std::hash::{BuildHasher as _, Hasher as _};
             let mut h = foldhash::fast::FixedState::default().build_hasher();
             h.write(project.as_bytes());
             h.finish() as usize % CLAIM_STRIPES
         };
+        if self.leases.owns(project) {
+            if self.takeovers.load(SeqCst) > 0 {
+                // Maybe this project's takeover, still gathering.
+                drop(self.claiming[stripe].lock().await);
+            }
+            return Ok(Placement::Here);
+        }
+        if !self.leases.valid() {
+            return Err("this node holds no lease in the cluster (is NATS reachable?)".into());
+        }
         let _claiming = self.claiming[stripe].lock().await;
         for _ in 0..PLACE_ATTEMPTS {
             if self.leases.owns(project) {
@@ -490,6 +517,9 @@ impl Cluster {
                 Owner::Nobody { revision } => (revision, false),
                 Owner::Lapsed { revision } => (Some(revision), true),
             };
+            // Counted before the claim makes the project this node's, and
+            // until its clients are gathered (see `takeovers`).
+            let _taking_over = took_over.then(|| TakeoverGuard::new(&self.takeovers));
             if self
                 .leases
                 .claim(project, revision)
