@@ -157,6 +157,7 @@ impl Room {
                 let event = Event::Message {
                     conn: self.sender,
                     message: Incoming::Text(text.to_owned()),
+                    read_at: Instant::now(),
                 };
                 assert!(self.handle.send(event).await.is_ok(), "room is gone");
                 left -= 1;
@@ -164,7 +165,7 @@ impl Room {
             };
             for _ in 0..left.min(BATCH as u64) {
                 let message = Incoming::Text(text.to_owned());
-                Box::pin(running.message(self.sender, message)).await;
+                Box::pin(running.message(self.sender, message, Instant::now())).await;
                 left -= 1;
             }
         }

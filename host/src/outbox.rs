@@ -72,6 +72,17 @@ struct State {
     signalled: bool,
     /// When the oldest data frame queued now was handed over.
     since: Option<Instant>,
+    /// When the client message that frame answers was read, if it answers
+    /// one.
+    read_at: Option<Instant>,
+}
+
+/// When the oldest data frame of a batch taken from an outbox was handed
+/// over, and when the message it answers was read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    pub handed_over: Option<Instant>,
+    pub read_at: Option<Instant>,
 }
 
 /// Takes the frames of many outboxes (see [`Outbox::collect_by`]): told
@@ -91,6 +102,8 @@ pub trait Collector: Send + Sync {
 pub struct Wakes {
     collectors: Vec<(Weak<dyn Collector>, u64)>,
     at: Option<Instant>,
+    /// When the oldest client message handled in this batch was read.
+    read_at: Option<Instant>,
 }
 
 impl Wakes {
@@ -101,6 +114,16 @@ impl Wakes {
     /// When this batch of frames was handed out.
     fn now(&mut self) -> Instant {
         *self.at.get_or_insert_with(Instant::now)
+    }
+
+    /// A client message read at `at` is part of this batch.
+    pub fn message_read_at(&mut self, at: Instant) {
+        self.read_at.get_or_insert(at);
+    }
+
+    /// The room's batch of events is over: its frames are all handed out.
+    pub fn end_batch(&mut self) {
+        self.read_at = None;
     }
 
     pub fn run(&mut self) {
@@ -126,6 +149,7 @@ impl State {
         self.bytes = 0;
         // The close frame's wait is not the dropped frames'.
         self.since = None;
+        self.read_at = None;
         self.closing = true;
         self.frames.push_back(close_frame(
             CLOSE_TOO_SLOW,
@@ -268,6 +292,7 @@ impl Outbox {
         // room's frames to report.)
         if result.is_ok() && s.since.is_none() && !s.frames.is_empty() {
             s.since = Some(wakes.now());
+            s.read_at = wakes.read_at;
         }
         wakes.collectors.extend(self.signal(s));
         result
@@ -335,6 +360,7 @@ impl Outbox {
         s.frames.clear();
         s.bytes = 0;
         s.since = None;
+        s.read_at = None;
         self.wake(s);
     }
 
@@ -345,13 +371,18 @@ impl Outbox {
     }
 
     /// [`Outbox::take`], with when the oldest data frame taken was handed
-    /// over (`None` when only the connection's own frames were queued).
-    pub async fn take_timed(&self, batch: &mut Vec<Bytes>) -> (Next, Option<Instant>) {
+    /// over and when the client message it answers was read (`None` when
+    /// only the connection's own frames were queued, or it answers none).
+    pub async fn take_timed(&self, batch: &mut Vec<Bytes>) -> (Next, Timing) {
         loop {
             {
                 let mut s = self.lock();
                 if let Some(next) = Self::take_queued(&mut s, batch) {
-                    return (next, s.since.take());
+                    let timing = Timing {
+                        handed_over: s.since.take(),
+                        read_at: s.read_at.take(),
+                    };
+                    return (next, timing);
                 }
             }
             self.wake.notified().await;
@@ -492,20 +523,33 @@ mod tests {
         let outbox = Outbox::new(100);
         let mut batch = Vec::new();
         outbox.push(text(60)).unwrap();
-        let (next, since) = outbox.take_timed(&mut batch).await;
+        let (next, timing) = outbox.take_timed(&mut batch).await;
         assert_eq!(next, Next::Continue);
-        assert!(since.is_some());
+        assert!(timing.handed_over.is_some());
+        // Not the answer to a client's message.
+        assert_eq!(timing.read_at, None);
+        batch.clear();
+        // The answer to a message read earlier, in a batch with a later one.
+        let mut wakes = Wakes::default();
+        let read = Instant::now() - std::time::Duration::from_millis(5);
+        wakes.message_read_at(read);
+        wakes.message_read_at(Instant::now());
+        outbox.push_all_held([text(10)], &mut wakes).unwrap();
+        wakes.run();
+        let (_, timing) = outbox.take_timed(&mut batch).await;
+        assert_eq!(timing.read_at, Some(read), "the oldest read of the batch");
         batch.clear();
         // Only the connection's own frame: nothing a room handed over.
         outbox.push_control(text(2));
-        assert_eq!(outbox.take_timed(&mut batch).await.1, None);
+        assert_eq!(outbox.take_timed(&mut batch).await.1.handed_over, None);
         batch.clear();
         // An overflow drops the queued frames: the close frame's wait is
         // not theirs.
         outbox.push(text(60)).unwrap();
         assert_eq!(outbox.push(text(60)), Err(Refused::Overflow));
-        let (next, since) = outbox.take_timed(&mut batch).await;
+        let (next, timing) = outbox.take_timed(&mut batch).await;
         assert_eq!(next, Next::Finish);
-        assert_eq!(since, None);
+        assert_eq!(timing.handed_over, None);
+        assert_eq!(timing.read_at, None);
     }
 }

@@ -19,6 +19,42 @@ async fn host_health_reports_version_and_counts() {
 }
 
 #[tokio::test]
+async fn a_message_s_time_from_its_read_to_its_write_is_measured() {
+    let server = Server::start(&["--in-memory"]);
+    let p = project();
+    let mut from = server.connect("runtime", &p).await;
+    let mut to = server.connect("data-agent", &p).await;
+    // Writes are timed one in 8 per connection (its first included, here
+    // the `connected` message, which answers no message): 16 routed
+    // messages, each written alone, include timed ones.
+    for i in 0..16 {
+        from.send_json(&json!({"id": format!("m{i}"), "type": "t", "to": {"id": to.id}}))
+            .await;
+        assert_eq!(to.next_json().await["id"], format!("m{i}"));
+    }
+    let health = server
+        .wait_health("a message's latency", |h| {
+            h["latencyMs"]["message"]["count"].as_u64() >= Some(1)
+        })
+        .await;
+    let message = &health["latencyMs"]["message"];
+    // Loopback and an idle room: well under a second (a quarter, below),
+    // and not nothing.
+    assert!(message["max"].as_f64().unwrap() < 1000.0, "{message}");
+    assert!(message["mean"].as_f64().unwrap() > 0.0, "{message}");
+    let m = Scrape::of(&server).await;
+    let count = m.value("wsroom_message_duration_seconds_count");
+    assert!(
+        (1.0..=2.0).contains(&count),
+        "two timed writes at most: {count}"
+    );
+    assert_eq!(
+        m.value(r#"wsroom_message_duration_seconds_bucket{le="0.25"}"#),
+        count
+    );
+}
+
+#[tokio::test]
 async fn metrics_are_served_for_prometheus() {
     let server = Server::start(&[]);
     let p = project();

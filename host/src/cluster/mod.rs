@@ -836,8 +836,9 @@ impl Cluster {
             Some((room, conn)) if self.leases.valid() => {
                 // An idle room runs it here, as a local reader would,
                 // without waking the room's task.
+                let read_at = std::time::Instant::now();
                 if let Some(mut turn) = room.try_run() {
-                    turn.message(conn, incoming).await;
+                    turn.message(conn, incoming, read_at).await;
                     drop(turn);
                     wire::MessageReply::Handled
                 } else {
@@ -846,6 +847,7 @@ impl Cluster {
                         conn,
                         message: incoming,
                         done,
+                        read_at,
                     };
                     // Bounded: the holder stops waiting then, and a task per
                     // message must not pile up behind a stuck room.

@@ -116,6 +116,9 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(read: R, c: &Connection<'_>)
                 continue;
             }
         };
+        // For `wsroom_message_duration_seconds` (a clock read per message;
+        // a fan-out's recipients share it).
+        let read_at = std::time::Instant::now();
         // An idle room runs the message here, without waking its task.
         if turn.is_none() {
             turn = room.try_run();
@@ -127,7 +130,7 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(read: R, c: &Connection<'_>)
             // of a send are big, and kept in place they would grow every
             // connection's task by ~3 KB, idle or not (one small allocation
             // per message instead; no difference the benchmarks resolve).
-            Box::pin(running.message(conn, message)).await;
+            Box::pin(running.message(conn, message, read_at)).await;
             c.in_guest.store(false, Relaxed);
             in_a_row += 1;
             if in_a_row == BATCH {
@@ -139,7 +142,11 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(read: R, c: &Connection<'_>)
         // A busy room queues it. A full inbox makes this wait: the client's
         // reads pause until the room catches up (TCP back-pressure),
         // nothing is dropped.
-        let event = Event::Message { conn, message };
+        let event = Event::Message {
+            conn,
+            message,
+            read_at,
+        };
         if Box::pin(room.send(event)).await.is_err() {
             return violated(
                 Violation {

@@ -3,7 +3,7 @@
 
 use std::io::IoSlice;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use fastwebsockets::OpCode;
@@ -17,7 +17,8 @@ use crate::outbox::{self, Next};
 const MAX_IOVECS: usize = 64;
 
 /// One write of data frames in this many (the first of each connection
-/// among them) is timed for `wsroom_delivery_duration_seconds`.
+/// among them) is timed for `wsroom_delivery_duration_seconds` and
+/// `wsroom_message_duration_seconds`.
 const DELIVERY_SAMPLE: u32 = 8;
 
 /// Writes until the outbox finishes (true: the peer is gone, false: our
@@ -29,7 +30,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(write: &mut W, c: &Connect
     let mut sampled: u32 = 0;
     loop {
         tokio::select! {
-            (next, since) = c.outbox.take_timed(&mut batch) => {
+            (next, timing) = c.outbox.take_timed(&mut batch) => {
                 if next == Next::Abort {
                     return true;
                 }
@@ -45,11 +46,19 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(write: &mut W, c: &Connect
                 // The clock is read for one write in DELIVERY_SAMPLE: a read
                 // per write (with shared atomics) cost 100 x 10 and rpc ~12%
                 // (a read is ~28 ns on the VMs measured).
-                let waited = since.filter(|_| {
+                let now = timing.handed_over.is_some().then(|| {
                     sampled += 1;
                     sampled % DELIVERY_SAMPLE == 1
                 });
-                c.metrics.written(bytes, waited.map(|at| at.elapsed()));
+                let (delivery, since_read) = match now {
+                    Some(true) => {
+                        let now = Instant::now();
+                        let since = |at: Option<Instant>| at.map(|at| now.saturating_duration_since(at));
+                        (since(timing.handed_over), since(timing.read_at))
+                    }
+                    _ => (None, None),
+                };
+                c.metrics.written(bytes, delivery, since_read);
                 if next == Next::Finish {
                     let _ = write.shutdown().await;
                     return false;

@@ -124,6 +124,7 @@ pub(super) async fn health(
                 "latencyMs": {
                     "roomCall": latency_json(&app.metrics.room_calls()),
                     "delivery": latency_json(&app.metrics.delivery()),
+                    "message": latency_json(&app.metrics.message_latency()),
                 },
                 "store": store_json(app),
                 "cluster": app.cluster.as_ref().map(|c| c.health_json()),

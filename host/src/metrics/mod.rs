@@ -137,6 +137,8 @@ pub(crate) struct Metrics {
     room_calls: [Histogram; RoomCall::ALL.len()],
     /// From a room handing frames to a client's outbox to their write.
     delivery: Histogram,
+    /// From reading a client's message to writing the frames it caused.
+    message: Histogram,
 }
 
 impl Metrics {
@@ -164,10 +166,21 @@ impl Metrics {
     /// A writer wrote `bytes` to a client's socket; the oldest of them had
     /// waited `waited` since its room handed it over (`None`: only frames
     /// of the connection's own, such as pings).
-    pub(crate) fn written(&self, bytes: usize, waited: Option<Duration>) {
+    /// A write of `bytes`; sampled writes are timed from when their oldest
+    /// frame was handed over (`delivery`) and from when the message it
+    /// answers was read (`since_read`).
+    pub(crate) fn written(
+        &self,
+        bytes: usize,
+        delivery: Option<Duration>,
+        since_read: Option<Duration>,
+    ) {
         self.bytes_out.add(bytes as u64);
-        if let Some(waited) = waited {
+        if let Some(waited) = delivery {
             self.delivery.observe(waited);
+        }
+        if let Some(took) = since_read {
+            self.message.observe(took);
         }
     }
     /// A call into a room's guest took `took` (its queueing not included).
@@ -413,6 +426,10 @@ impl Metrics {
         self.delivery.snapshot()
     }
 
+    pub(crate) fn message_latency(&self) -> HistogramSnapshot {
+        self.message.snapshot()
+    }
+
     /// Adds every figure, as it is now, to a scrape's registry.
     pub(crate) fn register(&self, registry: &mut Registry) {
         for e in self.entries() {
@@ -480,6 +497,11 @@ impl Metrics {
             "wsroom_delivery_duration_seconds",
             "time from a room handing frames to a client's outgoing queue to their write to its socket (per write, from its oldest frame)",
             self.delivery.snapshot(),
+        );
+        registry.register(
+            "wsroom_message_duration_seconds",
+            "time from reading a client's message to writing a frame it caused to a recipient's socket (per write, from its oldest frame; the oldest message of the room's batch)",
+            self.message.snapshot(),
         );
     }
 }

@@ -254,13 +254,18 @@ impl Actor {
                     self.leave(conn, 1006, String::new()).await;
                 }
             }
-            Event::Message { conn, message } => self.message(conn, message).await,
+            Event::Message {
+                conn,
+                message,
+                read_at,
+            } => self.message(conn, message, read_at).await,
             Event::Forwarded {
                 conn,
                 message,
                 done,
+                read_at,
             } => {
-                self.message(conn, message).await;
+                self.message(conn, message, read_at).await;
                 let _ = done.send(());
             }
             Event::Rejoin {
@@ -297,11 +302,12 @@ impl Actor {
     }
 
     /// Hands a client's message to the room.
-    async fn message(&mut self, conn: ConnRef, message: Incoming) {
+    async fn message(&mut self, conn: ConnRef, message: Incoming, read_at: std::time::Instant) {
         let Some(c) = self.table().get(conn) else {
             return;
         };
         let sender = c.sender.clone();
+        self.table().message_read_at(read_at);
         self.activity_unrecorded = true;
         self.messages_since_flush += 1;
         if let Err(Trapped(e)) = call!(self, RoomCall::Message, |room, store| room

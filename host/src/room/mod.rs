@@ -93,6 +93,8 @@ pub enum Event {
     Message {
         conn: ConnRef,
         message: Incoming,
+        /// When the reader finished reading it.
+        read_at: std::time::Instant,
     },
     /// A message from a client on another node: `done` is answered once
     /// the room has handled it (or dropped if it never will).
@@ -100,6 +102,8 @@ pub enum Event {
         conn: ConnRef,
         message: Incoming,
         done: oneshot::Sender<()>,
+        /// When it reached this node.
+        read_at: std::time::Instant,
     },
     /// A client the project admitted on its previous owner node, back in
     /// the table of the node that took the project over.

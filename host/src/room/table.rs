@@ -191,6 +191,7 @@ impl Table {
             c.outbox.close(code, &reason);
         }
         self.wakes.run();
+        self.wakes.end_batch();
     }
 
     /// Closes a removed client with `code` at the next flush, after the
@@ -238,6 +239,7 @@ impl Table {
             *code = crate::room::CLOSE_ROOM_FAILED;
             *reason = "room failed".into();
         }
+        self.wakes.end_batch();
     }
 
     /// The alarm as the store keeps it.
@@ -251,6 +253,13 @@ impl Table {
     /// Records activity for `/health`'s `lastActivity`.
     pub(crate) fn touch(&self) {
         self.shared.touch();
+    }
+
+    /// A client's message read at `at` is being handled: the frames of this
+    /// batch are timed from the oldest such read
+    /// (`wsroom_message_duration_seconds`).
+    pub(crate) fn message_read_at(&mut self, at: std::time::Instant) {
+        self.wakes.message_read_at(at);
     }
 
     /// What the console reads of the room without its lock.

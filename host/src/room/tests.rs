@@ -95,6 +95,7 @@ async fn a_busy_rooms_inbox_holds_a_bounded_number_of_bytes() {
     let message = |n: usize| Event::Message {
         conn,
         message: Incoming::Text("x".repeat(n)),
+        read_at: std::time::Instant::now(),
     };
     let soon = Duration::from_millis(100);
     // While a reader runs the room, messages wait in its inbox...
@@ -213,6 +214,7 @@ async fn a_message_whose_write_is_not_durable_yet_reaches_no_client() {
     let message = Event::Message {
         conn,
         message: Incoming::Text("said while the disk is busy".into()),
+        read_at: std::time::Instant::now(),
     };
     assert!(room.send(message).await.is_ok());
     let early = tokio::time::timeout(Duration::from_millis(300), take(&mut frames)).await;
@@ -236,8 +238,12 @@ async fn a_message_whose_write_is_not_durable_yet_reaches_no_client() {
     // the turn does not flush what waits for a commit.
     let blocker = store.begin_write_for_test();
     let mut turn = room.try_run().expect("the room is idle");
-    turn.message(conn, Incoming::Text("said on a reader's turn".into()))
-        .await;
+    turn.message(
+        conn,
+        Incoming::Text("said on a reader's turn".into()),
+        std::time::Instant::now(),
+    )
+    .await;
     drop(turn);
     let early = tokio::time::timeout(Duration::from_millis(300), take(&mut Vec::new())).await;
     assert!(

@@ -34,8 +34,14 @@ impl<'a> ReaderTurn<'a> {
     ///
     /// The future must be run to its end: dropped halfway, it would leave
     /// the guest's call unfinished and the room failed.
-    pub async fn message(&mut self, conn: ConnRef, message: Incoming) {
-        self.actor.handle(Event::Message { conn, message }).await;
+    pub async fn message(&mut self, conn: ConnRef, message: Incoming, read_at: std::time::Instant) {
+        self.actor
+            .handle(Event::Message {
+                conn,
+                message,
+                read_at,
+            })
+            .await;
     }
 }
 
