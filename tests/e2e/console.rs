@@ -372,6 +372,48 @@ impl Chromium {
         .await
     }
 
+    /// Types `payload` into the test form's payload box and sends the form.
+    async fn send_payload(&self, payload: &str) {
+        let b = self.browser();
+        within(async {
+            let field = b.find(Locator::Id("payload")).await?;
+            field.clear().await?;
+            field.send_keys(payload).await?;
+            b.find(Locator::Css("#send-form button[type=submit]"))
+                .await?
+                .click()
+                .await
+        })
+        .await
+        .expect("send the test form");
+    }
+
+    /// What the test form says of the last send.
+    async fn send_result(&self) -> String {
+        let script = "return document.getElementById('send-result').textContent";
+        self.eval(script)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Waits for the element `id` to be shown (`hidden` false).
+    async fn wait_shown(&self, id: &str, what: &str) {
+        let script = format!("return document.getElementById({}).hidden", json!(id));
+        self.wait_for(what, &script, |v| v == false).await;
+    }
+
+    /// Opens `project`'s page and waits for its feed to be connected.
+    async fn open_project_page(&self, server: &Server, project: &str) {
+        self.goto(&format!(
+            "http://{}/console?projectId={project}",
+            server.addr
+        ))
+        .await;
+        self.wait_feed_live().await;
+    }
+
     /// Waits for the project page's admin feed to be connected.
     async fn wait_feed_live(&self) {
         self.wait_for(
@@ -436,11 +478,7 @@ async fn the_project_list_shows_a_new_project_without_a_reload() {
         .goto(&format!("http://{}/console", server.addr))
         .await;
     chromium
-        .wait_for(
-            "the project list to load",
-            "return document.getElementById('overview').hidden",
-            |v| v == false,
-        )
+        .wait_shown("overview", "the project list to load")
         .await;
     let project = format!("new-{}", uuid::Uuid::new_v4().simple());
     assert_eq!(chromium.eval(&project_row(&project)).await, Value::Null);
@@ -473,13 +511,7 @@ async fn a_project_page_shows_clients_and_routed_messages_live() {
     let server = Server::start(&["--in-memory"]);
     let project = project();
     let chromium = Chromium::start().await;
-    chromium
-        .goto(&format!(
-            "http://{}/console?projectId={project}",
-            server.addr
-        ))
-        .await;
-    chromium.wait_feed_live().await;
+    chromium.open_project_page(&server, &project).await;
     let mut runtime = server.connect("runtime", &project).await;
     let mut agent = server.connect("data-agent", &project).await;
     chromium
@@ -560,13 +592,7 @@ async fn the_console_s_test_message_reaches_a_real_client() {
     let project = project();
     let mut target = server.connect("runtime", &project).await;
     let chromium = Chromium::start().await;
-    chromium
-        .goto(&format!(
-            "http://{}/console?projectId={project}",
-            server.addr
-        ))
-        .await;
-    chromium.wait_feed_live().await;
+    chromium.open_project_page(&server, &project).await;
     let b = chromium.browser();
     within(async {
         b.find(Locator::Id("to-kind"))
@@ -580,16 +606,11 @@ async fn the_console_s_test_message_reaches_a_real_client() {
         let kind = b.find(Locator::Id("message-type")).await?;
         kind.clear().await?;
         kind.send_keys("ping-from-console").await?;
-        let payload = b.find(Locator::Id("payload")).await?;
-        payload.clear().await?;
-        payload.send_keys(r#"{"n": 7}"#).await?;
-        b.find(Locator::Css("#send-form button[type=submit]"))
-            .await?
-            .click()
-            .await
+        Ok::<_, fantoccini::error::CmdError>(())
     })
     .await
-    .expect("fill in and send the form");
+    .expect("fill in the form");
+    chromium.send_payload(r#"{"n": 7}"#).await;
     let got = target.next_json().await;
     assert_eq!(got["type"], "ping-from-console", "{got}");
     assert_eq!(got["payload"], json!({"n": 7}));
@@ -597,27 +618,13 @@ async fn the_console_s_test_message_reaches_a_real_client() {
         got["from"]["type"], "admin",
         "sent as the console's admin client"
     );
-    let result = chromium
-        .eval("return document.getElementById('send-result').textContent")
-        .await;
-    assert!(result.as_str().unwrap().starts_with("sent "), "{result}");
+    let result = chromium.send_result().await;
+    assert!(result.starts_with("sent "), "{result}");
 
     // A payload that is not JSON is caught in the page, and nothing is sent.
-    within(async {
-        let payload = b.find(Locator::Id("payload")).await?;
-        payload.clear().await?;
-        payload.send_keys("{oops").await?;
-        b.find(Locator::Css("#send-form button[type=submit]"))
-            .await?
-            .click()
-            .await
-    })
-    .await
-    .expect("send a bad payload");
-    let result = chromium
-        .eval("return document.getElementById('send-result').textContent")
-        .await;
-    assert!(result.as_str().unwrap().contains("not JSON"), "{result}");
+    chromium.send_payload("{oops").await;
+    let result = chromium.send_result().await;
+    assert!(result.contains("not JSON"), "{result}");
     target.expect_silence(300).await;
     chromium.close().await;
 }
@@ -644,13 +651,7 @@ async fn with_a_secret_the_console_shows_nothing_until_given_an_admin_token() {
         chromium
             .goto(&format!("http://{}{path}", server.addr))
             .await;
-        chromium
-            .wait_for(
-                "the token form",
-                "return document.getElementById('token-panel').hidden",
-                |v| v == false,
-            )
-            .await;
+        chromium.wait_shown("token-panel", "the token form").await;
         // Let every poll come back refused before looking.
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let text = chromium.eval(page_text).await.to_string();
