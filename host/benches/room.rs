@@ -94,6 +94,7 @@ async fn join(handle: &RoomHandle, kind: &str) -> (Arc<str>, ConnRef, Arc<Outbox
         connected_at: 0,
         user_agent: None,
         origin: None,
+        ..Default::default()
     });
     // Large enough that nothing measured here overflows.
     let outbox = Arc::new(Outbox::new(1 << 30));

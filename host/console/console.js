@@ -372,8 +372,11 @@ function startProject(projectId) {
       cell(row, c.id + (c.id === myId ? ' (this console)' : ''), 'mono');
       cell(row, c.type);
       cell(row, new Date(c.connectedAt).toLocaleTimeString() + ' (' + duration(c.connectedFor) + ')');
-      cell(row, (c.metadata && c.metadata.origin) || '–');
-      cell(row, (c.metadata && c.metadata.userAgent) || '–', 'agent');
+      const meta = c.metadata || {};
+      const params = (meta.params || []).map(([k, v]) => k + '=' + v).join(' ');
+      cell(row, [meta.subject, params].filter(Boolean).join(' · ') || '–');
+      cell(row, meta.origin || '–');
+      cell(row, meta.userAgent || '–', 'agent');
     }
   };
   every(CLIENTS_POLL_MS, refreshClients);

@@ -536,3 +536,48 @@ async fn sighup_rotates_the_secret_for_new_connections_and_open_ones_stay() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn status_shows_who_a_client_is_its_token_s_subject_and_its_own_parameters() {
+    let server = secured(&["--in-memory"]);
+    let p = project();
+    let token = sign(
+        SECRET,
+        json!({"project": p, "types": ["runtime"], "exp": now_secs() + 600, "sub": "alice"}),
+    );
+    let url = server.url(&format!(
+        "type=runtime&projectId={p}&room=blue&lang=en&token={token}&lang=fr%20CA"
+    ));
+    let client = Client::hello(open(&url, &[]).await.expect("admitted")).await;
+    let admin = grant(&p, &["admin"]);
+    let (status, body) = server
+        .request(&format!(
+            "GET /status?projectId={p} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {admin}\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let metadata = &body["clients"][0]["metadata"];
+    assert_eq!(body["clients"][0]["id"], client.id.as_str());
+    assert_eq!(metadata["subject"], "alice", "{body}");
+    // In order, repeated names kept; type, projectId and token left out.
+    assert_eq!(
+        metadata["params"],
+        json!([["room", "blue"], ["lang", "en"], ["lang", "fr CA"]]),
+        "{body}"
+    );
+
+    // Too many parameters: refused before the upgrade, saying why.
+    let many: String = (0..33).map(|i| format!("&p{i}=v")).collect();
+    let token = grant(&p, &["runtime"]);
+    let (status, body) = open(
+        &server.url(&format!("type=runtime&projectId={p}&token={token}{many}")),
+        &[],
+    )
+    .await
+    .expect_err("33 parameters");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_params")),
+        "{body}"
+    );
+}

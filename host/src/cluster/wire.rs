@@ -57,6 +57,11 @@ pub(super) struct Client {
     pub(super) connected_at: u64,
     pub(super) user_agent: Option<String>,
     pub(super) origin: Option<String>,
+    /// (Absent from nodes of an earlier version.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) params: Vec<(String, String)>,
 }
 
 impl Client {
@@ -68,6 +73,12 @@ impl Client {
             connected_at: meta.connected_at,
             user_agent: meta.user_agent.clone(),
             origin: meta.origin.clone(),
+            subject: meta.subject.as_deref().map(str::to_owned),
+            params: meta
+                .params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -78,6 +89,12 @@ impl Client {
             connected_at: self.connected_at,
             user_agent: self.user_agent.clone(),
             origin: self.origin.clone(),
+            subject: self.subject.as_deref().map(Box::from),
+            params: self
+                .params
+                .iter()
+                .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                .collect(),
         }
     }
 }
@@ -433,6 +450,25 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_s_identity_crosses_nodes_and_older_nodes_omit_it() {
+        let meta = ClientMeta {
+            id: "c1".into(),
+            kind: "runtime".into(),
+            subject: Some("alice".into()),
+            params: vec![("room".into(), "blue".into())].into_boxed_slice(),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&Client::new(4, &meta)).unwrap();
+        let back = serde_json::from_str::<Client>(&json).unwrap().meta();
+        assert_eq!(back.subject.as_deref(), Some("alice"));
+        assert_eq!(&*back.params, &meta.params[..]);
+        // A node of an earlier version sends neither.
+        let older = r#"{"key":4,"id":"c1","kind":"runtime","connectedAt":0,"userAgent":null,"origin":null}"#;
+        let back = serde_json::from_str::<Client>(older).unwrap().meta();
+        assert_eq!((back.subject, back.params.len()), (None, 0));
+    }
 
     #[test]
     fn messages_closes_and_frames_survive_the_trip() {

@@ -63,7 +63,12 @@ pub(crate) fn project_status(registry: &Registry, project: &str) -> Value {
                 "connectedAt": c.connected_at,
                 "connectedFor": now.saturating_sub(c.connected_at),
                 "socketState": 1,
-                "metadata": {"userAgent": c.user_agent, "origin": c.origin},
+                "metadata": {
+                    "userAgent": c.user_agent,
+                    "origin": c.origin,
+                    "subject": c.subject.as_deref(),
+                    "params": c.params.iter().map(|(k, v)| json!([&**k, &**v])).collect::<Vec<_>>(),
+                },
             })
         })
         .collect();

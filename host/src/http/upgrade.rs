@@ -22,7 +22,7 @@ use crate::metrics::RefusedFor;
 use crate::outbox::Outbox;
 use crate::registry::ConnectError;
 use crate::room::log_limit::Throttle;
-use crate::room::{ClientMeta, Refusal, now_ms};
+use crate::room::{ClientMeta, ClientParams, Refusal, now_ms};
 
 pub(super) async fn websocket(
     app: &Arc<App>,
@@ -96,7 +96,8 @@ fn validate(
     let project = query.project_id()?;
     let kind = query.kind()?;
     check_origin(app, req)?;
-    authorize(app, req, query, Access::Join { project, kind })?;
+    let claims = authorize(app, req, query, Access::Join { project, kind })?;
+    let params = client_params(req.uri().query())?;
     if !fastwebsockets::upgrade::is_upgrade_request(req) {
         return Err(HttpError::new(
             StatusCode::UPGRADE_REQUIRED,
@@ -118,8 +119,46 @@ fn validate(
         connected_at: now_ms(),
         user_agent: header(USER_AGENT),
         origin: header(ORIGIN),
+        subject: claims.and_then(|c| c.sub).map(String::into_boxed_str),
+        params,
     });
     Ok((project.to_owned(), meta))
+}
+
+/// Most query parameters a client may pass besides `type`, `projectId`
+/// and `token`, and the longest name and value.
+const MAX_PARAMS: usize = 32;
+const MAX_PARAM_NAME: usize = 256;
+const MAX_PARAM_VALUE: usize = 4096;
+
+/// The upgrade URL's query parameters other than `type`, `projectId` and
+/// `token`, in order (repeated names kept), for the room and `/status`.
+fn client_params(query: Option<&str>) -> Result<ClientParams, HttpError> {
+    let mut params = Vec::new();
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if matches!(&*name, "type" | "projectId" | "token") {
+            continue;
+        }
+        if params.len() == MAX_PARAMS
+            || name.len() > MAX_PARAM_NAME
+            || value.len() > MAX_PARAM_VALUE
+            || name.chars().chain(value.chars()).any(char::is_control)
+        {
+            return Err(HttpError::bad_request(
+                "invalid_params",
+                format!(
+                    "at most {MAX_PARAMS} query parameters besides type, projectId and token, \
+                     names of at most {MAX_PARAM_NAME} bytes and values of at most \
+                     {MAX_PARAM_VALUE}, without control characters"
+                ),
+            ));
+        }
+        params.push((
+            name.into_owned().into_boxed_str(),
+            value.into_owned().into_boxed_str(),
+        ));
+    }
+    Ok(params.into_boxed_slice())
 }
 
 /// The opening handshake's rules (RFC 6455 4.1, 4.2.1) that hyper and

@@ -71,15 +71,24 @@ pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
 /// prove it owns (1012: service restart): reconnecting finds its new owner.
 pub(crate) const CLOSE_SERVICE_RESTART: u16 = 1012;
 
-/// What the host knows about a connection (the WIT `client-info`).
-#[derive(Debug)]
+/// What the host knows about a connection (the WIT `client-info`, and
+/// what `/status` shows of it).
+#[derive(Debug, Default)]
 pub struct ClientMeta {
     pub id: Arc<str>,
     pub kind: Arc<str>,
     pub connected_at: u64,
     pub user_agent: Option<String>,
     pub origin: Option<String>,
+    /// The `sub` of the token it connected with (with access control on).
+    pub subject: Option<Box<str>>,
+    /// The upgrade URL's query parameters other than `type`, `projectId`
+    /// and `token`, in order.
+    pub params: ClientParams,
 }
+
+/// A client's own query parameters: `(name, value)` in the URL's order.
+pub(crate) type ClientParams = Box<[(Box<str>, Box<str>)]>;
 
 /// One complete message from a client, as the room receives it.
 pub use crate::engine::wit::Incoming;

@@ -516,6 +516,7 @@ mod tests {
             connected_at: 0,
             user_agent: None,
             origin: None,
+            ..Default::default()
         });
         (t.insert(meta, outbox.clone()), outbox)
     }

@@ -65,6 +65,7 @@ fn joining_with_outbox() -> (
         connected_at: 0,
         user_agent: None,
         origin: None,
+        ..Default::default()
     });
     let outbox = Arc::new(Outbox::new(1 << 20));
     let event = Event::Connect {
