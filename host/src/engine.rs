@@ -71,11 +71,17 @@ struct Components {
 
 impl Components {
     fn for_project(&self, project: &str) -> &RoomPre<RoomState> {
-        self.by_project
-            .iter()
-            .find(|(pattern, _)| config::project_matches(pattern, project))
-            .map_or(&self.default, |(_, pre)| pre)
+        first_match(&self.by_project, project).unwrap_or(&self.default)
     }
+}
+
+/// What the first `(pattern, _)` that matches `project` maps it to
+/// (`--project-component`: first match wins).
+fn first_match<'a, T>(by_project: &'a [(String, T)], project: &str) -> Option<&'a T> {
+    by_project
+        .iter()
+        .find(|(pattern, _)| config::project_matches(pattern, project))
+        .map(|(_, value)| value)
 }
 
 struct Inner {
@@ -183,12 +189,7 @@ impl Runtime {
     /// for the embedded default room (for the console).
     pub(crate) fn component_name(&self, project: &str) -> String {
         let sources = &self.inner.sources;
-        let path = sources
-            .by_project
-            .iter()
-            .find(|(pattern, _)| config::project_matches(pattern, project))
-            .map(|(_, path)| path)
-            .or(sources.default.as_ref());
+        let path = first_match(&sources.by_project, project).or(sources.default.as_ref());
         match path {
             Some(path) => path
                 .file_name()

@@ -45,6 +45,18 @@ pub(crate) async fn poll_until<T: std::fmt::Display>(
 /// The misbehaving room built by the host's build script.
 pub(crate) const FIXTURE_ROOM: &str = concat!(env!("OUT_DIR"), "/fixture-room.wasm");
 
+/// What the console calls the component of a project no
+/// `--project-component` names: `default`, or `WSROOM_TEST_ROOM`'s file name.
+pub(crate) fn default_component_name() -> String {
+    std::env::var_os("WSROOM_TEST_ROOM").map_or("default".to_owned(), |room| {
+        std::path::Path::new(&room)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
 /// A project id of its own for a test.
 pub(crate) fn project() -> String {
     format!("p-{}", uuid::Uuid::new_v4())

@@ -70,13 +70,7 @@ async fn the_console_api_pages_through_the_live_projects_in_order() {
     assert_eq!(p["clientsByType"], json!({"runtime": 1, "data-agent": 1}));
     assert_eq!(p["hibernated"], false);
     assert_eq!(p["messages"], 0);
-    let component = std::env::var_os("WSROOM_TEST_ROOM").map_or("default".to_owned(), |room| {
-        std::path::Path::new(&room)
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned()
-    });
+    let component = default_component_name();
     assert_eq!(p["component"], component);
     // The project at index 3 of `clients` is `-2`'s runtime client.
     clients[3]

@@ -32,6 +32,20 @@ async fn projects_matching_a_pattern_run_their_own_component() {
     d.send_text("hello").await;
     let reply = d.next_json().await;
     assert_eq!(reply["type"], "error", "{reply}");
+    // The console names the component each project runs.
+    let (_, page) = server.get("/console/api/projects").await;
+    let components: Vec<(bool, &str)> = page["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let echo = p["projectId"].as_str().unwrap().starts_with("echo-");
+            (echo, p["component"].as_str().unwrap())
+        })
+        .collect();
+    let default = default_component_name();
+    assert!(components.contains(&(true, "fixture-room.wasm")), "{page}");
+    assert!(components.contains(&(false, default.as_str())), "{page}");
 }
 
 #[tokio::test]

@@ -478,23 +478,17 @@ impl Cluster {
     /// live node owns it, gathering its clients from the other nodes first
     /// when it had an owner.
     async fn place(&self, project: &str) -> Result<Placement, String> {
-        let stripe = {
-            use std::hash::{BuildHasher as _, Hasher as _};
-            let mut h = foldhash::fast::FixedState::default().build_hasher();
-            h.write(project.as_bytes());
-            h.finish() as usize % CLAIM_STRIPES
-        };
         if self.leases.owns(project) {
             if self.takeovers.load(SeqCst) > 0 {
                 // Maybe this project's takeover, still gathering.
-                drop(self.claiming[stripe].lock().await);
+                drop(self.claim_lock(project).lock().await);
             }
             return Ok(Placement::Here);
         }
         if !self.leases.valid() {
             return Err("this node holds no lease in the cluster (is NATS reachable?)".into());
         }
-        let _claiming = self.claiming[stripe].lock().await;
+        let _claiming = self.claim_lock(project).lock().await;
         for _ in 0..PLACE_ATTEMPTS {
             if self.leases.owns(project) {
                 return Ok(Placement::Here);
@@ -538,6 +532,14 @@ impl Cluster {
             }
         }
         Err("the project's owner kept changing".into())
+    }
+
+    /// The lock of `project`'s stripe of [`Cluster::claiming`].
+    fn claim_lock(&self, project: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let mut h = foldhash::fast::FixedState::default().build_hasher();
+        h.write(project.as_bytes());
+        &self.claiming[h.finish() as usize % CLAIM_STRIPES]
     }
 
     /// Brings the clients other nodes hold of a project just taken over

@@ -46,17 +46,16 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(write: &mut W, c: &Connect
                 // The clock is read for one write in DELIVERY_SAMPLE: a read
                 // per write (with shared atomics) cost 100 x 10 and rpc ~12%
                 // (a read is ~28 ns on the VMs measured).
-                let now = timing.handed_over.is_some().then(|| {
+                let timed = timing.handed_over.is_some() && {
                     sampled += 1;
                     sampled % DELIVERY_SAMPLE == 1
-                });
-                let (delivery, since_read) = match now {
-                    Some(true) => {
-                        let now = Instant::now();
-                        let since = |at: Option<Instant>| at.map(|at| now.saturating_duration_since(at));
-                        (since(timing.handed_over), since(timing.read_at))
-                    }
-                    _ => (None, None),
+                };
+                let (delivery, since_read) = if timed {
+                    let now = Instant::now();
+                    let since = |at: Option<Instant>| at.map(|at| now.saturating_duration_since(at));
+                    (since(timing.handed_over), since(timing.read_at))
+                } else {
+                    (None, None)
                 };
                 c.metrics.written(bytes, delivery, since_read);
                 if next == Next::Finish {

@@ -10,7 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming as Body;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::error::json_reply;
 use super::{App, HttpError, Query, Reply, authorize};
@@ -107,10 +107,9 @@ pub(super) fn projects(app: &App, req: &Request<Body>, query: &Query) -> Result<
         .iter()
         .map(|room| {
             let clients = room.shared.clients();
-            let mut by_type = Map::new();
+            let mut by_type = std::collections::BTreeMap::<&str, u64>::new();
             for c in &clients {
-                let n = by_type.entry(&*c.kind).or_insert(Value::from(0u64));
-                *n = Value::from(n.as_u64().unwrap_or(0) + 1);
+                *by_type.entry(&c.kind).or_default() += 1;
             }
             json!({
                 "projectId": &*room.project,
