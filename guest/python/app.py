@@ -685,23 +685,41 @@ def send_error(to, code, message, message_id=None):
     host.send(system_message("error", payload), [to_client(to)])
 
 
+class Rejected(Exception):
+    """Why a message was not (fully) delivered: an error code, a message,
+    the message's own id, and the clients it reached all the same."""
+
+    def __init__(self, code, message, message_id=None, delivered=0):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.message_id = message_id
+        self.delivered = delivered
+
+
 def on_text(sender_id, sender_kind, text):
+    try:
+        deliver(sender_id, sender_kind, text)
+    except Rejected as r:
+        send_error(sender_id, r.code, r.message, r.message_id)
+
+
+def deliver(sender_id, sender_kind, text):
+    """Validates, stamps and routes a message; how many clients it reached.
+    Raises Rejected when it is refused."""
     data = text.encode()
     try:
         check(data)
     except JsonError as e:
-        send_error(sender_id, "invalid_json", f"invalid JSON: {e}")
-        return
+        raise Rejected("invalid_json", f"invalid JSON: {e}") from None
     try:
         message = Message(data)
     except NotAnObject:
-        send_error(sender_id, "invalid_message", "message must be a JSON object")
-        return
+        raise Rejected("invalid_message", "message must be a JSON object") from None
     try:
         where, value = route(message.to)
     except Invalid as e:
-        send_error(sender_id, "invalid_message", str(e), message.message_id())
-        return
+        raise Rejected("invalid_message", str(e), message.message_id()) from None
     out = stamped(message, sender_id, sender_kind)
 
     # The sender never gets its own message; a target of another type
@@ -713,16 +731,63 @@ def on_text(sender_id, sender_kind, text):
     if where == "id":
         reached = host.send(out, [to_client(value), admins])
         if not reached or reached[0] == 0:
-            send_error(
-                sender_id,
+            raise Rejected(
                 "unknown_target",
                 f"no client with id {rust_debug(value)} in this project",
                 message.message_id(),
+                sum(reached),
             )
     elif where == "type":
-        host.send(out, [of_kind(value), admins])
+        reached = host.send(out, [of_kind(value), admins])
     else:
-        host.send(out, [target(types.Selector_All(), sender_id)])
+        reached = host.send(out, [target(types.Selector_All(), sender_id)])
+    return sum(reached)
+
+
+SERVER = "server"  # the sender of messages posted over HTTP
+
+
+def http_answer(status, body):
+    return types.HttpResponse(
+        status=status,
+        headers=[("content-type", "application/json")],
+        body=dumps(body).encode(),
+    )
+
+
+def on_http(method, path, body):
+    """`fetch`: POST /messages routes its body as a message from the
+    server; GET / says how many clients the room has."""
+    path = path.split("?", 1)[0]
+    if (method, path) == ("POST", "/messages"):
+        try:
+            text = body.decode()
+        except UnicodeDecodeError:
+            return http_answer(
+                400, {"error": "invalid_json", "message": "invalid JSON: the body is not UTF-8"}
+            )
+        project_id = host.project_id()
+        try:
+            delivered = deliver(SERVER, SERVER, text)
+        except Rejected as r:
+            answer = {"error": r.code, "message": r.message}
+            if r.message_id is not None:
+                answer["messageId"] = r.message_id
+            answer["delivered"] = r.delivered
+            return http_answer(404 if r.code == "unknown_target" else 400, answer)
+        return http_answer(202, {"delivered": delivered, "projectId": project_id})
+    if (method, path) == ("GET", "/"):
+        return http_answer(
+            200, {"projectId": host.project_id(), "clientCount": host.client_count(None)}
+        )
+    if path == "/messages":
+        return http_answer(405, {"error": "method_not_allowed", "message": "use POST /messages"})
+    if path == "/":
+        return http_answer(405, {"error": "method_not_allowed", "message": "use GET /"})
+    return http_answer(
+        404,
+        {"error": "not_found", "message": "the default room answers POST /messages and GET /"},
+    )
 
 
 def cleanup_delay(config):
@@ -793,3 +858,6 @@ class WitWorld(wit_world.WitWorld):
         # The host removes a room that is empty with no alarm set: nothing
         # to do here.
         pass
+
+    def fetch(self, request):
+        return on_http(request.method, request.path, bytes(request.body))

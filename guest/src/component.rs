@@ -2,7 +2,8 @@
 
 use wsroom_room_sdk::alloc::Recycler;
 use wsroom_room_sdk::{
-    AlarmInfo, ClientInfo, Ctx, Incoming, Refusal, Room, Selector, Sender, export_room,
+    AlarmInfo, ClientInfo, Ctx, HttpRequest, HttpResponse, Incoming, Refusal, Room, Selector,
+    Sender, export_room,
 };
 
 use crate::rules::{self, Env, Joining, Select, Target};
@@ -109,6 +110,20 @@ impl Room for DefaultRoom {
 
     fn on_alarm(&mut self, ctx: &mut Ctx, _info: AlarmInfo) {
         rules::on_alarm(&mut Host(ctx));
+    }
+
+    fn fetch(&mut self, ctx: &mut Ctx, request: HttpRequest) -> HttpResponse {
+        let answer = rules::on_http(
+            &mut Host(ctx),
+            &request.method,
+            &request.path,
+            &request.body,
+        );
+        HttpResponse {
+            status: answer.status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: answer.body.into_bytes(),
+        }
     }
 }
 

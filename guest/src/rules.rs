@@ -166,8 +166,41 @@ pub fn on_too_large(env: &mut impl Env, sender: &str, size: u64, limit: u64) {
     );
 }
 
-/// `on-message` for a text frame: validate, stamp `from`, route.
+/// `on-message` for a text frame: validate, stamp `from`, route; an
+/// `error` back to the sender when the message is refused.
 pub fn on_text(env: &mut impl Env, sender_id: &str, sender_kind: &str, text: &str) {
+    if let Err(rejected) = deliver(env, sender_id, sender_kind, text) {
+        send_error(
+            env,
+            sender_id,
+            rejected.code,
+            &rejected.message,
+            rejected.message_id.as_deref(),
+        );
+    }
+}
+
+/// Why a message was not (fully) delivered.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rejected {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The message's own `id`, if it had a string one.
+    pub message_id: Option<String>,
+    /// Clients it reached all the same (an `unknown_target` message's
+    /// admin copies).
+    pub delivered: u32,
+}
+
+/// Validates a message, stamps its `from` with the sender's id and type,
+/// and routes it: how many clients it reached. An `unknown_target` message
+/// still reached the admins (as docs/PROTOCOL.md says).
+pub fn deliver(
+    env: &mut impl Env,
+    sender_id: &str,
+    sender_kind: &str,
+    text: &str,
+) -> Result<u32, Rejected> {
     let fields = match serde_json::from_str::<Fields<'_>>(text) {
         Ok(fields) => fields,
         Err(_) => {
@@ -181,43 +214,38 @@ pub fn on_text(env: &mut impl Env, sender_id: &str, sender_kind: &str, text: &st
                 let e = serde_json::from_str::<de::IgnoredAny>(text).unwrap_err();
                 (ErrorCode::InvalidJson, format!("invalid JSON: {e}"))
             };
-            send_error(env, sender_id, code, &message, None);
-            return;
+            return Err(Rejected {
+                code,
+                message,
+                message_id: None,
+                delivered: 0,
+            });
         }
     };
     // Only an error reply needs the message's id.
-    let message_id = || fields.message_id();
-    let route = match fields.route() {
-        Ok(route) => route,
-        Err(why) => {
-            send_error(
-                env,
-                sender_id,
-                ErrorCode::InvalidMessage,
-                why,
-                message_id().as_deref(),
-            );
-            return;
-        }
+    let rejected = |code, message: String| Rejected {
+        code,
+        message,
+        message_id: fields.message_id(),
+        delivered: 0,
     };
+    let route = fields
+        .route()
+        .map_err(|why| rejected(ErrorCode::InvalidMessage, why.into()))?;
     let Some(out) = fields.stamped(text, sender_id, sender_kind) else {
         // Cannot happen: the fields were parsed from `text`. Refused rather
         // than sent on with an unstamped `from`.
-        send_error(
-            env,
-            sender_id,
+        return Err(rejected(
             ErrorCode::InvalidMessage,
-            "message could not be stamped",
-            message_id().as_deref(),
-        );
-        return;
+            "message could not be stamped".into(),
+        ));
     };
     // The sender never receives its own message. A target of one type
     // cannot include a sender of another, so it needs no exception (one
     // lookup less for the host, per target, per message).
     let except = Some(sender_id);
     let except_of_kind = |kind: &str| except.filter(|_| kind == sender_kind);
-    match route {
+    let reached = match route {
         Route::ToId(id) => {
             let reached = env.send(
                 &out,
@@ -233,39 +261,155 @@ pub fn on_text(env: &mut impl Env, sender_id: &str, sender_kind: &str, text: &st
                 ],
             );
             if reached.first().copied().unwrap_or(0) == 0 {
-                send_error(
-                    env,
-                    sender_id,
-                    ErrorCode::UnknownTarget,
-                    &format!("no client with id {id:?} in this project"),
-                    message_id().as_deref(),
+                return Err(Rejected {
+                    delivered: reached.iter().sum(),
+                    ..rejected(
+                        ErrorCode::UnknownTarget,
+                        format!("no client with id {id:?} in this project"),
+                    )
+                });
+            }
+            reached
+        }
+        Route::ToType(kind) => env.send(
+            &out,
+            &[
+                Target {
+                    select: Select::Kind(&kind),
+                    except: except_of_kind(&kind),
+                },
+                Target {
+                    select: Select::Kind(ADMIN),
+                    except: except_of_kind(ADMIN),
+                },
+            ],
+        ),
+        Route::Broadcast => env.send(
+            &out,
+            &[Target {
+                select: Select::All,
+                except,
+            }],
+        ),
+    };
+    Ok(reached.iter().sum())
+}
+
+/// The sender of messages that come over HTTP (`POST /messages`): its
+/// `from` is `{"id": "server", "type": "server"}`.
+pub const SERVER: &str = "server";
+
+/// An HTTP answer: status and JSON body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    fn json(status: u16, body: impl Serialize) -> HttpAnswer {
+        HttpAnswer {
+            status,
+            // These bodies always serialize (string keys only).
+            body: serde_json::to_string(&body).unwrap_or_default(),
+        }
+    }
+
+    fn error(status: u16, code: &str, message: &str) -> HttpAnswer {
+        HttpAnswer::json(
+            status,
+            HttpError {
+                error: code,
+                message,
+            },
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct HttpError<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Delivered<'a> {
+    delivered: u32,
+    project_id: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RoomState<'a> {
+    project_id: &'a str,
+    client_count: u32,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpRejected<'a> {
+    error: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<&'a str>,
+    delivered: u32,
+}
+
+/// `fetch`: `POST /messages` routes its body as a message from the server
+/// (202 with how many clients it reached); `GET /` says how many clients
+/// the room has.
+pub fn on_http(env: &mut impl Env, method: &str, path: &str, body: &[u8]) -> HttpAnswer {
+    let path = path.split('?').next().unwrap_or_default();
+    match (method, path) {
+        ("POST", "/messages") => {
+            let Ok(text) = std::str::from_utf8(body) else {
+                return HttpAnswer::error(
+                    400,
+                    ErrorCode::InvalidJson.as_str(),
+                    "invalid JSON: the body is not UTF-8",
                 );
+            };
+            let project_id = env.project_id();
+            match deliver(env, SERVER, SERVER, text) {
+                Ok(delivered) => HttpAnswer::json(
+                    202,
+                    Delivered {
+                        delivered,
+                        project_id: &project_id,
+                    },
+                ),
+                Err(rejected) => HttpAnswer::json(
+                    match rejected.code {
+                        ErrorCode::UnknownTarget => 404,
+                        _ => 400,
+                    },
+                    HttpRejected {
+                        error: rejected.code.as_str(),
+                        message: &rejected.message,
+                        message_id: rejected.message_id.as_deref(),
+                        delivered: rejected.delivered,
+                    },
+                ),
             }
         }
-        Route::ToType(kind) => {
-            env.send(
-                &out,
-                &[
-                    Target {
-                        select: Select::Kind(&kind),
-                        except: except_of_kind(&kind),
-                    },
-                    Target {
-                        select: Select::Kind(ADMIN),
-                        except: except_of_kind(ADMIN),
-                    },
-                ],
-            );
+        ("GET", "/") => {
+            let project_id = env.project_id();
+            HttpAnswer::json(
+                200,
+                RoomState {
+                    project_id: &project_id,
+                    client_count: env.client_count(),
+                },
+            )
         }
-        Route::Broadcast => {
-            env.send(
-                &out,
-                &[Target {
-                    select: Select::All,
-                    except,
-                }],
-            );
-        }
+        (_, "/messages") => HttpAnswer::error(405, "method_not_allowed", "use POST /messages"),
+        (_, "/") => HttpAnswer::error(405, "method_not_allowed", "use GET /"),
+        _ => HttpAnswer::error(
+            404,
+            "not_found",
+            "the default room answers POST /messages and GET /",
+        ),
     }
 }
 

@@ -24,6 +24,8 @@ pub(crate) const MIN_SECRET_BYTES: usize = 32;
 pub(crate) const LEEWAY_SECS: u64 = 30;
 /// The client type that may also read `/status`.
 pub(crate) const ADMIN: &str = "admin";
+/// The type a token must grant for HTTP into rooms (`/rooms/...`).
+pub(crate) const SERVER: &str = "server";
 
 /// What a token grants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +94,8 @@ pub enum Access<'a> {
     /// List projects in the console: needs `admin`; the list shows only
     /// the projects the token grants.
     Console,
+    /// An HTTP request into `project`'s room: needs [`SERVER`].
+    RoomHttp { project: &'a str },
 }
 
 /// The verifier: the keys, swapped whole when they are read again.
@@ -170,7 +174,8 @@ impl Auth {
         let project = match access {
             Access::Join { project, .. }
             | Access::Status { project }
-            | Access::Health { project } => Some(project),
+            | Access::Health { project }
+            | Access::RoomHttp { project } => Some(project),
             Access::Console => None,
         };
         if project.is_some_and(|project| !claims.allows_project(project)) {
@@ -191,6 +196,10 @@ impl Auth {
             Access::Console if !claims.allows_type(ADMIN) => Err(Denied::forbidden(
                 "admin_required",
                 "the console needs a token that grants the admin type",
+            )),
+            Access::RoomHttp { .. } if !claims.allows_type(SERVER) => Err(Denied::forbidden(
+                "server_required",
+                "HTTP into rooms needs a token that grants the server type",
             )),
             _ => Ok(claims),
         }

@@ -126,6 +126,29 @@ pub struct Cli {
     #[arg(long, env = "WSROOM_ROOM_STORAGE_BYTES", default_value_t = 1 << 20)]
     pub room_storage_bytes: usize,
 
+    /// Largest body of an HTTP request into a room (`/rooms/{projectId}/...`),
+    /// of a room's answer to one, and of a response a room's outgoing HTTP
+    /// request may read, in bytes.
+    #[arg(long, env = "WSROOM_ROOM_HTTP_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub room_http_body_bytes: usize,
+
+    /// A host rooms may send HTTP(S) requests to (through
+    /// `wasi:http/outgoing-handler`): `api.example.com`, `*.example.com`
+    /// (its subdomains), with `:PORT` to allow that port only (else any).
+    /// Repeat for more, or separate with commas. None by default: rooms
+    /// cannot call out.
+    #[arg(
+        long = "room-http-allow",
+        env = "WSROOM_ROOM_HTTP_ALLOW",
+        value_delimiter = ','
+    )]
+    pub room_http_allow: Vec<String>,
+
+    /// How long a room's outgoing HTTP request may take to connect, to its
+    /// first byte, and between bytes, each, in milliseconds.
+    #[arg(long, env = "WSROOM_ROOM_HTTP_TIMEOUT_MS", default_value_t = 10_000)]
+    pub room_http_timeout_ms: u64,
+
     /// Lines one room may write to the log per second, through `log` and its
     /// stdout/stderr together (bursts of twice that); more are dropped,
     /// counted, and reported with the next line let through. Lines are cut
@@ -565,6 +588,8 @@ pub struct Config {
     pub cpu_budget: Duration,
     pub room_memory_bytes: usize,
     pub room_storage_bytes: usize,
+    /// HTTP into and out of rooms.
+    pub room_http: crate::outbound::RoomHttp,
     pub room_log_lines_per_sec: u32,
     pub max_message_bytes: usize,
     pub max_frame_bytes: usize,
@@ -668,6 +693,11 @@ impl Cli {
             room_memory_bytes: usize::try_from(self.room_memory_mib << 20)
                 .map_err(|_| anyhow::anyhow!("--room-memory-mib is too large"))?,
             room_storage_bytes: self.room_storage_bytes,
+            room_http: crate::outbound::RoomHttp::new(
+                &self.room_http_allow,
+                self.room_http_body_bytes,
+                Duration::from_millis(self.room_http_timeout_ms),
+            )?,
             room_log_lines_per_sec: self.room_log_lines_per_sec,
             max_message_bytes: self.max_message_bytes,
             max_frame_bytes: self.max_message_bytes.saturating_mul(4),

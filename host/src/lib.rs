@@ -45,6 +45,7 @@ mod http;
 pub mod limits;
 pub mod listen;
 mod metrics;
+pub mod outbound;
 pub mod outbox;
 mod rate;
 mod registry;

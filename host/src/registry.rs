@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::oneshot;
 
 use crate::cluster::Validity;
-use crate::engine::Runtime;
+use crate::engine::{Runtime, wit};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::room::instances::Instances;
 use crate::room::table::ConnRef;
-use crate::room::{self, ClientMeta, Event, Refusal, RoomHandle, Settings};
+use crate::room::{self, ClientMeta, Event, Fetched, Refusal, RoomHandle, Settings};
 
 /// How many times a connect retries when it races with a room's removal.
 const CONNECT_ATTEMPTS: usize = 4;
@@ -199,6 +199,39 @@ impl Registry {
                 Err(_) => continue,
                 Ok(Ok(conn)) => return Ok((room, conn)),
                 Ok(Err(refusal)) => return Err(ConnectError::Refused(refusal)),
+            }
+        }
+        Err(ConnectError::Unreachable)
+    }
+
+    /// Hands an HTTP request to the project's room (made if it has none),
+    /// and its answer.
+    pub(crate) async fn fetch(
+        self: &Arc<Self>,
+        project: &str,
+        request: wit::HttpRequest,
+    ) -> Result<Fetched, ConnectError> {
+        for _ in 0..CONNECT_ATTEMPTS {
+            let Some(room) = self.get_or_create(project) else {
+                if !self.may_run(project) {
+                    return Err(ConnectError::Unreachable);
+                }
+                return Err(ConnectError::TooManyRooms {
+                    limit: self.max_rooms,
+                });
+            };
+            let (reply, answer) = oneshot::channel();
+            let event = Event::Fetch {
+                request: request.clone(),
+                reply,
+            };
+            if room.send(event).await.is_err() {
+                continue;
+            }
+            match answer.await {
+                // The room was being removed; a new one will be made.
+                Err(_) => continue,
+                Ok(fetched) => return Ok(fetched),
             }
         }
         Err(ConnectError::Unreachable)

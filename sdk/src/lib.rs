@@ -51,8 +51,8 @@ pub mod bindings {
 
 use bindings::wsroom::room::host;
 pub use bindings::wsroom::room::types::{
-    AlarmInfo, AttachmentError, ClientInfo, Incoming, LogLevel, Oversize, Refusal, Selector,
-    Sender, StorageError, Target,
+    AlarmInfo, AttachmentError, ClientInfo, HttpRequest, HttpResponse, Incoming, LogLevel,
+    Oversize, Refusal, Selector, Sender, StorageError, Target,
 };
 
 /// A room's handlers. Only `on_message` is required.
@@ -76,6 +76,25 @@ pub trait Room: Default + 'static {
     /// The alarm set with [`Ctx::set_alarm`] fired.
     fn on_alarm(&mut self, ctx: &mut Ctx, info: AlarmInfo) {
         let _ = (ctx, info);
+    }
+
+    /// An HTTP request to `/rooms/{projectId}/...` (its `path` is the part
+    /// after the project id). By default: 404, as for a room with no HTTP.
+    fn fetch(&mut self, ctx: &mut Ctx, request: HttpRequest) -> HttpResponse {
+        let _ = (ctx, request);
+        json_response(
+            404,
+            r#"{"error":"not_found","message":"this room answers no HTTP requests"}"#,
+        )
+    }
+}
+
+/// An HTTP response with a JSON body (`content-type: application/json`).
+pub fn json_response(status: u16, json: &str) -> HttpResponse {
+    HttpResponse {
+        status,
+        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+        body: json.as_bytes().to_vec(),
     }
 }
 
@@ -297,6 +316,10 @@ macro_rules! export_room {
 
                 fn alarm(info: $crate::AlarmInfo) {
                     with(|room, ctx| $crate::Room::on_alarm(room, ctx, info))
+                }
+
+                fn fetch(request: $crate::HttpRequest) -> $crate::HttpResponse {
+                    with(|room, ctx| $crate::Room::fetch(room, ctx, request))
                 }
             }
 

@@ -18,5 +18,6 @@ mod limits;
 mod load_tool;
 mod ports;
 mod reload;
+mod room_http;
 mod routing;
 mod tls;

@@ -593,3 +593,78 @@ fn a_to_with_id_or_type_twice_is_invalid() {
         assert_eq!(error_code(&h.got("r1")[0]), "invalid_message", "{to}");
     }
 }
+
+fn http(host: &mut FakeHost, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let answer = on_http(host, method, path, body.as_bytes());
+    (answer.status, serde_json::from_str(&answer.body).unwrap())
+}
+
+#[test]
+fn a_posted_message_is_routed_as_from_the_server() {
+    let mut host = room();
+    let (status, body) = http(
+        &mut host,
+        "POST",
+        "/messages",
+        r#"{"type":"deploy","to":{"type":"runtime"},"payload":{"v":2}}"#,
+    );
+    assert_eq!(status, 202);
+    // r1, r2 and the two admins.
+    assert_eq!(body["delivered"], 4);
+    for id in ["r1", "r2", "a1", "a2"] {
+        let got = host.got(id);
+        assert_eq!(got.len(), 1, "{id}");
+        assert_eq!(got[0]["from"], json!({"id": "server", "type": "server"}));
+        assert_eq!(got[0]["payload"], json!({"v": 2}));
+    }
+    assert!(host.got("d1").is_empty());
+}
+
+#[test]
+fn a_posted_broadcast_reaches_every_client() {
+    let mut host = room();
+    let (status, body) = http(&mut host, "POST", "/messages?x=1", r#"{"type":"t"}"#);
+    assert_eq!((status, body["delivered"].as_u64()), (202, Some(5)));
+}
+
+#[test]
+fn a_posted_message_that_is_not_valid_is_refused_and_sent_nowhere() {
+    let mut host = room();
+    let (status, body) = http(&mut host, "POST", "/messages", "{nope");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_json"))
+    );
+    let (status, body) = http(&mut host, "POST", "/messages", r#"{"to":5}"#);
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_message"))
+    );
+    assert_eq!(host.total(), 0);
+}
+
+#[test]
+fn a_posted_message_to_nobody_is_404_but_reaches_the_admins() {
+    let mut host = room();
+    let (status, body) = http(
+        &mut host,
+        "POST",
+        "/messages",
+        r#"{"id":"m1","to":{"id":"ghost"}}"#,
+    );
+    assert_eq!(status, 404);
+    assert_eq!(body["error"], "unknown_target");
+    assert_eq!(body["messageId"], "m1");
+    assert_eq!(body["delivered"], 2);
+}
+
+#[test]
+fn other_requests_get_clear_errors() {
+    let mut host = room();
+    assert_eq!(http(&mut host, "GET", "/messages", "").0, 405);
+    assert_eq!(http(&mut host, "GET", "/nothing", "").0, 404);
+    let (status, body) = http(&mut host, "GET", "/", "");
+    assert_eq!(status, 200);
+    assert_eq!(body["clientCount"], 5);
+    assert_eq!(host.total(), 0);
+}

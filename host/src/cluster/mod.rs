@@ -38,10 +38,11 @@ use tracing::{info, warn};
 
 use crate::config::ClusterConfig;
 use crate::conn::RoomLink;
+use crate::engine::wit;
 use crate::outbox::Outbox;
 use crate::registry::{ConnectError, Registry};
 use crate::room::log_limit::Throttle;
-use crate::room::{ClientMeta, Event, Incoming, Refusal};
+use crate::room::{ClientMeta, Event, Fetched, Incoming, Refusal};
 use counters::{Counters, Undelivered};
 use lease::{Leases, Owner};
 pub(crate) use lease::{Validity, bucket, key};
@@ -68,6 +69,9 @@ const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLAIM_STRIPES: usize = 64;
 /// Pause between two looks for the owner of a project that is moving.
 const RETRY: Duration = Duration::from_millis(100);
+/// How long an HTTP request into a room another node owns may take there:
+/// the room may be waiting on its own outgoing HTTP.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest pause between two looks (many clients may be looking).
 const MAX_RETRY: Duration = Duration::from_secs(1);
 
@@ -474,6 +478,72 @@ impl Cluster {
         ))
     }
 
+    /// Hands an HTTP request to `project`'s room: here, or on the node that
+    /// owns the project.
+    pub(crate) async fn fetch(
+        self: &Arc<Self>,
+        project: &str,
+        request: wit::HttpRequest,
+    ) -> Result<Fetched, PlaceError> {
+        use wire::FetchReply as Reply;
+        for _ in 0..PLACE_ATTEMPTS {
+            let node = match self.place(project).await.map_err(PlaceError::Cluster)? {
+                Placement::Here => {
+                    return self
+                        .registry
+                        .fetch(project, request)
+                        .await
+                        .map_err(PlaceError::Connect);
+                }
+                Placement::On { node, .. } => node,
+            };
+            let ask = Request::new()
+                .payload(wire::fetch(project, &request))
+                .timeout(Some(FETCH_TIMEOUT));
+            let reply = match self
+                .client
+                .send_request(wire::subject(&node, "fetch"), ask)
+                .await
+            {
+                Ok(reply) => wire::parse_fetch_reply(&reply.payload),
+                Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+                    // The owner is gone; its lease has not ended yet.
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(PlaceError::Cluster(format!(
+                        "the project's owner node {node} did not answer: {e}"
+                    )));
+                }
+            };
+            return match reply {
+                Some((Reply::Answered { status, headers }, body)) => {
+                    Ok(Fetched::Answered(wit::HttpResponse {
+                        status,
+                        headers,
+                        body,
+                    }))
+                }
+                Some((Reply::NotOwner, _)) => {
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+                Some((Reply::NoHandler, _)) => Ok(Fetched::NoHandler),
+                Some((Reply::Failed, _)) => Ok(Fetched::Failed),
+                Some((Reply::TooManyRooms { limit }, _)) => {
+                    Err(PlaceError::Connect(ConnectError::TooManyRooms { limit }))
+                }
+                Some((Reply::Unreachable, _)) | None => {
+                    Err(PlaceError::Connect(ConnectError::Unreachable))
+                }
+            };
+        }
+        Err(PlaceError::Cluster(
+            "the project's owner kept changing".into(),
+        ))
+    }
+
     /// Where `project`'s room runs; takes the project for this node when no
     /// live node owns it, gathering its clients from the other nodes first
     /// when it had an owner.
@@ -758,6 +828,9 @@ impl Cluster {
                 ("report", None) => {
                     tokio::spawn(self.clone().on_report(message));
                 }
+                ("fetch", None) => {
+                    tokio::spawn(self.clone().on_fetch(message));
+                }
                 _ => {}
             }
         }
@@ -915,6 +988,37 @@ impl Cluster {
             Value::Null
         };
         self.reply(&message, to_json(&answer)).await;
+    }
+
+    /// An HTTP request into the room of a project this node owns.
+    async fn on_fetch(self: Arc<Self>, message: Message) {
+        use wire::FetchReply as Reply;
+        let Some((project, request)) = wire::parse_fetch(&message.payload) else {
+            return;
+        };
+        let (reply, body) = if !self.leases.owns(&project) {
+            (Reply::NotOwner, Vec::new())
+        } else {
+            match self.registry.fetch(&project, request).await {
+                Ok(Fetched::Answered(response)) => (
+                    Reply::Answered {
+                        status: response.status,
+                        headers: response.headers,
+                    },
+                    response.body,
+                ),
+                Ok(Fetched::NoHandler) => (Reply::NoHandler, Vec::new()),
+                Ok(Fetched::Failed) => (Reply::Failed, Vec::new()),
+                Err(ConnectError::TooManyRooms { limit }) => {
+                    (Reply::TooManyRooms { limit }, Vec::new())
+                }
+                // The room moved away meanwhile, or cannot be reached.
+                Err(ConnectError::Unreachable | ConnectError::Refused(_)) => {
+                    (Reply::Unreachable, Vec::new())
+                }
+            }
+        };
+        self.reply(&message, wire::fetch_reply(&reply, &body)).await;
     }
 
     /// Tells an owner a client left.

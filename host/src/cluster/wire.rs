@@ -15,6 +15,8 @@
 //!   numbered so that a gap is seen.
 //! - `gather`: a node took over a project: which of its clients are here?
 //! - `report`: `/status` or `/health` of a project this node owns.
+//! - `fetch`: an HTTP request into a room this node owns ([`fetch`]),
+//!   answered with the room's response ([`fetch_reply`]).
 //!
 //! Nothing a peer sends is trusted to be well formed: every parser returns
 //! `None` on a short or malformed body.
@@ -22,7 +24,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::wit::Oversize;
+use crate::engine::wit::{self, Oversize};
 use crate::outbox::Next;
 use crate::room::{ClientMeta, Incoming};
 
@@ -199,6 +201,85 @@ impl MessageReply {
         let seq = u64::from_be_bytes(body.get(..8)?.try_into().ok()?);
         Some((seq, MessageReply::from_code(*body.get(8)?)))
     }
+}
+
+/// The head of a [`fetch`]: all of the HTTP request but its body.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct FetchHead {
+    project: String,
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+/// The owner's answer to a [`fetch`] (its body follows the head).
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+#[serde(tag = "result", rename_all = "camelCase")]
+pub(super) enum FetchReply {
+    Answered {
+        status: u16,
+        headers: Vec<(String, String)>,
+    },
+    /// The room has no `fetch`.
+    NoHandler,
+    Failed,
+    TooManyRooms {
+        limit: usize,
+    },
+    Unreachable,
+    /// This node does not own the project (any more): look again.
+    NotOwner,
+}
+
+/// A JSON head's length (4 bytes), the head, then raw bytes: the bodies of
+/// `fetch` and its answer (an HTTP body is not worth escaping into JSON).
+fn head_and_body(head: &impl Serialize, body: &[u8]) -> Bytes {
+    let head = serde_json::to_vec(head).unwrap_or_default();
+    let mut out = BytesMut::with_capacity(4 + head.len() + body.len());
+    out.put_u32(head.len() as u32);
+    out.put_slice(&head);
+    out.put_slice(body);
+    out.freeze()
+}
+
+fn parse_head_and_body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<(T, &'a [u8])> {
+    let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let head = bytes.get(4..4usize.checked_add(len)?)?;
+    let body = bytes.get(4 + len..)?;
+    Some((serde_json::from_slice(head).ok()?, body))
+}
+
+/// `fetch`: an HTTP request into `project`'s room.
+pub(super) fn fetch(project: &str, request: &wit::HttpRequest) -> Bytes {
+    let head = FetchHead {
+        project: project.to_owned(),
+        method: request.method.clone(),
+        path: request.path.clone(),
+        headers: request.headers.clone(),
+    };
+    head_and_body(&head, &request.body)
+}
+
+pub(super) fn parse_fetch(bytes: &[u8]) -> Option<(String, wit::HttpRequest)> {
+    let (head, body) = parse_head_and_body::<FetchHead>(bytes)?;
+    let request = wit::HttpRequest {
+        method: head.method,
+        path: head.path,
+        headers: head.headers,
+        body: body.to_vec(),
+    };
+    Some((head.project, request))
+}
+
+/// The answer to a `fetch`: how it went, and the response's body.
+pub(super) fn fetch_reply(reply: &FetchReply, body: &[u8]) -> Bytes {
+    head_and_body(reply, body)
+}
+
+pub(super) fn parse_fetch_reply(bytes: &[u8]) -> Option<(FetchReply, Vec<u8>)> {
+    let (reply, body) = parse_head_and_body::<FetchReply>(bytes)?;
+    Some((reply, body.to_vec()))
 }
 
 const TEXT: u8 = 0;
@@ -468,6 +549,39 @@ mod tests {
         let older = r#"{"key":4,"id":"c1","kind":"runtime","connectedAt":0,"userAgent":null,"origin":null}"#;
         let back = serde_json::from_str::<Client>(older).unwrap().meta();
         assert_eq!((back.subject, back.params.len()), (None, 0));
+    }
+
+    #[test]
+    fn an_http_request_and_its_answer_survive_the_trip() {
+        let request = wit::HttpRequest {
+            method: "POST".into(),
+            path: "/messages?x=1".into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: b"{\"a\":\"\xc3\xa9\"}".to_vec(),
+        };
+        let (project, back) = parse_fetch(&fetch("p 1", &request)).unwrap();
+        assert_eq!(project, "p 1");
+        assert_eq!(
+            (back.method, back.path, back.headers, back.body),
+            (request.method, request.path, request.headers, request.body)
+        );
+        let reply = FetchReply::Answered {
+            status: 202,
+            headers: vec![("x".into(), "y".into())],
+        };
+        let (back, body) = parse_fetch_reply(&fetch_reply(&reply, b"\0\xff")).unwrap();
+        assert_eq!((back, body), (reply, b"\0\xff".to_vec()));
+        // Short, lying about its head's length, or not JSON: refused.
+        for bad in [
+            &b""[..],
+            b"\0\0",
+            b"\0\0\0\x09{}",
+            b"\xff\xff\xff\xff",
+            b"\0\0\0\x02no",
+        ] {
+            assert!(parse_fetch(bad).is_none());
+            assert!(parse_fetch_reply(bad).is_none());
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! HTTP routes: `/websocket` (the upgrade into a project's room, in
 //! [`upgrade`]), `/status`, `/health` and `/metrics` (in [`report`]), the
-//! console's pages and its list of projects (in [`console`]). Every
+//! console's pages and its list of projects (in [`console`]), HTTP into
+//! rooms, `/rooms/{projectId}/...` (in [`rooms`]). Every
 //! refusal is an [`HttpError`]: a status code with a JSON body
 //! `{"error": code, "message": text}` (docs/PROTOCOL.md lists them), the
 //! listener's refusal of a connection before hyper serves it included.
@@ -8,6 +9,7 @@
 mod console;
 mod error;
 pub(crate) mod report;
+mod rooms;
 mod upgrade;
 
 use std::sync::Arc;
@@ -88,6 +90,7 @@ pub(crate) async fn route(
                 Path::Metrics => Ok(report::metrics(&app, &req)),
                 Path::Console(asset) => Ok(console::asset(asset)),
                 Path::ConsoleProjects => console::projects(&app, &req, &query),
+                Path::Room => rooms::fetch(&app, req).await,
             }
         }
     };
@@ -113,6 +116,8 @@ enum Path {
     Metrics,
     Console(console::Asset),
     ConsoleProjects,
+    /// `/rooms/{projectId}/...`, any method.
+    Room,
 }
 
 /// The route a request names, once its path, method and `Host` are fine.
@@ -128,6 +133,7 @@ fn checked(req: &Request<Body>) -> Result<Path, HttpError> {
             &[Method::GET, Method::HEAD][..],
             "GET, HEAD",
         ),
+        _ if path.starts_with(rooms::PREFIX) => (Path::Room, &[][..], ""),
         _ => match console::Asset::at(path) {
             Some(asset) => (
                 Path::Console(asset),
@@ -143,7 +149,7 @@ fn checked(req: &Request<Body>) -> Result<Path, HttpError> {
             }
         },
     };
-    if !methods.contains(req.method()) {
+    if !methods.is_empty() && !methods.contains(req.method()) {
         return Err(HttpError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -194,22 +200,7 @@ impl Query {
 
     /// The `projectId`: 1 to 256 bytes of UTF-8 without control characters.
     fn project_id(&self) -> Result<&str, HttpError> {
-        let bad = |message: String| HttpError::bad_request("invalid_project_id", message);
-        match self.project_id.as_deref() {
-            None | Some("") => Err(HttpError::bad_request(
-                "missing_project_id",
-                "the projectId query parameter is required",
-            )),
-            Some(id) if id.len() > MAX_PROJECT_ID => Err(bad(format!(
-                "projectId must be at most {MAX_PROJECT_ID} bytes"
-            ))),
-            Some(id) if id.chars().any(char::is_control) => {
-                Err(bad("projectId must not contain control characters".into()))
-            }
-            // Invalid UTF-8 was replaced by U+FFFD while decoding the query.
-            Some(id) if id.contains('\u{FFFD}') => Err(bad("projectId must be valid UTF-8".into())),
-            Some(id) => Ok(id),
-        }
+        valid_project_id(self.project_id.as_deref())
     }
 
     /// The connection `type`: 1 to 256 bytes without control characters
@@ -230,6 +221,27 @@ impl Query {
             }
             Some(k) => Ok(k),
         }
+    }
+}
+
+/// A `projectId` as decoded from a URL: 1 to 256 bytes of UTF-8 without
+/// control characters.
+fn valid_project_id(id: Option<&str>) -> Result<&str, HttpError> {
+    let bad = |message: String| HttpError::bad_request("invalid_project_id", message);
+    match id {
+        None | Some("") => Err(HttpError::bad_request(
+            "missing_project_id",
+            "the projectId is required",
+        )),
+        Some(id) if id.len() > MAX_PROJECT_ID => Err(bad(format!(
+            "projectId must be at most {MAX_PROJECT_ID} bytes"
+        ))),
+        Some(id) if id.chars().any(char::is_control) => {
+            Err(bad("projectId must not contain control characters".into()))
+        }
+        // Invalid UTF-8 was replaced by U+FFFD while decoding.
+        Some(id) if id.contains('\u{FFFD}') => Err(bad("projectId must be valid UTF-8".into())),
+        Some(id) => Ok(id),
     }
 }
 

@@ -87,14 +87,16 @@ pub(crate) enum RoomCall {
     Message,
     Close,
     Alarm,
+    Fetch,
 }
 
 impl RoomCall {
-    const ALL: [RoomCall; 4] = [
+    const ALL: [RoomCall; 5] = [
         RoomCall::Connect,
         RoomCall::Message,
         RoomCall::Close,
         RoomCall::Alarm,
+        RoomCall::Fetch,
     ];
 
     fn label(self) -> &'static str {
@@ -103,6 +105,7 @@ impl RoomCall {
             RoomCall::Message => "on_message",
             RoomCall::Close => "on_close",
             RoomCall::Alarm => "on_alarm",
+            RoomCall::Fetch => "fetch",
         }
     }
 }
@@ -128,6 +131,10 @@ pub(crate) struct Metrics {
     instances_evicted: AtomicU64,
     alarms_given_up: AtomicU64,
     auth_refused: AtomicU64,
+    room_http_in: AtomicU64,
+    room_http_out: AtomicU64,
+    room_http_out_denied: AtomicU64,
+    room_http_out_failed: AtomicU64,
     handshakes_refused: AtomicU64,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
@@ -242,13 +249,31 @@ impl Metrics {
     pub(crate) fn auth_refused(&self) {
         self.auth_refused.fetch_add(1, Relaxed);
     }
+    /// An HTTP request into a room was answered (by the room or, for a
+    /// room without `fetch` or one that failed, by the host).
+    pub(crate) fn room_http_in(&self) {
+        self.room_http_in.fetch_add(1, Relaxed);
+    }
+    /// A room's outgoing HTTP request was let through.
+    pub(crate) fn room_http_out(&self) {
+        self.room_http_out.fetch_add(1, Relaxed);
+    }
+    /// A room's outgoing HTTP request named a host not allowed.
+    pub(crate) fn room_http_out_denied(&self) {
+        self.room_http_out_denied.fetch_add(1, Relaxed);
+    }
+    /// A room's outgoing HTTP request let through failed (connection,
+    /// timeout, response too large).
+    pub(crate) fn room_http_out_failed(&self) {
+        self.room_http_out_failed.fetch_add(1, Relaxed);
+    }
     pub(crate) fn open_connections(&self) -> u64 {
         self.connections_open.load(Relaxed)
     }
 
     /// Every counter and gauge with its value: what `/health` shows in
     /// `counters` and `/metrics` for Prometheus, from this one list.
-    pub(crate) fn entries(&self) -> [Entry; 20] {
+    pub(crate) fn entries(&self) -> [Entry; 24] {
         use Kind::{Counter, Gauge};
         let e = |json, prometheus, kind, help, value: &AtomicU64| Entry {
             json,
@@ -366,6 +391,34 @@ impl Metrics {
                 Counter,
                 "requests refused for a missing, bad or insufficient token",
                 &self.auth_refused,
+            ),
+            e(
+                "roomHttpRequests",
+                "wsroom_room_http_requests_total",
+                Counter,
+                "HTTP requests into rooms (/rooms/{projectId}/...) handed to their room",
+                &self.room_http_in,
+            ),
+            e(
+                "roomHttpOutgoing",
+                "wsroom_room_http_outgoing_total",
+                Counter,
+                "HTTP requests rooms sent out (allowed by --room-http-allow)",
+                &self.room_http_out,
+            ),
+            e(
+                "roomHttpOutgoingDenied",
+                "wsroom_room_http_outgoing_denied_total",
+                Counter,
+                "HTTP requests rooms tried to send to a host not in --room-http-allow",
+                &self.room_http_out_denied,
+            ),
+            e(
+                "roomHttpOutgoingFailed",
+                "wsroom_room_http_outgoing_failed_total",
+                Counter,
+                "allowed HTTP requests from rooms that failed: connection, timeout, or a response over --room-http-body-bytes",
+                &self.room_http_out_failed,
             ),
             e(
                 "reloads",

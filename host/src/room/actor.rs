@@ -8,8 +8,8 @@ use wasmtime::Store;
 
 use super::table::{ConnRef, Table};
 use super::{
-    Actor, BATCH, CLOSE_GOING_AWAY, CLOSE_ROOM_FAILED, CLOSE_SERVICE_RESTART, Event, Incoming,
-    Instance, Queued, Refusal, client_info,
+    Actor, BATCH, CLOSE_GOING_AWAY, CLOSE_ROOM_FAILED, CLOSE_SERVICE_RESTART, Event, Fetched,
+    Incoming, Instance, Queued, Refusal, client_info,
 };
 use crate::engine::{self, Room, RoomState};
 use crate::metrics::RoomCall;
@@ -282,6 +282,10 @@ impl Actor {
                 }
             }
             Event::Close { conn, code, reason } => self.leave(conn, code, reason).await,
+            Event::Fetch { request, reply } => {
+                let answer = self.fetch(&request).await;
+                let _ = reply.send(answer);
+            }
             Event::Shutdown | Event::LeaseLost => {}
         }
     }
@@ -314,6 +318,28 @@ impl Actor {
             .call_on_message(store, &sender, &message))
         {
             self.fail("on-message", e);
+        }
+    }
+
+    /// Hands an HTTP request to the room's `fetch`. Its answer is output
+    /// like a message: it waits for what the call wrote to be committed.
+    async fn fetch(&mut self, request: &crate::engine::wit::HttpRequest) -> Fetched {
+        self.activity_unrecorded = true;
+        match call!(self, RoomCall::Fetch, |room, store| room
+            .call_fetch(store, request))
+        {
+            Ok(Some(response)) => {
+                if self.commit().await {
+                    Fetched::Answered(response)
+                } else {
+                    Fetched::Failed
+                }
+            }
+            Ok(None) => Fetched::NoHandler,
+            Err(Trapped(e)) => {
+                self.fail("fetch", e);
+                Fetched::Failed
+            }
         }
     }
 

@@ -4,17 +4,38 @@
 //! the same but where a version says otherwise: a function whose type
 //! changed is adapted here.
 //!
-//! - 0.1.0 (`wit/0.1.0/room.wit`): no `storage-delete-all`; its
-//!   `storage-error` has no `unavailable` (that case reads as `full`).
+//! - 0.2.0 (`wit/0.2.0/room.wit`): its `client-info` has no `subject` and
+//!   no `params`.
+//! - 0.1.0 (`wit/0.1.0/room.wit`): as 0.2.0, and no `storage-delete-all`;
+//!   its `storage-error` has no `unavailable` (that case reads as `full`).
 
 use wasmtime::StoreContextMut;
 use wasmtime::component::{ComponentType, Linker, Lower};
 
 use crate::engine::host_bindings::Host;
-use crate::engine::{RoomState, wit};
+use crate::engine::{EarlierClientInfo, RoomState, wit};
 
-/// 0.1.0's host interface, as components import it.
-pub(crate) const HOST_0_1_0: &str = "wsroom:room/host@0.1.0";
+/// The earlier versions of the host interface, as components import them.
+const EARLIER: [Earlier; 2] = [
+    Earlier {
+        interface: "wsroom:room/host@0.1.0",
+        storage_delete_all: false,
+        storage_unavailable: false,
+    },
+    Earlier {
+        interface: "wsroom:room/host@0.2.0",
+        storage_delete_all: true,
+        storage_unavailable: true,
+    },
+];
+
+/// What one earlier version of the host interface has.
+struct Earlier {
+    interface: &'static str,
+    storage_delete_all: bool,
+    /// Whether its `storage-error` has `unavailable`.
+    storage_unavailable: bool,
+}
 
 /// 0.1.0's `storage-error`.
 #[derive(ComponentType, Lower, Clone, Copy)]
@@ -29,9 +50,16 @@ enum StorageError010 {
 
 type Cx<'a> = StoreContextMut<'a, RoomState>;
 
-/// Adds `wsroom:room/host@0.1.0` to the linker.
-pub(crate) fn add_host_0_1_0(linker: &mut Linker<RoomState>) -> wasmtime::Result<()> {
-    let mut host = linker.instance(HOST_0_1_0)?;
+/// Adds every earlier version of `wsroom:room/host` to the linker.
+pub(crate) fn add_earlier_hosts(linker: &mut Linker<RoomState>) -> wasmtime::Result<()> {
+    for version in &EARLIER {
+        add_earlier_host(linker, version)?;
+    }
+    Ok(())
+}
+
+fn add_earlier_host(linker: &mut Linker<RoomState>, version: &Earlier) -> wasmtime::Result<()> {
+    let mut host = linker.instance(version.interface)?;
     host.func_wrap("project-id", |mut s: Cx, (): ()| {
         Ok((s.data_mut().project_id(),))
     })?;
@@ -46,10 +74,15 @@ pub(crate) fn add_host_0_1_0(linker: &mut Linker<RoomState>) -> wasmtime::Result
         },
     )?;
     host.func_wrap("client", |mut s: Cx, (id,): (String,)| {
-        Ok((s.data_mut().client(id),))
+        let info = s.data_mut().client(id);
+        Ok((info.as_ref().map(EarlierClientInfo::from),))
     })?;
     host.func_wrap("clients", |mut s: Cx, (kind,): (Option<String>,)| {
-        Ok((s.data_mut().clients(kind),))
+        let infos = s.data_mut().clients(kind);
+        Ok((infos
+            .iter()
+            .map(EarlierClientInfo::from)
+            .collect::<Vec<_>>(),))
     })?;
     host.func_wrap("client-count", |mut s: Cx, (kind,): (Option<String>,)| {
         Ok((s.data_mut().client_count(kind),))
@@ -66,16 +99,33 @@ pub(crate) fn add_host_0_1_0(linker: &mut Linker<RoomState>) -> wasmtime::Result
     host.func_wrap("storage-get", |mut s: Cx, (key,): (String,)| {
         Ok((s.data_mut().storage_get(key),))
     })?;
-    host.func_wrap(
-        "storage-set",
-        |mut s: Cx, (key, value): (String, Vec<u8>)| {
-            let result = s.data_mut().storage_set(key, value).map_err(|e| match e {
-                wit::StorageError::BadKey => StorageError010::BadKey,
-                wit::StorageError::Full | wit::StorageError::Unavailable => StorageError010::Full,
-            });
-            Ok((result,))
-        },
-    )?;
+    if version.storage_unavailable {
+        host.func_wrap(
+            "storage-set",
+            |mut s: Cx, (key, value): (String, Vec<u8>)| {
+                Ok((s.data_mut().storage_set(key, value),))
+            },
+        )?;
+    } else {
+        host.func_wrap(
+            "storage-set",
+            |mut s: Cx, (key, value): (String, Vec<u8>)| {
+                let result = s.data_mut().storage_set(key, value).map_err(|e| match e {
+                    wit::StorageError::BadKey => StorageError010::BadKey,
+                    wit::StorageError::Full | wit::StorageError::Unavailable => {
+                        StorageError010::Full
+                    }
+                });
+                Ok((result,))
+            },
+        )?;
+    }
+    if version.storage_delete_all {
+        host.func_wrap("storage-delete-all", |mut s: Cx, (): ()| {
+            s.data_mut().storage_delete_all();
+            Ok(())
+        })?;
+    }
     host.func_wrap("storage-delete", |mut s: Cx, (key,): (String,)| {
         Ok((s.data_mut().storage_delete(key),))
     })?;

@@ -53,6 +53,7 @@ impl RoomHandle {
                 Incoming::Binary(bytes) => bytes.len(),
                 Incoming::TooLarge(_) => 0,
             },
+            Event::Fetch { request, .. } => request.body.len(),
             _ => 0,
         };
         let bytes = match u32::try_from(size).unwrap_or(u32::MAX) {

@@ -40,7 +40,7 @@ pub(super) struct RawTarget {
 
 /// The host interface as components import it: `wit/room.wit`'s package and
 /// version (a test keeps the two in step).
-const HOST_INTERFACE: &str = "wsroom:room/host@0.2.0";
+const HOST_INTERFACE: &str = "wsroom:room/host@0.3.0";
 
 /// Replaces the `send` import the bindings define with one that reads the
 /// text and the targets straight from the room's memory: the text is copied

@@ -126,10 +126,28 @@ pub enum Event {
         code: u16,
         reason: String,
     },
+    /// An HTTP request to the room (its `fetch`), answered once what the
+    /// call wrote is durable.
+    Fetch {
+        request: wit::HttpRequest,
+        reply: oneshot::Sender<Fetched>,
+    },
     Shutdown,
     /// In a cluster: this node can no longer prove it owns the project
     /// (its lease ran out); its clients are closed with 1012.
     LeaseLost,
+}
+
+/// What became of an HTTP request to a room.
+#[derive(Debug)]
+pub enum Fetched {
+    /// The room's answer.
+    Answered(wit::HttpResponse),
+    /// The room has no `fetch` (built against a contract before 0.3.0).
+    NoHandler,
+    /// The room failed while answering (or its writes could not be made
+    /// durable).
+    Failed,
 }
 
 /// Why a connection was not admitted.
@@ -272,5 +290,11 @@ pub(crate) fn client_info(meta: &ClientMeta) -> wit::ClientInfo {
         connected_at: meta.connected_at,
         user_agent: meta.user_agent.clone(),
         origin: meta.origin.clone(),
+        subject: meta.subject.as_deref().map(str::to_owned),
+        params: meta
+            .params
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect(),
     }
 }

@@ -9,9 +9,15 @@
 //! code reloads and restarts, which drop this instance and its memory. The
 //! text `/clear` deletes the history (all of the room's data) and tells
 //! everyone `{"type": "cleared"}`.
+//!
+//! Over HTTP (`/rooms/{projectId}/...`), `GET /history` answers
+//! `{"messages": [...]}`: the same history, for a backend.
 
 use serde_json::{Value, json};
-use wsroom_room_sdk::{AlarmInfo, ClientInfo, Ctx, Incoming, Refusal, Room, Sender, export_room};
+use wsroom_room_sdk::{
+    AlarmInfo, ClientInfo, Ctx, HttpRequest, HttpResponse, Incoming, Refusal, Room, Sender,
+    export_room, json_response,
+};
 
 /// Key prefix of stored lines; the rest is a zero-padded sequence number,
 /// so byte order is arrival order.
@@ -31,14 +37,18 @@ fn lines(ctx: &Ctx) -> Vec<String> {
     ctx.storage_keys(LINE, u32::MAX)
 }
 
+/// The kept lines, oldest first.
+fn history(ctx: &Ctx) -> Vec<Value> {
+    lines(ctx)
+        .iter()
+        .filter_map(|k| ctx.storage_get(k))
+        .filter_map(|v| serde_json::from_slice(&v).ok())
+        .collect()
+}
+
 impl Room for Chat {
     fn on_connect(&mut self, ctx: &mut Ctx, client: &ClientInfo) -> Result<(), Refusal> {
-        let messages: Vec<Value> = lines(ctx)
-            .iter()
-            .filter_map(|k| ctx.storage_get(k))
-            .filter_map(|v| serde_json::from_slice(&v).ok())
-            .collect();
-        let history = json!({"type": "history", "messages": messages});
+        let history = json!({"type": "history", "messages": history(ctx)});
         ctx.send_to_client(&client.id, &history.to_string());
         Ok(())
     }
@@ -88,6 +98,22 @@ impl Room for Chat {
         let keys = lines(ctx);
         for key in &keys[..keys.len().saturating_sub(keep)] {
             ctx.storage_delete(key);
+        }
+    }
+
+    fn fetch(&mut self, ctx: &mut Ctx, request: HttpRequest) -> HttpResponse {
+        let path = request.path.split('?').next().unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("GET", "/history") => {
+                json_response(200, &json!({"messages": history(ctx)}).to_string())
+            }
+            (_, "/history") => {
+                json_response(405, r#"{"error":"method_not_allowed","message":"use GET"}"#)
+            }
+            _ => json_response(
+                404,
+                r#"{"error":"not_found","message":"this room answers GET /history"}"#,
+            ),
         }
     }
 }

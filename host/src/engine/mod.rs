@@ -28,17 +28,11 @@ pub(crate) const TICK: Duration = Duration::from_millis(10);
 pub(crate) static DEFAULT_ROOM: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/default-room.wasm"));
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        world: "room",
-        path: "../wit",
-        exports: { default: async },
-    });
-}
+mod exports;
 
-pub(crate) use bindings::wsroom::room::host as host_bindings;
-pub(crate) use bindings::wsroom::room::types as wit;
-pub(crate) use bindings::{Room, RoomPre};
+pub(crate) use exports::current::wsroom::room::host as host_bindings;
+pub(crate) use exports::current::wsroom::room::types as wit;
+pub(crate) use exports::{EarlierClientInfo, Room, RoomPre};
 
 /// Everything a room's store holds: the project's connection table and
 /// alarm (what the host imports act on), WASI, and the limits.
@@ -64,13 +58,13 @@ impl WasiView for RoomState {
 /// runs which. Replaced as a whole by [`Runtime::reload`].
 struct Components {
     /// For projects no mapping matches.
-    default: RoomPre<RoomState>,
+    default: RoomPre,
     /// `(pattern, component)`, first match wins.
-    by_project: Vec<(String, RoomPre<RoomState>)>,
+    by_project: Vec<(String, RoomPre)>,
 }
 
 impl Components {
-    fn for_project(&self, project: &str) -> &RoomPre<RoomState> {
+    fn for_project(&self, project: &str) -> &RoomPre {
         first_match(&self.by_project, project).unwrap_or(&self.default)
     }
 }
@@ -140,15 +134,15 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("cannot link WASI")?;
-        Room::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+        exports::current::Room::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)
             .context("cannot link the room host interface")?;
         crate::room::imports::add_send(&mut linker)
             .map_err(anyhow::Error::from)
             .context("cannot link the room host interface (send)")?;
-        crate::room::compat::add_host_0_1_0(&mut linker)
+        crate::room::compat::add_earlier_hosts(&mut linker)
             .map_err(anyhow::Error::from)
-            .context("cannot link the room host interface 0.1.0")?;
+            .context("cannot link the room host interface's earlier versions")?;
         let sources = Sources {
             default: config.component.clone(),
             by_project: config.project_components.clone(),
@@ -293,11 +287,7 @@ impl Sources {
     }
 }
 
-fn load_file(
-    engine: &Engine,
-    linker: &Linker<RoomState>,
-    path: &Path,
-) -> anyhow::Result<RoomPre<RoomState>> {
+fn load_file(engine: &Engine, linker: &Linker<RoomState>, path: &Path) -> anyhow::Result<RoomPre> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read room component {}", path.display()))?;
     let component = Component::new(engine, &bytes)
@@ -308,11 +298,7 @@ fn load_file(
 
 /// Links a component against the host: every import must be provided and
 /// every export of the room world present.
-fn check(
-    linker: &Linker<RoomState>,
-    component: &Component,
-    what: &str,
-) -> anyhow::Result<RoomPre<RoomState>> {
+fn check(linker: &Linker<RoomState>, component: &Component, what: &str) -> anyhow::Result<RoomPre> {
     let pre = linker
         .instantiate_pre(component)
         .map_err(anyhow::Error::from)

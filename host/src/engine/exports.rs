@@ -1,0 +1,185 @@
+//! A room's exports, whichever version of the contract it was built against.
+//!
+//! The current world (`wit/room.wit`) and the one before it
+//! (`wit/0.2.0/`, whose exports 0.1.0 shares) differ in their exports: 0.3.0
+//! added `fetch` and two fields of `client-info`. A component is checked
+//! against the current world first, then the earlier one; [`Room`] calls
+//! either with the current types, converting for the earlier one (a room
+//! built before `fetch` has none: [`Room::call_fetch`] says so).
+
+use wasmtime::Store;
+use wasmtime::component::InstancePre;
+
+use super::RoomState;
+
+pub(super) mod current {
+    wasmtime::component::bindgen!({
+        world: "room",
+        path: "../wit",
+        exports: { default: async },
+    });
+}
+
+mod earlier {
+    wasmtime::component::bindgen!({
+        world: "room",
+        path: "../wit/0.2.0",
+        exports: { default: async },
+    });
+}
+
+use current::wsroom::room::types as wit;
+use earlier::wsroom::room::types as earlier_wit;
+
+/// The `client-info` of the contracts before 0.3.0, for their imports.
+pub(crate) use earlier_wit::ClientInfo as EarlierClientInfo;
+
+/// A compiled room component, checked against the world it was built for,
+/// ready to instantiate.
+pub(crate) enum RoomPre {
+    Current(current::RoomPre<RoomState>),
+    /// Built against 0.1.0 or 0.2.0.
+    Earlier(earlier::RoomPre<RoomState>),
+}
+
+/// A room instance's exports.
+pub(crate) enum Room {
+    Current(current::Room),
+    Earlier(earlier::Room),
+}
+
+impl RoomPre {
+    /// The component's exports as the current world's, or else as the
+    /// earlier one's; the error of the current world's check if neither.
+    pub(super) fn new(pre: InstancePre<RoomState>) -> wasmtime::Result<RoomPre> {
+        match current::RoomPre::new(pre.clone()) {
+            Ok(pre) => Ok(RoomPre::Current(pre)),
+            Err(e) => earlier::RoomPre::new(pre)
+                .map(RoomPre::Earlier)
+                .map_err(|_| e),
+        }
+    }
+
+    pub(super) fn instance_pre(&self) -> &InstancePre<RoomState> {
+        match self {
+            RoomPre::Current(pre) => pre.instance_pre(),
+            RoomPre::Earlier(pre) => pre.instance_pre(),
+        }
+    }
+
+    pub(super) async fn instantiate_async(
+        &self,
+        store: &mut Store<RoomState>,
+    ) -> wasmtime::Result<Room> {
+        Ok(match self {
+            RoomPre::Current(pre) => Room::Current(pre.instantiate_async(store).await?),
+            RoomPre::Earlier(pre) => Room::Earlier(pre.instantiate_async(store).await?),
+        })
+    }
+}
+
+impl From<&wit::ClientInfo> for EarlierClientInfo {
+    fn from(info: &wit::ClientInfo) -> EarlierClientInfo {
+        EarlierClientInfo {
+            id: info.id.clone(),
+            kind: info.kind.clone(),
+            connected_at: info.connected_at,
+            user_agent: info.user_agent.clone(),
+            origin: info.origin.clone(),
+        }
+    }
+}
+
+impl Room {
+    pub(crate) async fn call_on_connect(
+        &self,
+        store: &mut Store<RoomState>,
+        client: &wit::ClientInfo,
+    ) -> wasmtime::Result<Result<(), wit::Refusal>> {
+        match self {
+            Room::Current(room) => room.call_on_connect(store, client).await,
+            Room::Earlier(room) => {
+                Ok(room
+                    .call_on_connect(store, &client.into())
+                    .await?
+                    .map_err(|r| wit::Refusal {
+                        status: r.status,
+                        error: r.error,
+                        message: r.message,
+                    }))
+            }
+        }
+    }
+
+    pub(crate) async fn call_on_message(
+        &self,
+        store: &mut Store<RoomState>,
+        sender: &wit::Sender,
+        message: &wit::Incoming,
+    ) -> wasmtime::Result<()> {
+        match self {
+            Room::Current(room) => room.call_on_message(store, sender, message).await,
+            Room::Earlier(room) => {
+                let sender = earlier_wit::Sender {
+                    id: sender.id.clone(),
+                    kind: sender.kind.clone(),
+                };
+                let message = match message {
+                    wit::Incoming::Text(text) => earlier_wit::Incoming::Text(text.clone()),
+                    wit::Incoming::Binary(bytes) => earlier_wit::Incoming::Binary(bytes.clone()),
+                    wit::Incoming::TooLarge(o) => {
+                        earlier_wit::Incoming::TooLarge(earlier_wit::Oversize {
+                            size: o.size,
+                            limit: o.limit,
+                        })
+                    }
+                };
+                room.call_on_message(store, &sender, &message).await
+            }
+        }
+    }
+
+    pub(crate) async fn call_on_close(
+        &self,
+        store: &mut Store<RoomState>,
+        client: &wit::ClientInfo,
+        code: u16,
+        reason: &str,
+    ) -> wasmtime::Result<()> {
+        match self {
+            Room::Current(room) => room.call_on_close(store, client, code, reason).await,
+            Room::Earlier(room) => {
+                room.call_on_close(store, &client.into(), code, reason)
+                    .await
+            }
+        }
+    }
+
+    pub(crate) async fn call_alarm(
+        &self,
+        store: &mut Store<RoomState>,
+        info: wit::AlarmInfo,
+    ) -> wasmtime::Result<()> {
+        match self {
+            Room::Current(room) => room.call_alarm(store, info).await,
+            Room::Earlier(room) => {
+                let info = earlier_wit::AlarmInfo {
+                    retry_count: info.retry_count,
+                };
+                room.call_alarm(store, info).await
+            }
+        }
+    }
+
+    /// The room's `fetch`; `None` for a room built before it existed.
+    pub(crate) async fn call_fetch(
+        &self,
+        store: &mut Store<RoomState>,
+        request: &wit::HttpRequest,
+    ) -> wasmtime::Result<Option<wit::HttpResponse>> {
+        match self {
+            Room::Current(room) => room.call_fetch(store, request).await.map(Some),
+            Room::Earlier(_) => Ok(None),
+        }
+    }
+}

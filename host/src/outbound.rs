@@ -1,0 +1,213 @@
+//! HTTP out of rooms: which hosts a room may call (`--room-http-allow`), and
+//! the limits on each call, applied where `wasi:http/outgoing-handler`
+//! sends a room's request (see [`crate::engine`]'s `WasiHttpView`).
+//!
+//! The allow-list is checked against the request's authority before any
+//! connection is made: a room names a host, the host decides. Nothing is
+//! allowed by default, so a room cannot reach the operator's network
+//! unless the operator says so.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+/// The settings of HTTP into and out of rooms.
+#[derive(Debug, Clone)]
+pub struct RoomHttp {
+    /// Largest body in and out (`--room-http-body-bytes`).
+    pub body_bytes: usize,
+    /// Where rooms may send requests.
+    pub allow: AllowList,
+    /// Connect, first byte, between bytes: each at most this.
+    pub timeout: Duration,
+}
+
+impl RoomHttp {
+    pub fn new(allow: &[String], body_bytes: usize, timeout: Duration) -> anyhow::Result<RoomHttp> {
+        anyhow::ensure!(body_bytes > 0, "--room-http-body-bytes must be positive");
+        anyhow::ensure!(
+            !timeout.is_zero(),
+            "--room-http-timeout-ms must be positive"
+        );
+        Ok(RoomHttp {
+            body_bytes,
+            allow: AllowList::parse(allow)?,
+            timeout,
+        })
+    }
+}
+
+/// Hosts (and ports) rooms may send HTTP requests to.
+#[derive(Debug, Clone, Default)]
+pub struct AllowList {
+    entries: Vec<Allowed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Allowed {
+    host: HostPattern,
+    /// `None`: any port.
+    port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    /// This host only (lowercase; an IPv6 address without brackets).
+    Exact(String),
+    /// Any host below this domain (`*.example.com`: `api.example.com`,
+    /// not `example.com`), kept with its leading dot (`.example.com`).
+    Below(String),
+}
+
+impl AllowList {
+    /// Reads `host`, `*.domain`, `host:port`, `[v6]:port` patterns; blank
+    /// ones are skipped.
+    pub fn parse(patterns: &[String]) -> anyhow::Result<AllowList> {
+        let entries = patterns
+            .iter()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+            .map(|p| Allowed::parse(p).with_context(|| format!("--room-http-allow {p:?}")))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(AllowList { entries })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether a request to `host` (as in a URL's authority: IPv6 in
+    /// brackets or not) on `port` is allowed.
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        let host = normalize_host(host);
+        self.entries.iter().any(|e| {
+            e.port.is_none_or(|p| p == port)
+                && match &e.host {
+                    HostPattern::Exact(h) => *h == host,
+                    HostPattern::Below(domain) => host
+                        .strip_suffix(domain.as_str())
+                        .is_some_and(|sub| !sub.is_empty()),
+                }
+        })
+    }
+}
+
+/// Lowercase, without the brackets of an IPv6 address or a trailing dot.
+fn normalize_host(host: &str) -> String {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl Allowed {
+    fn parse(pattern: &str) -> anyhow::Result<Allowed> {
+        anyhow::ensure!(
+            !pattern.contains("://") && !pattern.contains('/'),
+            "name a host (and a port), not a URL"
+        );
+        let (host, port) = if let Some(rest) = pattern.strip_prefix('[') {
+            let (v6, after) = rest
+                .split_once(']')
+                .context("an IPv6 address needs its closing bracket")?;
+            let port = match after {
+                "" => None,
+                _ => Some(
+                    after
+                        .strip_prefix(':')
+                        .context("expected :PORT after the address")?,
+                ),
+            };
+            (v6.to_owned(), port)
+        } else {
+            match pattern.rsplit_once(':') {
+                Some((host, port)) if !host.contains(':') => (host.to_owned(), Some(port)),
+                Some(_) => anyhow::bail!("write an IPv6 address in brackets: [::1]:8080"),
+                None => (pattern.to_owned(), None),
+            }
+        };
+        let port = port
+            .map(|p| {
+                p.parse::<u16>()
+                    .context("the port must be a number from 1 to 65535")
+            })
+            .transpose()?;
+        anyhow::ensure!(port != Some(0), "the port must be a number from 1 to 65535");
+        let host = normalize_host(&host);
+        let valid = |h: &str| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '_'))
+        };
+        let host = match host.strip_prefix("*.") {
+            Some(domain) if valid(domain) => HostPattern::Below(format!(".{domain}")),
+            Some(_) => anyhow::bail!("expected *.DOMAIN"),
+            None if valid(&host) => HostPattern::Exact(host),
+            None => anyhow::bail!("not a host name or address"),
+        };
+        Ok(Allowed { host, port })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(patterns: &[&str]) -> AllowList {
+        AllowList::parse(&patterns.iter().map(|p| p.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn nothing_is_allowed_by_default() {
+        let none = list(&[]);
+        assert!(none.is_empty());
+        assert!(!none.allows("example.com", 443));
+        assert!(!none.allows("127.0.0.1", 80));
+    }
+
+    #[test]
+    fn a_host_alone_allows_any_port_and_only_that_host() {
+        let l = list(&["API.example.com"]);
+        assert!(l.allows("api.example.com", 443));
+        assert!(l.allows("Api.Example.Com.", 8080));
+        assert!(!l.allows("example.com", 443));
+        assert!(!l.allows("api.example.com.evil.net", 443));
+        assert!(!l.allows("xapi.example.com", 443));
+    }
+
+    #[test]
+    fn a_wildcard_allows_subdomains_but_not_the_domain_or_lookalikes() {
+        let l = list(&["*.example.com"]);
+        assert!(l.allows("a.example.com", 443));
+        assert!(l.allows("a.b.example.com", 443));
+        assert!(!l.allows("example.com", 443));
+        assert!(!l.allows("badexample.com", 443));
+    }
+
+    #[test]
+    fn a_port_narrows_the_host() {
+        let l = list(&["127.0.0.1:8080", "[::1]:9000"]);
+        assert!(l.allows("127.0.0.1", 8080));
+        assert!(!l.allows("127.0.0.1", 8081));
+        assert!(l.allows("[::1]", 9000));
+        assert!(l.allows("::1", 9000));
+        assert!(!l.allows("[::1]", 80));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused_with_a_reason() {
+        for bad in [
+            "https://example.com",
+            "example.com/path",
+            "host:notaport",
+            "host:0",
+            "::1:80",
+            "*.",
+            "a b",
+        ] {
+            let e = AllowList::parse(&[bad.to_string()]).unwrap_err();
+            assert!(format!("{e:#}").contains(bad), "{bad}: {e:#}");
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! HTTP into rooms (`/rooms/{projectId}/...`, the room's `fetch`): a
+//! backend's POST reaching the right clients, a room answering a GET with
+//! its state, a room built before `fetch`, the token it needs, the limits.
+
+use serde_json::{Value, json};
+
+use crate::auth::grant;
+use crate::common::*;
+use crate::lifecycle::{CHAT_ROOM, join_chat};
+
+/// A raw HTTP request to the server, with a body and extra header lines.
+fn raw(method: &str, path: &str, headers: &str, body: &str) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{headers}\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+pub(crate) async fn post_message(server: &Server, project: &str, message: &Value) -> (u16, Value) {
+    server
+        .request(&raw(
+            "POST",
+            &format!("/rooms/{project}/messages"),
+            "Content-Type: application/json\r\n",
+            &message.to_string(),
+        ))
+        .await
+}
+
+#[tokio::test]
+async fn a_backend_post_reaches_the_right_clients_and_the_admins() {
+    let server = Server::start(&[]);
+    let p = project();
+    let mut room = room_of(&server, &p).await;
+    let message = json!({"id": "deploy-1", "type": "deploy", "to": {"type": "runtime"}, "payload": {"version": 7}});
+    let (status, body) = post_message(&server, &p, &message).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["delivered"], 4, "two runtimes and two admins: {body}");
+    for c in [&mut room.r1, &mut room.r2, &mut room.a1, &mut room.a2] {
+        let got = c.next_json().await;
+        assert_eq!(got["id"], "deploy-1");
+        assert_eq!(got["payload"], json!({"version": 7}));
+        assert_eq!(got["from"], json!({"id": "server", "type": "server"}));
+    }
+    room.d.expect_silence(200).await;
+
+    // To one client by id: it and the admins.
+    let to = room.d.id.clone();
+    let (status, body) = post_message(&server, &p, &json!({"to": {"id": to}, "n": 2})).await;
+    assert_eq!(
+        (status, body["delivered"].as_u64()),
+        (202, Some(3)),
+        "{body}"
+    );
+    assert_eq!(room.d.next_json().await["n"], 2);
+    assert_eq!(room.a1.next_json().await["n"], 2);
+    assert_eq!(room.a2.next_json().await["n"], 2);
+    expect_silence(&mut [&mut room.r1, &mut room.r2], 200).await;
+
+    // Counted, and nothing crossed into another project.
+    let health = server.get("/health").await.1;
+    assert_eq!(health["counters"]["roomHttpRequests"], 2, "{health}");
+}
+
+/// A runtime, a second runtime, a data agent and two admins in `project`.
+async fn room_of(server: &Server, project: &str) -> Room {
+    let r1 = server.connect("runtime", project).await;
+    let r2 = server.connect("runtime", project).await;
+    let d = server.connect("data-agent", project).await;
+    let a1 = server.connect("admin", project).await;
+    let a2 = server.connect("admin", project).await;
+    Room { r1, r2, d, a1, a2 }
+}
+
+#[tokio::test]
+async fn a_bad_posted_message_is_refused_and_reaches_nobody() {
+    let server = Server::start(&[]);
+    let p = project();
+    let mut a = server.connect("admin", &p).await;
+    let (status, body) = server
+        .request(&raw(
+            "POST",
+            &format!("/rooms/{p}/messages"),
+            "",
+            "{not json",
+        ))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_json")),
+        "{body}"
+    );
+    let (status, body) = post_message(&server, &p, &json!({"to": "everyone"})).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_message")),
+        "{body}"
+    );
+    // To a client that is not there: 404, though the admin saw it.
+    let (status, body) =
+        post_message(&server, &p, &json!({"id": "m9", "to": {"id": "nobody"}})).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"], "unknown_target");
+    assert_eq!(body["messageId"], "m9");
+    assert_eq!(body["delivered"], 1);
+    assert_eq!(a.next_json().await["id"], "m9");
+    a.expect_silence(200).await;
+    // Wrong method, unknown path: the room's own clear errors.
+    let (status, body) = server.get(&format!("/rooms/{p}/messages")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    let (status, body) = server.get(&format!("/rooms/{p}/nothing/here")).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+}
+
+#[tokio::test]
+async fn a_room_s_fetch_answers_a_get_with_its_state() {
+    // The default room: how many clients it has.
+    let server = Server::start(&[]);
+    let p = project();
+    let _r = server.connect("runtime", &p).await;
+    let _d = server.connect("data-agent", &p).await;
+    let (status, body) = server.get(&format!("/rooms/{p}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"projectId": p, "clientCount": 2}));
+    drop(server);
+
+    // The chat room: its history, kept in its store, over HTTP too.
+    let server = Server::start(&["--component", CHAT_ROOM]);
+    let p = project();
+    let (mut c, history) = join_chat(&server, &p).await;
+    assert!(history.is_empty());
+    for line in ["hello", "world"] {
+        send(&mut c, &json!({"text": line})).await;
+        assert_eq!(recv(&mut c).await["text"], line);
+    }
+    let (status, body) = server.get(&format!("/rooms/{p}/history")).await;
+    assert_eq!(status, 200, "{body}");
+    let texts: Vec<&str> = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["hello", "world"]);
+    // The host's answer headers: the room's type, the sandbox.
+    let head = server
+        .exchange(&raw("GET", &format!("/rooms/{p}/history"), "", ""))
+        .await
+        .to_ascii_lowercase();
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(head.contains("content-security-policy: sandbox"), "{head}");
+}
+
+#[tokio::test]
+async fn a_room_built_before_fetch_answers_404_and_keeps_serving() {
+    // The fixture room is built against wsroom:room@0.1.0.
+    let server = Server::start(&["--component", FIXTURE_ROOM]);
+    let p = project();
+    let mut c = server.connect("runtime", &p).await;
+    let (status, body) = post_message(&server, &p, &json!({"type": "t"})).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"], "no_fetch_handler");
+    c.send_text("still there?").await;
+    assert_eq!(c.next_json().await, json!({"echo": "still there?"}));
+}
+
+#[tokio::test]
+async fn bad_requests_into_rooms_get_clear_errors() {
+    let server = Server::start(&["--room-http-body-bytes", "128"]);
+    let p = project();
+    let big = json!({"payload": "x".repeat(200)});
+    let (status, body) = post_message(&server, &p, &big).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("body_too_large")),
+        "{body}"
+    );
+    // Chunked, without a length: cut off at the limit all the same.
+    let chunk = "y".repeat(200);
+    let (status, body) = server
+        .request(&format!(
+            "POST /rooms/{p}/messages HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+             Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+            chunk.len()
+        ))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("body_too_large")),
+        "{body}"
+    );
+    for (path, code) in [
+        ("/rooms/", "missing_project_id"),
+        ("/rooms//messages", "missing_project_id"),
+        ("/rooms/%00/messages", "invalid_project_id"),
+        ("/rooms/%ff/messages", "invalid_project_id"),
+    ] {
+        let (status, body) = server.get(path).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some(code)),
+            "{path}: {body}"
+        );
+    }
+    // And the server serves everyone else.
+    let (status, _) = post_message(&server, &p, &json!({"type": "ok"})).await;
+    assert_eq!(status, 202);
+}
+
+#[tokio::test]
+async fn http_into_rooms_needs_a_token_that_grants_the_server_type() {
+    let server = secured(&[]);
+    let p = project();
+    let post = |headers: String| {
+        let server = &server;
+        let p = p.clone();
+        async move {
+            server
+                .request(&raw(
+                    "POST",
+                    &format!("/rooms/{p}/messages"),
+                    &headers,
+                    r#"{"type":"t"}"#,
+                ))
+                .await
+        }
+    };
+    let (status, body) = post(String::new()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("missing_token"))
+    );
+    let bearer = |token: String| format!("Authorization: Bearer {token}\r\n");
+    let (status, body) = post(bearer(grant(&p, &["runtime", "admin"]))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("server_required"))
+    );
+    let (status, body) = post(bearer(grant("other-*", &["server"]))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("project_not_allowed"))
+    );
+    // A token in the URL is not taken: URLs end up in logs.
+    let (status, _) = server
+        .request(&raw(
+            "POST",
+            &format!("/rooms/{p}/messages?token={}", grant(&p, &["server"])),
+            "",
+            r#"{"type":"t"}"#,
+        ))
+        .await;
+    assert_eq!(status, 401);
+    let (status, body) = post(bearer(grant(&p, &["server"]))).await;
+    assert_eq!(
+        (status, body["delivered"].as_u64()),
+        (202, Some(0)),
+        "{body}"
+    );
+}
