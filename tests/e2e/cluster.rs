@@ -649,3 +649,31 @@ async fn a_message_near_the_size_limit_crosses_nodes_intact() {
     assert_eq!(got["payload"].as_str().unwrap().len(), 1_000_000);
     own.assert_nothing_before_marker(&mut d).await;
 }
+
+#[tokio::test]
+async fn an_http_request_to_any_node_is_served_by_the_project_s_owner() {
+    let nats = Nats::start();
+    let [n1, n2, n3] = three_nodes(&nats);
+    let p = project();
+    let (mut r1, mut r2, mut d3) = one_per_node([&n1, &n2, &n3], &p).await;
+    // Posted to a node that does not own the project: its owner's room
+    // routes it, to the clients of every node.
+    let (status, body) = crate::room_http::post_message(
+        &n3,
+        &p,
+        &json!({"id": "from-backend", "to": {"type": "runtime"}}),
+    )
+    .await;
+    assert_eq!((status, body["delivered"].as_u64()), (202, Some(2)), "{body}");
+    for c in [&mut r1, &mut r2] {
+        let got = c.next_json().await;
+        assert_eq!(got["id"], "from-backend");
+        assert_eq!(got["from"]["type"], "server");
+    }
+    d3.expect_silence(200).await;
+    // The room's state, asked of another node, is the owner's.
+    let (status, body) = n2.get(&format!("/rooms/{p}")).await;
+    assert_eq!((status, body["clientCount"].as_u64()), (200, Some(3)), "{body}");
+    // Still one room, on the owner.
+    assert_eq!(rooms(&[&n1, &n2, &n3]).await, [1, 0, 0]);
+}
