@@ -1,6 +1,7 @@
 //! Builds the default room (`guest/`) for `wasm32-wasip2` and puts the
-//! component in `OUT_DIR` for `include_bytes!`. It builds the misbehaving
-//! room of the tests (`tests/fixture-room/`) and the SDK's example chat room
+//! component in `OUT_DIR` for `include_bytes!`. It builds the rooms of the
+//! tests (`tests/fixture-room/`, misbehaving; `tests/probe-room/`, showing
+//! what a room sees and reaches) and the SDK's example chat room
 //! (`sdk/examples/chat-room/`) alongside, in the same cargo run.
 //!
 //! The guest gets its own target directory (a nested cargo must not wait on
@@ -27,6 +28,8 @@ fn main() {
         "guest/Cargo.toml",
         "tests/fixture-room/src",
         "tests/fixture-room/Cargo.toml",
+        "tests/probe-room/src",
+        "tests/probe-room/Cargo.toml",
         "sdk/src",
         "sdk/Cargo.toml",
         "sdk/examples/chat-room/src",
@@ -46,6 +49,7 @@ fn main() {
         .args(["build", "--release"])
         .args(["--package", "wsroom-default-room"])
         .args(["--package", "wsroom-fixture-room"])
+        .args(["--package", "wsroom-probe-room"])
         .args(["--package", "wsroom-chat-room"])
         .args(["--target", TARGET])
         .arg("--target-dir")
@@ -73,6 +77,7 @@ fn main() {
     for (built, dest) in [
         ("wsroom_default_room.wasm", "default-room.wasm"),
         ("wsroom_fixture_room.wasm", "fixture-room.wasm"),
+        ("wsroom_probe_room.wasm", "probe-room.wasm"),
         ("wsroom_chat_room.wasm", "chat-room.wasm"),
     ] {
         let built = target_dir.join(TARGET).join("release").join(built);

@@ -1,15 +1,23 @@
 //! HTTP out of rooms: which hosts a room may call (`--room-http-allow`), and
-//! the limits on each call, applied where `wasi:http/outgoing-handler`
-//! sends a room's request (see [`crate::engine`]'s `WasiHttpView`).
+//! the limits on each call ([`Hooks`]), applied where wasmtime-wasi-http's
+//! `wasi:http/outgoing-handler` sends a room's request.
 //!
 //! The allow-list is checked against the request's authority before any
 //! connection is made: a room names a host, the host decides. Nothing is
 //! allowed by default, so a room cannot reach the operator's network
-//! unless the operator says so.
+//! unless the operator says so. What is refused fails inside the room with
+//! `HTTP-request-denied`; the room goes on.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use http_body_util::{BodyExt as _, Limited};
+use hyper::http;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+use crate::metrics::Metrics;
 
 /// The settings of HTTP into and out of rooms.
 #[derive(Debug, Clone)]
@@ -33,6 +41,81 @@ impl RoomHttp {
             body_bytes,
             allow: AllowList::parse(allow)?,
             timeout,
+        })
+    }
+}
+
+/// How one room's outgoing requests are sent: the allow-list, the limits,
+/// the counting (wasmtime-wasi-http's hooks, kept in the room's store).
+pub(crate) struct Hooks {
+    settings: Arc<RoomHttp>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hooks {
+    pub(crate) fn new(settings: Arc<RoomHttp>, metrics: Arc<Metrics>) -> Hooks {
+        Hooks { settings, metrics }
+    }
+}
+
+/// The shorter of the room's own timeout, if it set one, and the host's.
+fn at_most(asked: Option<Duration>, limit: Duration) -> Option<Duration> {
+    Some(asked.map_or(limit, |asked| asked.min(limit)))
+}
+
+type Sent = Box<dyn Future<Output = Result<(), Error>> + Send>;
+
+impl WasiHttpHooks for Hooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _request_sent: Sent,
+    ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, Sent), Error>> + Send> {
+        let uri = request.uri();
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let allowed = uri
+            .host()
+            .is_some_and(|host| self.settings.allow.allows(host, port));
+        let metrics = self.metrics.clone();
+        if !allowed {
+            metrics.room_http_out_denied();
+            tracing::debug!(uri = %uri, "a room's HTTP request to a host not in --room-http-allow was refused");
+            return Box::new(async { Err(Error::HttpRequestDenied) });
+        }
+        metrics.room_http_out();
+        let limit = self.settings.timeout;
+        let options = options.unwrap_or_default();
+        let options = RequestOptions {
+            connect_timeout: at_most(options.connect_timeout, limit),
+            first_byte_timeout: at_most(options.first_byte_timeout, limit),
+            between_bytes_timeout: at_most(options.between_bytes_timeout, limit),
+        };
+        let max_body = self.settings.body_bytes;
+        Box::new(async move {
+            let (response, io) =
+                match wasmtime_wasi_http::default_send_request(request, Some(options)).await {
+                    Ok(sent) => sent,
+                    Err(e) => {
+                        metrics.room_http_out_failed();
+                        return Err(e);
+                    }
+                };
+            // The response's body is cut off at the limit: the room reads
+            // an `HTTP-response-body-size` error instead of the rest.
+            let response = response.map(|body| {
+                Limited::new(body, max_body)
+                    .map_err(move |e| match e.downcast::<Error>() {
+                        Ok(e) => *e,
+                        Err(_) => {
+                            metrics.room_http_out_failed();
+                            Error::HttpResponseBodySize(Some(max_body as u64))
+                        }
+                    })
+                    .boxed_unsync()
+            });
+            Ok((response, Box::new(io) as Sent))
         })
     }
 }

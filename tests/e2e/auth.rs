@@ -33,6 +33,14 @@ pub(crate) fn grant(project: &str, types: &[&str]) -> String {
     )
 }
 
+/// A token for `types` on `project` whose `sub` is `subject`.
+pub(crate) fn grant_to(subject: &str, project: &str, types: &[&str]) -> String {
+    sign(
+        SECRET,
+        json!({"project": project, "types": types, "sub": subject, "exp": now_secs() + 600}),
+    )
+}
+
 /// Opens a WebSocket with extra request headers; on refusal, the status and
 /// JSON body.
 async fn open(url: &str, headers: &[(&str, &str)]) -> Result<Ws, (u16, Value)> {

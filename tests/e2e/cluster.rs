@@ -664,7 +664,11 @@ async fn an_http_request_to_any_node_is_served_by_the_project_s_owner() {
         &json!({"id": "from-backend", "to": {"type": "runtime"}}),
     )
     .await;
-    assert_eq!((status, body["delivered"].as_u64()), (202, Some(2)), "{body}");
+    assert_eq!(
+        (status, body["delivered"].as_u64()),
+        (202, Some(2)),
+        "{body}"
+    );
     for c in [&mut r1, &mut r2] {
         let got = c.next_json().await;
         assert_eq!(got["id"], "from-backend");
@@ -673,7 +677,11 @@ async fn an_http_request_to_any_node_is_served_by_the_project_s_owner() {
     d3.expect_silence(200).await;
     // The room's state, asked of another node, is the owner's.
     let (status, body) = n2.get(&format!("/rooms/{p}")).await;
-    assert_eq!((status, body["clientCount"].as_u64()), (200, Some(3)), "{body}");
+    assert_eq!(
+        (status, body["clientCount"].as_u64()),
+        (200, Some(3)),
+        "{body}"
+    );
     // Still one room, on the owner.
     assert_eq!(rooms(&[&n1, &n2, &n3]).await, [1, 0, 0]);
 }

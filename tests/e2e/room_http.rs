@@ -262,3 +262,231 @@ async fn http_into_rooms_needs_a_token_that_grants_the_server_type() {
         "{body}"
     );
 }
+
+/// The tests' room that shows what a room sees of a client and makes
+/// outgoing HTTP requests (`tests/probe-room/`).
+const PROBE_ROOM: &str = concat!(env!("OUT_DIR"), "/probe-room.wasm");
+
+/// A stand-in for a backend a room calls: an HTTP/1.1 server on a free
+/// loopback port. `/hello` answers a short text, `/big` 4,000 bytes,
+/// `/slow` nothing for 30 s; it counts the requests it is sent.
+struct Backend {
+    port: u16,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    async fn start() -> Backend {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let head = String::from_utf8_lossy(&head);
+                    if head.starts_with("GET /slow ") {
+                        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                    }
+                    let body = if head.starts_with("GET /big ") {
+                        "b".repeat(4000)
+                    } else {
+                        "hi from the backend".to_owned()
+                    };
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+                         connection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Backend {
+            port,
+            requests,
+            task,
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Opens a WebSocket to the probe room; its `who` greeting.
+async fn join_probe(server: &Server, query: &str, token: Option<&str>) -> (Ws, Value) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut request = server.url(query).into_client_request().unwrap();
+    if let Some(token) = token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let (mut ws, _) = within(tokio_tungstenite::connect_async(request))
+        .await
+        .expect("websocket connect");
+    let who = recv(&mut ws).await;
+    assert_eq!(who["type"], "who", "{who}");
+    (ws, who)
+}
+
+#[tokio::test]
+async fn a_room_calls_an_allowed_host_and_is_refused_the_others() {
+    let backend = Backend::start().await;
+    let other = Backend::start().await;
+    let allow = format!("127.0.0.1:{}", backend.port);
+    let server = Server::start(&[
+        "--component",
+        PROBE_ROOM,
+        "--room-http-allow",
+        &allow,
+        "--room-http-body-bytes",
+        "1024",
+    ]);
+    let p = project();
+    let (mut ws, _) = join_probe(&server, &format!("type=t&projectId={p}"), None).await;
+    let mut ask = async |url: String| {
+        send_text(&mut ws, &format!("GET {url}")).await;
+        recv(&mut ws).await
+    };
+
+    // Allowed: the room gets the backend's answer.
+    let got = ask(format!("http://127.0.0.1:{}/hello", backend.port)).await;
+    assert_eq!(got["type"], "fetched", "{got}");
+    assert_eq!(got["status"], 200);
+    assert_eq!(got["body"], "hi from the backend");
+
+    // Another port of the same address, another name for it, another
+    // scheme's port: refused inside the room, nothing sent.
+    for url in [
+        format!("http://127.0.0.1:{}/hello", other.port),
+        format!("http://localhost:{}/hello", backend.port),
+        "https://127.0.0.1/hello".to_owned(),
+    ] {
+        let got = ask(url.clone()).await;
+        assert_eq!(
+            (got["type"].as_str(), got["error"].as_str()),
+            (Some("fetch-failed"), Some("HttpRequestDenied")),
+            "{url}: {got}"
+        );
+    }
+    assert_eq!(other.requests(), 0, "a refused request never leaves");
+
+    // A response over --room-http-body-bytes: cut off, the room told why.
+    let got = ask(format!("http://127.0.0.1:{}/big", backend.port)).await;
+    assert_eq!(got["type"], "fetch-failed", "{got}");
+    let error = got["error"].as_str().unwrap().to_ascii_lowercase();
+    assert!(
+        error.contains("body size") && error.contains("1024"),
+        "{got}"
+    );
+    assert_eq!(backend.requests(), 2);
+
+    // The room went on, and it was all counted.
+    let got = ask(format!("http://127.0.0.1:{}/hello", backend.port)).await;
+    assert_eq!(got["body"], "hi from the backend");
+    let health = server.get("/health").await.1;
+    let counters = &health["counters"];
+    assert_eq!(counters["roomHttpOutgoing"], 3, "{counters}");
+    assert_eq!(counters["roomHttpOutgoingDenied"], 3, "{counters}");
+    assert_eq!(counters["roomHttpOutgoingFailed"], 1, "{counters}");
+    assert_eq!(counters["roomFailures"], 0, "{counters}");
+}
+
+#[tokio::test]
+async fn without_an_allow_list_a_room_reaches_nothing() {
+    let backend = Backend::start().await;
+    let server = Server::start(&["--component", PROBE_ROOM]);
+    let (mut ws, _) = join_probe(&server, &format!("type=t&projectId={}", project()), None).await;
+    send_text(
+        &mut ws,
+        &format!("GET http://127.0.0.1:{}/hello", backend.port),
+    )
+    .await;
+    let got = recv(&mut ws).await;
+    assert_eq!(got["error"], "HttpRequestDenied", "{got}");
+    assert_eq!(backend.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_room_sees_the_token_s_subject_and_the_client_s_own_parameters() {
+    let server = secured(&["--component", PROBE_ROOM]);
+    let p = project();
+    let token = crate::auth::grant_to("alice@example.com", &p, &["member"]);
+    let (_ws, who) = join_probe(
+        &server,
+        &format!("type=member&projectId={p}&team=blue&seat=3&team=red&note=a%20b"),
+        Some(&token),
+    )
+    .await;
+    assert_eq!(who["subject"], "alice@example.com", "{who}");
+    // In the URL's order, decoded, repeated names kept; not type, projectId.
+    assert_eq!(
+        who["params"],
+        json!([
+            ["team", "blue"],
+            ["seat", "3"],
+            ["team", "red"],
+            ["note", "a b"]
+        ])
+    );
+    // Without access control there is no subject.
+    let open = Server::start(&["--component", PROBE_ROOM]);
+    let (_ws, who) = join_probe(&open, &format!("type=x&projectId={p}"), None).await;
+    assert_eq!(
+        (who["subject"].clone(), who["params"].clone()),
+        (Value::Null, json!([]))
+    );
+}
+
+#[tokio::test]
+async fn a_room_s_call_that_takes_too_long_fails_inside_the_room() {
+    let backend = Backend::start().await;
+    let allow = format!("127.0.0.1:{}", backend.port);
+    let server = Server::start(&[
+        "--component",
+        PROBE_ROOM,
+        "--room-http-allow",
+        &allow,
+        "--room-http-timeout-ms",
+        "300",
+    ]);
+    let p = project();
+    let (mut ws, _) = join_probe(&server, &format!("type=t&projectId={p}"), None).await;
+    send_text(
+        &mut ws,
+        &format!("GET http://127.0.0.1:{}/slow", backend.port),
+    )
+    .await;
+    let got = recv(&mut ws).await;
+    assert_eq!(got["type"], "fetch-failed", "{got}");
+    assert!(got["error"].as_str().unwrap().contains("Timeout"), "{got}");
+    // The room answers its next event.
+    send_text(
+        &mut ws,
+        &format!("GET http://127.0.0.1:{}/hello", backend.port),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["body"], "hi from the backend");
+    let counters = server.get("/health").await.1["counters"].clone();
+    assert_eq!(counters["roomHttpOutgoingFailed"], 1, "{counters}");
+}

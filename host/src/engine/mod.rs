@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::config;
 use crate::room::table::Table;
@@ -35,10 +36,13 @@ pub(crate) use exports::current::wsroom::room::types as wit;
 pub(crate) use exports::{EarlierClientInfo, Room, RoomPre};
 
 /// Everything a room's store holds: the project's connection table and
-/// alarm (what the host imports act on), WASI, and the limits.
+/// alarm (what the host imports act on), WASI and WASI HTTP, and the limits.
 pub(crate) struct RoomState {
     pub table: Table,
     pub wasi: WasiCtx,
+    pub http: WasiHttpCtx,
+    /// Where its outgoing HTTP may go (`crate::outbound`).
+    pub http_hooks: crate::outbound::Hooks,
     pub resources: ResourceTable,
     pub limits: StoreLimits,
     /// Epoch ticks the current call has run for.
@@ -50,6 +54,16 @@ impl WasiView for RoomState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.resources,
+        }
+    }
+}
+
+impl WasiHttpView for RoomState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.resources,
+            hooks: &mut self.http_hooks,
         }
     }
 }
@@ -88,6 +102,8 @@ struct Inner {
     version: AtomicU64,
     budget_ticks: u64,
     memory_bytes: usize,
+    /// Where rooms' outgoing HTTP may go, and its limits.
+    room_http: Arc<crate::outbound::RoomHttp>,
     /// What the engine's fiber stacks come from (shared with it), for tests
     /// to see what it keeps.
     #[cfg(test)]
@@ -134,6 +150,11 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("cannot link WASI")?;
+        // A room may import wasi:http/outgoing-handler; where its requests
+        // may go is `crate::outbound`'s to say.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot link WASI HTTP")?;
         exports::current::Room::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)
             .context("cannot link the room host interface")?;
@@ -156,6 +177,7 @@ impl Runtime {
             version: AtomicU64::new(0),
             budget_ticks: (config.cpu_budget.as_millis() / TICK.as_millis()).max(1) as u64,
             memory_bytes: config.room_memory_bytes,
+            room_http: Arc::new(config.room_http.clone()),
             #[cfg(test)]
             stacks,
         };
@@ -225,9 +247,13 @@ impl Runtime {
         // What the room prints goes to the host's log, line by line, under
         // a budget (see room::output).
         let (stdout, stderr) = table.output_streams();
+        let http_hooks =
+            crate::outbound::Hooks::new(inner.room_http.clone(), table.metrics().clone());
         let state = RoomState {
             table,
             wasi: WasiCtxBuilder::new().stdout(stdout).stderr(stderr).build(),
+            http: WasiHttpCtx::new(),
+            http_hooks,
             resources: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(inner.memory_bytes)

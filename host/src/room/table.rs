@@ -129,6 +129,11 @@ pub(crate) struct Table {
 }
 
 impl Table {
+    /// The server's metrics (for what the room's store counts itself).
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     pub(crate) fn new(
         project: Arc<str>,
         config: Arc<BTreeMap<String, String>>,

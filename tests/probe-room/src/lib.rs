@@ -1,0 +1,102 @@
+//! A room for the host's tests of what a room sees and reaches, built
+//! against the current contract with the SDK:
+//!
+//! - when a client joins, it sends it `{"type": "who", "subject": ...,
+//!   "params": [[name, value], ...]}`: its `client-info` as the room got it;
+//! - the text `GET <url>` makes an outgoing HTTP request with
+//!   `wasi:http/outgoing-handler` (the room blocks on it) and answers
+//!   `{"type": "fetched", "status": N, "body": "..."}`, or
+//!   `{"type": "fetch-failed", "error": "<the wasi:http error code>"}`.
+
+#![cfg(target_arch = "wasm32")]
+
+use serde_json::json;
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{Fields, IncomingBody, Method, OutgoingRequest, Scheme};
+use wasip2::io::streams::StreamError;
+use wsroom_room_sdk::{ClientInfo, Ctx, Incoming, Refusal, Room, Sender, export_room};
+
+#[derive(Default)]
+struct Probe;
+
+impl Room for Probe {
+    fn on_connect(&mut self, ctx: &mut Ctx, client: &ClientInfo) -> Result<(), Refusal> {
+        let who = json!({"type": "who", "subject": client.subject, "params": client.params});
+        ctx.send_to_client(&client.id, &who.to_string());
+        Ok(())
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx, from: &Sender, message: Incoming) {
+        let Incoming::Text(text) = message else {
+            return;
+        };
+        let Some(url) = text.strip_prefix("GET ") else {
+            ctx.send_to_client(&from.id, &json!({"type": "unknown"}).to_string());
+            return;
+        };
+        let answer = match get(url) {
+            Ok((status, body)) => json!({
+                "type": "fetched",
+                "status": status,
+                "body": String::from_utf8_lossy(&body),
+            }),
+            Err(error) => json!({"type": "fetch-failed", "error": error}),
+        };
+        ctx.send_to_client(&from.id, &answer.to_string());
+    }
+}
+
+/// A GET of `url` (`http://` or `https://`): the status and the body, or
+/// the error's name.
+fn get(url: &str) -> Result<(u16, Vec<u8>), String> {
+    let (scheme, rest) = url.split_once("://").ok_or("not a URL")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    let scheme = if scheme == "https" {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    request
+        .set_method(&Method::Get)
+        .and_then(|()| request.set_scheme(Some(&scheme)))
+        .and_then(|()| request.set_authority(Some(authority)))
+        .and_then(|()| request.set_path_with_query(Some(path)))
+        .map_err(|()| "bad request".to_owned())?;
+    let future = outgoing_handler::handle(request, None).map_err(|e| name(&e))?;
+    future.subscribe().block();
+    let response = future
+        .get()
+        .ok_or("no response")?
+        .map_err(|()| "response taken twice".to_owned())?
+        .map_err(|e| name(&e))?;
+    let status = response.status();
+    let body = response.consume().map_err(|()| "no body")?;
+    let stream = body.stream().map_err(|()| "no body stream")?;
+    let mut bytes = Vec::new();
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => bytes.extend_from_slice(&chunk),
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(e)) => {
+                return Err(wasip2::http::types::http_error_code(&e)
+                    .map_or_else(|| e.to_debug_string(), |code| name(&code)));
+            }
+        }
+    }
+    drop(stream);
+    drop(IncomingBody::finish(body));
+    Ok((status, bytes))
+}
+
+/// The error code's name: `HttpRequestDenied`, `HttpResponseBodySize(..)`.
+fn name(code: &wasip2::http::types::ErrorCode) -> String {
+    format!("{code:?}")
+        .trim_start_matches("ErrorCode::")
+        .to_owned()
+}
+
+export_room!(Probe);
