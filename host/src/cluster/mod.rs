@@ -1018,7 +1018,27 @@ impl Cluster {
                 }
             }
         };
-        self.reply(&message, wire::fetch_reply(&reply, &body)).await;
+        let mut answer = wire::fetch_reply(&reply, &body);
+        if answer.len() > self.client.server_info().max_payload {
+            // NATS would not carry it: answered as a room's answer over
+            // the size limit is, here.
+            warn!(
+                project,
+                bytes = body.len(),
+                "a room's answer to HTTP is over NATS's max_payload; sent 500"
+            );
+            let body = serde_json::json!({
+                "error": "room_response_too_large",
+                "message": "the room's answer is too large to cross the cluster (NATS max_payload)",
+            })
+            .to_string();
+            let reply = Reply::Answered {
+                status: 500,
+                headers: vec![("content-type".into(), "application/json".into())],
+            };
+            answer = wire::fetch_reply(&reply, body.as_bytes());
+        }
+        self.reply(&message, answer).await;
     }
 
     /// Tells an owner a client left.
