@@ -1,5 +1,5 @@
 //! HTTP out of rooms: which hosts a room may call (`--room-http-allow`), and
-//! the limits on each call ([`Hooks`]), applied where wasmtime-wasi-http's
+//! the limits on each call (`Hooks`), applied where wasmtime-wasi-http's
 //! `wasi:http/outgoing-handler` sends a room's request.
 //!
 //! The allow-list is checked against the request's authority before any
