@@ -490,3 +490,48 @@ async fn a_room_s_call_that_takes_too_long_fails_inside_the_room() {
     let counters = server.get("/health").await.1["counters"].clone();
     assert_eq!(counters["roomHttpOutgoingFailed"], 1, "{counters}");
 }
+
+#[tokio::test]
+async fn a_room_s_fetch_is_an_event_durable_before_its_answer_and_under_the_cpu_budget() {
+    let dir = scratch_dir("fetch-durable");
+    let dir_s = dir.to_str().unwrap();
+    let args = [
+        "--component",
+        PROBE_ROOM,
+        "--data-dir",
+        dir_s,
+        "--cpu-budget-ms",
+        "200",
+    ];
+    let server = Server::start(&args);
+    let p = project();
+    let (status, body) = server
+        .request(&raw("PUT", &format!("/rooms/{p}/kv/colour"), "", "blue"))
+        .await;
+    assert_eq!((status, body["stored"].as_str()), (200, Some("colour")));
+    // Answered, so committed: SIGKILL right after loses nothing.
+    drop(server);
+    let server = Server::start(&args);
+    let (status, text) = server
+        .request_text(&raw("GET", &format!("/rooms/{p}/kv/colour"), "", ""))
+        .await;
+    assert_eq!((status, text.as_str()), (200, "blue"));
+
+    // A fetch that never ends is stopped by the CPU budget: 500, and the
+    // room is reset as after any trap (its clients closed with 1011).
+    let (mut ws, _) = join_probe(&server, &format!("type=t&projectId={p}"), None).await;
+    let (status, body) = server.get(&format!("/rooms/{p}/loop")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (500, Some("room_failed")),
+        "{body}"
+    );
+    assert_eq!(recv_close(&mut ws).await.0, 1011);
+    // The next request gets a fresh instance, the same store.
+    let (status, text) = server
+        .request_text(&raw("GET", &format!("/rooms/{p}/kv/colour"), "", ""))
+        .await;
+    assert_eq!((status, text.as_str()), (200, "blue"));
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,7 +6,10 @@
 //! - the text `GET <url>` makes an outgoing HTTP request with
 //!   `wasi:http/outgoing-handler` (the room blocks on it) and answers
 //!   `{"type": "fetched", "status": N, "body": "..."}`, or
-//!   `{"type": "fetch-failed", "error": "<the wasi:http error code>"}`.
+//!   `{"type": "fetch-failed", "error": "<the wasi:http error code>"}`;
+//! - over HTTP (`fetch`): `PUT /kv/KEY` stores the body under KEY (200),
+//!   `GET /kv/KEY` answers it (or 404), `GET /loop` spins until the CPU
+//!   budget stops it.
 
 #![cfg(target_arch = "wasm32")]
 
@@ -14,7 +17,10 @@ use serde_json::json;
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{Fields, IncomingBody, Method, OutgoingRequest, Scheme};
 use wasip2::io::streams::StreamError;
-use wsroom_room_sdk::{ClientInfo, Ctx, Incoming, Refusal, Room, Sender, export_room};
+use wsroom_room_sdk::{
+    ClientInfo, Ctx, HttpRequest, HttpResponse, Incoming, Refusal, Room, Sender, export_room,
+    json_response,
+};
 
 #[derive(Default)]
 struct Probe;
@@ -43,6 +49,31 @@ impl Room for Probe {
             Err(error) => json!({"type": "fetch-failed", "error": error}),
         };
         ctx.send_to_client(&from.id, &answer.to_string());
+    }
+
+    fn fetch(&mut self, ctx: &mut Ctx, request: HttpRequest) -> HttpResponse {
+        let key = request.path.strip_prefix("/kv/");
+        match (request.method.as_str(), key) {
+            ("PUT", Some(key)) => match ctx.storage_set(key, &request.body) {
+                Ok(()) => json_response(200, &json!({"stored": key}).to_string()),
+                Err(e) => json_response(507, &json!({"error": format!("{e:?}")}).to_string()),
+            },
+            ("GET", Some(key)) => match ctx.storage_get(key) {
+                Some(value) => HttpResponse {
+                    status: 200,
+                    headers: vec![("content-type".into(), "text/plain".into())],
+                    body: value,
+                },
+                None => json_response(404, r#"{"error":"no_such_key"}"#),
+            },
+            ("GET", None) if request.path == "/loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            _ => json_response(404, r#"{"error":"not_found"}"#),
+        }
     }
 }
 
