@@ -102,8 +102,18 @@ impl WasiHttpHooks for Hooks {
                         return Err(e);
                     }
                 };
-            // The response's body is cut off at the limit: the room reads
-            // an `HTTP-response-body-size` error instead of the rest.
+            // A body said to be over the limit is refused before it is
+            // read: the room gets `HTTP-response-body-size` as the answer.
+            let declared = response
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if let Some(len) = declared.filter(|len| *len > max_body as u64) {
+                metrics.room_http_out_failed();
+                return Err(Error::HttpResponseBodySize(Some(len)));
+            }
+            // Any other body is cut off at the limit: the room reads an
+            // error instead of the rest.
             let response = response.map(|body| {
                 Limited::new(body, max_body)
                     .map_err(move |e| match e.downcast::<Error>() {

@@ -269,7 +269,8 @@ const PROBE_ROOM: &str = concat!(env!("OUT_DIR"), "/probe-room.wasm");
 
 /// A stand-in for a backend a room calls: an HTTP/1.1 server on a free
 /// loopback port. `/hello` answers a short text, `/big` 4,000 bytes,
-/// `/slow` nothing for 30 s; it counts the requests it is sent.
+/// `/stream` as many in chunks (no length up front), `/slow` nothing for
+/// 30 s; it counts the requests it is sent.
 struct Backend {
     port: u16,
     requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -299,6 +300,19 @@ impl Backend {
                     let head = String::from_utf8_lossy(&head);
                     if head.starts_with("GET /slow ") {
                         tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                    }
+                    if head.starts_with("GET /stream ") {
+                        // 4,000 bytes with no length said up front.
+                        let chunk = "s".repeat(1000);
+                        let mut response = String::from(
+                            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+                        );
+                        for _ in 0..4 {
+                            response.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+                        }
+                        response.push_str("0\r\n\r\n");
+                        let _ = socket.write_all(response.as_bytes()).await;
+                        return;
                     }
                     let body = if head.starts_with("GET /big ") {
                         "b".repeat(4000)
@@ -391,24 +405,34 @@ async fn a_room_calls_an_allowed_host_and_is_refused_the_others() {
     }
     assert_eq!(other.requests(), 0, "a refused request never leaves");
 
-    // A response over --room-http-body-bytes: cut off, the room told why.
+    // A response over --room-http-body-bytes: refused by its length, or
+    // cut off once that much came; the room told why either way.
     let got = ask(format!("http://127.0.0.1:{}/big", backend.port)).await;
+    assert_eq!(
+        (got["type"].as_str(), got["error"].as_str()),
+        (
+            Some("fetch-failed"),
+            Some("HttpResponseBodySize(Some(4000))")
+        ),
+        "{got}"
+    );
+    let got = ask(format!("http://127.0.0.1:{}/stream", backend.port)).await;
     assert_eq!(got["type"], "fetch-failed", "{got}");
     let error = got["error"].as_str().unwrap().to_ascii_lowercase();
     assert!(
         error.contains("body size") && error.contains("1024"),
         "{got}"
     );
-    assert_eq!(backend.requests(), 2);
+    assert_eq!(backend.requests(), 3);
 
     // The room went on, and it was all counted.
     let got = ask(format!("http://127.0.0.1:{}/hello", backend.port)).await;
     assert_eq!(got["body"], "hi from the backend");
     let health = server.get("/health").await.1;
     let counters = &health["counters"];
-    assert_eq!(counters["roomHttpOutgoing"], 3, "{counters}");
+    assert_eq!(counters["roomHttpOutgoing"], 4, "{counters}");
     assert_eq!(counters["roomHttpOutgoingDenied"], 3, "{counters}");
-    assert_eq!(counters["roomHttpOutgoingFailed"], 1, "{counters}");
+    assert_eq!(counters["roomHttpOutgoingFailed"], 2, "{counters}");
     assert_eq!(counters["roomFailures"], 0, "{counters}");
 }
 
