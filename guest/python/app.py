@@ -747,24 +747,36 @@ def deliver(sender_id, sender_kind, text):
 SERVER = "server"  # the sender of messages posted over HTTP
 
 
-def http_answer(status, body):
-    return types.HttpResponse(
-        status=status,
-        headers=[("content-type", "application/json")],
-        body=dumps(body).encode(),
+def http_answer(status, body, allow=None):
+    headers = [("content-type", "application/json")]
+    if allow is not None:
+        headers.append(("allow", allow))
+    return types.HttpResponse(status=status, headers=headers, body=dumps(body).encode())
+
+
+def not_allowed(allow):
+    return http_answer(
+        405,
+        {"error": "method_not_allowed", "message": f"this path answers {allow}"},
+        allow,
     )
 
 
 def on_http(method, path, body):
     """`fetch`: POST /messages routes its body as a message from the
-    server; GET / says how many clients the room has."""
+    server; GET / (and HEAD /) says how many clients the room has."""
     path = path.split("?", 1)[0]
     if (method, path) == ("POST", "/messages"):
         try:
             text = body.decode()
         except UnicodeDecodeError:
             return http_answer(
-                400, {"error": "invalid_json", "message": "invalid JSON: the body is not UTF-8"}
+                400,
+                {
+                    "error": "invalid_json",
+                    "message": "invalid JSON: the body is not UTF-8",
+                    "delivered": 0,
+                },
             )
         project_id = host.project_id()
         try:
@@ -776,14 +788,14 @@ def on_http(method, path, body):
             answer["delivered"] = r.delivered
             return http_answer(404 if r.code == "unknown_target" else 400, answer)
         return http_answer(202, {"delivered": delivered, "projectId": project_id})
-    if (method, path) == ("GET", "/"):
+    if method in ("GET", "HEAD") and path == "/":
         return http_answer(
             200, {"projectId": host.project_id(), "clientCount": host.client_count(None)}
         )
     if path == "/messages":
-        return http_answer(405, {"error": "method_not_allowed", "message": "use POST /messages"})
+        return not_allowed("POST")
     if path == "/":
-        return http_answer(405, {"error": "method_not_allowed", "message": "use GET /"})
+        return not_allowed("GET, HEAD")
     return http_answer(
         404,
         {"error": "not_found", "message": "the default room answers POST /messages and GET /"},

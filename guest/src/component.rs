@@ -119,9 +119,13 @@ impl Room for DefaultRoom {
             &request.path,
             &request.body,
         );
+        let mut headers = vec![("content-type".into(), "application/json".into())];
+        if let Some(allow) = answer.allow {
+            headers.push(("allow".into(), allow.into()));
+        }
         HttpResponse {
             status: answer.status,
-            headers: vec![("content-type".into(), "application/json".into())],
+            headers,
             body: answer.body.into_bytes(),
         }
     }

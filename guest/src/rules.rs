@@ -299,11 +299,13 @@ pub fn deliver(
 /// `from` is `{"id": "server", "type": "server"}`.
 pub const SERVER: &str = "server";
 
-/// An HTTP answer: status and JSON body.
+/// An HTTP answer: status, JSON body, and for a `405` the methods the
+/// path answers (its `Allow` header).
 #[derive(Debug, PartialEq, Eq)]
 pub struct HttpAnswer {
     pub status: u16,
     pub body: String,
+    pub allow: Option<&'static str>,
 }
 
 impl HttpAnswer {
@@ -312,6 +314,18 @@ impl HttpAnswer {
             status,
             // These bodies always serialize (string keys only).
             body: serde_json::to_string(&body).unwrap_or_default(),
+            allow: None,
+        }
+    }
+
+    fn not_allowed(allow: &'static str) -> HttpAnswer {
+        HttpAnswer {
+            allow: Some(allow),
+            ..HttpAnswer::error(
+                405,
+                "method_not_allowed",
+                &format!("this path answers {allow}"),
+            )
         }
     }
 
@@ -357,17 +371,21 @@ struct HttpRejected<'a> {
 }
 
 /// `fetch`: `POST /messages` routes its body as a message from the server
-/// (202 with how many clients it reached); `GET /` says how many clients
-/// the room has.
+/// (202 with how many clients it reached); `GET /` (and `HEAD /`) says how
+/// many clients the room has.
 pub fn on_http(env: &mut impl Env, method: &str, path: &str, body: &[u8]) -> HttpAnswer {
     let path = path.split('?').next().unwrap_or_default();
     match (method, path) {
         ("POST", "/messages") => {
             let Ok(text) = std::str::from_utf8(body) else {
-                return HttpAnswer::error(
+                return HttpAnswer::json(
                     400,
-                    ErrorCode::InvalidJson.as_str(),
-                    "invalid JSON: the body is not UTF-8",
+                    HttpRejected {
+                        error: ErrorCode::InvalidJson.as_str(),
+                        message: "invalid JSON: the body is not UTF-8",
+                        message_id: None,
+                        delivered: 0,
+                    },
                 );
             };
             let project_id = env.project_id();
@@ -393,7 +411,7 @@ pub fn on_http(env: &mut impl Env, method: &str, path: &str, body: &[u8]) -> Htt
                 ),
             }
         }
-        ("GET", "/") => {
+        ("GET" | "HEAD", "/") => {
             let project_id = env.project_id();
             HttpAnswer::json(
                 200,
@@ -403,8 +421,8 @@ pub fn on_http(env: &mut impl Env, method: &str, path: &str, body: &[u8]) -> Htt
                 },
             )
         }
-        (_, "/messages") => HttpAnswer::error(405, "method_not_allowed", "use POST /messages"),
-        (_, "/") => HttpAnswer::error(405, "method_not_allowed", "use GET /"),
+        (_, "/messages") => HttpAnswer::not_allowed("POST"),
+        (_, "/") => HttpAnswer::not_allowed("GET, HEAD"),
         _ => HttpAnswer::error(
             404,
             "not_found",

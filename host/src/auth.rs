@@ -167,7 +167,14 @@ impl Auth {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             return Err(Denied::unauthorized(
                 "missing_token",
-                "this server requires a token: an Authorization: Bearer header or a token query parameter",
+                match access {
+                    Access::RoomHttp { .. } => {
+                        "this server requires a token: an Authorization: Bearer header"
+                    }
+                    _ => {
+                        "this server requires a token: an Authorization: Bearer header or a token query parameter"
+                    }
+                },
             ));
         };
         let claims = self.verify(token)?;

@@ -135,8 +135,9 @@ pub struct Cli {
     /// A host rooms may send HTTP(S) requests to (through
     /// `wasi:http/outgoing-handler`): `api.example.com`, `*.example.com`
     /// (its subdomains), with `:PORT` to allow that port only (else any).
-    /// Repeat for more, or separate with commas. None by default: rooms
-    /// cannot call out.
+    /// A name is allowed whatever it resolves to: list addresses to pin
+    /// them. Repeat for more, or separate with commas. None by default:
+    /// rooms cannot call out.
     #[arg(
         long = "room-http-allow",
         env = "WSROOM_ROOM_HTTP_ALLOW",
@@ -144,8 +145,9 @@ pub struct Cli {
     )]
     pub room_http_allow: Vec<String>,
 
-    /// How long a room's outgoing HTTP request may take to connect, to its
-    /// first byte, and between bytes, each, in milliseconds.
+    /// How long a room's outgoing HTTP request may take to get its
+    /// response's head (connection and TLS included), and again to read its
+    /// body, in milliseconds.
     #[arg(long, env = "WSROOM_ROOM_HTTP_TIMEOUT_MS", default_value_t = 10_000)]
     pub room_http_timeout_ms: u64,
 

@@ -75,13 +75,21 @@ impl WasiHttpHooks for Hooks {
         let uri = request.uri();
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let allowed = uri
-            .host()
-            .is_some_and(|host| self.settings.allow.allows(host, port));
+        // With userinfo (`user@host`) the authority that would be dialled
+        // is not the host checked: refused outright.
+        let allowed = uri.authority().is_some_and(|a| !a.as_str().contains('@'))
+            && uri
+                .host()
+                .is_some_and(|host| self.settings.allow.allows(host, port));
         let metrics = self.metrics.clone();
         if !allowed {
             metrics.room_http_out_denied();
-            tracing::debug!(uri = %uri, "a room's HTTP request to a host not in --room-http-allow was refused");
+            // The host only: a URI may carry a room's secrets.
+            tracing::debug!(
+                host = uri.host().unwrap_or(""),
+                port,
+                "a room's HTTP request to a host not in --room-http-allow was refused"
+            );
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         metrics.room_http_out();
@@ -94,14 +102,21 @@ impl WasiHttpHooks for Hooks {
         };
         let max_body = self.settings.body_bytes;
         Box::new(async move {
-            let (response, io) =
-                match wasmtime_wasi_http::default_send_request(request, Some(options)).await {
-                    Ok(sent) => sent,
-                    Err(e) => {
-                        metrics.room_http_out_failed();
-                        return Err(e);
-                    }
-                };
+            // The connect timeout does not cover a TLS handshake: the whole
+            // way to the response's head gets the limit too.
+            let sent = tokio::time::timeout(
+                limit,
+                wasmtime_wasi_http::default_send_request(request, Some(options)),
+            )
+            .await
+            .unwrap_or(Err(Error::ConnectionReadTimeout));
+            let (response, io) = match sent {
+                Ok(sent) => sent,
+                Err(e) => {
+                    metrics.room_http_out_failed();
+                    return Err(e);
+                }
+            };
             // A body said to be over the limit is refused before it is
             // read: the room gets `HTTP-response-body-size` as the answer.
             let declared = response
@@ -112,15 +127,17 @@ impl WasiHttpHooks for Hooks {
                 metrics.room_http_out_failed();
                 return Err(Error::HttpResponseBodySize(Some(len)));
             }
-            // Any other body is cut off at the limit: the room reads an
-            // error instead of the rest.
+            // Any other body is cut off at the limit, and must all come
+            // within the time limit (a host that drips bytes would hold the
+            // room's event for ever): the room reads an error instead of
+            // the rest.
             let response = response.map(|body| {
-                Limited::new(body, max_body)
-                    .map_err(move |e| match e.downcast::<Error>() {
-                        Ok(e) => *e,
-                        Err(_) => {
-                            metrics.room_http_out_failed();
-                            Error::HttpResponseBodySize(Some(max_body as u64))
+                Deadline::new(Limited::new(body, max_body), limit)
+                    .map_err(move |e| {
+                        metrics.room_http_out_failed();
+                        match e.downcast::<Error>() {
+                            Ok(e) => *e,
+                            Err(_) => Error::HttpResponseBodySize(Some(max_body as u64)),
                         }
                     })
                     .boxed_unsync()
@@ -240,6 +257,50 @@ impl Allowed {
             None => anyhow::bail!("not a host name or address"),
         };
         Ok(Allowed { host, port })
+    }
+}
+
+/// A body that must end within a time: past it, its next frame is an
+/// error (`Error::ConnectionReadTimeout`).
+struct Deadline<B> {
+    body: std::pin::Pin<Box<B>>,
+    at: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> Deadline<B> {
+    fn new(body: B, within: Duration) -> Deadline<B> {
+        Deadline {
+            body: Box::pin(body),
+            at: Box::pin(tokio::time::sleep(within)),
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<B> hyper::body::Body for Deadline<B>
+where
+    B: hyper::body::Body<Error = BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, BoxError>>> {
+        if self.at.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(Some(Err(Box::new(Error::ConnectionReadTimeout))));
+        }
+        self.body.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

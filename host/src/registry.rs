@@ -1,5 +1,6 @@
-//! projectId → live room. Get-or-create on upgrade; `/status`, `/health`
-//! and the console's list only read it, so they never create a room.
+//! projectId → live room. Get-or-create on upgrade and on HTTP into a room;
+//! `/status`, `/health` and the console's list only read it, so they never
+//! create a room.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;

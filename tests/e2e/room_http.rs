@@ -209,6 +209,24 @@ async fn bad_requests_into_rooms_get_clear_errors() {
     // And the server serves everyone else.
     let (status, _) = post_message(&server, &p, &json!({"type": "ok"})).await;
     assert_eq!(status, 202);
+
+    // A page of a site not allowed cannot post from a visitor's browser.
+    let server = Server::start(&["--allowed-origin", "https://app.example"]);
+    let post_from = |origin: &str| {
+        raw(
+            "POST",
+            &format!("/rooms/{p}/messages"),
+            &format!("Origin: {origin}\r\nContent-Type: text/plain\r\n"),
+            r#"{"type":"t"}"#,
+        )
+    };
+    let (status, body) = server.request(&post_from("https://evil.example")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("origin_not_allowed"))
+    );
+    let (status, _) = server.request(&post_from("https://app.example")).await;
+    assert_eq!(status, 202);
 }
 
 #[tokio::test]
@@ -558,4 +576,23 @@ async fn a_room_s_fetch_is_an_event_durable_before_its_answer_and_under_the_cpu_
     assert_eq!((status, text.as_str()), (200, "blue"));
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_body_that_stops_coming_is_answered_408_and_the_connection_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = Server::start(&["--handshake-timeout-ms", "300"]);
+    let p = project();
+    let mut s = within(tokio::net::TcpStream::connect(server.addr))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /rooms/{p}/messages HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\n{{\"ty"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    within(s.read_to_end(&mut answer)).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
 }

@@ -635,6 +635,9 @@ fn a_posted_message_that_is_not_valid_is_refused_and_sent_nowhere() {
         (status, body["error"].as_str()),
         (400, Some("invalid_json"))
     );
+    let answer = on_http(&mut host, "POST", "/messages", b"\xff");
+    let body: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!((answer.status, &body["delivered"]), (400, &json!(0)));
     let (status, body) = http(&mut host, "POST", "/messages", r#"{"to":5}"#);
     assert_eq!(
         (status, body["error"].as_str()),
@@ -661,7 +664,9 @@ fn a_posted_message_to_nobody_is_404_but_reaches_the_admins() {
 #[test]
 fn other_requests_get_clear_errors() {
     let mut host = room();
-    assert_eq!(http(&mut host, "GET", "/messages", "").0, 405);
+    let answer = on_http(&mut host, "GET", "/messages", b"");
+    assert_eq!((answer.status, answer.allow), (405, Some("POST")));
+    assert_eq!(http(&mut host, "HEAD", "/", "").0, 200);
     assert_eq!(http(&mut host, "GET", "/nothing", "").0, 404);
     let (status, body) = http(&mut host, "GET", "/", "");
     assert_eq!(status, 200);

@@ -7,7 +7,8 @@
 //! client's messages then go to the owner and what the room sends it comes
 //! back. When an owner dies, its lease ends, the next node that needs one
 //! of its projects takes it over and gathers the project's clients from
-//! the nodes holding their sockets ([`Cluster::place`]).
+//! the nodes holding their sockets ([`Cluster::place`]). An HTTP request
+//! into a room goes to the owner the same way ([`Cluster::fetch`]).
 //!
 //! - [`lease`]: this node's lease and the projects' owners, in two
 //!   key-value buckets.
@@ -511,6 +512,9 @@ impl Cluster {
                     tokio::time::sleep(RETRY).await;
                     continue;
                 }
+                // The owner may have handled it: not to be tried again as
+                // if it had not.
+                Err(e) if e.kind() == RequestErrorKind::TimedOut => return Ok(Fetched::Unanswered),
                 Err(e) => {
                     return Err(PlaceError::Cluster(format!(
                         "the project's owner node {node} did not answer: {e}"
@@ -994,6 +998,8 @@ impl Cluster {
     async fn on_fetch(self: Arc<Self>, message: Message) {
         use wire::FetchReply as Reply;
         let Some((project, request)) = wire::parse_fetch(&message.payload) else {
+            self.reply(&message, wire::fetch_reply(&Reply::Unreachable, &[]))
+                .await;
             return;
         };
         let (reply, body) = if !self.leases.owns(&project) {
@@ -1009,6 +1015,8 @@ impl Cluster {
                 ),
                 Ok(Fetched::NoHandler) => (Reply::NoHandler, Vec::new()),
                 Ok(Fetched::Failed) => (Reply::Failed, Vec::new()),
+                // Not made here: the owner answers every request it takes.
+                Ok(Fetched::Unanswered) => (Reply::Failed, Vec::new()),
                 Err(ConnectError::TooManyRooms { limit }) => {
                     (Reply::TooManyRooms { limit }, Vec::new())
                 }

@@ -54,9 +54,13 @@ impl RoomPre {
     pub(super) fn new(pre: InstancePre<RoomState>) -> wasmtime::Result<RoomPre> {
         match current::RoomPre::new(pre.clone()) {
             Ok(pre) => Ok(RoomPre::Current(pre)),
-            Err(e) => earlier::RoomPre::new(pre)
+            Err(current) => earlier::RoomPre::new(pre)
                 .map(RoomPre::Earlier)
-                .map_err(|_| e),
+                .map_err(|earlier| {
+                    current.context(format!(
+                        "nor the exports of wsroom:room@0.2.0 and before: {earlier:#}"
+                    ))
+                }),
         }
     }
 

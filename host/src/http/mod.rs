@@ -265,7 +265,12 @@ fn authorize(
         .get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok());
-    let other_token = auth::subprotocol_token(protocols).or(query.token.as_deref());
+    let other_token = match access {
+        // HTTP into rooms: the header only (a subprotocol or the query
+        // would reach the room, and logs).
+        Access::RoomHttp { .. } => None,
+        _ => auth::subprotocol_token(protocols).or(query.token.as_deref()),
+    };
     match auth.check(auth::bearer(header, other_token), access) {
         Ok(claims) => Ok(Some(claims)),
         Err(denied) => {

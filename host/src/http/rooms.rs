@@ -7,9 +7,12 @@
 //! limit.
 //!
 //! Every answer of a room carries `Content-Security-Policy: sandbox` and
-//! `X-Content-Type-Options: nosniff`: a page a room serves runs in an
-//! origin of its own, never with access to the console's (same-origin)
-//! storage.
+//! `X-Content-Type-Options: nosniff`, and may not set cookies or clear the
+//! site's data: a page a room serves runs in an origin of its own, never
+//! with access to the console's (same-origin) storage. A browser page of
+//! another origin is refused as on `/websocket` (`--allowed-origin`).
+//! With access control on, the headers that carry credentials are not
+//! handed to the room (it could send them anywhere it may call).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -17,7 +20,7 @@ use hyper::body::Incoming as Body;
 use hyper::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
-use super::{App, HttpError, Query, Reply, authorize, valid_project_id};
+use super::{App, HttpError, Query, Reply, authorize, upgrade, valid_project_id};
 use crate::auth::Access;
 use crate::cluster::PlaceError;
 use crate::engine::wit;
@@ -27,9 +30,10 @@ use crate::room::Fetched;
 /// The prefix of every room's HTTP path.
 pub(super) const PREFIX: &str = "/rooms/";
 
-/// Headers a room may not set: the connection's own (RFC 9110 7.6.1), and
-/// the length, which the host sets from the body.
-const HOP_BY_HOP: [&str; 9] = [
+/// Headers a room may not set: the connection's own (RFC 9110 7.6.1), the
+/// length (the host sets it from the body), and those that act on the
+/// server's whole origin.
+const NOT_FROM_ROOMS: [&str; 11] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -39,6 +43,17 @@ const HOP_BY_HOP: [&str; 9] = [
     "transfer-encoding",
     "upgrade",
     "content-length",
+    "set-cookie",
+    "clear-site-data",
+];
+
+/// Request headers that carry credentials, kept from the room when the
+/// host checks tokens.
+const CREDENTIALS: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "sec-websocket-protocol",
+    "cookie",
 ];
 
 /// `/rooms/{projectId}/rest`: the decoded project id and `/rest` (with
@@ -66,6 +81,7 @@ pub(super) async fn fetch(app: &App, req: Request<Body>) -> Result<Reply, HttpEr
         .path_and_query()
         .map_or(req.uri().path(), |p| p.as_str());
     let (project, path) = split(path_and_query)?;
+    upgrade::check_origin(app, &req)?;
     // Tokens only in the header: a room's URLs end up in logs.
     authorize(
         app,
@@ -90,10 +106,11 @@ pub(super) async fn fetch(app: &App, req: Request<Body>) -> Result<Reply, HttpEr
         return Err(too_large());
     }
     let method = req.method().as_str().to_owned();
+    let access_control = app.config.auth.is_some();
     let headers = req
         .headers()
         .iter()
-        .filter(|(name, _)| *name != hyper::header::AUTHORIZATION)
+        .filter(|(name, _)| !(access_control && CREDENTIALS.contains(&name.as_str())))
         .map(|(name, value)| {
             (
                 name.as_str().to_owned(),
@@ -101,7 +118,22 @@ pub(super) async fn fetch(app: &App, req: Request<Body>) -> Result<Reply, HttpEr
             )
         })
         .collect();
-    let body = match Limited::new(req.into_body(), limit).collect().await {
+    // The body has as long to arrive as the headers had: a client that
+    // stops sending it does not hold a connection (and its room) for ever.
+    let within = app.config.handshake_timeout;
+    let read = tokio::time::timeout(within, Limited::new(req.into_body(), limit).collect());
+    let Ok(read) = read.await else {
+        return Err(HttpError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the body did not arrive within {} ms (--handshake-timeout-ms)",
+                within.as_millis()
+            ),
+        )
+        .with_header("connection", "close"));
+    };
+    let body = match read {
         Ok(body) => body.to_bytes().to_vec(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(e) => {
@@ -152,6 +184,11 @@ pub(super) async fn fetch(app: &App, req: Request<Body>) -> Result<Reply, HttpEr
                 "the project's room failed while answering",
             ))
         }
+        Ok(Fetched::Unanswered) => Err(HttpError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "room_timeout",
+            "the node that runs the project did not answer in time: the request may or may not have been handled",
+        )),
         Err(ConnectError::TooManyRooms { limit }) => Err(HttpError::unavailable(
             "too_many_rooms",
             format!("the server is at its limit of {limit} live rooms; try again later"),
@@ -200,7 +237,7 @@ fn response_of(project: &str, response: wit::HttpResponse, limit: usize) -> Repl
         ) else {
             continue;
         };
-        if HOP_BY_HOP.contains(&name.as_str()) {
+        if NOT_FROM_ROOMS.contains(&name.as_str()) {
             continue;
         }
         headers.append(name, value);
@@ -251,6 +288,7 @@ mod tests {
                 headers: vec![
                     ("transfer-encoding".into(), "chunked".into()),
                     ("x-room".into(), "yes".into()),
+                    ("set-cookie".into(), "session=stolen".into()),
                     ("bad name".into(), "v".into()),
                     ("x-bad-value".into(), "a\nb".into()),
                 ],
@@ -262,6 +300,7 @@ mod tests {
         let h = reply.headers();
         assert_eq!(h.get("x-room").unwrap(), "yes");
         assert!(h.get("transfer-encoding").is_none());
+        assert!(h.get("set-cookie").is_none());
         assert!(h.get("x-bad-value").is_none());
         assert_eq!(h.get("content-security-policy").unwrap(), "sandbox");
         let big = response_of(

@@ -206,8 +206,9 @@ fn is_websocket_key(key: &[u8]) -> bool {
     key.len() == 24 && key[..22].iter().all(base64) && &key[22..] == b"=="
 }
 
-/// Refuses a browser whose Origin is not on the allow-list (when one is set).
-fn check_origin(app: &App, req: &Request<Body>) -> Result<(), HttpError> {
+/// Refuses a browser whose Origin is not on the allow-list (when one is
+/// set): on WebSocket upgrades and on HTTP into rooms.
+pub(super) fn check_origin(app: &App, req: &Request<Body>) -> Result<(), HttpError> {
     if app.config.allowed_origins.is_empty() {
         return Ok(());
     }
@@ -225,7 +226,7 @@ fn check_origin(app: &App, req: &Request<Body>) -> Result<(), HttpError> {
     Err(HttpError::new(
         StatusCode::FORBIDDEN,
         "origin_not_allowed",
-        "this page's origin may not open WebSockets on this server",
+        "this page's origin may not use this server (--allowed-origin)",
     ))
 }
 

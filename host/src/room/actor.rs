@@ -323,7 +323,7 @@ impl Actor {
 
     /// Hands an HTTP request to the room's `fetch`. Its answer is output
     /// like a message: it waits for what the call wrote to be committed.
-    async fn fetch(&mut self, request: &crate::engine::wit::HttpRequest) -> Fetched {
+    async fn fetch(&mut self, request: &engine::wit::HttpRequest) -> Fetched {
         self.activity_unrecorded = true;
         match call!(self, RoomCall::Fetch, |room, store| room
             .call_fetch(store, request))

@@ -1,7 +1,7 @@
 //! The handle connections and the registry hold on a live room, and the
-//! room's inbox: bounded in events and in bytes of messages, so a room that
-//! falls behind slows its senders down (TCP back-pressure) instead of
-//! holding their messages in memory.
+//! room's inbox: bounded in events and in bytes of messages (and of HTTP
+//! requests' bodies), so a room that falls behind slows its senders down
+//! (TCP back-pressure) instead of holding their messages in memory.
 
 use std::sync::Arc;
 

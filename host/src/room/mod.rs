@@ -1,6 +1,6 @@
 //! The room: the state of one live project, run by one task at a time.
 //!
-//! Events (connect, message, close) wait in a bounded inbox; the room's own
+//! Events (connect, message, close, an HTTP request) wait in a bounded inbox; the room's own
 //! task takes them from there, fires the alarm and hibernates the instance.
 //! A connection's reader that finds the room idle and its inbox empty runs
 //! its messages itself instead (a [`ReaderTurn`]): a message then reaches
@@ -148,6 +148,9 @@ pub enum Fetched {
     /// The room failed while answering (or its writes could not be made
     /// durable).
     Failed,
+    /// In a cluster: the owner node did not answer in time; it may or may
+    /// not have handled the request.
+    Unanswered,
 }
 
 /// Why a connection was not admitted.
