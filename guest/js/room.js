@@ -1,7 +1,8 @@
 // The default room (docs/PROTOCOL.md's routing) written in JavaScript.
 //
-// A port of guest/python/app.py (itself a port of guest/src/rules.rs),
-// built into a wsroom:room component with componentize-js (see build.sh).
+// A port of guest/python/app.py (itself a port of guest/src/rules.rs) on
+// the JavaScript room SDK (sdk-js/), built into a wsroom:room component
+// with componentize-js (see build.sh).
 // It answers as the Rust room does, byte for byte: the same verdicts, the
 // same error texts, and the client's own bytes forwarded with only the
 // value of `from` replaced. JSON.parse differs from serde_json (it takes
@@ -11,16 +12,7 @@
 // serde_json's error texts), then a walk over the top-level object that
 // notes where each value lies.
 
-import {
-  send,
-  clientCount,
-  projectId,
-  config,
-  nowMs,
-  newId,
-  setAlarm,
-  cancelAlarm,
-} from "wsroom:room/host@0.3.0";
+import { Room, exportRoom, refuse, to } from "../../sdk-js/src/index.js";
 import { ESCAPED } from "./unicode.js";
 
 const ADMITTED_TYPES = ["runtime", "data-agent", "admin"];
@@ -670,20 +662,14 @@ function floatText(f) {
 
 // ---- The room -----------------------------------------------------------
 
-const target = (select, except) => ({ select, except: except ? [except] : [] });
-const toClient = (id) => target({ tag: "client", val: id });
-const ofKind = (kind, except) => target({ tag: "kind", val: kind }, except);
-const everyone = (except) => target({ tag: "all" }, except);
-const now = () => Number(nowMs());
-
-function systemMessage(kind, payload) {
-  return dumps({ id: newId(), type: kind, from: { type: "system" }, payload });
+function systemMessage(room, kind, payload) {
+  return dumps({ id: room.newId(), type: kind, from: { type: "system" }, payload });
 }
 
-function sendError(to, code, message, messageId = null) {
-  const payload = { code, message, projectId: projectId(), timestamp: now() };
+function sendError(room, recipient, code, message, messageId = null) {
+  const payload = { code, message, projectId: room.projectId, timestamp: room.nowMs() };
   if (messageId !== null) payload.messageId = messageId;
-  send(systemMessage("error", payload), [toClient(to)]);
+  room.sendToClient(recipient, systemMessage(room, "error", payload));
 }
 
 /** Why a message was not (fully) delivered: an error code, a message, the
@@ -697,20 +683,11 @@ class Rejected extends Error {
   }
 }
 
-function onText(senderId, senderKind, text) {
-  try {
-    deliver(senderId, senderKind, text);
-  } catch (e) {
-    if (!(e instanceof Rejected)) throw e;
-    sendError(senderId, e.code, e.message, e.messageId);
-  }
-}
-
 const sum = (counts) => counts.reduce((a, b) => a + b, 0);
 
 /** Validates, stamps and routes a message; how many clients it reached.
  * Throws Rejected when it is refused. */
-function deliver(senderId, senderKind, text) {
+function deliver(room, senderId, senderKind, text) {
   const data = encoder.encode(text);
   try {
     check(data);
@@ -735,11 +712,11 @@ function deliver(senderId, senderKind, text) {
   const out = stamped(message, senderId, senderKind);
   // The sender never gets its own message; a target of another type cannot
   // include it, so it needs no exception (as in the Rust room).
-  const typed = (kind) => ofKind(kind, kind === senderKind ? senderId : null);
+  const typed = (kind) => to.kind(kind, kind === senderKind ? [senderId] : []);
   const admins = typed(ADMIN);
   if (where === "id") {
-    const reached = send(out, [toClient(value), admins]);
-    if (!reached.length || reached[0] === 0) {
+    const reached = room.send(out, [to.client(value), admins]);
+    if (reached[0] === 0) {
       throw new Rejected(
         "unknown_target",
         `no client with id ${rustDebug(value)} in this project`,
@@ -749,8 +726,8 @@ function deliver(senderId, senderKind, text) {
     }
     return sum(reached);
   }
-  if (where === "type") return sum(send(out, [typed(value), admins]));
-  return sum(send(out, [everyone(senderId)]));
+  if (where === "type") return sum(room.send(out, [typed(value), admins]));
+  return sum(room.send(out, [to.all([senderId])]));
 }
 
 const SERVER = "server"; // the sender of messages posted over HTTP
@@ -764,43 +741,6 @@ function httpAnswer(status, body, allow = null) {
 const notAllowed = (allow) =>
   httpAnswer(405, { error: "method_not_allowed", message: `this path answers ${allow}` }, allow);
 
-/** `fetch`: POST /messages routes its body as a message from the server;
- * GET / (and HEAD /) says how many clients the room has. */
-function onHttp(method, fullPath, body) {
-  const path = fullPath.split("?", 1)[0];
-  if (method === "POST" && path === "/messages") {
-    let text;
-    try {
-      text = new TextDecoder("utf-8", { fatal: true }).decode(body);
-    } catch {
-      return httpAnswer(400, {
-        error: "invalid_json",
-        message: "invalid JSON: the body is not UTF-8",
-        delivered: 0,
-      });
-    }
-    const project = projectId();
-    try {
-      return httpAnswer(202, { delivered: deliver(SERVER, SERVER, text), projectId: project });
-    } catch (e) {
-      if (!(e instanceof Rejected)) throw e;
-      const answer = { error: e.code, message: e.message };
-      if (e.messageId !== null) answer.messageId = e.messageId;
-      answer.delivered = e.delivered;
-      return httpAnswer(e.code === "unknown_target" ? 404 : 400, answer);
-    }
-  }
-  if ((method === "GET" || method === "HEAD") && path === "/") {
-    return httpAnswer(200, { projectId: projectId(), clientCount: clientCount(undefined) });
-  }
-  if (path === "/messages") return notAllowed("POST");
-  if (path === "/") return notAllowed("GET, HEAD");
-  return httpAnswer(404, {
-    error: "not_found",
-    message: "the default room answers POST /messages and GET /",
-  });
-}
-
 /** The configured delay if it parses as Rust parses a u64 (ASCII digits,
  * maybe a leading +, in range), else the default. */
 function cleanupDelay(value) {
@@ -809,64 +749,104 @@ function cleanupDelay(value) {
   return delay > U64_MAX ? DEFAULT_CLEANUP_DELAY_MS : delay;
 }
 
-// ---- The exports of the room world --------------------------------------
-
-export function onConnect(client) {
-  if (!ADMITTED_TYPES.includes(client.kind)) {
-    // The thrown value is the `refusal` of `result<_, refusal>`.
-    throw {
-      status: 400,
-      error: "invalid_type",
-      message: `type must be one of: ${ADMITTED_TYPES.join(", ")}; got ${rustDebug(client.kind)}`,
-    };
-  }
-  cancelAlarm();
-  const project = projectId();
-  const payload = {
-    clientId: client.id,
-    projectId: project,
-    clientCount: clientCount(undefined),
-    message: `connected to project ${project} as ${client.kind}`,
-    timestamp: now(),
-  };
-  send(systemMessage("connected", payload), [toClient(client.id)]);
-}
-
-export function onMessage(sender, message) {
-  if (message.tag === "text") {
-    onText(sender.id, sender.kind, message.val);
-  } else if (message.tag === "binary") {
-    sendError(sender.id, "invalid_message", "binary frames are not supported; send JSON text");
-  } else {
-    const { size, limit } = message.val;
-    sendError(
-      sender.id,
-      "message_too_large",
-      `message of ${size} bytes is over the limit of ${limit} bytes`,
-    );
-  }
-}
-
-export function onClose(client, _code, _reason) {
-  const remaining = clientCount(undefined);
-  if (remaining > 0) {
+class DefaultRoom extends Room {
+  onConnect(client) {
+    if (!ADMITTED_TYPES.includes(client.kind)) {
+      throw refuse(
+        400,
+        "invalid_type",
+        `type must be one of: ${ADMITTED_TYPES.join(", ")}; got ${rustDebug(client.kind)}`,
+      );
+    }
+    this.cancelAlarm();
+    const project = this.projectId;
     const payload = {
       clientId: client.id,
-      clientType: client.kind,
-      projectId: projectId(),
-      clientCount: remaining,
-      timestamp: now(),
+      projectId: project,
+      clientCount: this.clientCount(),
+      message: `connected to project ${project} as ${client.kind}`,
+      timestamp: this.nowMs(),
     };
-    send(systemMessage("client_left", payload), [everyone(null)]);
-  } else {
-    setAlarm(cleanupDelay(config("cleanup-delay-ms")));
+    this.sendToClient(client.id, systemMessage(this, "connected", payload));
+  }
+
+  onMessage(sender, message) {
+    if (message.tag === "text") {
+      try {
+        deliver(this, sender.id, sender.kind, message.val);
+      } catch (e) {
+        if (!(e instanceof Rejected)) throw e;
+        sendError(this, sender.id, e.code, e.message, e.messageId);
+      }
+    } else if (message.tag === "binary") {
+      sendError(this, sender.id, "invalid_message", "binary frames are not supported; send JSON text");
+    } else {
+      const { size, limit } = message.val;
+      sendError(
+        this,
+        sender.id,
+        "message_too_large",
+        `message of ${size} bytes is over the limit of ${limit} bytes`,
+      );
+    }
+  }
+
+  onClose(client, _code, _reason) {
+    const remaining = this.clientCount();
+    if (remaining > 0) {
+      const payload = {
+        clientId: client.id,
+        clientType: client.kind,
+        projectId: this.projectId,
+        clientCount: remaining,
+        timestamp: this.nowMs(),
+      };
+      this.broadcast(systemMessage(this, "client_left", payload));
+    } else {
+      this.setAlarm(cleanupDelay(this.config("cleanup-delay-ms")));
+    }
+  }
+
+  // The alarm: the host removes a room that is empty with no alarm set, so
+  // the inherited onAlarm, which does nothing, is all it takes.
+
+  /** POST /messages routes its body as a message from the server; GET /
+   * (and HEAD /) says how many clients the room has. */
+  onFetch(request) {
+    const path = request.path.split("?", 1)[0];
+    const method = request.method;
+    if (method === "POST" && path === "/messages") {
+      let text;
+      try {
+        text = new TextDecoder("utf-8", { fatal: true }).decode(request.body);
+      } catch {
+        return httpAnswer(400, {
+          error: "invalid_json",
+          message: "invalid JSON: the body is not UTF-8",
+          delivered: 0,
+        });
+      }
+      const project = this.projectId;
+      try {
+        return httpAnswer(202, { delivered: deliver(this, SERVER, SERVER, text), projectId: project });
+      } catch (e) {
+        if (!(e instanceof Rejected)) throw e;
+        const answer = { error: e.code, message: e.message };
+        if (e.messageId !== null) answer.messageId = e.messageId;
+        answer.delivered = e.delivered;
+        return httpAnswer(e.code === "unknown_target" ? 404 : 400, answer);
+      }
+    }
+    if ((method === "GET" || method === "HEAD") && path === "/") {
+      return httpAnswer(200, { projectId: this.projectId, clientCount: this.clientCount() });
+    }
+    if (path === "/messages") return notAllowed("POST");
+    if (path === "/") return notAllowed("GET, HEAD");
+    return httpAnswer(404, {
+      error: "not_found",
+      message: "the default room answers POST /messages and GET /",
+    });
   }
 }
 
-export function alarm(_info) {
-  // The host removes a room that is empty with no alarm set: nothing to do.
-}
-
-export function fetch(request) {
-  return onHttp(request.method, request.path, request.body);
-}
+export const { onConnect, onMessage, onClose, alarm, fetch } = exportRoom(DefaultRoom);
