@@ -18,6 +18,8 @@ if [ ! -x "$tools/node_modules/.bin/componentize-js" ]; then
 fi
 mkdir -p "$(dirname "$out")"
 # --disable http fetch-event: the room imports no WASI HTTP of its own.
+# The engine reads the modules under its working directory only.
+cd "$root"
 "$tools/node_modules/.bin/componentize-js" --wit "$root/wit" --world-name room \
-    --disable http fetch-event -o "$out" "$root/guest/js/room.js"
+    --disable http fetch-event -o "$out" guest/js/room.js
 echo "built $out"

@@ -596,3 +596,17 @@ async fn a_body_that_stops_coming_is_answered_408_and_the_connection_closed() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("body_timeout"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_leaving_client_s_attachment_is_still_readable_in_on_close() {
+    let server = Server::start(&["--component", PROBE_ROOM]);
+    let p = project();
+    let (mut ws, _) = join_probe(&server, &format!("type=t&projectId={p}"), None).await;
+    send_text(&mut ws, "attach:kept-for-the-goodbye").await;
+    let _ = ws.close(None).await;
+    server
+        .wait_stderr("the room's on-close log line", |log| {
+            log.contains("left with attachment kept-for-the-goodbye")
+        })
+        .await;
+}

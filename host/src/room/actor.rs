@@ -345,15 +345,18 @@ impl Actor {
 
     /// Removes a client and tells the room.
     async fn leave(&mut self, conn: ConnRef, code: u16, reason: String) {
-        let Some(c) = self.table().remove(conn) else {
+        let Some(mut c) = self.table().remove(conn) else {
             return;
         };
         debug!(project = %self.project, client = %c.meta.id, code, "client left");
         let info = client_info(&c.meta);
+        let leaving = (c.meta.id.clone(), c.attachment.take());
         self.table().close_later(c, 1000, "");
-        if let Err(Trapped(e)) = call!(self, RoomCall::Close, |room, store| room
-            .call_on_close(store, &info, code, &reason))
-        {
+        self.table().leaving = Some(leaving);
+        let called = call!(self, RoomCall::Close, |room, store| room
+            .call_on_close(store, &info, code, &reason));
+        self.table().leaving = None;
+        if let Err(Trapped(e)) = called {
             self.fail("on-close", e);
         }
     }

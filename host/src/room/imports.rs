@@ -160,7 +160,13 @@ impl Host for RoomState {
     }
 
     fn attachment(&mut self, client: String) -> Option<Vec<u8>> {
-        self.table.find(&client)?.attachment.clone()
+        match self.table.find(&client) {
+            Some(c) => c.attachment.clone(),
+            None => match &self.table.leaving {
+                Some((id, attachment)) if **id == *client => attachment.clone(),
+                _ => None,
+            },
+        }
     }
 
     fn storage_get(&mut self, key: String) -> Option<Vec<u8>> {

@@ -118,6 +118,10 @@ pub(crate) struct Table {
     /// Clients whose outbox overflowed during a call or a flush; the room
     /// removes them (and tells the guest) once the call returns.
     pub overflowed: Vec<ConnRef>,
+    /// The client whose `on-close` runs now, and its attachment: gone from
+    /// the table, its attachment still readable (as a Durable Object's
+    /// `deserializeAttachment` is in `webSocketClose`).
+    pub leaving: Option<(Arc<str>, Option<Vec<u8>>)>,
     /// Slots with frames pending (see [`Conn::pending`]).
     touched: Vec<usize>,
     /// Clients removed since the last flush, with the close each gets once
@@ -164,6 +168,7 @@ impl Table {
             next_serial: 0,
             sends: 0,
             overflowed: Vec::new(),
+            leaving: None,
             touched: Vec::new(),
             closing: Vec::new(),
             wakes: Wakes::default(),

@@ -7,6 +7,9 @@
 //!   `wasi:http/outgoing-handler` (the room blocks on it) and answers
 //!   `{"type": "fetched", "status": N, "body": "..."}`, or
 //!   `{"type": "fetch-failed", "error": "<the wasi:http error code>"}`;
+//! - the text `attach:DATA` keeps DATA as the client's attachment; when the
+//!   client leaves, the room logs `left with attachment DATA` (read in
+//!   `on-close`, after the client left the table);
 //! - over HTTP (`fetch`): `PUT /kv/KEY` stores the body under KEY (200),
 //!   `GET /kv/KEY` answers it (or 404), `GET /loop` spins until the CPU
 //!   budget stops it.
@@ -18,8 +21,8 @@ use wasip2::http::outgoing_handler;
 use wasip2::http::types::{Fields, IncomingBody, Method, OutgoingRequest, Scheme};
 use wasip2::io::streams::StreamError;
 use wsroom_room_sdk::{
-    ClientInfo, Ctx, HttpRequest, HttpResponse, Incoming, Refusal, Room, Sender, export_room,
-    json_response,
+    ClientInfo, Ctx, HttpRequest, HttpResponse, Incoming, LogLevel, Refusal, Room, Sender,
+    export_room, json_response,
 };
 
 #[derive(Default)]
@@ -36,6 +39,10 @@ impl Room for Probe {
         let Incoming::Text(text) = message else {
             return;
         };
+        if let Some(data) = text.strip_prefix("attach:") {
+            let _ = ctx.set_attachment(&from.id, Some(data.as_bytes()));
+            return;
+        }
         let Some(url) = text.strip_prefix("GET ") else {
             ctx.send_to_client(&from.id, &json!({"type": "unknown"}).to_string());
             return;
@@ -49,6 +56,14 @@ impl Room for Probe {
             Err(error) => json!({"type": "fetch-failed", "error": error}),
         };
         ctx.send_to_client(&from.id, &answer.to_string());
+    }
+
+    fn on_close(&mut self, ctx: &mut Ctx, client: &ClientInfo, _code: u16, _reason: &str) {
+        let kept = ctx.attachment(&client.id).unwrap_or_default();
+        ctx.log(
+            LogLevel::Info,
+            &format!("left with attachment {}", String::from_utf8_lossy(&kept)),
+        );
     }
 
     fn fetch(&mut self, ctx: &mut Ctx, request: HttpRequest) -> HttpResponse {
