@@ -176,6 +176,42 @@ impl Registry {
         meta: Arc<ClientMeta>,
         outbox: Arc<Outbox>,
     ) -> Result<(RoomHandle, ConnRef), ConnectError> {
+        let (room, admitted) = self
+            .ask(project, |reply| Event::Connect {
+                meta: meta.clone(),
+                outbox: outbox.clone(),
+                reply,
+            })
+            .await?;
+        admitted
+            .map(|conn| (room, conn))
+            .map_err(ConnectError::Refused)
+    }
+
+    /// Hands an HTTP request to the project's room (made if it has none),
+    /// and its answer.
+    pub(crate) async fn fetch(
+        self: &Arc<Self>,
+        project: &str,
+        request: wit::HttpRequest,
+    ) -> Result<Fetched, ConnectError> {
+        let (_, fetched) = self
+            .ask(project, |reply| Event::Fetch {
+                request: request.clone(),
+                reply,
+            })
+            .await?;
+        Ok(fetched)
+    }
+
+    /// Sends the event `make` builds to the project's room (made if the
+    /// project has none) and waits for its answer; again, with a new room,
+    /// if it raced with the room's removal.
+    async fn ask<T>(
+        self: &Arc<Self>,
+        project: &str,
+        make: impl Fn(oneshot::Sender<T>) -> Event,
+    ) -> Result<(RoomHandle, T), ConnectError> {
         for _ in 0..CONNECT_ATTEMPTS {
             let Some(room) = self.get_or_create(project) else {
                 if !self.may_run(project) {
@@ -187,52 +223,13 @@ impl Registry {
                 });
             };
             let (reply, answer) = oneshot::channel();
-            let event = Event::Connect {
-                meta: meta.clone(),
-                outbox: outbox.clone(),
-                reply,
-            };
-            if room.send(event).await.is_err() {
+            if room.send(make(reply)).await.is_err() {
                 continue;
             }
-            match answer.await {
-                // The room was being removed; a new one will be made.
-                Err(_) => continue,
-                Ok(Ok(conn)) => return Ok((room, conn)),
-                Ok(Err(refusal)) => return Err(ConnectError::Refused(refusal)),
-            }
-        }
-        Err(ConnectError::Unreachable)
-    }
-
-    /// Hands an HTTP request to the project's room (made if it has none),
-    /// and its answer.
-    pub(crate) async fn fetch(
-        self: &Arc<Self>,
-        project: &str,
-        request: wit::HttpRequest,
-    ) -> Result<Fetched, ConnectError> {
-        for _ in 0..CONNECT_ATTEMPTS {
-            let Some(room) = self.get_or_create(project) else {
-                if !self.may_run(project) {
-                    return Err(ConnectError::Unreachable);
-                }
-                return Err(ConnectError::TooManyRooms {
-                    limit: self.max_rooms,
-                });
-            };
-            let (reply, answer) = oneshot::channel();
-            let event = Event::Fetch {
-                request: request.clone(),
-                reply,
-            };
-            if room.send(event).await.is_err() {
-                continue;
-            }
-            match answer.await {
-                // The room was being removed; a new one will be made.
-                Err(_) => continue,
-                Ok(fetched) => return Ok(fetched),
+            // Dropped unanswered: the room was being removed; a new one
+            // will be made.
+            if let Ok(answer) = answer.await {
+                return Ok((room, answer));
             }
         }
         Err(ConnectError::Unreachable)

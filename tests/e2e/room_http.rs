@@ -364,6 +364,15 @@ impl Drop for Backend {
     }
 }
 
+/// A server running the probe room, allowed to call `backend`, with more
+/// flags.
+fn probe_server(backend: &Backend, extra: &[&str]) -> Server {
+    let allow = format!("127.0.0.1:{}", backend.port);
+    let mut args = vec!["--component", PROBE_ROOM, "--room-http-allow", &allow];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
 /// Opens a WebSocket to the probe room; its `who` greeting.
 async fn join_probe(server: &Server, query: &str, token: Option<&str>) -> (Ws, Value) {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -385,15 +394,7 @@ async fn join_probe(server: &Server, query: &str, token: Option<&str>) -> (Ws, V
 async fn a_room_calls_an_allowed_host_and_is_refused_the_others() {
     let backend = Backend::start().await;
     let other = Backend::start().await;
-    let allow = format!("127.0.0.1:{}", backend.port);
-    let server = Server::start(&[
-        "--component",
-        PROBE_ROOM,
-        "--room-http-allow",
-        &allow,
-        "--room-http-body-bytes",
-        "1024",
-    ]);
+    let server = probe_server(&backend, &["--room-http-body-bytes", "1024"]);
     let p = project();
     let (mut ws, _) = join_probe(&server, &format!("type=t&projectId={p}"), None).await;
     let mut ask = async |url: String| {
@@ -503,15 +504,7 @@ async fn a_room_sees_the_token_s_subject_and_the_client_s_own_parameters() {
 #[tokio::test]
 async fn a_room_s_call_that_takes_too_long_fails_inside_the_room() {
     let backend = Backend::start().await;
-    let allow = format!("127.0.0.1:{}", backend.port);
-    let server = Server::start(&[
-        "--component",
-        PROBE_ROOM,
-        "--room-http-allow",
-        &allow,
-        "--room-http-timeout-ms",
-        "300",
-    ]);
+    let server = probe_server(&backend, &["--room-http-timeout-ms", "300"]);
     let p = project();
     let (mut ws, _) = join_probe(&server, &format!("type=t&projectId={p}"), None).await;
     send_text(
