@@ -306,7 +306,7 @@ export function exportDurableObject(DurableObjectClass) {
     async onMessage(sender, message) {
       const ws = socketOf(sender.id);
       if (message.tag === "text") return the().webSocketMessage?.(ws, message.val);
-      if (message.tag === "binary") return the().webSocketMessage?.(ws, message.val.buffer);
+      if (message.tag === "binary") return the().webSocketMessage?.(ws, message.val.slice().buffer);
       return the().webSocketError?.(ws, new RangeError("message over the host's size limit"));
     },
     async onClose(client, code, reason) {
