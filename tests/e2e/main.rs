@@ -21,3 +21,4 @@ mod reload;
 mod room_http;
 mod routing;
 mod tls;
+mod workers;

@@ -1,0 +1,119 @@
+//! sdk-js's Workers layer, end to end: a Durable Object class written the
+//! Cloudflare way (`sdk-js/examples/guestbook/`) served as a room. The
+//! component is built with Node (`sdk-js/build.sh`), which `cargo test`
+//! does not need: `.ci/run` builds it and sets `WSROOM_TEST_DO` to it.
+//! Without that variable these tests say so and check nothing.
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+/// The guestbook component, if `.ci/run` (or you) built it.
+fn guestbook() -> Option<String> {
+    let path = std::env::var("WSROOM_TEST_DO").ok()?;
+    assert!(
+        std::path::Path::new(&path).is_file(),
+        "WSROOM_TEST_DO={path} is not a file"
+    );
+    Some(path)
+}
+
+async fn join(server: &Server, project: &str, name: &str) -> (Ws, Value) {
+    let url = server.url(&format!("type=guest&projectId={project}&name={name}"));
+    let (mut ws, _) = within(tokio_tungstenite::connect_async(url))
+        .await
+        .expect("websocket connect");
+    let welcome = recv(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    (ws, welcome)
+}
+
+async fn entries(server: &Server, project: &str) -> Vec<String> {
+    let (status, body) = server.get(&format!("/rooms/{project}/entries")).await;
+    assert_eq!(status, 200, "{body}");
+    body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_durable_object_s_storage_alarm_env_and_fetch_work_as_on_cloudflare() {
+    let Some(component) = guestbook() else {
+        eprintln!("WSROOM_TEST_DO is not set: the Workers layer's tests need .ci/run's build");
+        return;
+    };
+    let server = Server::start(&[
+        "--component",
+        &component,
+        "--room-config",
+        "greeting=hi there",
+        "--room-config",
+        "keep=2",
+        "--room-config",
+        "trimMs=200",
+    ]);
+    let p = project();
+    let (mut ann, welcome) = join(&server, &p, "ann").await;
+    // `this.env` is the room config.
+    assert_eq!(welcome["greeting"], "hi there");
+    assert_eq!(welcome["entries"], json!([]));
+    for text in ["one", "two", "three"] {
+        send_text(&mut ann, text).await;
+        let entry = recv(&mut ann).await;
+        assert_eq!(
+            (entry["text"].as_str(), entry["name"].as_str()),
+            (Some(text), Some("ann"))
+        );
+    }
+    // storage.setAlarm fired `alarm()`, which trimmed with list and delete.
+    let trimmed = recv(&mut ann).await;
+    assert_eq!(trimmed, json!({"type": "trimmed", "kept": 2}));
+    // HTTP into the room is the object's fetch.
+    assert_eq!(entries(&server, &p).await, ["two", "three"]);
+    // What the store holds greets the next guest.
+    let (mut bob, welcome) = join(&server, &p, "bob").await;
+    let greeted: Vec<&str> = welcome["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(greeted, ["two", "three"]);
+    // webSocketClose reads the leaving socket's attachment.
+    let _ = bob.close(None).await;
+    let left = recv(&mut ann).await;
+    assert_eq!(
+        (left["type"].as_str(), left["name"].as_str()),
+        (Some("left"), Some("bob"))
+    );
+    assert_eq!(left["wasClean"], true);
+    // deleteAll, through fetch.
+    let (status, _) = server
+        .request_text(&format!(
+            "DELETE /rooms/{p}/entries HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+    assert_eq!(status, 204);
+    assert!(entries(&server, &p).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_message_over_the_limit_reaches_web_socket_error() {
+    let Some(component) = guestbook() else {
+        eprintln!("WSROOM_TEST_DO is not set: the Workers layer's tests need .ci/run's build");
+        return;
+    };
+    let server = Server::start(&["--component", &component, "--max-message-bytes", "1000"]);
+    let p = project();
+    let (mut ann, _) = join(&server, &p, "ann").await;
+    send_text(&mut ann, &"x".repeat(2000)).await;
+    let error = recv(&mut ann).await;
+    assert_eq!(error["type"], "error", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("size limit"),
+        "{error}"
+    );
+}
