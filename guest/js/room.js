@@ -22,7 +22,9 @@ const U64_MAX = (1n << 64n) - 1n;
 const I32_MAX = 2 ** 31 - 1;
 
 const encoder = new TextEncoder();
-const decoder = new TextDecoder();
+// A leading U+FEFF is text like any other here (TextDecoder drops it by
+// default; serde_json keeps it).
+const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
 
 const dumps = (value) => JSON.stringify(value);
 
@@ -235,18 +237,20 @@ const SIMPLE_ESCAPES = new Set([0x22, 0x5c, 0x2f, 0x62, 0x66, 0x6e, 0x72, 0x74])
 // A string's plain bytes (up to a quote, a backslash or a control) are
 // skipped by a regular expression over the bytes as a Latin-1 string: the
 // engine's regex code, not a loop in the interpreter, walks long payloads.
+// Each array's Latin-1 string is made once (the walks alternate between a
+// message and the values inside it, which must not rebuild it each time).
 const PLAIN = /[^"\\\x00-\x1f]*/y;
-let latin1Of = null;
-let latin1 = "";
+const latin1s = new WeakMap();
 
 function plainEnd(data, i) {
-  if (latin1Of !== data) {
+  let latin1 = latin1s.get(data);
+  if (latin1 === undefined) {
     const parts = [];
     for (let k = 0; k < data.length; k += 8192) {
       parts.push(String.fromCharCode.apply(null, data.subarray(k, k + 8192)));
     }
     latin1 = parts.join("");
-    latin1Of = data;
+    latin1s.set(data, latin1);
   }
   PLAIN.lastIndex = i;
   PLAIN.exec(latin1);
@@ -818,7 +822,7 @@ class DefaultRoom extends Room {
     if (method === "POST" && path === "/messages") {
       let text;
       try {
-        text = new TextDecoder("utf-8", { fatal: true }).decode(request.body);
+        text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(request.body);
       } catch {
         return httpAnswer(400, {
           error: "invalid_json",

@@ -242,7 +242,8 @@ export class Room {
   /** Sets the alarm `delayMs` from now, replacing any other.
    * @param {number | bigint} delayMs */
   setAlarm(delayMs) {
-    host.setAlarm(BigInt(delayMs));
+    const delay = typeof delayMs === "bigint" ? delayMs : BigInt(Math.ceil(Math.max(0, delayMs) || 0));
+    host.setAlarm(delay < 0n ? 0n : delay);
   }
 
   /** Cancels the alarm, if one is set. */

@@ -20,12 +20,15 @@
 //   host's 16 KiB with the tags), `this.ctx.storage` (`get`, `put`,
 //   `delete`, `list`, `setAlarm`, `getAlarm`, `deleteAlarm`, `deleteAll`;
 //   values as JSON), `this.env` (the host's `--room-config`).
-// - What is not here is refused by name when the component is built (the
-//   class's source is read then, at module initialization): SQL storage,
-//   storage transactions, WebSocket auto-responses, the hibernation event
-//   timeout, `ws.accept()` (WebSockets outside the hibernation API). Were
-//   one called all the same, it throws, naming itself; so does `ws.send`
-//   of binary data (the host sends text).
+// - What is not here is refused by name when the component is built, if
+//   the class's own source names it (it is read then, at module
+//   initialization): SQL storage, storage transactions, WebSocket
+//   auto-responses, the hibernation event timeout, `ws.accept()`
+//   (WebSockets outside the hibernation API). `ws.send` of binary data
+//   throws, naming itself (the host sends text).
+// - A handler that throws fails its own event: logged, as on Cloudflare,
+//   not a trap that would reset the room. An alarm that throws is not
+//   retried. Values are JSON, not structured clones.
 //
 // Handlers may be async: the room's event lasts until their promise
 // settles (storage here answers at once, so an `await` costs nothing).
@@ -75,10 +78,11 @@ function readAttachment(id) {
   const bytes = host.attachment(id);
   if (bytes === undefined) return { tags: [], value: null };
   try {
-    return JSON.parse(decoder.decode(bytes));
-  } catch {
-    return { tags: [], value: null };
-  }
+    const kept = JSON.parse(decoder.decode(bytes));
+    // Kept by other code (a room's earlier version): not ours to read.
+    if (kept !== null && typeof kept === "object" && Array.isArray(kept.tags)) return kept;
+  } catch {}
+  return { tags: [], value: null };
 }
 
 function writeAttachment(id, kept) {
@@ -100,6 +104,9 @@ const socketOf = (id) => {
 /** The client joining now: `new WebSocketPair()` during its upgrade gives
  * its socket as the server end. */
 let joining = null;
+
+/** What `blockConcurrencyWhile` runs, which every event waits for. */
+let blocked = null;
 
 class WebSocketPair {
   constructor() {
@@ -130,12 +137,30 @@ class WorkersResponse extends StandardResponse {
 }
 globalThis.Response = WorkersResponse;
 
+/** A stored value, or undefined (nothing there, or nothing this layer
+ * wrote). */
+function parsed(bytes) {
+  if (bytes === undefined) return undefined;
+  try {
+    return JSON.parse(decoder.decode(bytes));
+  } catch {
+    return undefined;
+  }
+}
+
+/** A value as stored: JSON (not a structured clone: a Date comes back a
+ * string, a Map an object); what JSON cannot hold is refused. */
+function stored(key, value) {
+  const text = JSON.stringify(value);
+  if (text === undefined) {
+    throw new TypeError(`wsroom: storage.put(${JSON.stringify(key)}) of a value JSON cannot hold`);
+  }
+  return encoder.encode(text);
+}
+
 const storage = {
   async get(keys) {
-    const one = (key) => {
-      const value = host.storageGet(key);
-      return value === undefined ? undefined : JSON.parse(decoder.decode(value));
-    };
+    const one = (key) => parsed(host.storageGet(key));
     if (Array.isArray(keys)) {
       const found = new Map();
       for (const key of keys) {
@@ -148,9 +173,11 @@ const storage = {
   },
   async put(key, value) {
     const entries = typeof key === "object" ? Object.entries(key) : [[key, value]];
-    for (const [k, v] of entries) {
+    // Every value is checked before any is written.
+    const values = entries.map(([k, v]) => [k, stored(k, v)]);
+    for (const [k, v] of values) {
       try {
-        host.storageSet(k, encoder.encode(JSON.stringify(v)));
+        host.storageSet(k, v);
       } catch (e) {
         const why = e && typeof e === "object" && "payload" in e ? e.payload : e;
         throw new RangeError(`wsroom: storage.put(${JSON.stringify(k)}) refused: ${why}`);
@@ -162,14 +189,15 @@ const storage = {
     return host.storageDelete(keys);
   },
   async list(options = {}) {
-    const { prefix = "", limit, start, end, reverse } = options;
+    const { prefix = "", limit, start, startAfter, end, reverse } = options;
     let keys = host.storageKeys(prefix, 0xffffffff);
     if (start !== undefined) keys = keys.filter((k) => k >= start);
+    if (startAfter !== undefined) keys = keys.filter((k) => k > startAfter);
     if (end !== undefined) keys = keys.filter((k) => k < end);
     if (reverse) keys.reverse();
     if (limit !== undefined) keys = keys.slice(0, limit);
     const found = new Map();
-    for (const key of keys) found.set(key, JSON.parse(decoder.decode(host.storageGet(key))));
+    for (const key of keys) found.set(key, parsed(host.storageGet(key)));
     return found;
   },
   async deleteAll() {
@@ -219,9 +247,12 @@ const ctx = {
   getTags(ws) {
     return readAttachment(ws.id).tags;
   },
-  async blockConcurrencyWhile(callback) {
-    // A room sees one event at a time already.
-    return callback();
+  blockConcurrencyWhile(callback) {
+    // The room's events wait for it (a room sees one event at a time, but
+    // a callback that awaits would otherwise end its event early).
+    const done = Promise.resolve().then(callback);
+    blocked = done.catch(() => {});
+    return done;
   },
   waitUntil(_promise) {},
 };
@@ -274,6 +305,25 @@ function refuseUnsupported(DurableObjectClass) {
   }
 }
 
+/** Waits for what `blockConcurrencyWhile` runs, if anything. */
+async function unblocked() {
+  while (blocked !== null) {
+    const waiting = blocked;
+    await waiting;
+    if (blocked === waiting) blocked = null;
+  }
+}
+
+/** Whether `thrown` is a refusal this layer made (not the object's error). */
+const isRefusal = (thrown) =>
+  thrown !== null && typeof thrown === "object" && !(thrown instanceof Error) && "status" in thrown;
+
+/** Logs what a handler threw: on Cloudflare an exception fails its event
+ * only, so it does not fail the room (and close every client) here either. */
+function logThrown(handler, error) {
+  host.log("error", `${handler} threw: ${error?.stack ?? error}`);
+}
+
 /** The room's exports for a Durable Object class. */
 export function exportDurableObject(DurableObjectClass) {
   refuseUnsupported(DurableObjectClass);
@@ -281,6 +331,7 @@ export function exportDurableObject(DurableObjectClass) {
   const the = () => (object ??= new DurableObjectClass(ctx, env));
   return {
     async onConnect(client) {
+      await unblocked();
       const query = new URLSearchParams({ type: client.kind, projectId: host.projectId() });
       for (const [name, value] of client.params) query.append(name, value);
       const headers = new Headers({ upgrade: "websocket", connection: "Upgrade" });
@@ -291,10 +342,14 @@ export function exportDurableObject(DurableObjectClass) {
       let response;
       try {
         response = await the().fetch(request);
+      } catch (e) {
+        logThrown("fetch (a WebSocket upgrade)", e);
+        throw { status: 500, error: "room_error", message: "the room failed to admit the client" };
       } finally {
         joining = null;
       }
       if (response?.status === 101) return;
+      sockets.delete(client.id);
       const status = response?.status ?? 500;
       const message = response ? await response.text() : "the object's fetch answered nothing";
       throw {
@@ -304,37 +359,65 @@ export function exportDurableObject(DurableObjectClass) {
       };
     },
     async onMessage(sender, message) {
+      await unblocked();
       const ws = socketOf(sender.id);
-      if (message.tag === "text") return the().webSocketMessage?.(ws, message.val);
-      if (message.tag === "binary") return the().webSocketMessage?.(ws, message.val.slice().buffer);
-      return the().webSocketError?.(ws, new RangeError("message over the host's size limit"));
+      try {
+        if (message.tag === "text") await the().webSocketMessage?.(ws, message.val);
+        else if (message.tag === "binary") await the().webSocketMessage?.(ws, message.val.slice().buffer);
+        else await the().webSocketError?.(ws, new RangeError("message over the host's size limit"));
+      } catch (e) {
+        logThrown("webSocketMessage", e);
+      }
     },
     async onClose(client, code, reason) {
+      await unblocked();
       const ws = socketOf(client.id);
       ws.readyState = 3;
       sockets.delete(client.id);
-      return the().webSocketClose?.(ws, code, reason, code !== 1006);
+      try {
+        await the().webSocketClose?.(ws, code, reason, code !== 1006);
+      } catch (e) {
+        logThrown("webSocketClose", e);
+      }
     },
-    async alarm(_info) {
-      return the().alarm?.();
+    async alarm(info) {
+      await unblocked();
+      try {
+        await the().alarm?.({ retryCount: info.retryCount, isRetry: info.retryCount > 0 });
+      } catch (e) {
+        // Not retried: a retry here resets the room (see wit/room.wit).
+        logThrown("alarm", e);
+      }
     },
     async fetch(request) {
+      await unblocked();
       const object = the();
       if (typeof object.fetch !== "function") {
         return { status: 404, headers: [], body: encoder.encode("no fetch handler") };
       }
-      const body = ["GET", "HEAD"].includes(request.method) ? undefined : request.body;
-      const response = await object.fetch(
-        withHeaders(
-          new Request(`http://wsroom${request.path}`, { method: request.method, body }),
-          new Headers(request.headers),
-        ),
-      );
-      return {
-        status: response.status,
-        headers: [...response.headers.entries()],
-        body: new Uint8Array(await response.arrayBuffer()),
-      };
+      try {
+        // Only a joining client is a WebSocket upgrade here.
+        const headers = new Headers();
+        for (const [name, value] of request.headers) {
+          if (name !== "upgrade" && name !== "connection") headers.append(name, value);
+        }
+        const body = ["GET", "HEAD"].includes(request.method) ? undefined : request.body;
+        const response = await object.fetch(
+          withHeaders(new Request(`http://wsroom${request.path}`, { method: request.method, body }), headers),
+        );
+        return {
+          status: response.status,
+          headers: [...response.headers.entries()],
+          body: new Uint8Array(await response.arrayBuffer()),
+        };
+      } catch (e) {
+        logThrown("fetch", e);
+        return {
+          status: 500,
+          headers: [["content-type", "application/json"]],
+          body: encoder.encode(JSON.stringify({ error: "room_error", message: "the object's fetch threw" })),
+        };
+      }
     },
   };
 }

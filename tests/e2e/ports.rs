@@ -339,3 +339,27 @@ async fn an_unknown_target_is_named_as_rust_s_debug_format_writes_it() {
     assert_eq!(err["payload"]["messageId"], "m1");
     nothing_routed(&mut r1, &mut [&mut r2]).await;
 }
+
+#[tokio::test]
+async fn a_byte_order_mark_inside_a_string_is_text_like_any_other() {
+    let server = Server::start(&[]);
+    let Room {
+        mut r1,
+        mut r2,
+        d: _d,
+        mut a1,
+        a2: _a2,
+    } = room(&server).await;
+    // A `to.id` that is only U+FEFF (raw, not escaped) names nobody: it is
+    // not an empty id (which would broadcast).
+    r1.send_text("{\"id\":\"m2\",\"to\":{\"id\":\"\u{feff}\"}}")
+        .await;
+    assert_eq!(next_text(&mut a1).await.contains("\"m2\""), true);
+    let err = r1.next_json().await;
+    assert_eq!(error_of(&err), "unknown_target");
+    assert_eq!(
+        err["payload"]["message"],
+        "no client with id \"\\u{feff}\" in this project"
+    );
+    nothing_routed(&mut r1, &mut [&mut r2]).await;
+}

@@ -117,3 +117,34 @@ async fn a_message_over_the_limit_reaches_web_socket_error() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_handler_that_throws_fails_its_event_only() {
+    let Some(component) = guestbook() else {
+        eprintln!("WSROOM_TEST_DO is not set: the Workers layer's tests need .ci/run's build");
+        return;
+    };
+    let server = Server::start(&["--component", &component]);
+    let p = project();
+    let (mut ann, _) = join(&server, &p, "ann").await;
+    send_text(&mut ann, "throw").await;
+    // The room was not reset: ann is still in it, and it goes on.
+    send_text(&mut ann, "after").await;
+    let entry = recv(&mut ann).await;
+    assert_eq!(entry["text"], "after", "{entry}");
+    server
+        .wait_stderr("the logged exception", |log| {
+            log.contains("webSocketMessage threw")
+        })
+        .await;
+    // An HTTP request that says `Upgrade: websocket` is not a join.
+    let (status, body) = server
+        .request(&format!(
+            "GET /rooms/{p}/entries HTTP/1.1\r\nHost: test\r\nConnection: close\r\nUpgrade: websocket\r\n\r\n"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["entries"].as_array().map(Vec::len), Some(1));
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["counters"]["roomFailures"], 0, "{health}");
+}

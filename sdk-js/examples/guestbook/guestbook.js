@@ -2,7 +2,8 @@
 // (tests/e2e/workers.rs): its storage (`get`, `put` of several keys,
 // `list`, `delete` of several, `deleteAll`), its alarm, `env`, tags,
 // attachments read in `webSocketClose`, `webSocketError`, and `fetch` for
-// both the upgrade and HTTP into the room.
+// both the upgrade and HTTP into the room; and a handler that throws (the
+// message `throw`).
 
 import { DurableObject, exportDurableObject } from "../../src/workers.js";
 
@@ -31,6 +32,7 @@ export class Guestbook extends DurableObject {
   }
 
   async webSocketMessage(ws, message) {
+    if (message === "throw") throw new Error("asked to throw");
     const { name } = ws.deserializeAttachment();
     const n = ((await this.ctx.storage.get("count")) ?? 0) + 1;
     const entry = { n, name, text: message };
