@@ -354,7 +354,7 @@ async fn a_byte_order_mark_inside_a_string_is_text_like_any_other() {
     // not an empty id (which would broadcast).
     r1.send_text("{\"id\":\"m2\",\"to\":{\"id\":\"\u{feff}\"}}")
         .await;
-    assert_eq!(next_text(&mut a1).await.contains("\"m2\""), true);
+    assert!(next_text(&mut a1).await.contains("\"m2\""));
     let err = r1.next_json().await;
     assert_eq!(error_of(&err), "unknown_target");
     assert_eq!(
