@@ -105,8 +105,21 @@ const socketOf = (id) => {
  * its socket as the server end. */
 let joining = null;
 
+/** Whether the joining client's socket was accepted yet. */
+let joinAccepted = false;
+
 /** What `blockConcurrencyWhile` runs, which every event waits for. */
 let blocked = null;
+
+/** Compares keys as the host orders them: by their UTF-8 bytes. */
+function byBytes(a, b) {
+  const x = encoder.encode(a);
+  const y = encoder.encode(b);
+  for (let i = 0; i < Math.min(x.length, y.length); i++) {
+    if (x[i] !== y[i]) return x[i] - y[i];
+  }
+  return x.length - y.length;
+}
 
 class WebSocketPair {
   constructor() {
@@ -163,7 +176,7 @@ const storage = {
     const one = (key) => parsed(host.storageGet(key));
     if (Array.isArray(keys)) {
       const found = new Map();
-      for (const key of keys) {
+      for (const key of [...keys].sort(byBytes)) {
         const value = one(key);
         if (value !== undefined) found.set(key, value);
       }
@@ -191,9 +204,9 @@ const storage = {
   async list(options = {}) {
     const { prefix = "", limit, start, startAfter, end, reverse } = options;
     let keys = host.storageKeys(prefix, 0xffffffff);
-    if (start !== undefined) keys = keys.filter((k) => k >= start);
-    if (startAfter !== undefined) keys = keys.filter((k) => k > startAfter);
-    if (end !== undefined) keys = keys.filter((k) => k < end);
+    if (start !== undefined) keys = keys.filter((k) => byBytes(k, start) >= 0);
+    if (startAfter !== undefined) keys = keys.filter((k) => byBytes(k, startAfter) > 0);
+    if (end !== undefined) keys = keys.filter((k) => byBytes(k, end) < 0);
     if (reverse) keys.reverse();
     if (limit !== undefined) keys = keys.slice(0, limit);
     const found = new Map();
@@ -234,6 +247,11 @@ const ctx = {
     if (!(ws instanceof HostWebSocket)) {
       throw new TypeError("wsroom: acceptWebSocket takes the server end of a WebSocketPair");
     }
+    // Cloudflare's limits on tags.
+    if (!Array.isArray(tags) || tags.length > 10 || tags.some((t) => typeof t !== "string" || t.length > 256)) {
+      throw new TypeError("wsroom: acceptWebSocket takes at most 10 tags of at most 256 characters");
+    }
+    if (ws.id === joining) joinAccepted = true;
     const kept = readAttachment(ws.id);
     kept.tags = tags;
     writeAttachment(ws.id, kept);
@@ -241,6 +259,8 @@ const ctx = {
   getWebSockets(tag) {
     return host
       .clients(undefined)
+      // A joining client counts once its socket is accepted.
+      .filter((c) => c.id !== joining || joinAccepted)
       .filter((c) => tag === undefined || readAttachment(c.id).tags.includes(tag))
       .map((c) => socketOf(c.id));
   },
@@ -285,6 +305,7 @@ export class DurableObject {
 /** The Workers APIs this layer does not provide, as they appear in code. */
 const UNSUPPORTED = [
   ["storage.sql", "SQL storage (ctx.storage.sql)"],
+  ["storage.kv", "the synchronous KV API (ctx.storage.kv)"],
   ["transactionSync", "storage transactions (ctx.storage.transactionSync)"],
   ["storage.transaction", "storage transactions (ctx.storage.transaction)"],
   ["setWebSocketAutoResponse", "WebSocket auto-responses (ctx.setWebSocketAutoResponse)"],
@@ -339,6 +360,7 @@ export function exportDurableObject(DurableObjectClass) {
       if (client.origin !== undefined) headers.set("origin", client.origin);
       const request = withHeaders(new Request(`http://wsroom/websocket?${query}`), headers);
       joining = client.id;
+      joinAccepted = false;
       let response;
       try {
         response = await the().fetch(request);
