@@ -6,6 +6,7 @@
 
 mod frames;
 mod reader;
+mod wire;
 pub(crate) mod writer;
 
 use std::future::Future;

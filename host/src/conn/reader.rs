@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 
 use bytes::Bytes;
-use fastwebsockets::{OpCode, Role, WebSocketError};
+use fastwebsockets::{OpCode, WebSocketError};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncRead;
 use tracing::debug;
@@ -16,20 +16,15 @@ use tracing::debug;
 use super::frames::{
     CONTROL_TOO_LARGE, FRAME_TOO_LARGE, Frames, INVALID_UTF8, Step, Violation, protocol_error,
 };
+use super::wire::FrameReader;
 use super::{Connection, Ended, RoomLink};
 use crate::outbox::{self, Refused};
 use crate::rate::Bucket;
 use crate::room::{BATCH, CLOSE_ROOM_FAILED, CLOSE_SERVICE_RESTART, Event, Incoming, ReaderTurn};
 
 /// Reads until the client closes, breaks a rule or goes away.
-pub(super) async fn read_loop<R: AsyncRead + Unpin>(read: R, c: &Connection<'_>) -> Ended {
-    let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-    ws.set_max_message_size(c.config.max_frame_bytes);
-    // Pongs and close echoes are sent by this reader once the frame has
-    // passed [`Frames`]' checks (see there why).
-    ws.set_auto_close(false);
-    ws.set_auto_pong(false);
-    let mut never_called = |_| std::future::ready(Ok::<(), std::convert::Infallible>(()));
+pub(super) async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, c: &Connection<'_>) -> Ended {
+    let mut wire = FrameReader::new(c.config.max_frame_bytes);
     let mut frames = Frames::new(c.config.max_message_bytes);
     // The reader's turn at running the room, and how many messages it ran
     // in this turn. Ending the turn (dropping it, on every return too)
@@ -40,7 +35,7 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(read: R, c: &Connection<'_>)
     let rate = c.config.max_messages_per_sec;
     let mut bucket = Bucket::full(rate, 0);
     loop {
-        let mut read = std::pin::pin!(ws.read_frame(&mut never_called));
+        let mut read = std::pin::pin!(wire.read_frame(&mut stream));
         let mut ready = None;
         if turn.is_some() {
             // Keep the room only for frames already here: end the turn
