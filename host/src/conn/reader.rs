@@ -53,7 +53,10 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, c: &Connectio
             Ok(frame) => frame,
             Err(e) => return broken_frame(e, c),
         };
-        let now_ms = c.start.elapsed().as_millis() as u64;
+        // One clock read per frame: the client's last sign of life, and a
+        // message's read time for `wsroom_message_duration_seconds`.
+        let read_at = std::time::Instant::now();
+        let now_ms = read_at.saturating_duration_since(c.start).as_millis() as u64;
         // A client's own pings do not show it reads what it is sent: only
         // its other frames (our pings' pongs among them) keep it alive.
         if frame.opcode != OpCode::Ping {
@@ -111,9 +114,6 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, c: &Connectio
                 continue;
             }
         };
-        // For `wsroom_message_duration_seconds` (a clock read per message;
-        // a fan-out's recipients share it).
-        let read_at = std::time::Instant::now();
         // An idle room runs the message here, without waking its task.
         if turn.is_none() {
             turn = room.try_run();

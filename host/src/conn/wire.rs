@@ -24,8 +24,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 /// connection lands in (on the stack).
 const READ_CHUNK: usize = 8192;
 
-/// Largest payload of a ping (RFC 6455 5.5).
-const MAX_PING_PAYLOAD: usize = 125;
+/// Largest payload of a control frame (RFC 6455 5.5).
+const MAX_CONTROL_PAYLOAD: u64 = 125;
 
 /// A connection's reading side: its buffered bytes and the size limit.
 pub(crate) struct FrameReader {
@@ -118,7 +118,9 @@ impl FrameReader {
         if is_control && !fin {
             return Err(WebSocketError::ControlFrameFragmented);
         }
-        if opcode == OpCode::Ping && payload_len > MAX_PING_PAYLOAD as u64 {
+        if is_control && payload_len > MAX_CONTROL_PAYLOAD {
+            // (fastwebsockets' name for it; the reader closes with 1002
+            // "control frame over 125 bytes" for a close or pong too.)
             return Err(WebSocketError::PingFrameTooLarge);
         }
         let payload_len = match usize::try_from(payload_len) {
@@ -189,8 +191,10 @@ impl FrameReader {
             return Poll::Ready(Ok(got.len()));
         }
         // Reuses the buffer's whole allocation when what is buffered fits
-        // (moved to its front; nothing to move when it has drained).
-        self.buf.reserve((needed - self.buf.len()).max(READ_CHUNK));
+        // (moved to its front; nothing to move when it has drained). Grows
+        // as bytes arrive, doubling, not by what a header claims: a client
+        // announcing a large frame and sending nothing holds little.
+        self.buf.reserve(READ_CHUNK);
         let spare = self.buf.spare_capacity_mut();
         let mut into = ReadBuf::uninit(spare);
         match Pin::new(read).poll_read(cx, &mut into) {
@@ -334,7 +338,7 @@ mod tests {
 
     #[tokio::test]
     async fn broken_headers_are_refused() {
-        let cases: [(Vec<u8>, &str); 5] = [
+        let cases: [(Vec<u8>, &str); 7] = [
             (frame(0xC1, b"x", MASK, false), "Reserved bits are not zero"),
             (frame(0x83, b"x", MASK, false), "Invalid value"),
             (
@@ -342,6 +346,8 @@ mod tests {
                 "Control frame must not be fragmented",
             ),
             (frame(0x89, &[0; 126], MASK, false), "Ping frame too large"),
+            (frame(0x8A, &[0; 126], MASK, false), "Ping frame too large"),
+            (frame(0x88, &[0; 126], MASK, true), "Ping frame too large"),
             (frame(0x82, &[0; 1000], MASK, false), "Frame too large"),
         ];
         for (wire, error) in cases {
@@ -367,6 +373,28 @@ mod tests {
         frame.fmt_head(&mut head);
         assert_eq!(head[1] & 0x80, 0);
         assert_eq!(&frame.payload[..], b"plain");
+    }
+
+    #[tokio::test]
+    async fn a_frame_announced_large_takes_memory_as_its_bytes_arrive() {
+        let mut wire = frame(0x82, &vec![7; 4 << 20], MASK, false);
+        wire.truncate(20_000);
+        let mut stream = arriving_in_pieces(&wire, wire.len());
+        let mut reader = FrameReader::new(8 << 20);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        {
+            let mut next = std::pin::pin!(reader.read_frame(&mut stream));
+            for _ in 0..4 {
+                assert!(next.as_mut().poll(&mut cx).is_pending());
+            }
+        }
+        assert_eq!(reader.buf.len(), 20_000);
+        assert!(
+            reader.buf.capacity() < 64 * 1024,
+            "{}",
+            reader.buf.capacity()
+        );
     }
 
     #[tokio::test]

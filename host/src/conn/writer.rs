@@ -1,8 +1,11 @@
 //! A connection's writer: drains the outbox with vectored writes, sends the
 //! keep-alive pings, and gives up on a peer that stopped answering.
 
+use std::future::Future;
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
@@ -37,7 +40,15 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(write: &mut W, c: &Connect
                 let bytes = batch.iter().map(Bytes::len).sum();
                 // A peer that cannot take our bytes for as long as it may be
                 // silent is as good as gone.
-                let wrote = tokio::time::timeout(interval * 2, write_all(write, &mut batch)).await;
+                // The timer is armed only for a write the socket did not
+                // take at once (most are taken: no clock read, no timer).
+                let wrote = {
+                    let mut writing = std::pin::pin!(write_all(write, &mut batch));
+                    match poll_once(writing.as_mut()).await {
+                        Some(done) => Ok(done),
+                        None => tokio::time::timeout(interval * 2, writing).await,
+                    }
+                };
                 batch.clear();
                 if !matches!(wrote, Ok(Ok(()))) {
                     c.outbox.abort();
@@ -74,6 +85,19 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(write: &mut W, c: &Connect
             }
         }
     }
+}
+
+/// Polls `future` once: its output if it is ready at once.
+async fn poll_once<F: Future>(future: Pin<&mut F>) -> Option<F::Output> {
+    let mut future = Some(future);
+    std::future::poll_fn(|cx| match future.take() {
+        Some(mut f) => match f.as_mut().poll(cx) {
+            Poll::Ready(output) => Poll::Ready(Some(output)),
+            Poll::Pending => Poll::Ready(None),
+        },
+        None => Poll::Ready(None),
+    })
+    .await
 }
 
 /// Writes every frame of `batch`, as few syscalls as the socket allows.
