@@ -195,6 +195,7 @@ impl Registry {
         project: &str,
         request: wit::HttpRequest,
     ) -> Result<Fetched, ConnectError> {
+        let request = Arc::new(request);
         let (_, fetched) = self
             .ask(project, |reply| Event::Fetch {
                 request: request.clone(),

@@ -8,7 +8,7 @@
 //! built before `fetch` has none: [`Room::call_fetch`] says so).
 
 use wasmtime::Store;
-use wasmtime::component::InstancePre;
+use wasmtime::component::{Func, InstancePre, TypedFunc};
 
 use super::RoomState;
 
@@ -45,7 +45,14 @@ pub(crate) enum RoomPre {
 /// A room instance's exports.
 pub(crate) enum Room {
     Current(current::Room),
-    Earlier(earlier::Room),
+    Earlier {
+        room: earlier::Room,
+        /// Its `on-message`, typed with the current world's `sender` and
+        /// `incoming` (the same records since 0.1.0), so a message reaches
+        /// an earlier room without being copied into the earlier bindings'
+        /// types first.
+        on_message: Func,
+    },
 }
 
 impl RoomPre {
@@ -77,10 +84,22 @@ impl RoomPre {
     ) -> wasmtime::Result<Room> {
         Ok(match self {
             RoomPre::Current(pre) => Room::Current(pre.instantiate_async(store).await?),
-            RoomPre::Earlier(pre) => Room::Earlier(pre.instantiate_async(store).await?),
+            RoomPre::Earlier(pre) => {
+                let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
+                let room = earlier::Room::new(&mut *store, &instance)?;
+                let on_message = instance
+                    .get_func(&mut *store, "on-message")
+                    .ok_or_else(|| wasmtime::Error::msg("no `on-message` export"))?;
+                // Checked once here; `call_on_message` relies on it.
+                on_message.typed::<OnMessageParams<'_>, ()>(&*store)?;
+                Room::Earlier { room, on_message }
+            }
         })
     }
 }
+
+/// `on-message`'s parameters, in every contract.
+type OnMessageParams<'a> = (&'a wit::Sender, &'a wit::Incoming);
 
 impl From<&wit::ClientInfo> for EarlierClientInfo {
     fn from(info: &wit::ClientInfo) -> EarlierClientInfo {
@@ -102,16 +121,14 @@ impl Room {
     ) -> wasmtime::Result<Result<(), wit::Refusal>> {
         match self {
             Room::Current(room) => room.call_on_connect(store, client).await,
-            Room::Earlier(room) => {
-                Ok(room
-                    .call_on_connect(store, &client.into())
-                    .await?
-                    .map_err(|r| wit::Refusal {
-                        status: r.status,
-                        error: r.error,
-                        message: r.message,
-                    }))
-            }
+            Room::Earlier { room, .. } => Ok(room
+                .call_on_connect(store, &client.into())
+                .await?
+                .map_err(|r| wit::Refusal {
+                    status: r.status,
+                    error: r.error,
+                    message: r.message,
+                })),
         }
     }
 
@@ -123,22 +140,12 @@ impl Room {
     ) -> wasmtime::Result<()> {
         match self {
             Room::Current(room) => room.call_on_message(store, sender, message).await,
-            Room::Earlier(room) => {
-                let sender = earlier_wit::Sender {
-                    id: sender.id.clone(),
-                    kind: sender.kind.clone(),
-                };
-                let message = match message {
-                    wit::Incoming::Text(text) => earlier_wit::Incoming::Text(text.clone()),
-                    wit::Incoming::Binary(bytes) => earlier_wit::Incoming::Binary(bytes.clone()),
-                    wit::Incoming::TooLarge(o) => {
-                        earlier_wit::Incoming::TooLarge(earlier_wit::Oversize {
-                            size: o.size,
-                            limit: o.limit,
-                        })
-                    }
-                };
-                room.call_on_message(store, &sender, &message).await
+            Room::Earlier { on_message, .. } => {
+                // SAFETY: the function was type-checked against these
+                // parameter and result types when the room was instantiated.
+                let typed =
+                    unsafe { TypedFunc::<OnMessageParams<'_>, ()>::new_unchecked(*on_message) };
+                typed.call_async(store, (sender, message)).await
             }
         }
     }
@@ -152,7 +159,7 @@ impl Room {
     ) -> wasmtime::Result<()> {
         match self {
             Room::Current(room) => room.call_on_close(store, client, code, reason).await,
-            Room::Earlier(room) => {
+            Room::Earlier { room, .. } => {
                 room.call_on_close(store, &client.into(), code, reason)
                     .await
             }
@@ -166,7 +173,7 @@ impl Room {
     ) -> wasmtime::Result<()> {
         match self {
             Room::Current(room) => room.call_alarm(store, info).await,
-            Room::Earlier(room) => {
+            Room::Earlier { room, .. } => {
                 let info = earlier_wit::AlarmInfo {
                     retry_count: info.retry_count,
                 };
@@ -183,7 +190,7 @@ impl Room {
     ) -> wasmtime::Result<Option<wit::HttpResponse>> {
         match self {
             Room::Current(room) => room.call_fetch(store, request).await.map(Some),
-            Room::Earlier(_) => Ok(None),
+            Room::Earlier { .. } => Ok(None),
         }
     }
 }

@@ -127,9 +127,10 @@ pub enum Event {
         reason: String,
     },
     /// An HTTP request to the room (its `fetch`), answered once what the
-    /// call wrote is durable.
+    /// call wrote is durable. (Shared: the registry keeps it to ask again
+    /// if the room was being removed, without copying its body.)
     Fetch {
-        request: wit::HttpRequest,
+        request: Arc<wit::HttpRequest>,
         reply: oneshot::Sender<Fetched>,
     },
     Shutdown,
