@@ -502,6 +502,56 @@ async fn a_room_sees_the_token_s_subject_and_the_client_s_own_parameters() {
 }
 
 #[tokio::test]
+async fn with_access_control_on_a_room_never_sees_the_request_s_credentials() {
+    let p = project();
+    let headers = format!(
+        "Authorization: Bearer {}\r\nCookie: session=s3cret\r\nProxy-Authorization: Basic eDp5\r\n\
+         Sec-WebSocket-Protocol: bearer.t0ken\r\nX-Request-Id: 42\r\n",
+        grant(&p, &["server"])
+    );
+    let names = |body: &Value| -> Vec<String> {
+        body["headers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let secured = secured(&["--component", PROBE_ROOM]);
+    let (status, body) = secured
+        .request(&raw("GET", &format!("/rooms/{p}/headers"), &headers, ""))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = names(&body);
+    assert!(seen.contains(&"x-request-id".to_string()), "{body}");
+    for credential in [
+        "authorization",
+        "cookie",
+        "proxy-authorization",
+        "sec-websocket-protocol",
+    ] {
+        assert!(
+            !seen.contains(&credential.to_string()),
+            "{credential} reached the room: {body}"
+        );
+    }
+    // Without access control the host checks no credential: the room gets
+    // every header (its own scheme may use them).
+    let open = Server::start(&["--component", PROBE_ROOM]);
+    let (status, body) = open
+        .request(&raw("GET", &format!("/rooms/{p}/headers"), &headers, ""))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = names(&body);
+    assert!(
+        seen.contains(&"authorization".to_string()) && seen.contains(&"cookie".to_string()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn a_room_s_call_that_takes_too_long_fails_inside_the_room() {
     let backend = Backend::start().await;
     let server = probe_server(&backend, &["--room-http-timeout-ms", "300"]);

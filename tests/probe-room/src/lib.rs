@@ -11,8 +11,9 @@
 //!   client leaves, the room logs `left with attachment DATA` (read in
 //!   `on-close`, after the client left the table);
 //! - over HTTP (`fetch`): `PUT /kv/KEY` stores the body under KEY (200),
-//!   `GET /kv/KEY` answers it (or 404), `GET /loop` spins until the CPU
-//!   budget stops it.
+//!   `GET /kv/KEY` answers it (or 404), `GET /headers` answers
+//!   `{"headers": [name, ...]}` (the request's header names as the room
+//!   got them), `GET /loop` spins until the CPU budget stops it.
 
 #![cfg(target_arch = "wasm32")]
 
@@ -81,6 +82,10 @@ impl Room for Probe {
                 },
                 None => json_response(404, r#"{"error":"no_such_key"}"#),
             },
+            ("GET", None) if request.path == "/headers" => {
+                let names: Vec<&str> = request.headers.iter().map(|(n, _)| n.as_str()).collect();
+                json_response(200, &json!({ "headers": names }).to_string())
+            }
             ("GET", None) if request.path == "/loop" => {
                 let mut n: u64 = 0;
                 loop {
