@@ -148,3 +148,47 @@ async fn a_handler_that_throws_fails_its_event_only() {
     let (_, health) = server.get("/health").await;
     assert_eq!(health["counters"]["roomFailures"], 0, "{health}");
 }
+
+#[tokio::test]
+async fn keys_order_joins_tags_and_block_concurrency_while_behave_as_on_cloudflare() {
+    let Some(component) = guestbook() else {
+        eprintln!("WSROOM_TEST_DO is not set: the Workers layer's tests need .ci/run's build");
+        return;
+    };
+    let server = Server::start(&["--component", &component]);
+    let p = project();
+    // Keys in the order of their UTF-8 bytes (U+FF01 before U+1F600, the
+    // other way round in JavaScript's own string order), from `start` or
+    // after `startAfter`, up to `end` excluded.
+    let (status, order) = server.get(&format!("/rooms/{p}/order")).await;
+    assert_eq!(status, 200, "{order}");
+    assert_eq!(order["all"], json!(["k:a", "k:\u{FF01}", "k:\u{1F600}"]));
+    assert_eq!(order["after"], json!(["k:\u{FF01}", "k:\u{1F600}"]));
+    assert_eq!(order["upTo"], json!(["k:a", "k:\u{FF01}"]));
+    // A joining client is not among the object's sockets until accepted,
+    // and acceptWebSocket keeps Cloudflare's limit on tags.
+    let (mut ann, welcome) = join(&server, &p, "ann").await;
+    assert_eq!(welcome["others"], 0, "{welcome}");
+    let url = server.url(&format!("type=guest&projectId={p}&name=bob&probe=1"));
+    let (mut bob, _) = within(tokio_tungstenite::connect_async(url))
+        .await
+        .expect("websocket connect");
+    let welcome = recv(&mut bob).await;
+    assert_eq!(welcome["probe"]["before"], 1, "{welcome}");
+    assert_eq!(welcome["others"], 1, "{welcome}");
+    assert!(
+        welcome["probe"]["tagLimit"]
+            .as_str()
+            .is_some_and(|m| m.contains("at most 10 tags")),
+        "{welcome}"
+    );
+    // The event after a blockConcurrencyWhile waits for its callback, even
+    // when the handler that started it did not.
+    send_text(&mut ann, "block").await;
+    send_text(&mut ann, "blocked?").await;
+    let answer = recv(&mut ann).await;
+    assert_eq!(
+        answer,
+        json!({"type": "blocked", "value": "set by the blocking callback"})
+    );
+}
