@@ -1,6 +1,6 @@
 //! One WebSocket connection, from the upgrade to its end: a reader
-//! ([`reader`]) that checks and reassembles frames ([`frames`]) and hands
-//! messages to the room, and a writer ([`writer`]) that drains the
+//! ([`reader`]) that reads frames off the socket ([`wire`]), checks and
+//! reassembles them ([`frames`]) and hands messages to the room, and a writer ([`writer`]) that drains the
 //! connection's outbox and keeps the peer alive. It knows nothing of
 //! routing.
 
