@@ -685,3 +685,64 @@ async fn an_http_request_to_any_node_is_served_by_the_project_s_owner() {
     // Still one room, on the owner.
     assert_eq!(rooms(&[&n1, &n2, &n3]).await, [1, 0, 0]);
 }
+
+#[tokio::test]
+async fn a_room_s_answer_too_large_for_nats_is_a_clear_500_from_other_nodes() {
+    use crate::room_http::{PROBE_ROOM, join_probe, raw};
+    let nats = Nats::start();
+    // Bodies up to 2 MB over HTTP; NATS carries at most 1 MiB (its default
+    // max_payload).
+    let extra = [
+        "--component",
+        PROBE_ROOM,
+        "--room-http-body-bytes",
+        "2000000",
+        "--room-storage-bytes",
+        "4000000",
+    ];
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let n1 = node_with(&nats, &format!("n1-{tag}"), LEASE_MS, &extra);
+    let n2 = node_with(&nats, &format!("n2-{tag}"), LEASE_MS, &extra);
+    let p = project();
+    let big = "b".repeat(1_200_000);
+    // A client on n1 makes it the owner and keeps the room (and its
+    // in-memory store) alive.
+    let (_client, _) = join_probe(&n1, &format!("type=x&projectId={p}"), None).await;
+    let (status, body) = n1
+        .request(&raw("PUT", &format!("/rooms/{p}/kv/big"), "", &big))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, text) = n1
+        .request_text(&raw("GET", &format!("/rooms/{p}/kv/big"), "", ""))
+        .await;
+    assert_eq!((status, text.len()), (200, big.len()));
+    // Asked of another node, the answer cannot cross: a 500 that says why.
+    let (status, body) = n2
+        .request(&raw("GET", &format!("/rooms/{p}/kv/big"), "", ""))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (500, Some("room_response_too_large")),
+        "{body}"
+    );
+    // A request too large to cross is refused as clearly.
+    let (status, body) = n2
+        .request(&raw("PUT", &format!("/rooms/{p}/kv/other"), "", &big))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("body_too_large")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_payload")),
+        "{body}"
+    );
+    // And both nodes go on serving the project.
+    let (status, _) = n2
+        .request(&raw("PUT", &format!("/rooms/{p}/kv/small"), "", "s"))
+        .await;
+    assert_eq!(status, 200);
+}

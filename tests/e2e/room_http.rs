@@ -9,7 +9,7 @@ use crate::common::*;
 use crate::lifecycle::{CHAT_ROOM, join_chat};
 
 /// A raw HTTP request to the server, with a body and extra header lines.
-fn raw(method: &str, path: &str, headers: &str, body: &str) -> String {
+pub(crate) fn raw(method: &str, path: &str, headers: &str, body: &str) -> String {
     format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{headers}\
          Content-Length: {}\r\n\r\n{body}",
@@ -283,7 +283,7 @@ async fn http_into_rooms_needs_a_token_that_grants_the_server_type() {
 
 /// The tests' room that shows what a room sees of a client and makes
 /// outgoing HTTP requests (`tests/probe-room/`).
-const PROBE_ROOM: &str = concat!(env!("OUT_DIR"), "/probe-room.wasm");
+pub(crate) const PROBE_ROOM: &str = concat!(env!("OUT_DIR"), "/probe-room.wasm");
 
 /// A stand-in for a backend a room calls: an HTTP/1.1 server on a free
 /// loopback port. `/hello` answers a short text, `/big` 4,000 bytes,
@@ -374,7 +374,7 @@ fn probe_server(backend: &Backend, extra: &[&str]) -> Server {
 }
 
 /// Opens a WebSocket to the probe room; its `who` greeting.
-async fn join_probe(server: &Server, query: &str, token: Option<&str>) -> (Ws, Value) {
+pub(crate) async fn join_probe(server: &Server, query: &str, token: Option<&str>) -> (Ws, Value) {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
     let mut request = server.url(query).into_client_request().unwrap();
     if let Some(token) = token {

@@ -498,9 +498,12 @@ impl Cluster {
                 }
                 Placement::On { node, .. } => node,
             };
-            let ask = Request::new()
-                .payload(wire::fetch(project, &request))
-                .timeout(Some(FETCH_TIMEOUT));
+            let payload = wire::fetch(project, &request);
+            let max_payload = self.client.server_info().max_payload;
+            if payload.len() > max_payload {
+                return Ok(Fetched::TooLargeToForward(max_payload));
+            }
+            let ask = Request::new().payload(payload).timeout(Some(FETCH_TIMEOUT));
             let reply = match self
                 .client
                 .send_request(wire::subject(&node, "fetch"), ask)
@@ -1016,7 +1019,9 @@ impl Cluster {
                 Ok(Fetched::NoHandler) => (Reply::NoHandler, Vec::new()),
                 Ok(Fetched::Failed) => (Reply::Failed, Vec::new()),
                 // Not made here: the owner answers every request it takes.
-                Ok(Fetched::Unanswered) => (Reply::Failed, Vec::new()),
+                Ok(Fetched::Unanswered | Fetched::TooLargeToForward(_)) => {
+                    (Reply::Failed, Vec::new())
+                }
                 Err(ConnectError::TooManyRooms { limit }) => {
                     (Reply::TooManyRooms { limit }, Vec::new())
                 }

@@ -189,6 +189,14 @@ pub(super) async fn fetch(app: &App, req: Request<Body>) -> Result<Reply, HttpEr
             "room_timeout",
             "the node that runs the project did not answer in time: the request may or may not have been handled",
         )),
+        Ok(Fetched::TooLargeToForward(max)) => Err(HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "the request is too large to reach the node that runs the project: \
+                 at most {max} bytes cross the cluster (NATS max_payload)"
+            ),
+        )),
         Err(ConnectError::TooManyRooms { limit }) => Err(HttpError::unavailable(
             "too_many_rooms",
             format!("the server is at its limit of {limit} live rooms; try again later"),

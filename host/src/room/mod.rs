@@ -152,6 +152,10 @@ pub enum Fetched {
     /// In a cluster: the owner node did not answer in time; it may or may
     /// not have handled the request.
     Unanswered,
+    /// In a cluster: the request is larger than a NATS message may be (the
+    /// cluster's `max_payload`, in bytes), so it cannot reach the owner
+    /// node; it was not sent.
+    TooLargeToForward(usize),
 }
 
 /// Why a connection was not admitted.
