@@ -58,7 +58,7 @@ pub async fn run(
         None => None,
     };
     let store = match (&nats, &config.data_dir) {
-        (_, None) => None,
+        (_, None) => Some(RoomStore::Memory(Arc::default())),
         (Some(client), Some(_)) => Some(RoomStore::JetStream(Arc::new(
             JetStreamStore::open(client).await?,
         ))),
@@ -121,7 +121,8 @@ pub async fn run(
         websockets: Arc::new(Semaphore::new(config.max_connections)),
         config: Arc::new(config),
         metrics,
-        store,
+        // `/health` and `/metrics` report the durable store only.
+        store: store.filter(RoomStore::is_durable),
         cluster: cluster.clone(),
         tracker: TaskTracker::new(),
         started: Instant::now(),

@@ -653,3 +653,27 @@ async fn a_leaving_client_s_attachment_is_still_readable_in_on_close() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn in_memory_a_room_s_data_outlives_the_room_until_exit() {
+    // A project served over HTTP only: its room is made for each request
+    // and removed after it (no clients, no alarm). Its data stays, as it
+    // would in the file.
+    let server = Server::start(&["--component", PROBE_ROOM, "--in-memory"]);
+    let p = project();
+    let (status, body) = server
+        .request(&raw("PUT", &format!("/rooms/{p}/kv/k"), "", "kept"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, text) = server
+        .request_text(&raw("GET", &format!("/rooms/{p}/kv/k"), "", ""))
+        .await;
+    assert_eq!((status, text.as_str()), (200, "kept"));
+    let (status, text) = server
+        .request_text(&raw("GET", &format!("/rooms/{p}-other/kv/k"), "", ""))
+        .await;
+    assert_eq!(status, 404, "another project sees nothing: {text}");
+    // `/health` reports durable stores only.
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["store"], Value::Null, "{health}");
+}

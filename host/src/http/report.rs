@@ -190,6 +190,7 @@ fn store_json(app: &App) -> serde_json::Value {
             Some(file.file_bytes()),
         ),
         RoomStore::JetStream(_) => ("jetstream", None, None),
+        RoomStore::Memory(_) => ("memory", None, None),
     };
     json!({
         "backend": backend,

@@ -15,6 +15,7 @@
 
 mod committer;
 pub(crate) mod jetstream;
+mod memory;
 mod stats;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use anyhow::Context as _;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
+pub(crate) use memory::MemoryStore;
 pub(crate) use stats::Stats;
 
 const ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entries");
@@ -75,12 +77,13 @@ pub(crate) struct Changes {
     pub(crate) revision: u64,
 }
 
-/// Where durable rooms keep their data: a file on a node alone, JetStream
-/// in a cluster.
+/// Where rooms keep their data: a file on a node alone, JetStream in a
+/// cluster, this process's memory with `--in-memory`.
 #[derive(Clone)]
 pub(crate) enum RoomStore {
     File(DurableStore),
     JetStream(Arc<jetstream::JetStreamStore>),
+    Memory(Arc<MemoryStore>),
 }
 
 impl std::fmt::Debug for RoomStore {
@@ -88,6 +91,7 @@ impl std::fmt::Debug for RoomStore {
         match self {
             RoomStore::File(store) => store.fmt(f),
             RoomStore::JetStream(_) => f.write_str("JetStream"),
+            RoomStore::Memory(_) => f.write_str("Memory"),
         }
     }
 }
@@ -98,7 +102,13 @@ impl RoomStore {
         match self {
             RoomStore::File(store) => store.accepts_writes(),
             RoomStore::JetStream(store) => store.accepts_writes(),
+            RoomStore::Memory(_) => true,
         }
+    }
+
+    /// Whether the data outlives the process (not `--in-memory`).
+    pub(crate) fn is_durable(&self) -> bool {
+        !matches!(self, RoomStore::Memory(_))
     }
 
     /// Whether a commit carries the whole room rather than what changed.
@@ -110,6 +120,7 @@ impl RoomStore {
         match self {
             RoomStore::File(store) => store.stats(),
             RoomStore::JetStream(store) => store.stats(),
+            RoomStore::Memory(store) => store.stats(),
         }
     }
 
@@ -121,6 +132,7 @@ impl RoomStore {
                 tokio::task::spawn_blocking(move || store.load(&project)).await?
             }
             RoomStore::JetStream(store) => store.load(&project).await,
+            RoomStore::Memory(store) => Ok(store.load(&project)),
         }
     }
 
@@ -133,6 +145,10 @@ impl RoomStore {
         match self {
             RoomStore::File(store) => store.commit(project, changes).await.map(|()| 0),
             RoomStore::JetStream(store) => store.commit(&project, changes).await,
+            RoomStore::Memory(store) => {
+                store.commit(project, changes);
+                Ok(0)
+            }
         }
     }
 }
