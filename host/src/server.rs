@@ -58,7 +58,10 @@ pub async fn run(
         None => None,
     };
     let store = match (&nats, &config.data_dir) {
-        (_, None) => Some(RoomStore::Memory(Arc::default())),
+        // In a cluster a project moves between nodes: a node's memory
+        // would give it back data another node has changed since.
+        (None, None) => Some(RoomStore::Memory(Arc::default())),
+        (Some(_), None) => None,
         (Some(client), Some(_)) => Some(RoomStore::JetStream(Arc::new(
             JetStreamStore::open(client).await?,
         ))),

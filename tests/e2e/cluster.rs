@@ -746,3 +746,39 @@ async fn a_room_s_answer_too_large_for_nats_is_a_clear_500_from_other_nodes() {
         .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn in_memory_no_node_serves_a_project_data_another_node_changed_since() {
+    use crate::room_http::{PROBE_ROOM, raw};
+    let nats = Nats::start();
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let n1 = node_with(
+        &nats,
+        &format!("n1-{tag}"),
+        LEASE_MS,
+        &["--component", PROBE_ROOM],
+    );
+    let n2 = node_with(
+        &nats,
+        &format!("n2-{tag}"),
+        LEASE_MS,
+        &["--component", PROBE_ROOM],
+    );
+    let p = project();
+    // Each request makes the project's room and removes it after (no
+    // clients): the project goes to whichever node asks next.
+    let put = |value: &str| raw("PUT", &format!("/rooms/{p}/kv/k"), "", value);
+    let (status, body) = n1.request(&put("from n1")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = n2.request(&put("from n2")).await;
+    assert_eq!(status, 200, "{body}");
+    for node in [&n1, &n2] {
+        let (status, text) = node
+            .request_text(&raw("GET", &format!("/rooms/{p}/kv/k"), "", ""))
+            .await;
+        assert!(
+            !(status == 200 && text == "from n1"),
+            "a node served the project's data as it left it, not as another node changed it"
+        );
+    }
+}

@@ -123,11 +123,12 @@ impl FrameReader {
             // "control frame over 125 bytes" for a close or pong too.)
             return Err(WebSocketError::PingFrameTooLarge);
         }
+        let header_len = 2 + extended + if masked { 4 } else { 0 };
+        // (Checked: with a limit near `usize::MAX` the sum could wrap.)
         let payload_len = match usize::try_from(payload_len) {
-            Ok(len) if len < self.max_frame => len,
+            Ok(len) if len < self.max_frame && len.checked_add(header_len).is_some() => len,
             _ => return Err(WebSocketError::FrameTooLarge),
         };
-        let header_len = 2 + extended + if masked { 4 } else { 0 };
         let mask = if masked {
             match buf.get(2 + extended..header_len) {
                 Some(&[a, b, c, d]) => Some([a, b, c, d]),
@@ -354,13 +355,16 @@ mod tests {
             let frames = read_all(&wire, 2, 1000).await;
             assert_eq!(frames, vec![Err(error.to_string())]);
         }
-        // A length no machine could hold.
-        let mut huge = vec![0x82, 0x80 | 127];
-        huge.extend_from_slice(&u64::MAX.to_be_bytes());
-        assert_eq!(
-            read_all(&huge, 100, 1000).await,
-            vec![Err("Frame too large".to_string())]
-        );
+        // A length no machine could hold, even with no limit to speak of.
+        for limit in [1000, usize::MAX] {
+            let mut huge = vec![0x82, 0x80 | 127];
+            huge.extend_from_slice(&(u64::MAX - 12).to_be_bytes());
+            huge.extend_from_slice(&[1, 2, 3, 4]);
+            assert_eq!(
+                read_all(&huge, 100, limit).await,
+                vec![Err("Frame too large".to_string())]
+            );
+        }
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::engine::{self, Room, RoomState};
 use crate::metrics::RoomCall;
+use crate::store::{Alarm, Changes, RoomStore};
 
 /// A guest call (or instantiation) that failed.
 pub(super) struct Trapped(pub(super) anyhow::Error);
@@ -132,12 +133,7 @@ impl Actor {
         let Some(store) = self.settings.store.clone() else {
             return true;
         };
-        let alarm = self.table().alarm();
-        let mut changes = self.table().storage.take_changes();
-        changes.alarm_changed = alarm != self.committed_alarm;
-        if changes.alarm_changed || store.whole_rooms() {
-            changes.alarm = Some(alarm);
-        }
+        let (changes, alarm) = self.changes_to_commit(store.whole_rooms());
         match store.commit(self.project.clone(), changes).await {
             Ok(revision) => {
                 self.table().storage.committed(revision);
@@ -157,6 +153,34 @@ impl Actor {
                 false
             }
         }
+    }
+
+    /// What the calls since the last commit changed, and the alarm now.
+    fn changes_to_commit(&mut self, whole_rooms: bool) -> (Changes, Option<Alarm>) {
+        let alarm = self.table().alarm();
+        let mut changes = self.table().storage.take_changes();
+        changes.alarm_changed = alarm != self.committed_alarm;
+        if changes.alarm_changed || whole_rooms {
+            changes.alarm = Some(alarm);
+        }
+        (changes, alarm)
+    }
+
+    /// With `--in-memory`, a commit is an update of a map that cannot fail:
+    /// made at once by whoever runs the room (a reader too), so the frames
+    /// it held go without waiting for the room's task. False with a
+    /// durable store (nothing done).
+    pub(super) fn commit_in_memory(&mut self) -> bool {
+        let Some(RoomStore::Memory(store)) = self.settings.store.clone() else {
+            return false;
+        };
+        if self.uncommitted() {
+            let (changes, alarm) = self.changes_to_commit(false);
+            store.commit(self.project.clone(), changes);
+            self.table().storage.committed(0);
+            self.committed_alarm = alarm;
+        }
+        true
     }
 
     /// Whether the room changed something not yet committed (its frames

@@ -52,7 +52,7 @@ impl Drop for ReaderTurn<'_> {
     /// an instance created or dropped (its hibernation timer).
     fn drop(&mut self) {
         let actor = &mut *self.actor;
-        if actor.uncommitted() {
+        if actor.uncommitted() && !actor.commit_in_memory() {
             // The messages wrote: their frames wait for the commit, which
             // the room's task makes (a reader does not wait on the disk).
             self.core.wake.notify_one();
