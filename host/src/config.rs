@@ -13,6 +13,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::{self, Auth};
 
+/// The most `--max-message-bytes` may be.
+const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
 /// Self-hosted Durable-Object-style WebSocket rooms: one WebAssembly
 /// component instance per project.
 #[derive(Debug, Clone, Parser)]
@@ -158,9 +161,10 @@ pub struct Cli {
     #[arg(long, env = "WSROOM_ROOM_LOG_LINES_PER_SEC", default_value_t = 50)]
     pub room_log_lines_per_sec: u32,
 
-    /// Largest message a client may send, in bytes. A larger message is
-    /// discarded and answered with a `message_too_large` error; a single
-    /// frame over four times this closes the connection with 1009.
+    /// Largest message a client may send, in bytes (at most 1 GiB). A
+    /// larger message is discarded and answered with a `message_too_large`
+    /// error; a single frame over four times this closes the connection
+    /// with 1009.
     #[arg(long, env = "WSROOM_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
     pub max_message_bytes: usize,
 
@@ -632,6 +636,12 @@ impl Cli {
             self.max_message_bytes > 0,
             "--max-message-bytes must be positive"
         );
+        // A client's frames are buffered whole up to four times this; the
+        // contract's lists are at most 4 GiB.
+        anyhow::ensure!(
+            self.max_message_bytes <= MAX_MESSAGE_BYTES,
+            "--max-message-bytes must be at most {MAX_MESSAGE_BYTES} (1 GiB)"
+        );
         anyhow::ensure!(
             self.outbox_limit_bytes > 0,
             "--outbox-limit-bytes must be positive"
@@ -772,6 +782,9 @@ mod tests {
             let cli = Cli::try_parse_from(["wsroom", flag, "0"]).unwrap();
             assert!(cli.config().is_ok(), "{flag}");
         }
+        let cli = Cli::try_parse_from(["wsroom", "--max-message-bytes", "1073741825"]).unwrap();
+        let error = cli.config().expect_err("over 1 GiB").to_string();
+        assert!(error.contains("at most 1073741824"), "{error}");
         // Past what the type holds: clap names the flag.
         let error = Cli::try_parse_from(["wsroom", "--room-inbox-bytes", "4294967296"])
             .unwrap_err()
