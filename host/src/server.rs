@@ -124,8 +124,7 @@ pub async fn run(
         websockets: Arc::new(Semaphore::new(config.max_connections)),
         config: Arc::new(config),
         metrics,
-        // `/health` and `/metrics` report the durable store only.
-        store: store.filter(RoomStore::is_durable),
+        store,
         cluster: cluster.clone(),
         tracker: TaskTracker::new(),
         started: Instant::now(),

@@ -8,9 +8,12 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-/// The guestbook component, if `.ci/run` (or you) built it.
+/// The guestbook component, if `.ci/run` (or you) built it; else says so.
 fn guestbook() -> Option<String> {
-    let path = std::env::var("WSROOM_TEST_DO").ok()?;
+    let Ok(path) = std::env::var("WSROOM_TEST_DO") else {
+        eprintln!("WSROOM_TEST_DO is not set: the Workers layer's tests need .ci/run's build");
+        return None;
+    };
     assert!(
         std::path::Path::new(&path).is_file(),
         "WSROOM_TEST_DO={path} is not a file"
@@ -42,7 +45,6 @@ async fn entries(server: &Server, project: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_durable_object_s_storage_alarm_env_and_fetch_work_as_on_cloudflare() {
     let Some(component) = guestbook() else {
-        eprintln!("WSROOM_TEST_DO is not set: the Workers layer's tests need .ci/run's build");
         return;
     };
     let server = Server::start(&[
@@ -103,7 +105,6 @@ async fn a_durable_object_s_storage_alarm_env_and_fetch_work_as_on_cloudflare() 
 #[tokio::test]
 async fn a_message_over_the_limit_reaches_web_socket_error() {
     let Some(component) = guestbook() else {
-        eprintln!("WSROOM_TEST_DO is not set: the Workers layer's tests need .ci/run's build");
         return;
     };
     let server = Server::start(&["--component", &component, "--max-message-bytes", "1000"]);
@@ -121,7 +122,6 @@ async fn a_message_over_the_limit_reaches_web_socket_error() {
 #[tokio::test]
 async fn a_handler_that_throws_fails_its_event_only() {
     let Some(component) = guestbook() else {
-        eprintln!("WSROOM_TEST_DO is not set: the Workers layer's tests need .ci/run's build");
         return;
     };
     let server = Server::start(&["--component", &component]);
@@ -152,7 +152,6 @@ async fn a_handler_that_throws_fails_its_event_only() {
 #[tokio::test]
 async fn keys_order_joins_tags_and_block_concurrency_while_behave_as_on_cloudflare() {
     let Some(component) = guestbook() else {
-        eprintln!("WSROOM_TEST_DO is not set: the Workers layer's tests need .ci/run's build");
         return;
     };
     let server = Server::start(&["--component", &component]);

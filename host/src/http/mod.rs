@@ -36,7 +36,8 @@ pub(crate) struct App {
     pub(crate) registry: Arc<Registry>,
     pub(crate) config: Arc<Config>,
     pub(crate) metrics: Arc<Metrics>,
-    /// The durable store; `None` with `--in-memory`.
+    /// Where rooms keep their data (`None` in memory in a cluster: in the
+    /// rooms themselves).
     pub(crate) store: Option<crate::store::RoomStore>,
     /// Cluster membership; `None` for a node alone.
     pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,

@@ -179,18 +179,18 @@ fn latency_json(s: &crate::metrics::HistogramSnapshot) -> Value {
 
 /// The durable store's figures (`null` in memory).
 fn store_json(app: &App) -> serde_json::Value {
-    let Some(store) = &app.store else {
+    let Some((store, stats)) = app.store.as_ref().and_then(|s| Some((s, s.stats()?))) else {
         return serde_json::Value::Null;
     };
-    let s = store.stats().snapshot();
+    let s = stats.snapshot();
     let (backend, data_dir, bytes) = match store {
+        RoomStore::Memory(_) => return serde_json::Value::Null,
         RoomStore::File(file) => (
             "file",
             Some(file.dir().display().to_string()),
             Some(file.file_bytes()),
         ),
         RoomStore::JetStream(_) => ("jetstream", None, None),
-        RoomStore::Memory(_) => ("memory", None, None),
     };
     json!({
         "backend": backend,
@@ -206,7 +206,10 @@ fn store_json(app: &App) -> serde_json::Value {
 
 /// The store's figures, for a scrape.
 fn store_register(registry: &mut PromRegistry, store: &RoomStore) {
-    let s = store.stats().snapshot();
+    let Some(stats) = store.stats() else {
+        return;
+    };
+    let s = stats.snapshot();
     if let RoomStore::File(file) = store {
         registry.register(
             "wsroom_store_bytes",

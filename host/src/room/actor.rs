@@ -136,8 +136,7 @@ impl Actor {
         let (changes, alarm) = self.changes_to_commit(store.whole_rooms());
         match store.commit(self.project.clone(), changes).await {
             Ok(revision) => {
-                self.table().storage.committed(revision);
-                self.committed_alarm = alarm;
+                self.committed(revision, alarm);
                 true
             }
             Err(e) => {
@@ -166,19 +165,25 @@ impl Actor {
         (changes, alarm)
     }
 
+    /// What was handed to the store is in it now.
+    fn committed(&mut self, revision: u64, alarm: Option<Alarm>) {
+        self.table().storage.committed(revision);
+        self.committed_alarm = alarm;
+    }
+
     /// With `--in-memory`, a commit is an update of a map that cannot fail:
     /// made at once by whoever runs the room (a reader too), so the frames
     /// it held go without waiting for the room's task. False with a
     /// durable store (nothing done).
     pub(super) fn commit_in_memory(&mut self) -> bool {
-        let Some(RoomStore::Memory(store)) = self.settings.store.clone() else {
-            return false;
+        let store = match &self.settings.store {
+            Some(RoomStore::Memory(store)) => store.clone(),
+            _ => return false,
         };
         if self.uncommitted() {
             let (changes, alarm) = self.changes_to_commit(false);
             store.commit(self.project.clone(), changes);
-            self.table().storage.committed(0);
-            self.committed_alarm = alarm;
+            self.committed(0, alarm);
         }
         true
     }

@@ -6,12 +6,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Alarm, Changes, RoomData, Stats};
+use super::{Alarm, Changes, RoomData};
 
 #[derive(Default)]
 pub(crate) struct MemoryStore {
     rooms: Mutex<HashMap<Arc<str>, Stored>>,
-    stats: Stats,
 }
 
 #[derive(Default)]
@@ -25,10 +24,6 @@ impl MemoryStore {
         // A panic elsewhere while the lock was held leaves whole maps
         // (every change below is applied by calls that cannot fail halfway).
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn stats(&self) -> &Stats {
-        &self.stats
     }
 
     /// A copy of what `project` stored (a room reads it once, when it starts).
@@ -45,7 +40,6 @@ impl MemoryStore {
 
     /// Applies `changes`, as the file's committer does.
     pub(crate) fn commit(&self, project: Arc<str>, changes: Changes) {
-        let started = std::time::Instant::now();
         let mut rooms = self.rooms();
         let stored = rooms.entry(project.clone()).or_default();
         if changes.cleared {
@@ -67,8 +61,6 @@ impl MemoryStore {
         if stored.entries.is_empty() && stored.alarm.is_none() {
             rooms.remove(&project);
         }
-        drop(rooms);
-        self.stats.committed(1, started.elapsed());
     }
 }
 

@@ -106,21 +106,18 @@ impl RoomStore {
         }
     }
 
-    /// Whether the data outlives the process (not `--in-memory`).
-    pub(crate) fn is_durable(&self) -> bool {
-        !matches!(self, RoomStore::Memory(_))
-    }
-
     /// Whether a commit carries the whole room rather than what changed.
     pub(crate) fn whole_rooms(&self) -> bool {
         matches!(self, RoomStore::JetStream(_))
     }
 
-    pub(crate) fn stats(&self) -> &Stats {
+    /// The durable store's figures; `None` in memory (nothing to report:
+    /// a commit there is a map update).
+    pub(crate) fn stats(&self) -> Option<&Stats> {
         match self {
-            RoomStore::File(store) => store.stats(),
-            RoomStore::JetStream(store) => store.stats(),
-            RoomStore::Memory(store) => store.stats(),
+            RoomStore::File(store) => Some(store.stats()),
+            RoomStore::JetStream(store) => Some(store.stats()),
+            RoomStore::Memory(_) => None,
         }
     }
 
