@@ -36,6 +36,7 @@ fn main() {
         "sdk/examples/chat-room/Cargo.toml",
         "wit",
         "Cargo.lock",
+        ".cargo/config.toml",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }

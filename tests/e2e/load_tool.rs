@@ -375,7 +375,13 @@ async fn connect_reports_memory_held_and_while_everyone_leaves() {
     assert_eq!(r["ok"], true, "{r}");
     let held = &r["held"];
     assert_eq!(held["holdSecs"], 1.0, "{r}");
-    assert!(held["bytesPerProjectHeld"].as_f64().unwrap() > 0.0, "{r}");
+    // By RSS: a process's PSS shrinks when other processes start mapping
+    // the same binary, as the other tests' servers do meanwhile.
+    assert!(
+        held["rssBytesPerProjectHeld"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
+    assert!(held["bytesPerProjectHeld"].is_f64(), "{r}");
     let peak = held["rssPeakLeavingBytes"].as_u64().unwrap();
     assert!(peak >= held["rssHeldBytes"].as_u64().unwrap(), "{r}");
     // The rooms hibernated during the hold.
