@@ -37,6 +37,7 @@ static STOPS_STRING: [bool; 256] = {
 /// SIMD for the rooms), where a byte at a time cost the room more than all
 /// the rest of its pass.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
 fn first_stop(bytes: &[u8]) -> Option<usize> {
     use core::arch::wasm32::{
         u8x16_bitmask, u8x16_eq, u8x16_lt, u8x16_splat, v128, v128_load, v128_or,
@@ -113,20 +114,24 @@ struct Scanner<'a> {
 }
 
 impl<'a> Scanner<'a> {
+    #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.bytes.get(self.pos).copied()
     }
 
+    #[inline(always)]
     fn next(&mut self) -> Option<u8> {
         let b = self.peek()?;
         self.pos += 1;
         Some(b)
     }
 
+    #[inline(always)]
     fn expect(&mut self, want: u8) -> Option<()> {
         (self.next()? == want).then_some(())
     }
 
+    #[inline(always)]
     fn eat(&mut self, want: u8) -> bool {
         let found = self.peek() == Some(want);
         self.pos += usize::from(found);
@@ -134,6 +139,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// JSON's four whitespace bytes, as serde skips them.
+    #[inline(always)]
     fn whitespace(&mut self) {
         while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
             self.pos += 1;
@@ -141,6 +147,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// `:` between a key and its value, with the whitespace around it.
+    #[inline(always)]
     fn colon(&mut self) -> Option<()> {
         self.whitespace();
         self.expect(b':')?;
@@ -150,6 +157,7 @@ impl<'a> Scanner<'a> {
 
     /// After a member or an element: `Some(false)` at a `,` (and the
     /// whitespace after it), `Some(true)` at `close`.
+    #[inline(always)]
     fn end_of_member(&mut self, close: u8) -> Option<bool> {
         self.whitespace();
         match self.next()? {
@@ -164,6 +172,7 @@ impl<'a> Scanner<'a> {
 
     /// Skips plain string content up to the next quote, escape or control
     /// character, and takes that byte.
+    #[inline(always)]
     fn skip_to_stop(&mut self) -> Option<u8> {
         self.pos += first_stop(self.bytes.get(self.pos..)?)?;
         self.next()
@@ -171,6 +180,7 @@ impl<'a> Scanner<'a> {
 
     /// A string without escapes: its content. An escape is serde's to
     /// decode (a key `"t\u006f"` is `to`).
+    #[inline(always)]
     fn plain_string(&mut self) -> Option<&'a str> {
         self.expect(b'"')?;
         let start = self.pos;
@@ -181,6 +191,7 @@ impl<'a> Scanner<'a> {
 
     /// Any string, its escapes checked as serde checks those of a value it
     /// skips (not decoded, so a lone surrogate passes, as there).
+    #[inline(always)]
     fn skip_string(&mut self) -> Option<()> {
         self.expect(b'"')?;
         loop {
@@ -200,6 +211,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    #[inline(always)]
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         let end = self.pos + word.len();
         (self.bytes.get(self.pos..end)? == word).then_some(())?;
@@ -207,12 +219,14 @@ impl<'a> Scanner<'a> {
         Some(())
     }
 
+    #[inline(always)]
     fn digits(&mut self) {
         while let Some(b'0'..=b'9') = self.peek() {
             self.pos += 1;
         }
     }
 
+    #[inline(always)]
     fn at_least_one_digit(&mut self) -> Option<()> {
         self.next()?.is_ascii_digit().then_some(())?;
         self.digits();
@@ -221,6 +235,7 @@ impl<'a> Scanner<'a> {
 
     /// A number's syntax (serde does not check the range of a number it
     /// skips).
+    #[inline(always)]
     fn skip_number(&mut self) -> Option<()> {
         self.eat(b'-');
         match self.next()? {
@@ -278,6 +293,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A value's text, exactly as it lies in the message.
+    #[inline(always)]
     fn value_text(&mut self, depth: usize) -> Option<&'a str> {
         let start = self.pos;
         self.skip_value(depth)?;
@@ -287,6 +303,7 @@ impl<'a> Scanner<'a> {
 
     /// The value of `to`: null, or an object. Anything else is refused, and
     /// serde words why.
+    #[inline(always)]
     fn to(&mut self) -> Option<To<'a>> {
         if self.peek()? == b'n' {
             self.literal(b"null")?;
@@ -327,6 +344,7 @@ impl<'a> Scanner<'a> {
     /// (null, a boolean, an array). A number (whose range serde checks
     /// here), an escaped string or an object (whose keys serde decodes) is
     /// serde's to read.
+    #[inline(always)]
     fn target_field(&mut self) -> Option<Field<'a>> {
         match self.peek()? {
             b'"' => Some(Field::Str(Cow::Borrowed(self.plain_string()?))),
