@@ -21,13 +21,20 @@ struct RawWs {
 impl RawWs {
     /// Upgrades into `project` as `kind` and reads the `connected` message.
     async fn open(server: &Server, kind: &str, project: &str) -> RawWs {
+        RawWs::open_sending(server, kind, project, &[]).await
+    }
+
+    /// The same, with `early` (frames) in the request's own write.
+    async fn open_sending(server: &Server, kind: &str, project: &str, early: &[u8]) -> RawWs {
         let mut s = within(TcpStream::connect(server.addr)).await.unwrap();
         let req = format!(
             "GET /websocket?type={kind}&projectId={project} HTTP/1.1\r\nHost: t\r\n\
              Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
              Sec-WebSocket-Key: {KEY}\r\n\r\n"
         );
-        within(s.write_all(req.as_bytes())).await.unwrap();
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(early);
+        within(s.write_all(&bytes)).await.unwrap();
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
             let mut byte = [0u8];
@@ -46,23 +53,9 @@ impl RawWs {
 
     /// Sends one frame, masked with a fixed key or not masked at all.
     async fn send(&mut self, opcode: u8, payload: &[u8], masked: bool) {
-        let mut frame = vec![0x80 | opcode];
-        let mask_bit = if masked { 0x80 } else { 0 };
-        match payload.len() {
-            n if n < 126 => frame.push(mask_bit | n as u8),
-            n => {
-                frame.push(mask_bit | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-        }
-        if masked {
-            let key = [7u8, 1, 9, 3];
-            frame.extend_from_slice(&key);
-            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        } else {
-            frame.extend_from_slice(payload);
-        }
-        within(self.s.write_all(&frame)).await.unwrap();
+        within(self.s.write_all(&frame(opcode, payload, masked)))
+            .await
+            .unwrap();
     }
 
     /// Reads one (unmasked) frame from the server: its opcode and payload.
@@ -101,6 +94,27 @@ impl RawWs {
     }
 }
 
+/// One client frame, masked with a fixed key or not masked at all.
+fn frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut frame = vec![0x80 | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => frame.push(mask_bit | n as u8),
+        n => {
+            frame.push(mask_bit | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    if masked {
+        let key = [7u8, 1, 9, 3];
+        frame.extend_from_slice(&key);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        frame.extend_from_slice(payload);
+    }
+    frame
+}
+
 fn broadcast(id: &str) -> Vec<u8> {
     json!({"id": id, "type": "t", "payload": 1})
         .to_string()
@@ -125,6 +139,26 @@ async fn an_unmasked_frame_closes_with_1002_and_is_not_routed() {
     raw.send(1, &broadcast("masked"), true).await;
     let next = watcher.next_json().await;
     assert_eq!(next["id"], "masked", "{next}");
+}
+
+#[tokio::test]
+async fn frames_sent_in_the_upgrade_request_s_own_write_are_read_in_order() {
+    let server = Server::start(&[]);
+    let p = project();
+    let mut watcher = server.connect("data-agent", &p).await;
+    // A client that does not wait for the 101 before its first frames (they
+    // reach the server with the request, read along with it).
+    let mut early = frame(1, &broadcast("first"), true);
+    early.extend(frame(1, &broadcast("second"), true));
+    let mut raw = RawWs::open_sending(&server, "runtime", &p, &early).await;
+    for id in ["first", "second"] {
+        let next = watcher.next_json().await;
+        assert_eq!(next["id"], id, "{next}");
+    }
+    // And the connection reads on from its socket.
+    raw.send(1, &broadcast("third"), true).await;
+    let next = watcher.next_json().await;
+    assert_eq!(next["id"], "third", "{next}");
 }
 
 #[tokio::test]

@@ -33,6 +33,9 @@ pub(crate) struct FrameReader {
     /// Whether `buf` has an allocation (its `capacity` does not say: the
     /// bytes read past are not counted in it).
     holding: bool,
+    /// Whether `buf`'s allocation is smaller than [`READ_CHUNK`] (sized to
+    /// the bytes that arrived), too small to read into.
+    small: bool,
     /// Bytes of the frame last returned, dropped from `buf` at the next read
     /// (the frame borrowed them until then).
     consumed: usize,
@@ -55,6 +58,7 @@ impl FrameReader {
         FrameReader {
             buf: BytesMut::new(),
             holding: false,
+            small: false,
             consumed: 0,
             max_frame,
         }
@@ -169,6 +173,15 @@ impl FrameReader {
         cx: &mut std::task::Context<'_>,
         needed: usize,
     ) -> Poll<Result<usize, WebSocketError>> {
+        if self.holding && self.small && self.buf.is_empty() {
+            // Drained, and too small to read into: a client sending one
+            // message at a time lands here for every message. The stack
+            // serves it better than growing this buffer to READ_CHUNK each
+            // time (a reallocation of 8 KiB per message, freed when the
+            // read finds nothing more).
+            self.buf = BytesMut::new();
+            self.holding = false;
+        }
         if !self.holding {
             // No buffer: the first bytes go to the stack, and only bytes
             // that arrived take memory.
@@ -189,6 +202,7 @@ impl FrameReader {
             self.buf = BytesMut::with_capacity(size);
             self.buf.extend_from_slice(got);
             self.holding = true;
+            self.small = size < READ_CHUNK;
             return Poll::Ready(Ok(got.len()));
         }
         // Reuses the buffer's whole allocation when what is buffered fits
@@ -196,6 +210,7 @@ impl FrameReader {
         // as bytes arrive, doubling, not by what a header claims: a client
         // announcing a large frame and sending nothing holds little.
         self.buf.reserve(READ_CHUNK);
+        self.small = false;
         let spare = self.buf.spare_capacity_mut();
         let mut into = ReadBuf::uninit(spare);
         match Pin::new(read).poll_read(cx, &mut into) {
