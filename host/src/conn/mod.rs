@@ -169,7 +169,10 @@ where
     let reader = reader::read_loop(read, c);
     let writer = writer::write_loop(&mut write, c);
     tokio::pin!(reader, writer);
+    // Both are polled at every wake-up; `biased` spares the random draw
+    // tokio would make for their order each time.
     let peer_gone = tokio::select! {
+        biased;
         ended = &mut reader => {
             // The client closed (its close is echoed) or vanished (abort).
             if ended.code == 1006 {

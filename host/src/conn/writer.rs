@@ -33,6 +33,19 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(write: &mut W, c: &Connect
     let mut sampled: u32 = 0;
     loop {
         tokio::select! {
+            // In this order, without a random draw for each poll: the
+            // ping's timer first, so a peer kept busy with frames still gets
+            // its pings (and is checked for answers).
+            biased;
+            _ = ping.tick() => {
+                let last_seen = Duration::from_millis(c.last_seen.load(Relaxed));
+                if c.start.elapsed().saturating_sub(last_seen) > interval * 2 {
+                    debug!("peer stopped answering pings");
+                    c.outbox.abort();
+                    return true;
+                }
+                c.outbox.push_control(outbox::encode(OpCode::Ping, b""));
+            }
             (next, timing) = c.outbox.take_timed(&mut batch) => {
                 if next == Next::Abort {
                     return true;
@@ -73,15 +86,6 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(write: &mut W, c: &Connect
                     let _ = write.shutdown().await;
                     return false;
                 }
-            }
-            _ = ping.tick() => {
-                let last_seen = Duration::from_millis(c.last_seen.load(Relaxed));
-                if c.start.elapsed().saturating_sub(last_seen) > interval * 2 {
-                    debug!("peer stopped answering pings");
-                    c.outbox.abort();
-                    return true;
-                }
-                c.outbox.push_control(outbox::encode(OpCode::Ping, b""));
             }
         }
     }

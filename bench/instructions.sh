@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The server's own instructions per rpc request and per fan-out message
+# (docs/benchmarks.md, "Instructions per request"): the server runs under
+# valgrind's callgrind while wsroom-load drives it, twice, with two run
+# lengths; the difference of the two totals divided by the difference of
+# the work is the cost of one unit, start-up and shut-down cancelling out.
+# Unlike a time or a rate it does not move with the machine's noise (the
+# same binary gives the same count to ~0.3%), so two builds, or a build
+# and the reference server, compare in one run each.
+#
+# Needs valgrind and a release build (cargo build --release).
+#   bench/instructions.sh [SERVER_BINARY|ref ...]   # default: ./target/release/wsroom ref
+# Prints one line per server and scenario.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+L=./target/release/wsroom-load
+PORT=14567
+DIR=$(mktemp -d /tmp/wsroom-bench-instructions.XXXXXX)
+[ $# -gt 0 ] || set -- ./target/release/wsroom ref
+
+# Total instructions of one server run that does the scenario $2 with
+# ${3} in place of N; $1 is the server (a binary, or "ref").
+run_once() {
+    local server=$1 args=${2//N/$3} out="$DIR/cg.$RANDOM"
+    if [ "$server" = ref ]; then
+        valgrind --tool=callgrind --callgrind-out-file="$out" \
+            "$L" --server 127.0.0.1:$PORT reference-server >"$out.log" 2>&1 &
+    else
+        # --smc-check: the rooms' code is generated at run time.
+        valgrind --tool=callgrind --smc-check=all-non-file --callgrind-out-file="$out" \
+            "$server" --listen 127.0.0.1:$PORT --in-memory >"$out.log" 2>&1 &
+    fi
+    local pid=$!
+    for _ in $(seq 300); do
+        (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
+        sleep 0.2
+    done
+    # shellcheck disable=SC2086
+    "$L" --server 127.0.0.1:$PORT $args --json --timeout-secs 600 | grep -q '"ok":true' ||
+        { echo "the run failed: $server $args" >&2; kill -KILL $pid; exit 1; }
+    kill -TERM $pid
+    wait $pid 2>/dev/null || true
+    grep -o 'Collected : [0-9]*' "$out.log" | grep -o '[0-9]*$'
+}
+
+# $1 server, $2 name, $3 scenario with N, $4 $5 the two N, $6 units per N.
+measure() {
+    local a b
+    a=$(run_once "$1" "$3" "$4")
+    b=$(run_once "$1" "$3" "$5")
+    echo "$2 $(basename "$1"): $(((b - a) / (($5 - $4) * $6))) instructions per $7"
+}
+
+for server in "$@"; do
+    # rpc: 10 pairs making N requests each.
+    measure "$server" rpc "rpc --pairs 10 --projects 2 --requests N" 200 700 10 request
+    # 20 projects, one sender each, N messages to 10 receivers.
+    measure "$server" "fanout 20x10" "fanout --projects 20 --receivers 10 --messages N" 100 400 20 message
+done
+rm -rf "$DIR"
