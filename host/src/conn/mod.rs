@@ -16,10 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, Bytes};
 use fastwebsockets::upgrade::UpgradeFut;
 use hyper::upgrade::Parts;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::debug;
@@ -117,7 +118,7 @@ pub(crate) async fn serve(
             // A plain TCP connection is read and written through the
             // socket's own halves; behind hyper's upgrade every read and
             // write went through its type-erased stream, its buffer of
-            // early bytes and a lock shared by the two halves (~3% of the
+            // early bytes and a lock shared by the two halves (~2% of the
             // server's instructions per rpc request).
             match ws
                 .into_inner()
@@ -125,11 +126,8 @@ pub(crate) async fn serve(
                 .downcast::<TokioIo<TcpStream>>()
             {
                 Ok(Parts { io, read_buf, .. }) => {
-                    let mut socket = io.into_inner();
-                    let (read, write) = socket.split();
-                    // Bytes the client sent right behind its upgrade
-                    // request, read by hyper with it.
-                    let read = std::io::Cursor::new(read_buf).chain(read);
+                    let (read, write) = io.into_inner().into_split();
+                    let read = EarlyBytes::new(read_buf, read);
                     run(read, write, &connection).await
                 }
                 Err(upgraded) => {
@@ -192,6 +190,44 @@ where
     }
     out_of_guest(reader, &c.in_guest).await;
     Ended::lost()
+}
+
+/// A connection's socket with the bytes the client sent right behind its
+/// upgrade request (read by hyper with the request) in front. The buffer
+/// they sit in, hyper's whole read buffer, is let go once they are read,
+/// not kept for the connection's life.
+struct EarlyBytes<R> {
+    /// Boxed: most clients send none, and every byte of this struct is in
+    /// each connection's task, several times over.
+    early: Option<Box<Bytes>>,
+    read: R,
+}
+
+impl<R> EarlyBytes<R> {
+    fn new(early: Bytes, read: R) -> EarlyBytes<R> {
+        // Empty, it may still hold hyper's buffer.
+        let early = (!early.is_empty()).then(|| Box::new(early));
+        EarlyBytes { early, read }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for EarlyBytes<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let Some(early) = self.early.as_mut() else {
+            return Pin::new(&mut self.read).poll_read(cx, buf);
+        };
+        let n = early.len().min(buf.remaining());
+        buf.put_slice(&early[..n]);
+        early.advance(n);
+        if early.is_empty() {
+            self.early = None;
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// Lets a reader that is running a message in the room's guest finish that
