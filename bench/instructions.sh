@@ -10,7 +10,8 @@
 #
 # Needs valgrind and a release build (cargo build --release).
 #   bench/instructions.sh [SERVER_BINARY|ref ...]   # default: ./target/release/wsroom ref
-# Prints one line per server and scenario.
+# Prints one line per server and scenario. KEEP=1 keeps callgrind's files
+# (for callgrind_annotate) and says where.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 L=./target/release/wsroom-load
@@ -19,9 +20,9 @@ DIR=$(mktemp -d /tmp/wsroom-bench-instructions.XXXXXX)
 [ $# -gt 0 ] || set -- ./target/release/wsroom ref
 
 # Total instructions of one server run that does the scenario $2 with
-# ${3} in place of N; $1 is the server (a binary, or "ref").
+# ${3} in place of N; $1 is the server (a binary, or "ref"), $4 a name.
 run_once() {
-    local server=$1 args=${2//N/$3} out="$DIR/cg.$RANDOM"
+    local server=$1 args=${2//N/$3} out="$DIR/callgrind.$4.$3"
     if [ "$server" = ref ]; then
         valgrind --tool=callgrind --callgrind-out-file="$out" \
             "$L" --server 127.0.0.1:$PORT reference-server >"$out.log" 2>&1 &
@@ -46,8 +47,10 @@ run_once() {
 # $1 server, $2 name, $3 scenario with N, $4 $5 the two N, $6 units per N.
 measure() {
     local a b
-    a=$(run_once "$1" "$3" "$4")
-    b=$(run_once "$1" "$3" "$5")
+    local name
+    name="$(basename "$1").${2// /-}"
+    a=$(run_once "$1" "$3" "$4" "$name")
+    b=$(run_once "$1" "$3" "$5" "$name")
     echo "$2 $(basename "$1"): $(((b - a) / (($5 - $4) * $6))) instructions per $7"
 }
 
@@ -57,4 +60,8 @@ for server in "$@"; do
     # 20 projects, one sender each, N messages to 10 receivers.
     measure "$server" "fanout 20x10" "fanout --projects 20 --receivers 10 --messages N" 100 400 20 message
 done
-rm -rf "$DIR"
+if [ -n "${KEEP:-}" ]; then
+    echo "callgrind's files: $DIR" >&2
+else
+    rm -rf "$DIR"
+fi
