@@ -4,8 +4,9 @@
 //! read by one loop over the bytes that allocates nothing but `from`'s list.
 //!
 //! It never decides that a message is invalid: whatever it does not fully
-//! understand (an escape in a key or in `to`, a number in `to`, nesting
-//! deeper than [`MAX_DEPTH`], any syntax error) makes [`fields`] answer
+//! understand (an escape in a key or in `to`, a number or an object as
+//! `to`'s `id` or `type`, `to` other than null or an object, nesting deeper
+//! than [`MAX_DEPTH`], any syntax error) makes [`fields`] answer
 //! `None`, and the caller reads the message with serde, which also words
 //! the error. It answers `Some` only where serde would read the same
 //! fields; a test checks the two agree on generated messages.
