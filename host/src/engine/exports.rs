@@ -8,7 +8,7 @@
 //! built before `fetch` has none: [`Room::call_fetch`] says so).
 
 use wasmtime::Store;
-use wasmtime::component::{Func, InstancePre, TypedFunc};
+use wasmtime::component::{ComponentExportIndex, Func, InstancePre, TypedFunc};
 
 use super::RoomState;
 
@@ -38,8 +38,13 @@ pub(crate) use earlier_wit::ClientInfo as EarlierClientInfo;
 /// ready to instantiate.
 pub(crate) enum RoomPre {
     Current(current::RoomPre<RoomState>),
-    /// Built against 0.1.0 or 0.2.0.
-    Earlier(earlier::RoomPre<RoomState>),
+    /// Built against 0.1.0 or 0.2.0: its exports found once, for every
+    /// instance.
+    Earlier {
+        pre: InstancePre<RoomState>,
+        indices: earlier::RoomIndices,
+        on_message: ComponentExportIndex,
+    },
 }
 
 /// A room instance's exports.
@@ -61,20 +66,32 @@ impl RoomPre {
     pub(super) fn new(pre: InstancePre<RoomState>) -> wasmtime::Result<RoomPre> {
         match current::RoomPre::new(pre.clone()) {
             Ok(pre) => Ok(RoomPre::Current(pre)),
-            Err(current) => earlier::RoomPre::new(pre)
-                .map(RoomPre::Earlier)
-                .map_err(|earlier| {
-                    current.context(format!(
+            Err(current) => {
+                let earlier = earlier::RoomIndices::new(&pre).and_then(|indices| {
+                    let on_message = pre
+                        .component()
+                        .get_export_index(None, "on-message")
+                        .ok_or_else(|| wasmtime::Error::msg("no `on-message` export"))?;
+                    Ok((indices, on_message))
+                });
+                match earlier {
+                    Ok((indices, on_message)) => Ok(RoomPre::Earlier {
+                        pre,
+                        indices,
+                        on_message,
+                    }),
+                    Err(earlier) => Err(current.context(format!(
                         "nor the exports of wsroom:room@0.2.0 and before: {earlier:#}"
-                    ))
-                }),
+                    ))),
+                }
+            }
         }
     }
 
     pub(super) fn instance_pre(&self) -> &InstancePre<RoomState> {
         match self {
             RoomPre::Current(pre) => pre.instance_pre(),
-            RoomPre::Earlier(pre) => pre.instance_pre(),
+            RoomPre::Earlier { pre, .. } => pre,
         }
     }
 
@@ -84,11 +101,15 @@ impl RoomPre {
     ) -> wasmtime::Result<Room> {
         Ok(match self {
             RoomPre::Current(pre) => Room::Current(pre.instantiate_async(store).await?),
-            RoomPre::Earlier(pre) => {
-                let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
-                let room = earlier::Room::new(&mut *store, &instance)?;
+            RoomPre::Earlier {
+                pre,
+                indices,
+                on_message,
+            } => {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                let room = indices.load(&mut *store, &instance)?;
                 let on_message = instance
-                    .get_func(&mut *store, "on-message")
+                    .get_func(&mut *store, on_message)
                     .ok_or_else(|| wasmtime::Error::msg("no `on-message` export"))?;
                 // Checked once here; `call_on_message` relies on it.
                 on_message.typed::<OnMessageParams<'_>, ()>(&*store)?;

@@ -179,18 +179,21 @@ fn latency_json(s: &crate::metrics::HistogramSnapshot) -> Value {
 
 /// The durable store's figures (`null` in memory).
 fn store_json(app: &App) -> serde_json::Value {
-    let Some((store, stats)) = app.store.as_ref().and_then(|s| Some((s, s.stats()?))) else {
+    let Some(store) = &app.store else {
+        return serde_json::Value::Null;
+    };
+    let Some(stats) = store.stats() else {
         return serde_json::Value::Null;
     };
     let s = stats.snapshot();
     let (backend, data_dir, bytes) = match store {
-        RoomStore::Memory(_) => return serde_json::Value::Null,
         RoomStore::File(file) => (
             "file",
             Some(file.dir().display().to_string()),
             Some(file.file_bytes()),
         ),
         RoomStore::JetStream(_) => ("jetstream", None, None),
+        RoomStore::Memory(_) => ("memory", None, None),
     };
     json!({
         "backend": backend,
