@@ -8,6 +8,8 @@ use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
 
+use system::SystemMessage;
+
 /// The client types the default room admits.
 pub const ADMITTED_TYPES: [&str; 3] = ["runtime", "data-agent", "admin"];
 /// The type that receives monitoring copies of routed messages.
@@ -93,14 +95,16 @@ pub fn on_connect(env: &mut impl Env, client: Joining<'_>) -> Result<(), Refusal
     }
     env.cancel_alarm();
     let project_id = env.project_id();
-    let payload = Connected {
-        client_id: client.id,
-        project_id: &project_id,
-        client_count: env.client_count(),
-        message: format!("connected to project {project_id} as {}", client.kind),
-        timestamp: env.now_ms(),
-    };
-    let text = system_message(env, "connected", payload);
+    let text = SystemMessage::new(&env.new_id(), "connected")
+        .str("clientId", client.id)
+        .str("projectId", &project_id)
+        .number("clientCount", env.client_count().into())
+        .concat(
+            "message",
+            &["connected to project ", &project_id, " as ", client.kind],
+        )
+        .number("timestamp", env.now_ms())
+        .finish();
     env.send(
         &text,
         &[Target {
@@ -115,14 +119,13 @@ pub fn on_connect(env: &mut impl Env, client: Joining<'_>) -> Result<(), Refusal
 pub fn on_close(env: &mut impl Env, id: &str, kind: &str) {
     let remaining = env.client_count();
     if remaining > 0 {
-        let payload = ClientLeft {
-            client_id: id,
-            client_type: kind,
-            project_id: env.project_id(),
-            client_count: remaining,
-            timestamp: env.now_ms(),
-        };
-        let text = system_message(env, "client_left", payload);
+        let text = SystemMessage::new(&env.new_id(), "client_left")
+            .str("clientId", id)
+            .str("clientType", kind)
+            .str("projectId", &env.project_id())
+            .number("clientCount", remaining.into())
+            .number("timestamp", env.now_ms())
+            .finish();
         env.send(
             &text,
             &[Target {
@@ -441,14 +444,15 @@ fn send_error(
     message: &str,
     message_id: Option<&str>,
 ) {
-    let payload = ErrorPayload {
-        code: code.as_str(),
-        message,
-        project_id: env.project_id(),
-        timestamp: env.now_ms(),
-        message_id,
-    };
-    let text = system_message(env, "error", payload);
+    let mut text = SystemMessage::new(&env.new_id(), "error")
+        .str("code", code.as_str())
+        .str("message", message)
+        .str("projectId", &env.project_id())
+        .number("timestamp", env.now_ms());
+    if let Some(id) = message_id {
+        text = text.str("messageId", id);
+    }
+    let text = text.finish();
     env.send(
         &text,
         &[Target {
@@ -456,65 +460,6 @@ fn send_error(
             except: None,
         }],
     );
-}
-
-/// A message from the room itself (`from.type` "system"), serialized
-/// straight from these types (no intermediate `serde_json::Value`).
-#[derive(Serialize)]
-struct System<'a, P> {
-    id: String,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    from: SystemFrom,
-    payload: P,
-}
-
-#[derive(Serialize)]
-struct SystemFrom {
-    #[serde(rename = "type")]
-    kind: &'static str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Connected<'a> {
-    client_id: &'a str,
-    project_id: &'a str,
-    client_count: u32,
-    message: String,
-    timestamp: u64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ClientLeft<'a> {
-    client_id: &'a str,
-    client_type: &'a str,
-    project_id: String,
-    client_count: u32,
-    timestamp: u64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ErrorPayload<'a> {
-    code: &'a str,
-    message: &'a str,
-    project_id: String,
-    timestamp: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message_id: Option<&'a str>,
-}
-
-fn system_message(env: &impl Env, kind: &str, payload: impl Serialize) -> String {
-    let message = System {
-        id: env.new_id(),
-        kind,
-        from: SystemFrom { kind: "system" },
-        payload,
-    };
-    // These types always serialize (string keys, no maps that could fail).
-    serde_json::to_string(&message).unwrap_or_default()
 }
 
 /// Where a valid message goes.
@@ -839,5 +784,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
 }
 
 mod scan;
+mod system;
 #[cfg(test)]
 mod tests;
