@@ -327,21 +327,28 @@ impl Handler {
                     .with_upgrades()
                     .await
             }
-            Some(tls) => match tokio::time::timeout(timeout, tls.accept(self.stream)).await {
-                Ok(Ok(stream)) => {
-                    http.serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await
-                }
-                Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "tls handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    debug!(%peer, "tls handshake timed out");
-                    return;
-                }
-            },
+            // Boxed: a TLS connection's state is larger than the plain
+            // one's, and this future is moved whole into its task.
+            Some(tls) => {
+                Box::pin(async move {
+                    match tokio::time::timeout(timeout, tls.accept(self.stream)).await {
+                        Ok(Ok(stream)) => {
+                            http.serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades()
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "tls handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            debug!(%peer, "tls handshake timed out");
+                            Ok(())
+                        }
+                    }
+                })
+                .await
+            }
         };
         if let Err(e) = served {
             debug!(%peer, error = %e, "http connection ended with an error");

@@ -253,9 +253,11 @@ impl Ctx {
         host::alarm_at()
     }
 
-    /// The project this room serves.
+    /// The project this room serves. Asked of the host once: an instance
+    /// serves one project all its life.
     pub fn project_id(&self) -> String {
-        host::project_id()
+        static PROJECT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        PROJECT.get_or_init(host::project_id).clone()
     }
 
     /// A value of the host's `--room-config`.
