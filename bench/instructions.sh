@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The server's own instructions per rpc request and per fan-out message
-# (docs/benchmarks.md, "Instructions per request"): the server runs under
+# The server's own instructions per rpc request, per fan-out message and
+# per connection to a live room (docs/benchmarks.md, "Instructions per
+# request"): the server runs under
 # valgrind's callgrind while wsroom-load drives it, twice, with two run
 # lengths; the difference of the two totals divided by the difference of
 # the work is the cost of one unit, start-up and shut-down cancelling out.
@@ -44,6 +45,41 @@ run_once() {
     grep -o 'Collected : [0-9]*' "$out.log" | grep -o '[0-9]*$'
 }
 
+# Instructions of one server run up to the moment $2 clients of one
+# project are connected (dumped then with callgrind_control, while
+# wsroom-load holds them): their closes, which the reference answers with
+# nothing and the default room with a `client_left` to everyone left, never
+# count. $1 is the server, $3 a name.
+connect_once() {
+    local server=$1 n=$2 out="$DIR/callgrind.$3.$2"
+    if [ "$server" = ref ]; then
+        valgrind --tool=callgrind --callgrind-out-file="$out" \
+            "$L" --server 127.0.0.1:$PORT reference-server >"$out.log" 2>&1 &
+    else
+        valgrind --tool=callgrind --smc-check=all-non-file --callgrind-out-file="$out" \
+            "$server" --listen 127.0.0.1:$PORT --in-memory >"$out.log" 2>&1 &
+    fi
+    local pid=$! load
+    for _ in $(seq 300); do
+        (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
+        sleep 0.2
+    done
+    "$L" --server 127.0.0.1:$PORT connect --connections "$n" --projects 1 \
+        --hold-secs 120 --server-pid $pid --json --timeout-secs 600 >/dev/null &
+    load=$!
+    for _ in $(seq 1200); do
+        [ "$(ss -Htn state established "( sport = :$PORT )" | wc -l)" -ge "$n" ] && break
+        sleep 0.2
+    done
+    sleep 2
+    callgrind_control -d $pid >/dev/null
+    kill $load 2>/dev/null || true
+    kill -TERM $pid
+    wait $pid 2>/dev/null || true
+    wait $load 2>/dev/null || true
+    grep -m1 '^summary:' "$out.1" | grep -o '[0-9]*$'
+}
+
 # $1 server, $2 name, $3 scenario with N, $4 $5 the two N, $6 units per N.
 measure() {
     local a b
@@ -59,6 +95,11 @@ for server in "$@"; do
     measure "$server" rpc "rpc --pairs 10 --projects 2 --requests N" 200 700 10 request
     # 20 projects, one sender each, N messages to 10 receivers.
     measure "$server" "fanout 20x10" "fanout --projects 20 --receivers 10 --messages N" 100 400 20 message
+    # N clients joining one project (its room made by the first).
+    name="$(basename "$server").connect"
+    a=$(connect_once "$server" 300 "$name")
+    b=$(connect_once "$server" 900 "$name")
+    echo "connect $(basename "$server"): $(((b - a) / 600)) instructions per connection to a live room"
 done
 if [ -n "${KEEP:-}" ]; then
     echo "callgrind's files: $DIR" >&2

@@ -180,20 +180,40 @@ struct Query {
     /// `/health?ready`: answer 503 when the server should get no new
     /// clients.
     ready: bool,
+    /// Every parameter but `projectId`, `type` and `token`, in the URL's
+    /// order: a WebSocket client's `params` (checked by the upgrade). At
+    /// most one over the upgrade's limit is kept, enough to refuse it.
+    others: Vec<(String, String)>,
 }
 
 impl Query {
     /// The first value of each parameter, URL-decoded (invalid UTF-8
-    /// becomes U+FFFD).
+    /// becomes U+FFFD), each decoded once.
     fn parse(query: Option<&str>) -> Query {
         let mut q = Query::default();
         for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*k {
-                "projectId" if q.project_id.is_none() => q.project_id = Some(v.into_owned()),
-                "type" if q.kind.is_none() => q.kind = Some(v.into_owned()),
-                "token" if q.token.is_none() => q.token = Some(v.into_owned()),
-                "ready" => q.ready = true,
-                _ => {}
+                "projectId" => {
+                    if q.project_id.is_none() {
+                        q.project_id = Some(v.into_owned());
+                    }
+                }
+                "type" => {
+                    if q.kind.is_none() {
+                        q.kind = Some(v.into_owned());
+                    }
+                }
+                "token" => {
+                    if q.token.is_none() {
+                        q.token = Some(v.into_owned());
+                    }
+                }
+                _ => {
+                    q.ready |= k == "ready";
+                    if q.others.len() <= upgrade::MAX_PARAMS {
+                        q.others.push((k.into_owned(), v.into_owned()));
+                    }
+                }
             }
         }
         q

@@ -97,7 +97,7 @@ fn validate(
     let kind = query.kind()?;
     check_origin(app, req)?;
     let claims = authorize(app, req, query, Access::Join { project, kind })?;
-    let params = client_params(req.uri().query())?;
+    let params = client_params(&query.others)?;
     if !fastwebsockets::upgrade::is_upgrade_request(req) {
         return Err(HttpError::new(
             StatusCode::UPGRADE_REQUIRED,
@@ -127,18 +127,16 @@ fn validate(
 
 /// Most query parameters a client may pass besides `type`, `projectId`
 /// and `token`, and the longest name and value.
-const MAX_PARAMS: usize = 32;
+pub(super) const MAX_PARAMS: usize = 32;
 const MAX_PARAM_NAME: usize = 256;
 const MAX_PARAM_VALUE: usize = 4096;
 
 /// The upgrade URL's query parameters other than `type`, `projectId` and
-/// `token`, in order (repeated names kept), for the room and `/status`.
-fn client_params(query: Option<&str>) -> Result<ClientParams, HttpError> {
-    let mut params = Vec::new();
-    for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if matches!(&*name, "type" | "projectId" | "token") {
-            continue;
-        }
+/// `token` (`others`, as [`Query`](super::Query) decoded them), in order
+/// (repeated names kept), for the room and `/status`.
+fn client_params(others: &[(String, String)]) -> Result<ClientParams, HttpError> {
+    let mut params = Vec::with_capacity(others.len());
+    for (name, value) in others {
         if params.len() == MAX_PARAMS
             || name.len() > MAX_PARAM_NAME
             || value.len() > MAX_PARAM_VALUE
@@ -153,10 +151,7 @@ fn client_params(query: Option<&str>) -> Result<ClientParams, HttpError> {
                 ),
             ));
         }
-        params.push((
-            name.into_owned().into_boxed_str(),
-            value.into_owned().into_boxed_str(),
-        ));
+        params.push((Box::from(name.as_str()), Box::from(value.as_str())));
     }
     Ok(params.into_boxed_slice())
 }
