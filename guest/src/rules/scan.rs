@@ -39,7 +39,7 @@ static STOPS_STRING: [bool; 256] = {
 /// the rest of its pass.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 #[inline(always)]
-fn first_stop(bytes: &[u8]) -> Option<usize> {
+pub(super) fn first_stop(bytes: &[u8]) -> Option<usize> {
     use core::arch::wasm32::{
         u8x16_bitmask, u8x16_eq, u8x16_lt, u8x16_splat, v128, v128_load, v128_or,
     };
@@ -67,7 +67,7 @@ fn first_stop(bytes: &[u8]) -> Option<usize> {
 
 /// Natively (the room's tests), a byte at a time.
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-fn first_stop(bytes: &[u8]) -> Option<usize> {
+pub(super) fn first_stop(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&b| STOPS_STRING[usize::from(b)])
 }
 

@@ -25,8 +25,9 @@ impl SystemMessage {
         let mut out = String::with_capacity(256);
         out.push_str("{\"id\":");
         push_json_string(&mut out, id);
-        out.push_str(",\"type\":");
-        push_json_string(&mut out, kind);
+        out.push_str(",\"type\":\"");
+        out.push_str(kind);
+        out.push('"');
         out.push_str(",\"from\":{\"type\":\"system\"},\"payload\":{");
         SystemMessage { out, empty: true }
     }
@@ -36,8 +37,10 @@ impl SystemMessage {
             self.out.push(',');
         }
         self.empty = false;
-        push_json_string(&mut self.out, key);
-        self.out.push(':');
+        // Keys are this module's constants, none with a byte to escape.
+        self.out.push('"');
+        self.out.push_str(key);
+        self.out.push_str("\":");
     }
 
     /// A string field.
