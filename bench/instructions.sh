@@ -72,7 +72,7 @@ connect_once() {
         sleep 0.2
     done
     sleep 2
-    callgrind_control -d $pid >/dev/null
+    callgrind_control -d $pid >/dev/null 2>&1
     kill $load 2>/dev/null || true
     kill -TERM $pid
     wait $pid 2>/dev/null || true
