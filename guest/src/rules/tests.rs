@@ -673,3 +673,59 @@ fn other_requests_get_clear_errors() {
     assert_eq!(body["clientCount"], 5);
     assert_eq!(host.total(), 0);
 }
+
+/// The room's own messages, byte for byte: fields in the order clients have
+/// always seen them (serde's order before they were written by hand).
+#[test]
+fn system_messages_keep_their_exact_shape() {
+    let mut h = FakeHost::with(&[("r1", "runtime")]);
+    on_connect(
+        &mut h,
+        Joining {
+            id: "r1",
+            kind: "runtime",
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        h.texts("r1"),
+        [
+            r#"{"id":"sys-1","type":"connected","from":{"type":"system"},"payload":{"clientId":"r1","projectId":"p1","clientCount":1,"message":"connected to project p1 as runtime","timestamp":1764100000000}}"#
+        ]
+    );
+
+    let mut h = FakeHost::with(&[("r2", "runtime"), ("a1", "admin")]);
+    on_close(&mut h, "r1", "run\"time");
+    assert_eq!(
+        h.texts("a1"),
+        [
+            r#"{"id":"sys-1","type":"client_left","from":{"type":"system"},"payload":{"clientId":"r1","clientType":"run\"time","projectId":"p1","clientCount":2,"timestamp":1764100000000}}"#
+        ]
+    );
+
+    let mut h = room();
+    on_binary(&mut h, "r1");
+    assert_eq!(
+        h.texts("r1"),
+        [
+            r#"{"id":"sys-1","type":"error","from":{"type":"system"},"payload":{"code":"invalid_message","message":"binary frames are not supported; send JSON text","projectId":"p1","timestamp":1764100000000}}"#
+        ]
+    );
+
+    let mut h = room();
+    on_text(
+        &mut h,
+        "r1",
+        "runtime",
+        r#"{"id":"m\"1","to":{"id":"nobody"}}"#,
+    );
+    let error = &h.texts("r1")[0];
+    assert!(
+        error.starts_with(r#"{"id":"sys-1","type":"error","from":{"type":"system"},"payload":{"code":"unknown_target","message":""#),
+        "{error}"
+    );
+    assert!(
+        error.ends_with(r#"","projectId":"p1","timestamp":1764100000000,"messageId":"m\"1"}}"#),
+        "{error}"
+    );
+}

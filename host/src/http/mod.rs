@@ -83,7 +83,7 @@ pub(crate) async fn route(
     let answer = match checked(&req) {
         Err(e) => Err(e),
         Ok(path) => {
-            let query = Query::parse(req.uri().query());
+            let query = Query::parse(req.uri().query(), matches!(path, Path::WebSocket));
             match path {
                 Path::WebSocket => upgrade::websocket(&app, req, query).await,
                 Path::Status => report::status(&app, &req, &query).await,
@@ -180,16 +180,17 @@ struct Query {
     /// `/health?ready`: answer 503 when the server should get no new
     /// clients.
     ready: bool,
-    /// Every parameter but `projectId`, `type` and `token`, in the URL's
-    /// order: a WebSocket client's `params` (checked by the upgrade). At
-    /// most one over the upgrade's limit is kept, enough to refuse it.
+    /// On an upgrade, every parameter but `projectId`, `type` and `token`,
+    /// in the URL's order: the client's `params` (checked by the upgrade).
+    /// At most one over the upgrade's limit is kept, enough to refuse it.
     others: Vec<(String, String)>,
 }
 
 impl Query {
     /// The first value of each parameter, URL-decoded (invalid UTF-8
-    /// becomes U+FFFD), each decoded once.
-    fn parse(query: Option<&str>) -> Query {
+    /// becomes U+FFFD), each decoded once; `others` only for an upgrade
+    /// (`upgrading`), the one route that reads them.
+    fn parse(query: Option<&str>, upgrading: bool) -> Query {
         let mut q = Query::default();
         for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*k {
@@ -210,7 +211,7 @@ impl Query {
                 }
                 _ => {
                     q.ready |= k == "ready";
-                    if q.others.len() <= upgrade::MAX_PARAMS {
+                    if upgrading && q.others.len() <= upgrade::MAX_PARAMS {
                         q.others.push((k.into_owned(), v.into_owned()));
                     }
                 }
