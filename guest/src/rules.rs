@@ -99,9 +99,9 @@ pub fn on_connect(env: &mut impl Env, client: Joining<'_>) -> Result<(), Refusal
         .str("clientId", client.id)
         .str("projectId", &project_id)
         .number("clientCount", env.client_count().into())
-        .concat(
+        .str(
             "message",
-            &["connected to project ", &project_id, " as ", client.kind],
+            &["connected to project ", &project_id, " as ", client.kind].concat(),
         )
         .number("timestamp", env.now_ms())
         .finish();
@@ -211,14 +211,12 @@ pub fn deliver(
             Ok(fields) => fields,
             Err(_) => {
                 // Tell apart "not JSON" from "JSON, but not an object".
-                let (code, message) = if serde_json::from_str::<de::IgnoredAny>(text).is_ok() {
-                    (
+                let (code, message) = match serde_json::from_str::<de::IgnoredAny>(text) {
+                    Ok(_) => (
                         ErrorCode::InvalidMessage,
                         "message must be a JSON object".to_string(),
-                    )
-                } else {
-                    let e = serde_json::from_str::<de::IgnoredAny>(text).unwrap_err();
-                    (ErrorCode::InvalidJson, format!("invalid JSON: {e}"))
+                    ),
+                    Err(e) => (ErrorCode::InvalidJson, format!("invalid JSON: {e}")),
                 };
                 return Err(Rejected {
                     code,

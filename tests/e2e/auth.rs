@@ -554,7 +554,7 @@ async fn status_shows_who_a_client_is_its_token_s_subject_and_its_own_parameters
         json!({"project": p, "types": ["runtime"], "exp": now_secs() + 600, "sub": "alice"}),
     );
     let url = server.url(&format!(
-        "type=runtime&projectId={p}&room=blue&lang=en&token={token}&lang=fr%20CA"
+        "type=runtime&projectId={p}&room=blue&lang=en&token={token}&lang=fr%20CA&projectId=other&type=admin"
     ));
     let client = Client::hello(open(&url, &[]).await.expect("admitted")).await;
     let admin = grant(&p, &["admin"]);
@@ -567,6 +567,9 @@ async fn status_shows_who_a_client_is_its_token_s_subject_and_its_own_parameters
     let metadata = &body["clients"][0]["metadata"];
     assert_eq!(body["clients"][0]["id"], client.id.as_str());
     assert_eq!(metadata["subject"], "alice", "{body}");
+    // The first type and projectId count (a token for runtime in p
+    // admits it); repeated, they are no client parameters.
+    assert_eq!(body["clients"][0]["type"], "runtime", "{body}");
     // In order, repeated names kept; type, projectId and token left out.
     assert_eq!(
         metadata["params"],

@@ -194,21 +194,10 @@ impl Query {
         let mut q = Query::default();
         for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*k {
-                "projectId" => {
-                    if q.project_id.is_none() {
-                        q.project_id = Some(v.into_owned());
-                    }
-                }
-                "type" => {
-                    if q.kind.is_none() {
-                        q.kind = Some(v.into_owned());
-                    }
-                }
-                "token" => {
-                    if q.token.is_none() {
-                        q.token = Some(v.into_owned());
-                    }
-                }
+                // A repeated one is neither read nor a client parameter.
+                "projectId" => _ = q.project_id.get_or_insert_with(|| v.into_owned()),
+                "type" => _ = q.kind.get_or_insert_with(|| v.into_owned()),
+                "token" => _ = q.token.get_or_insert_with(|| v.into_owned()),
                 _ => {
                     q.ready |= k == "ready";
                     if upgrading && q.others.len() <= upgrade::MAX_PARAMS {
