@@ -105,6 +105,11 @@ impl Env for FakeHost {
     }
 }
 
+/// `on-connect` for a client of this id and type.
+fn join(h: &mut FakeHost, id: &str, kind: &str) -> Result<(), Refusal> {
+    on_connect(h, Joining { id, kind })
+}
+
 /// r1, r2: runtime; d1: data-agent; a1, a2: admin.
 fn room() -> FakeHost {
     FakeHost::with(&[
@@ -441,14 +446,7 @@ fn binary_and_oversize_are_refused() {
 fn connect_greets_and_cancels_cleanup() {
     let mut h = FakeHost::with(&[("r1", "runtime")]);
     h.alarm = Some(1);
-    on_connect(
-        &mut h,
-        Joining {
-            id: "r1",
-            kind: "runtime",
-        },
-    )
-    .unwrap();
+    join(&mut h, "r1", "runtime").unwrap();
     assert_eq!(h.alarm, None);
     let hello = &h.got("r1")[0];
     assert_eq!(hello["type"], "connected");
@@ -464,14 +462,7 @@ fn connect_greets_and_cancels_cleanup() {
 #[test]
 fn connect_refuses_unknown_types() {
     let mut h = FakeHost::with(&[("x", "robot")]);
-    let refusal = on_connect(
-        &mut h,
-        Joining {
-            id: "x",
-            kind: "robot",
-        },
-    )
-    .unwrap_err();
+    let refusal = join(&mut h, "x", "robot").unwrap_err();
     assert_eq!(refusal.status, 400);
     assert_eq!(refusal.error, "invalid_type");
     assert_eq!(h.total(), 0);
@@ -679,14 +670,7 @@ fn other_requests_get_clear_errors() {
 #[test]
 fn system_messages_keep_their_exact_shape() {
     let mut h = FakeHost::with(&[("r1", "runtime")]);
-    on_connect(
-        &mut h,
-        Joining {
-            id: "r1",
-            kind: "runtime",
-        },
-    )
-    .unwrap();
+    join(&mut h, "r1", "runtime").unwrap();
     assert_eq!(
         h.texts("r1"),
         [
