@@ -8,12 +8,18 @@
 //! frames of all its outboxes at once instead. The queue is bounded in
 //! bytes: a push that would pass the bound drops what is queued and leaves
 //! only a close frame (1013), so a slow client costs at most the bound.
+//!
+//! An outbox whose socket can be written from any task ([`WriteThrough`])
+//! is written by the task that hands it frames, when its writer is idle
+//! and nothing is queued: the writer task is woken only for what the
+//! socket did not take at once.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard, Weak};
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload};
 use tokio::sync::Notify;
 
@@ -70,6 +76,11 @@ struct State {
     collector: Option<(Weak<dyn Collector>, u64)>,
     /// The collector was told of frames it has not taken yet.
     signalled: bool,
+    /// The socket, for the task that hands frames over to write them.
+    through: Option<Arc<dyn WriteThrough>>,
+    /// The writer task took frames and has not finished writing them: no
+    /// one else may write to the socket meanwhile.
+    writing: bool,
     /// When the oldest data frame queued now was handed over.
     since: Option<Instant>,
     /// When the client message that frame answers was read, if it answers
@@ -84,6 +95,25 @@ pub struct Timing {
     pub handed_over: Option<Instant>,
     pub read_at: Option<Instant>,
 }
+
+/// A connection's socket, written without waiting by the task that hands
+/// its outbox frames (see [`Outbox::write_through`]).
+pub trait WriteThrough: Send + Sync {
+    /// Writes what the socket takes at once, without waiting: how many
+    /// bytes it took.
+    fn try_write(&self, frames: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// `bytes` of data frames handed over as `timing` says were written.
+    fn written(&self, bytes: usize, timing: Timing);
+}
+
+/// Most frames handed to one vectored write.
+pub const MAX_IOVECS: usize = 64;
+
+/// Most outboxes one batch writes through: a batch that reaches more
+/// clients wakes their writers, which the runtime spreads over its threads
+/// (1 x 100 written from the sender's task alone made a quarter fewer
+/// deliveries a second, for the same CPU).
+const WRITE_THROUGH_MAX: usize = 16;
 
 /// Takes the frames of many outboxes (see [`Outbox::collect_by`]): told
 /// once when one has frames (by the keys it gave them), then calls
@@ -101,6 +131,8 @@ pub trait Collector: Send + Sync {
 #[derive(Default)]
 pub struct Wakes {
     collectors: Vec<(Weak<dyn Collector>, u64)>,
+    /// Outboxes to write through (their writers idle, when pushed to).
+    through: Vec<Arc<Outbox>>,
     at: Option<Instant>,
     /// When the oldest client message handled in this batch was read.
     read_at: Option<Instant>,
@@ -109,6 +141,7 @@ pub struct Wakes {
 impl Wakes {
     pub fn shrink(&mut self) {
         self.collectors.shrink_to_fit();
+        self.through.shrink_to_fit();
     }
 
     /// When this batch of frames was handed out.
@@ -126,7 +159,24 @@ impl Wakes {
         self.read_at = None;
     }
 
+    /// The frames are all handed out: writes them through where the
+    /// outbox's writer is idle, and wakes the collectors and writers.
     pub fn run(&mut self) {
+        if self.through.len() <= WRITE_THROUGH_MAX {
+            for outbox in self.through.drain(..) {
+                outbox.write_through();
+            }
+        } else {
+            for outbox in self.through.drain(..) {
+                outbox.wake.notify_one();
+            }
+        }
+        self.run_collectors();
+    }
+
+    /// Wakes the collectors only: for frames handed out in the middle of a
+    /// guest's call, whose writes through wait for [`Wakes::run`].
+    pub fn run_collectors(&mut self) {
         self.at = None;
         let mut keys = Vec::new();
         let mut wakes = self.collectors.drain(..).peekable();
@@ -263,17 +313,38 @@ impl Outbox {
     /// client with nothing queued.
     pub fn push_all(&self, frames: impl IntoIterator<Item = Bytes>) -> Result<(), Refused> {
         let mut wakes = Wakes::default();
-        let pushed = self.push_all_held(frames, &mut wakes);
-        wakes.run();
+        let pushed = self.queue(frames, &mut wakes).map(|s| {
+            wakes.collectors.extend(self.signal(s));
+        });
+        wakes.run_collectors();
         pushed
     }
 
-    /// [`Outbox::push_all`], but a collector's wake is added to `wakes`.
+    /// [`Outbox::push_all`], but a collector's wake is added to `wakes`,
+    /// and so is the write through when the writer is idle: the frames are
+    /// written when `wakes` runs.
     pub fn push_all_held(
-        &self,
+        self: &Arc<Self>,
         frames: impl IntoIterator<Item = Bytes>,
         wakes: &mut Wakes,
     ) -> Result<(), Refused> {
+        let s = self.queue(frames, wakes)?;
+        if s.through.is_some() && !s.writing {
+            drop(s);
+            wakes.through.push(self.clone());
+        } else {
+            wakes.collectors.extend(self.signal(s));
+        }
+        Ok(())
+    }
+
+    /// Queues `frames` as [`Outbox::push_all`] says, and returns the lock
+    /// to wake whoever writes them (on an overflow too, for the close frame).
+    fn queue(
+        &self,
+        frames: impl IntoIterator<Item = Bytes>,
+        wakes: &mut Wakes,
+    ) -> Result<MutexGuard<'_, State>, Refused> {
         let mut s = self.lock();
         if s.closing || s.aborted {
             return Err(Refused::Closed);
@@ -294,8 +365,90 @@ impl Outbox {
             s.since = Some(wakes.now());
             s.read_at = wakes.read_at;
         }
-        wakes.collectors.extend(self.signal(s));
-        result
+        match result {
+            Ok(()) => Ok(s),
+            Err(refused) => {
+                wakes.collectors.extend(self.signal(s));
+                Err(refused)
+            }
+        }
+    }
+
+    /// Lets the task that hands this outbox frames write them to `socket`
+    /// itself when the writer is idle (`None`: no more).
+    pub fn set_write_through(&self, socket: Option<Arc<dyn WriteThrough>>) {
+        self.lock().through = socket;
+    }
+
+    /// Writes what is queued to the socket now, without waiting, if the
+    /// writer is idle; wakes the writer for what the socket did not take.
+    /// Under the lock: a push meanwhile queues behind what is being written.
+    fn write_through(&self) {
+        let mut s = self.lock();
+        if s.writing || s.aborted || s.closing || (s.frames.is_empty() && s.pong.is_none()) {
+            // The writer has them, or will.
+            return;
+        }
+        let Some(socket) = s.through.clone() else {
+            return;
+        };
+        let wrote = {
+            let slices: Vec<IoSlice<'_>> = s
+                .pong
+                .iter()
+                .chain(s.frames.iter())
+                .take(MAX_IOVECS)
+                .map(|frame| IoSlice::new(frame))
+                .collect();
+            socket.try_write(&slices)
+        };
+        let Ok(mut written) = wrote else {
+            // Would block, or failed: the writer waits for the socket, or
+            // meets the error and ends the connection.
+            drop(s);
+            self.wake.notify_one();
+            return;
+        };
+        let total = written;
+        if written > 0
+            && let Some(pong) = s.pong.take()
+        {
+            if written >= pong.len() {
+                written -= pong.len();
+            } else {
+                s.pong = Some(pong.slice(written..));
+                written = 0;
+            }
+        }
+        let pong_bytes = total - written;
+        while written > 0 {
+            let Some(front) = s.frames.front_mut() else {
+                break;
+            };
+            if written >= front.len() {
+                written -= front.len();
+                s.frames.pop_front();
+            } else {
+                front.advance(written);
+                written = 0;
+            }
+        }
+        s.bytes = s.bytes.saturating_sub(total - pong_bytes);
+        let left = !s.frames.is_empty() || s.pong.is_some();
+        // What is left is the writer's to time.
+        let timing = if left {
+            Timing::default()
+        } else {
+            Timing {
+                handed_over: s.since.take(),
+                read_at: s.read_at.take(),
+            }
+        };
+        drop(s);
+        socket.written(total, timing);
+        if left {
+            self.wake.notify_one();
+        }
     }
 
     /// The bound, in bytes of queued frames.
@@ -373,11 +526,16 @@ impl Outbox {
     /// [`Outbox::take`], with when the oldest data frame taken was handed
     /// over and when the client message it answers was read (`None` when
     /// only the connection's own frames were queued, or it answers none).
+    ///
+    /// The writer writes what it takes before it asks again: until then no
+    /// one writes through (see [`WriteThrough`]).
     pub async fn take_timed(&self, batch: &mut Vec<Bytes>) -> (Next, Timing) {
         loop {
             {
                 let mut s = self.lock();
-                if let Some(next) = Self::take_queued(&mut s, batch) {
+                let next = Self::take_queued(&mut s, batch);
+                s.writing = next.is_some();
+                if let Some(next) = next {
                     let timing = Timing {
                         handed_over: s.since.take(),
                         read_at: s.read_at.take(),
@@ -393,7 +551,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use std::time::Duration;
 
     fn text(n: usize) -> Bytes {
         encode(OpCode::Text, &vec![b'x'; n])
@@ -424,7 +582,7 @@ mod tests {
     fn a_collector_is_told_once_per_take_and_only_when_the_batch_is_out() {
         let told = Arc::new(Told::default());
         let collector: Arc<dyn Collector> = told.clone();
-        let (a, b) = (Outbox::new(1000), Outbox::new(1000));
+        let (a, b) = (Arc::new(Outbox::new(1000)), Arc::new(Outbox::new(1000)));
         a.push(text(1)).unwrap();
         a.collect_by(Arc::downgrade(&collector), 7);
         b.collect_by(Arc::downgrade(&collector), 8);
@@ -520,7 +678,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_take_tells_when_its_frames_were_handed_over_but_not_for_dropped_ones() {
-        let outbox = Outbox::new(100);
+        let outbox = Arc::new(Outbox::new(100));
         let mut batch = Vec::new();
         outbox.push(text(60)).unwrap();
         let (next, timing) = outbox.take_timed(&mut batch).await;
@@ -551,5 +709,124 @@ mod tests {
         assert_eq!(next, Next::Finish);
         assert_eq!(timing.handed_over, None);
         assert_eq!(timing.read_at, None);
+    }
+
+    /// A socket that takes at most `room` bytes a write (`None`: would
+    /// block), and keeps what it took.
+    #[derive(Default)]
+    struct Socket {
+        room: Mutex<Option<usize>>,
+        took: Mutex<Vec<u8>>,
+        counted: Mutex<usize>,
+    }
+
+    impl WriteThrough for Socket {
+        fn try_write(&self, frames: &[IoSlice<'_>]) -> io::Result<usize> {
+            let Some(room) = *self.room.lock().unwrap() else {
+                return Err(io::ErrorKind::WouldBlock.into());
+            };
+            let mut took = self.took.lock().unwrap();
+            let before = took.len();
+            for frame in frames {
+                let n = frame.len().min(room - (took.len() - before));
+                took.extend_from_slice(&frame[..n]);
+            }
+            Ok(took.len() - before)
+        }
+
+        fn written(&self, bytes: usize, _: Timing) {
+            *self.counted.lock().unwrap() += bytes;
+        }
+    }
+
+    fn socket(room: Option<usize>) -> Arc<Socket> {
+        let socket = Arc::new(Socket::default());
+        *socket.room.lock().unwrap() = room;
+        socket
+    }
+
+    fn hand_over(outbox: &Arc<Outbox>, frames: &[Bytes]) {
+        let mut wakes = Wakes::default();
+        outbox
+            .push_all_held(frames.iter().cloned(), &mut wakes)
+            .unwrap();
+        wakes.run();
+    }
+
+    #[tokio::test]
+    async fn frames_for_an_idle_writer_are_written_through_in_order() {
+        let outbox = Arc::new(Outbox::new(1000));
+        let sock = socket(Some(usize::MAX));
+        outbox.set_write_through(Some(sock.clone()));
+        hand_over(&outbox, &[text(1), text(2)]);
+        hand_over(&outbox, &[text(3)]);
+        assert_eq!(
+            *sock.took.lock().unwrap(),
+            [text(1), text(2), text(3)].concat()
+        );
+        assert_eq!(*sock.counted.lock().unwrap(), 3 + 4 + 5);
+        // Nothing left for the writer, and nothing counted against the bound.
+        let mut batch = Vec::new();
+        let take = tokio::time::timeout(Duration::from_millis(50), outbox.take(&mut batch));
+        assert!(take.await.is_err(), "the writer has nothing to write");
+        *sock.room.lock().unwrap() = None;
+        hand_over(&outbox, &[text(600)]);
+        outbox
+            .push(text(390))
+            .expect("604 + 394 bytes queued: within the bound");
+    }
+
+    #[tokio::test]
+    async fn what_the_socket_did_not_take_goes_to_the_writer_first() {
+        let outbox = Arc::new(Outbox::new(1000));
+        let sock = socket(Some(4));
+        outbox.set_write_through(Some(sock.clone()));
+        hand_over(&outbox, &[text(3), text(5)]);
+        assert_eq!(*sock.took.lock().unwrap(), text(3)[..4]);
+        let mut batch = Vec::new();
+        assert_eq!(outbox.take(&mut batch).await, Next::Continue);
+        // The writer is writing: frames handed over now queue behind.
+        *sock.room.lock().unwrap() = Some(usize::MAX);
+        hand_over(&outbox, &[text(7)]);
+        assert_eq!(sock.took.lock().unwrap().len(), 4);
+        let mut written = sock.took.lock().unwrap().clone();
+        for frame in batch.drain(..) {
+            written.extend_from_slice(&frame);
+        }
+        assert_eq!(written, [text(3), text(5)].concat());
+        // Asking again, the writer takes what queued meanwhile.
+        assert_eq!(outbox.take(&mut batch).await, Next::Continue);
+        assert_eq!(batch, [text(7)]);
+        // Done writing, and idle: the next goes through again.
+        let take = tokio::time::timeout(Duration::from_millis(50), outbox.take(&mut batch));
+        assert!(take.await.is_err());
+        hand_over(&outbox, &[text(9)]);
+        assert!(sock.took.lock().unwrap().ends_with(&text(9)));
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_would_block_leaves_the_frames_to_the_writer() {
+        let outbox = Arc::new(Outbox::new(1000));
+        let sock = socket(None);
+        outbox.set_write_through(Some(sock.clone()));
+        hand_over(&outbox, &[text(1)]);
+        let mut batch = Vec::new();
+        assert_eq!(outbox.take(&mut batch).await, Next::Continue);
+        assert_eq!(batch, [text(1)]);
+        assert!(sock.took.lock().unwrap().is_empty());
+        // A close is always the writer's: it ends the connection.
+        outbox.close(1000, "bye");
+        hand_over_refused(&outbox);
+        batch.clear();
+        assert_eq!(outbox.take(&mut batch).await, Next::Finish);
+    }
+
+    fn hand_over_refused(outbox: &Arc<Outbox>) {
+        let mut wakes = Wakes::default();
+        assert_eq!(
+            outbox.push_all_held([text(1)], &mut wakes),
+            Err(Refused::Closed)
+        );
+        wakes.run();
     }
 }

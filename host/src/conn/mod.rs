@@ -128,7 +128,9 @@ pub(crate) async fn serve(
                 Ok(Parts { io, read_buf, .. }) => {
                     let (read, write) = io.into_inner().into_split();
                     let read = EarlyBytes::new(read_buf, read);
-                    run(read, write, &connection).await
+                    let socket = Arc::new(writer::SharedSocket::new(write, metrics.clone()));
+                    let _through = writer::WriteThroughGuard::new(&outbox, socket.clone());
+                    run(read, writer::SharedWrite(socket), &connection).await
                 }
                 Err(upgraded) => {
                     let (read, write) = tokio::io::split(TokioIo::new(upgraded));

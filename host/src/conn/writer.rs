@@ -1,23 +1,25 @@
 //! A connection's writer: drains the outbox with vectored writes, sends the
-//! keep-alive pings, and gives up on a peer that stopped answering.
+//! keep-alive pings, and gives up on a peer that stopped answering. And the
+//! plain TCP socket it shares with the tasks that write through the outbox
+//! ([`SharedSocket`]).
 
 use std::future::Future;
-use std::io::IoSlice;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
-use std::task::Poll;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::task::{Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use fastwebsockets::OpCode;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tracing::debug;
 
 use super::Connection;
-use crate::outbox::{self, Next};
-
-/// Most frames handed to one vectored write.
-const MAX_IOVECS: usize = 64;
+use crate::metrics::Metrics;
+use crate::outbox::{self, MAX_IOVECS, Next, Outbox, Timing, WriteThrough};
 
 /// One write of data frames in this many (the first of each connection
 /// among them) is timed for `wsroom_delivery_duration_seconds` and
@@ -30,7 +32,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(write: &mut W, c: &Connect
     let interval = c.config.ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut batch: Vec<Bytes> = Vec::new();
-    let mut sampled: u32 = 0;
+    let mut sampled = 0;
     loop {
         tokio::select! {
             // In this order, without a random draw for each poll: the
@@ -67,27 +69,126 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(write: &mut W, c: &Connect
                     c.outbox.abort();
                     return true;
                 }
-                // The clock is read for one write in DELIVERY_SAMPLE: a read
-                // per write (with shared atomics) cost 100 x 10 and rpc ~12%
-                // (a read is ~28 ns on the VMs measured).
-                let timed = timing.handed_over.is_some() && {
-                    sampled += 1;
-                    sampled % DELIVERY_SAMPLE == 1
-                };
-                let (delivery, since_read) = if timed {
-                    let now = Instant::now();
-                    let since = |at: Option<Instant>| at.map(|at| now.saturating_duration_since(at));
-                    (since(timing.handed_over), since(timing.read_at))
-                } else {
-                    (None, None)
-                };
-                c.metrics.written(bytes, delivery, since_read);
+                record_write(c.metrics, bytes, timing, &mut sampled);
                 if next == Next::Finish {
                     let _ = write.shutdown().await;
                     return false;
                 }
             }
         }
+    }
+}
+
+/// Counts a write of `bytes` for the metrics. The clock is read for one
+/// write of data frames in [`DELIVERY_SAMPLE`] (counted by `sampled`): a
+/// read per write (with shared atomics) cost 100 x 10 and rpc ~12% (a read
+/// is ~28 ns on the VMs measured).
+fn record_write(metrics: &Metrics, bytes: usize, timing: Timing, sampled: &mut u32) {
+    let timed = timing.handed_over.is_some() && {
+        *sampled = sampled.wrapping_add(1);
+        *sampled % DELIVERY_SAMPLE == 1
+    };
+    let (delivery, since_read) = if timed {
+        let now = Instant::now();
+        let since = |at: Option<Instant>| at.map(|at| now.saturating_duration_since(at));
+        (since(timing.handed_over), since(timing.read_at))
+    } else {
+        (None, None)
+    };
+    metrics.written(bytes, delivery, since_read);
+}
+
+/// A plain TCP connection's write half, shared by its writer task
+/// ([`SharedWrite`]) and the tasks that write through its outbox. A room
+/// that sends a client a message writes it to the socket itself when the
+/// client's writer is idle: no wake-up of the connection's task (and of
+/// its reader with it) for each message, only for what the socket did not
+/// take at once.
+pub(super) struct SharedSocket {
+    half: OwnedWriteHalf,
+    metrics: Arc<Metrics>,
+    sampled: AtomicU32,
+}
+
+impl SharedSocket {
+    pub(super) fn new(half: OwnedWriteHalf, metrics: Arc<Metrics>) -> SharedSocket {
+        SharedSocket {
+            half,
+            metrics,
+            sampled: AtomicU32::new(0),
+        }
+    }
+}
+
+impl WriteThrough for SharedSocket {
+    fn try_write(&self, frames: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.half.try_write_vectored(frames)
+    }
+
+    fn written(&self, bytes: usize, timing: Timing) {
+        // Writes through one socket are serialised by its outbox's lock.
+        let mut sampled = self.sampled.load(Relaxed);
+        record_write(&self.metrics, bytes, timing, &mut sampled);
+        self.sampled.store(sampled, Relaxed);
+    }
+}
+
+/// Lets the outbox's senders write to the socket for as long as it lives:
+/// the socket closes when the connection's task ends, however it ends.
+pub(super) struct WriteThroughGuard<'a>(&'a Outbox);
+
+impl<'a> WriteThroughGuard<'a> {
+    pub(super) fn new(outbox: &'a Outbox, socket: Arc<SharedSocket>) -> WriteThroughGuard<'a> {
+        outbox.set_write_through(Some(socket));
+        WriteThroughGuard(outbox)
+    }
+}
+
+impl Drop for WriteThroughGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set_write_through(None);
+    }
+}
+
+/// The writer task's side of a [`SharedSocket`].
+pub(super) struct SharedWrite(pub(super) Arc<SharedSocket>);
+
+impl AsyncWrite for SharedWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let half = &self.0.half;
+        loop {
+            ready!(half.as_ref().poll_write_ready(cx))?;
+            // A `WouldBlock` clears the readiness: the next poll waits.
+            match half.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+        let socket = socket2::SockRef::from(self.0.half.as_ref());
+        Poll::Ready(socket.shutdown(std::net::Shutdown::Write))
     }
 }
 

@@ -486,7 +486,8 @@ impl Table {
                 }
             }
         }
-        self.wakes.run();
+        // In the guest's call: the writes through wait for the batch's end.
+        self.wakes.run_collectors();
         self.metrics.frames_out(u64::from(n));
         n
     }
