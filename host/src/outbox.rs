@@ -81,6 +81,10 @@ struct State {
     /// The writer task took frames and has not finished writing them: no
     /// one else may write to the socket meanwhile.
     writing: bool,
+    /// The rest of a frame whose beginning was written through: the writer
+    /// writes it before anything else, and an overflow does not drop it
+    /// (the client would read a cut frame).
+    started: Option<Bytes>,
     /// When the oldest data frame queued now was handed over.
     since: Option<Instant>,
     /// When the client message that frame answers was read, if it answers
@@ -178,6 +182,9 @@ impl Wakes {
     /// guest's call, whose writes through wait for [`Wakes::run`].
     pub fn run_collectors(&mut self) {
         self.at = None;
+        if self.collectors.is_empty() {
+            return;
+        }
         let mut keys = Vec::new();
         let mut wakes = self.collectors.drain(..).peekable();
         while let Some((collector, key)) = wakes.next() {
@@ -287,10 +294,12 @@ impl Outbox {
         if s.aborted {
             return Some(Next::Abort);
         }
-        if s.frames.is_empty() && s.pong.is_none() {
+        if s.frames.is_empty() && s.pong.is_none() && s.started.is_none() {
             return None;
         }
-        // The pong first: it never follows a close frame.
+        // The rest of a frame begun first, then the pong: it never follows a
+        // close frame.
+        batch.extend(s.started.take());
         batch.extend(s.pong.take());
         batch.extend(s.frames.drain(..));
         s.bytes = 0;
@@ -385,8 +394,15 @@ impl Outbox {
     /// Under the lock: a push meanwhile queues behind what is being written.
     fn write_through(&self) {
         let mut s = self.lock();
-        if s.writing || s.aborted || s.closing || (s.frames.is_empty() && s.pong.is_none()) {
-            // The writer has them, or will.
+        if s.writing
+            || s.aborted
+            || s.closing
+            || s.frames.is_empty()
+            || s.pong.is_some()
+            || s.started.is_some()
+        {
+            // The writer has them, or was told (a pong, or the rest of a
+            // frame, is its to write first).
             return;
         }
         let Some(socket) = s.through.clone() else {
@@ -394,9 +410,8 @@ impl Outbox {
         };
         let wrote = {
             let slices: Vec<IoSlice<'_>> = s
-                .pong
+                .frames
                 .iter()
-                .chain(s.frames.iter())
                 .take(MAX_IOVECS)
                 .map(|frame| IoSlice::new(frame))
                 .collect();
@@ -410,31 +425,20 @@ impl Outbox {
             return;
         };
         let total = written;
-        if written > 0
-            && let Some(pong) = s.pong.take()
-        {
-            if written >= pong.len() {
-                written -= pong.len();
-            } else {
-                s.pong = Some(pong.slice(written..));
-                written = 0;
-            }
-        }
-        let pong_bytes = total - written;
         while written > 0 {
-            let Some(front) = s.frames.front_mut() else {
+            let Some(mut front) = s.frames.pop_front() else {
                 break;
             };
+            s.bytes = s.bytes.saturating_sub(front.len());
             if written >= front.len() {
                 written -= front.len();
-                s.frames.pop_front();
             } else {
                 front.advance(written);
+                s.started = Some(front);
                 written = 0;
             }
         }
-        s.bytes = s.bytes.saturating_sub(total - pong_bytes);
-        let left = !s.frames.is_empty() || s.pong.is_some();
+        let left = !s.frames.is_empty() || s.started.is_some();
         // What is left is the writer's to time.
         let timing = if left {
             Timing::default()
@@ -510,6 +514,7 @@ impl Outbox {
         let mut s = self.lock();
         s.aborted = true;
         s.pong = None;
+        s.started = None;
         s.frames.clear();
         s.bytes = 0;
         s.since = None;
@@ -802,6 +807,25 @@ mod tests {
         assert!(take.await.is_err());
         hand_over(&outbox, &[text(9)]);
         assert!(sock.took.lock().unwrap().ends_with(&text(9)));
+    }
+
+    #[tokio::test]
+    async fn a_frame_begun_on_the_socket_is_finished_before_an_overflow_close() {
+        let outbox = Arc::new(Outbox::new(100));
+        let sock = socket(Some(3));
+        outbox.set_write_through(Some(sock.clone()));
+        hand_over(&outbox, &[text(10), text(20)]);
+        // The queue overflows before the writer ran: what was queued goes,
+        // but not the rest of the frame the client has begun to read.
+        assert_eq!(outbox.push(text(90)), Err(Refused::Overflow));
+        outbox.push_pong(encode(OpCode::Pong, b"p"));
+        let mut batch = Vec::new();
+        assert_eq!(outbox.take(&mut batch).await, Next::Finish);
+        let mut written = sock.took.lock().unwrap().clone();
+        written.extend_from_slice(&batch[0]);
+        assert_eq!(written, text(10), "the frame, whole");
+        assert_eq!(batch.len(), 2, "then only the close frame");
+        assert_eq!(&batch[1][2..4], &CLOSE_TOO_SLOW.to_be_bytes());
     }
 
     #[tokio::test]

@@ -185,6 +185,48 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_go_on() {
 }
 
 #[tokio::test]
+async fn a_client_reading_slowly_gets_every_large_message_whole_and_in_order() {
+    // Room for everything in the outbox: this client lags, it is not lost.
+    let server = Server::start(&[
+        "--outbox-limit-bytes",
+        "67108864",
+        "--max-message-bytes",
+        "262144",
+    ]);
+    let p = project();
+    let mut sender = server.connect("runtime", &p).await;
+    let mut lagging = server.connect("data-agent", &p).await;
+    let lagging_id = lagging.id.clone();
+    // Larger than a socket takes at once when its reader lags: the server
+    // writes frames in parts, straight from the sender's task while the
+    // client keeps up and from the client's own writer once it does not.
+    let payload = |i: usize| {
+        char::from(b'a' + (i % 26) as u8)
+            .to_string()
+            .repeat(90_000 + i)
+    };
+    let n = 150;
+    let sending = async {
+        for i in 0..n {
+            sender
+                .send_json(&json!({"id": i.to_string(), "type": "bulk", "to": {"id": lagging_id}, "payload": payload(i)}))
+                .await;
+        }
+    };
+    let reading = async {
+        for i in 0..n {
+            if i % 25 == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let got = lagging.next_json().await;
+            assert_eq!(got["id"], i.to_string(), "in the order sent");
+            assert!(got["payload"] == payload(i).as_str(), "message {i} whole");
+        }
+    };
+    tokio::join!(sending, reading);
+}
+
+#[tokio::test]
 async fn a_client_that_stops_answering_pings_is_dropped() {
     let server = Server::start(&["--ping-interval-ms", "300"]);
     let p = project();
