@@ -338,7 +338,9 @@ impl Outbox {
         wakes: &mut Wakes,
     ) -> Result<(), Refused> {
         let s = self.queue(frames, wakes)?;
-        if s.through.is_some() && !s.writing {
+        // Past the most a batch writes through, the writers are woken (at
+        // once, from here on).
+        if s.through.is_some() && !s.writing && wakes.through.len() <= WRITE_THROUGH_MAX {
             drop(s);
             wakes.through.push(self.clone());
         } else {
@@ -807,6 +809,35 @@ mod tests {
         assert!(take.await.is_err());
         hand_over(&outbox, &[text(9)]);
         assert!(sock.took.lock().unwrap().ends_with(&text(9)));
+    }
+
+    #[tokio::test]
+    async fn a_batch_reaching_many_clients_wakes_their_writers_instead() {
+        for clients in [WRITE_THROUGH_MAX, WRITE_THROUGH_MAX + 5] {
+            let mut wakes = Wakes::default();
+            let outboxes: Vec<_> = (0..clients)
+                .map(|_| {
+                    let outbox = Arc::new(Outbox::new(1000));
+                    let sock = socket(Some(usize::MAX));
+                    outbox.set_write_through(Some(sock.clone()));
+                    outbox.push_all_held([text(1)], &mut wakes).unwrap();
+                    (outbox, sock)
+                })
+                .collect();
+            wakes.run();
+            for (outbox, sock) in outboxes {
+                let mut batch = Vec::new();
+                let took = tokio::time::timeout(Duration::from_millis(20), outbox.take(&mut batch));
+                if clients <= WRITE_THROUGH_MAX {
+                    assert_eq!(*sock.took.lock().unwrap(), text(1));
+                    assert!(took.await.is_err(), "nothing left for the writer");
+                } else {
+                    assert!(sock.took.lock().unwrap().is_empty());
+                    assert_eq!(took.await.ok(), Some(Next::Continue), "the writer has it");
+                    assert_eq!(batch, [text(1)]);
+                }
+            }
+        }
     }
 
     #[tokio::test]
