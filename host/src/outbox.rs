@@ -119,6 +119,9 @@ pub const MAX_IOVECS: usize = 64;
 /// deliveries a second, for the same CPU).
 const WRITE_THROUGH_MAX: usize = 16;
 
+/// Most bytes one write-through hands the kernel (at least one frame).
+const WRITE_THROUGH_BYTES: usize = 64 * 1024;
+
 /// Takes the frames of many outboxes (see [`Outbox::collect_by`]): told
 /// once when one has frames (by the keys it gave them), then calls
 /// [`Outbox::try_take`].
@@ -322,17 +325,25 @@ impl Outbox {
     /// client with nothing queued.
     pub fn push_all(&self, frames: impl IntoIterator<Item = Bytes>) -> Result<(), Refused> {
         let mut wakes = Wakes::default();
-        let pushed = self.queue(frames, &mut wakes).map(|s| {
-            wakes.collectors.extend(self.signal(s));
-        });
+        let pushed = self.push_all_held(frames, &mut wakes);
         wakes.run_collectors();
         pushed
     }
 
-    /// [`Outbox::push_all`], but a collector's wake is added to `wakes`,
-    /// and so is the write through when the writer is idle: the frames are
-    /// written when `wakes` runs.
+    /// [`Outbox::push_all`], but a collector's wake is added to `wakes`.
     pub fn push_all_held(
+        &self,
+        frames: impl IntoIterator<Item = Bytes>,
+        wakes: &mut Wakes,
+    ) -> Result<(), Refused> {
+        let s = self.queue(frames, wakes)?;
+        wakes.collectors.extend(self.signal(s));
+        Ok(())
+    }
+
+    /// [`Outbox::push_all_held`] at the end of a batch: when the writer is
+    /// idle, the frames are written through when `wakes` runs instead.
+    pub fn push_all_at_end(
         self: &Arc<Self>,
         frames: impl IntoIterator<Item = Bytes>,
         wakes: &mut Wakes,
@@ -411,10 +422,18 @@ impl Outbox {
             return;
         };
         let wrote = {
+            // Bounded, as the lock is held through the copy into the kernel:
+            // a larger batch's rest is the writer's.
+            let mut bytes = 0;
             let slices: Vec<IoSlice<'_>> = s
                 .frames
                 .iter()
                 .take(MAX_IOVECS)
+                .take_while(|frame| {
+                    let first = bytes == 0;
+                    bytes += frame.len();
+                    first || bytes <= WRITE_THROUGH_BYTES
+                })
                 .map(|frame| IoSlice::new(frame))
                 .collect();
             socket.try_write(&slices)
@@ -755,7 +774,7 @@ mod tests {
     fn hand_over(outbox: &Arc<Outbox>, frames: &[Bytes]) {
         let mut wakes = Wakes::default();
         outbox
-            .push_all_held(frames.iter().cloned(), &mut wakes)
+            .push_all_at_end(frames.iter().cloned(), &mut wakes)
             .unwrap();
         wakes.run();
     }
@@ -820,7 +839,7 @@ mod tests {
                     let outbox = Arc::new(Outbox::new(1000));
                     let sock = socket(Some(usize::MAX));
                     outbox.set_write_through(Some(sock.clone()));
-                    outbox.push_all_held([text(1)], &mut wakes).unwrap();
+                    outbox.push_all_at_end([text(1)], &mut wakes).unwrap();
                     (outbox, sock)
                 })
                 .collect();
@@ -846,17 +865,40 @@ mod tests {
         let sock = socket(Some(3));
         outbox.set_write_through(Some(sock.clone()));
         hand_over(&outbox, &[text(10), text(20)]);
+        let pong = encode(OpCode::Pong, b"p");
+        outbox.push_pong(pong.clone());
         // The queue overflows before the writer ran: what was queued goes,
         // but not the rest of the frame the client has begun to read.
         assert_eq!(outbox.push(text(90)), Err(Refused::Overflow));
-        outbox.push_pong(encode(OpCode::Pong, b"p"));
         let mut batch = Vec::new();
         assert_eq!(outbox.take(&mut batch).await, Next::Finish);
         let mut written = sock.took.lock().unwrap().clone();
         written.extend_from_slice(&batch[0]);
         assert_eq!(written, text(10), "the frame, whole");
-        assert_eq!(batch.len(), 2, "then only the close frame");
-        assert_eq!(&batch[1][2..4], &CLOSE_TOO_SLOW.to_be_bytes());
+        assert_eq!(batch.len(), 3, "then the pong and the close frame");
+        assert_eq!(batch[1], pong);
+        assert_eq!(&batch[2][2..4], &CLOSE_TOO_SLOW.to_be_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_write_through_hands_the_kernel_a_bounded_share() {
+        let outbox = Arc::new(Outbox::new(1 << 20));
+        let sock = socket(Some(usize::MAX));
+        outbox.set_write_through(Some(sock.clone()));
+        // Two fit in the bound (with their headers), not three.
+        let big = encode(OpCode::Binary, &vec![7; WRITE_THROUGH_BYTES / 2 - 8]);
+        hand_over(&outbox, &[big.clone(), big.clone(), big.clone()]);
+        assert_eq!(sock.took.lock().unwrap().len(), 2 * big.len());
+        let mut batch = Vec::new();
+        assert_eq!(outbox.take(&mut batch).await, Next::Continue);
+        assert_eq!(batch, [big], "the rest is the writer's");
+        // A single frame over the bound still goes through whole.
+        let huge = encode(OpCode::Binary, &vec![7; 2 * WRITE_THROUGH_BYTES]);
+        let take = tokio::time::timeout(Duration::from_millis(20), outbox.take(&mut batch));
+        assert!(take.await.is_err());
+        let before = sock.took.lock().unwrap().len();
+        hand_over(&outbox, std::slice::from_ref(&huge));
+        assert_eq!(sock.took.lock().unwrap().len() - before, huge.len());
     }
 
     #[tokio::test]
@@ -879,7 +921,7 @@ mod tests {
     fn hand_over_refused(outbox: &Arc<Outbox>) {
         let mut wakes = Wakes::default();
         assert_eq!(
-            outbox.push_all_held([text(1)], &mut wakes),
+            outbox.push_all_at_end([text(1)], &mut wakes),
             Err(Refused::Closed)
         );
         wakes.run();

@@ -205,7 +205,9 @@ async fn a_client_reading_slowly_gets_every_large_message_whole_and_in_order() {
             .to_string()
             .repeat(90_000 + i)
     };
-    let n = 150;
+    // 27 MB, the reader pausing after every 5.4 MB: more than loopback's
+    // socket buffers hold.
+    let n = 300;
     let sending = async {
         for i in 0..n {
             sender
@@ -215,8 +217,8 @@ async fn a_client_reading_slowly_gets_every_large_message_whole_and_in_order() {
     };
     let reading = async {
         for i in 0..n {
-            if i % 25 == 0 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            if i % 60 == 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
             }
             let got = lagging.next_json().await;
             assert_eq!(got["id"], i.to_string(), "in the order sent");

@@ -126,7 +126,9 @@ impl WriteThrough for SharedSocket {
     }
 
     fn written(&self, bytes: usize, timing: Timing) {
-        // Writes through one socket are serialised by its outbox's lock.
+        // Writes through one socket come from its room's batches, one at a
+        // time (the room's lock); were two to race, only which write is
+        // timed would change.
         let mut sampled = self.sampled.load(Relaxed);
         record_write(&self.metrics, bytes, timing, &mut sampled);
         self.sampled.store(sampled, Relaxed);

@@ -62,20 +62,32 @@ pub(crate) struct Conn {
 const PENDING_FLUSH_BYTES: usize = 64 * 1024;
 
 impl Conn {
-    /// Hands the frames gathered for this client to its outbox.
-    fn flush(&mut self, wakes: &mut Wakes) -> Result<(), Refused> {
+    /// Hands the frames gathered for this client to its outbox. At the end
+    /// of a batch (`Batch::End`) they may be written through (see
+    /// [`Wakes`]); in the middle of a guest's call the writer is woken at
+    /// once, to drain what a long call sends while it goes on.
+    fn flush(&mut self, wakes: &mut Wakes, at: Batch) -> Result<(), Refused> {
         if self.pending.is_empty() {
             return Ok(());
         }
         self.pending_bytes = 0;
-        let pushed = self
-            .outbox
-            .push_all_held(std::mem::take(&mut self.pending), wakes);
+        let pending = std::mem::take(&mut self.pending);
+        let pushed = match at {
+            Batch::End => self.outbox.push_all_at_end(pending, wakes),
+            Batch::Middle => self.outbox.push_all_held(pending, wakes),
+        };
         if pushed == Err(Refused::Closed) {
             self.gone = true;
         }
         pushed
     }
+}
+
+/// Where in a batch of events frames are handed to an outbox.
+#[derive(Clone, Copy)]
+enum Batch {
+    Middle,
+    End,
 }
 
 /// Which clients a send reaches: the WIT `selector`, looked up in the table
@@ -188,7 +200,7 @@ impl Table {
         for slot in self.touched.drain(..) {
             if let Some(c) = self.slots.get_mut(slot) {
                 c.touched = false;
-                if c.flush(&mut self.wakes) == Err(Refused::Overflow) {
+                if c.flush(&mut self.wakes, Batch::End) == Err(Refused::Overflow) {
                     self.overflowed.push(ConnRef {
                         slot,
                         serial: c.serial,
@@ -197,7 +209,7 @@ impl Table {
             }
         }
         for (mut c, code, reason) in self.closing.drain(..) {
-            let _ = c.flush(&mut self.wakes);
+            let _ = c.flush(&mut self.wakes, Batch::End);
             c.outbox.close(code, &reason);
         }
         self.wakes.run();
@@ -451,7 +463,7 @@ impl Table {
                 return;
             }
             let overflow = if !hold_output {
-                c.flush(wakes) == Err(Refused::Overflow)
+                c.flush(wakes, Batch::Middle) == Err(Refused::Overflow)
             } else if c.pending_bytes > c.outbox.limit() {
                 c.pending.clear();
                 c.pending_bytes = 0;
@@ -486,7 +498,6 @@ impl Table {
                 }
             }
         }
-        // In the guest's call: the writes through wait for the batch's end.
         self.wakes.run_collectors();
         self.metrics.frames_out(u64::from(n));
         n
@@ -615,6 +626,60 @@ mod tests {
         let mark = t.begin_send();
         assert_eq!(t.fanout(mark, &frame, &t.select_kind("admin"), &[]), 1);
         assert_eq!(t.count(Some("runtime")), 1);
+    }
+
+    /// A client's socket that takes everything at once.
+    #[derive(Default)]
+    struct Socket(std::sync::Mutex<usize>);
+
+    impl crate::outbox::WriteThrough for Socket {
+        fn try_write(&self, frames: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+            let n = frames.iter().map(|f| f.len()).sum();
+            *self.0.lock().unwrap() += n;
+            Ok(n)
+        }
+        fn written(&self, _: usize, _: crate::outbox::Timing) {}
+    }
+
+    #[test]
+    fn a_batch_is_written_through_at_its_end_and_a_long_call_wakes_the_writer_at_once() {
+        let mut t = table();
+        let client = join(&mut t, "c", "runtime");
+        let socket = Arc::new(Socket::default());
+        client.set_write_through(Some(socket.clone()));
+        let frame = encode(OpCode::Text, b"{}");
+        let mark = t.begin_send();
+        t.fanout(mark, &frame, &Select::All, &[]);
+        t.flush();
+        assert_eq!(*socket.0.lock().unwrap(), frame.len(), "written through");
+        assert_eq!(frames(&client), 0, "nothing for the writer");
+        // One call sending more than a client's pending bound: what passes
+        // it goes to the writer there and then, woken during the call.
+        struct Woken(std::sync::atomic::AtomicBool);
+        impl std::task::Wake for Woken {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let woken = Arc::new(Woken(false.into()));
+        let waker = std::task::Waker::from(woken.clone());
+        let mut batch = Vec::new();
+        let mut writer = std::pin::pin!(client.take(&mut batch));
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(writer.as_mut().poll(&mut cx).is_pending(), "an idle writer");
+        let big = encode(OpCode::Text, &vec![b'x'; PENDING_FLUSH_BYTES]);
+        let mark = t.begin_send();
+        t.fanout(mark, &big, &Select::All, &[]);
+        assert!(
+            woken.0.load(std::sync::atomic::Ordering::SeqCst),
+            "woken during the call"
+        );
+        assert!(writer.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(
+            *socket.0.lock().unwrap(),
+            frame.len(),
+            "not written through"
+        );
     }
 
     #[test]
