@@ -771,6 +771,15 @@ mod tests {
         socket
     }
 
+    /// An outbox bounded by `limit` bytes, written through to a socket
+    /// that takes `room` bytes a write.
+    fn written_through(limit: usize, room: Option<usize>) -> (Arc<Outbox>, Arc<Socket>) {
+        let outbox = Arc::new(Outbox::new(limit));
+        let sock = socket(room);
+        outbox.set_write_through(Some(sock.clone()));
+        (outbox, sock)
+    }
+
     fn hand_over(outbox: &Arc<Outbox>, frames: &[Bytes]) {
         let mut wakes = Wakes::default();
         outbox
@@ -781,9 +790,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_for_an_idle_writer_are_written_through_in_order() {
-        let outbox = Arc::new(Outbox::new(1000));
-        let sock = socket(Some(usize::MAX));
-        outbox.set_write_through(Some(sock.clone()));
+        let (outbox, sock) = written_through(1000, Some(usize::MAX));
         hand_over(&outbox, &[text(1), text(2)]);
         hand_over(&outbox, &[text(3)]);
         assert_eq!(
@@ -804,9 +811,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_the_socket_did_not_take_goes_to_the_writer_first() {
-        let outbox = Arc::new(Outbox::new(1000));
-        let sock = socket(Some(4));
-        outbox.set_write_through(Some(sock.clone()));
+        let (outbox, sock) = written_through(1000, Some(4));
         hand_over(&outbox, &[text(3), text(5)]);
         assert_eq!(*sock.took.lock().unwrap(), text(3)[..4]);
         let mut batch = Vec::new();
@@ -836,9 +841,7 @@ mod tests {
             let mut wakes = Wakes::default();
             let outboxes: Vec<_> = (0..clients)
                 .map(|_| {
-                    let outbox = Arc::new(Outbox::new(1000));
-                    let sock = socket(Some(usize::MAX));
-                    outbox.set_write_through(Some(sock.clone()));
+                    let (outbox, sock) = written_through(1000, Some(usize::MAX));
                     outbox.push_all_at_end([text(1)], &mut wakes).unwrap();
                     (outbox, sock)
                 })
@@ -861,9 +864,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_begun_on_the_socket_is_finished_before_an_overflow_close() {
-        let outbox = Arc::new(Outbox::new(100));
-        let sock = socket(Some(3));
-        outbox.set_write_through(Some(sock.clone()));
+        let (outbox, sock) = written_through(100, Some(3));
         hand_over(&outbox, &[text(10), text(20)]);
         let pong = encode(OpCode::Pong, b"p");
         outbox.push_pong(pong.clone());
@@ -882,9 +883,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_through_hands_the_kernel_a_bounded_share() {
-        let outbox = Arc::new(Outbox::new(1 << 20));
-        let sock = socket(Some(usize::MAX));
-        outbox.set_write_through(Some(sock.clone()));
+        let (outbox, sock) = written_through(1 << 20, Some(usize::MAX));
         // Two fit in the bound (with their headers), not three.
         let big = encode(OpCode::Binary, &vec![7; WRITE_THROUGH_BYTES / 2 - 8]);
         hand_over(&outbox, &[big.clone(), big.clone(), big.clone()]);
@@ -903,9 +902,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_socket_that_would_block_leaves_the_frames_to_the_writer() {
-        let outbox = Arc::new(Outbox::new(1000));
-        let sock = socket(None);
-        outbox.set_write_through(Some(sock.clone()));
+        let (outbox, sock) = written_through(1000, None);
         hand_over(&outbox, &[text(1)]);
         let mut batch = Vec::new();
         assert_eq!(outbox.take(&mut batch).await, Next::Continue);
