@@ -101,7 +101,7 @@ pub struct Timing {
 }
 
 /// A connection's socket, written without waiting by the task that hands
-/// its outbox frames (see [`Outbox::write_through`]).
+/// its outbox frames (see [`Outbox::push_all_at_end`]).
 pub trait WriteThrough: Send + Sync {
     /// Writes what the socket takes at once, without waiting: how many
     /// bytes it took.
