@@ -86,7 +86,7 @@ pub(crate) async fn route(
         Ok(path) => {
             let query = Query::parse(req.uri().query(), matches!(path, Path::WebSocket));
             match path {
-                Path::WebSocket => upgrade::websocket(&app, req, query).await,
+                Path::WebSocket => upgrade::websocket(&app, req, query, upgrading).await,
                 Path::Status => report::status(&app, &req, &query).await,
                 Path::Health => report::health(&app, &req, &query).await,
                 Path::Metrics => Ok(report::metrics(&app, &req)),

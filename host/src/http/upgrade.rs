@@ -24,12 +24,15 @@ use crate::registry::ConnectError;
 use crate::room::log_limit::Throttle;
 use crate::room::{ClientMeta, ClientParams, Refusal, now_ms};
 
+/// `upgrading`: the request asks for a WebSocket (`Connection: upgrade`,
+/// `Upgrade: websocket`), as the router found.
 pub(super) async fn websocket(
     app: &Arc<App>,
     mut req: Request<Body>,
     query: Query,
+    upgrading: bool,
 ) -> Result<Reply, HttpError> {
-    let (project, meta) = validate(app, &req, &query)?;
+    let (project, meta) = validate(app, &req, &query, upgrading)?;
     let selects_ours = offers_our_subprotocol(&req)?;
     let Ok(permit) = app.websockets.clone().try_acquire_owned() else {
         return Err(unavailable(
@@ -92,13 +95,14 @@ fn validate(
     app: &App,
     req: &Request<Body>,
     query: &Query,
+    upgrading: bool,
 ) -> Result<(String, Arc<ClientMeta>), HttpError> {
     let project = query.project_id()?;
     let kind = query.kind()?;
     check_origin(app, req)?;
     let claims = authorize(app, req, query, Access::Join { project, kind })?;
     let params = client_params(&query.others)?;
-    if !fastwebsockets::upgrade::is_upgrade_request(req) {
+    if !upgrading {
         return Err(HttpError::new(
             StatusCode::UPGRADE_REQUIRED,
             "upgrade_required",
