@@ -9,7 +9,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming as Body;
-use hyper::header::{HeaderValue, ORIGIN, USER_AGENT};
+use hyper::header::{
+    HeaderName, HeaderValue, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, USER_AGENT,
+};
 use hyper::{Request, Response, StatusCode, Version};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::warn;
@@ -173,14 +175,14 @@ fn check_handshake(req: &Request<Body>) -> Result<(), HttpError> {
     }
     // Exactly one line each: with two, hyper and fastwebsockets read the
     // first, and a proxy might read the other.
-    if only(req, "sec-websocket-version") != Some(b"13") {
+    if only(req, SEC_WEBSOCKET_VERSION) != Some(b"13") {
         return Err(HttpError::bad_request(
             "bad_upgrade",
             "Sec-WebSocket-Version must be 13, once",
         )
         .with_header("sec-websocket-version", "13"));
     }
-    if !only(req, "sec-websocket-key").is_some_and(is_websocket_key) {
+    if !only(req, SEC_WEBSOCKET_KEY).is_some_and(is_websocket_key) {
         return Err(HttpError::bad_request(
             "bad_upgrade",
             "Sec-WebSocket-Key must be 16 bytes in base64, once",
@@ -190,7 +192,9 @@ fn check_handshake(req: &Request<Body>) -> Result<(), HttpError> {
 }
 
 /// The value of the header `name` if the request has exactly one line of it.
-fn only<'a>(req: &'a Request<Body>, name: &str) -> Option<&'a [u8]> {
+/// (A `HeaderName`, not a string: a string is parsed as a header name at
+/// every lookup.)
+fn only(req: &Request<Body>, name: HeaderName) -> Option<&[u8]> {
     let mut lines = req.headers().get_all(name).iter();
     match (lines.next(), lines.next()) {
         (Some(value), None) => Some(value.as_bytes()),
