@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload};
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 /// Close code sent to a client whose queue overflowed (1013: try again later).
@@ -423,9 +424,11 @@ impl Outbox {
         };
         let wrote = {
             // Bounded, as the lock is held through the copy into the kernel:
-            // a larger batch's rest is the writer's.
+            // a larger batch's rest is the writer's. On the stack (this runs
+            // for nearly every message, never in a guest's call): no
+            // allocation for the usual few frames.
             let mut bytes = 0;
-            let slices: Vec<IoSlice<'_>> = s
+            let slices: SmallVec<[IoSlice<'_>; 8]> = s
                 .frames
                 .iter()
                 .take(MAX_IOVECS)

@@ -189,27 +189,27 @@ struct Query {
 
 impl Query {
     /// The first value of each parameter, URL-decoded (invalid UTF-8
-    /// becomes U+FFFD), each decoded once; `others` only for an upgrade
-    /// (`upgrading`), the one route that reads them.
-    fn parse(query: Option<&str>, upgrading: bool) -> Query {
+    /// becomes U+FFFD), each decoded once; `others` only for `/websocket`
+    /// (`websocket`), the one route that reads them.
+    fn parse(query: Option<&str>, websocket: bool) -> Query {
         let mut q = Query::default();
         let query = query.unwrap_or("");
         if query.bytes().any(|b| b == b'%' || b == b'+') {
             for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-                q.add(k, v, upgrading);
+                q.add(k, v, websocket);
             }
         } else {
             // Nothing to decode (the usual query): the pairs as they lie,
             // split as `form_urlencoded` splits them, without its three
             // passes over each name and value (~2 k instructions an upgrade).
             for (k, v) in undecoded_pairs(query) {
-                q.add(Cow::Borrowed(k), Cow::Borrowed(v), upgrading);
+                q.add(Cow::Borrowed(k), Cow::Borrowed(v), websocket);
             }
         }
         q
     }
 
-    fn add(&mut self, k: Cow<'_, str>, v: Cow<'_, str>, upgrading: bool) {
+    fn add(&mut self, k: Cow<'_, str>, v: Cow<'_, str>, websocket: bool) {
         match &*k {
             // A repeated one is neither read nor a client parameter.
             "projectId" => _ = self.project_id.get_or_insert_with(|| v.into_owned()),
@@ -217,7 +217,7 @@ impl Query {
             "token" => _ = self.token.get_or_insert_with(|| v.into_owned()),
             _ => {
                 self.ready |= k == "ready";
-                if upgrading && self.others.len() <= upgrade::MAX_PARAMS {
+                if websocket && self.others.len() <= upgrade::MAX_PARAMS {
                     self.others.push((k.into_owned(), v.into_owned()));
                 }
             }
