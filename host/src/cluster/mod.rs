@@ -26,7 +26,7 @@ mod wire;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::client::RequestErrorKind;
@@ -66,6 +66,11 @@ const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a forwarded message may wait for the owner's room to handle
 /// it (it may queue behind others).
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long this node's clients of a project may point at a node whose
+/// lease ended while another node owns the project before they are
+/// closed as left out of its gathering: longer than a gathering takes
+/// (the new owner points them at itself when this node answers it).
+const STRANDED_AFTER: Duration = Duration::from_secs(2 * GATHER_TIMEOUT.as_secs());
 /// Locks that claims of projects take, by a hash of the projectId.
 const CLAIM_STRIPES: usize = 64;
 /// Pause between two looks for the owner of a project that is moving.
@@ -261,11 +266,11 @@ impl Cluster {
     /// projects they owned.
     async fn watch_other_nodes(self: Arc<Self>) {
         let period = self.leases.lease() / 4;
-        let mut stranded = Vec::new();
+        let mut stranded = HashMap::new();
         loop {
             tokio::time::sleep(period).await;
             self.drop_clients_of_ended_nodes().await;
-            stranded = self.adopt_orphans(&stranded).await;
+            stranded = self.adopt_orphans(stranded).await;
         }
     }
 
@@ -313,18 +318,25 @@ impl Cluster {
     ///
     /// A project another node took over without gathering this node's
     /// clients (this node did not answer in time) leaves them in no room:
-    /// found twice in a row (a gathering takes at most [`GATHER_TIMEOUT`],
-    /// less than the pause between two rounds), they are closed with 1012
-    /// and reconnect. Returns this round's such projects.
-    async fn adopt_orphans(&self, stranded_before: &[Arc<str>]) -> Vec<Arc<str>> {
-        let mut stranded = Vec::new();
+    /// found so for longer than a gathering may take ([`STRANDED_AFTER`];
+    /// the rounds may come faster, with a short lease), they are closed
+    /// with 1012 and reconnect. Takes and returns such projects with when
+    /// they were first found so.
+    async fn adopt_orphans(
+        &self,
+        mut stranded_before: HashMap<Arc<str>, Instant>,
+    ) -> HashMap<Arc<str>, Instant> {
+        let mut stranded = HashMap::new();
         let mut alive: HashMap<Arc<str>, Option<u64>> = HashMap::new();
         for (project, node, epoch) in self.stubs.projects() {
             let now = match alive.get(&node) {
                 Some(now) => *now,
                 None => match self.leases.node_epoch(&node).await {
                     Ok(now) => *alive.entry(node).or_insert(now),
-                    Err(_) => return stranded,
+                    Err(_) => {
+                        stranded.extend(stranded_before);
+                        return stranded;
+                    }
                 },
             };
             if now == Some(epoch) {
@@ -335,10 +347,13 @@ impl Cluster {
                 // the new owner.
                 Ok(Placement::Here) => {}
                 Ok(Placement::On { node, epoch }) => {
-                    if stranded_before.contains(&project) {
+                    let since = stranded_before
+                        .remove(&project)
+                        .unwrap_or_else(Instant::now);
+                    if since.elapsed() >= STRANDED_AFTER {
                         self.stubs.close_stranded(&project, &node, epoch);
                     } else {
-                        stranded.push(project);
+                        stranded.insert(project, since);
                     }
                 }
                 Err(_) => {}
@@ -556,10 +571,7 @@ impl Cluster {
     /// when it had an owner.
     async fn place(&self, project: &str) -> Result<Placement, String> {
         if self.leases.owns(project) {
-            if self.takeovers.load(SeqCst) > 0 {
-                // Maybe this project's takeover, still gathering.
-                drop(self.claim_lock(project).lock().await);
-            }
+            self.gathered(project).await;
             return Ok(Placement::Here);
         }
         if !self.leases.valid() {
@@ -609,6 +621,14 @@ impl Cluster {
             }
         }
         Err("the project's owner kept changing".into())
+    }
+
+    /// Returns once a takeover of `project` (which this node owns) has
+    /// gathered the project's clients, when one may still be doing so.
+    async fn gathered(&self, project: &str) {
+        if self.takeovers.load(SeqCst) > 0 {
+            drop(self.claim_lock(project).lock().await);
+        }
     }
 
     /// The lock of `project`'s stripe of [`Cluster::claiming`].
@@ -864,7 +884,12 @@ impl Cluster {
         if !self.leases.owns(&request.project) || !crate::config::is_node_name(&request.holder) {
             return Reply::NotOwner;
         }
-        // Gathered here by a takeover already: admitted once is enough.
+        // Gathered here by a takeover already: admitted once is enough. Its
+        // holder asks when its message finds the old owner gone, which is
+        // when the takeover gathers it too: checked once the gathering is
+        // over, or both would add it, and the second entry would replace
+        // the first, so that the room told everyone that it left.
+        self.gathered(&request.project).await;
         if self
             .served
             .contains(&request.holder, request.holder_epoch, request.client.key)
