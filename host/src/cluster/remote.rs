@@ -1,6 +1,6 @@
 //! This node's clients of projects another node owns: their sockets are
 //! here, their room is there. Each has a [`Stub`] that knows the owner; the
-//! connection's reader forwards its messages through it ([`RemoteClient`])
+//! connection's reader forwards its messages through it ([`RemoteClient`](super::RemoteClient))
 //! and what the room sends comes back as numbered batches of frames
 //! ([`Stubs::deliver`]) into the client's own outbox.
 

@@ -138,7 +138,7 @@ const MAX_PARAM_NAME: usize = 256;
 const MAX_PARAM_VALUE: usize = 4096;
 
 /// The upgrade URL's query parameters other than `type`, `projectId` and
-/// `token` (`others`, as [`Query`](super::Query) decoded them), in order
+/// `token` (`others`, as [`Query`] decoded them), in order
 /// (repeated names kept), for the room and `/status`.
 fn client_params(others: &[(String, String)]) -> Result<ClientParams, HttpError> {
     let mut params = Vec::with_capacity(others.len());

@@ -83,7 +83,7 @@ impl RoomHandle {
 
     /// Takes the room to run messages in the calling task, if nobody runs
     /// it and nothing waits in its inbox (whatever waits there came first).
-    /// Ending the turn flushes and wakes: see [`ReaderTurn`].
+    /// Ending the turn flushes and wakes: see `ReaderTurn`.
     pub fn try_run(&self) -> Option<ReaderTurn<'_>> {
         let actor = self.core.actor.try_lock().ok()?;
         // Checked under the lock: only its holder takes events from the
