@@ -350,15 +350,30 @@ impl Leases {
             .and_then(|e| std::str::from_utf8(&e.value).ok()?.parse().ok()))
     }
 
-    /// The nodes holding a lease now.
+    /// The nodes holding a lease now, and those that left a moment ago (a
+    /// node that leaves marks its key deleted; the mark expires with the
+    /// lease).
+    ///
+    /// Read from the bucket's stream in one answer of the server: listing
+    /// the keys (`kv::Store::keys`) walks a consumer that can stop short
+    /// when a node renews its lease meanwhile (each renewal replaces its
+    /// key's only message), and a takeover that missed a live node would
+    /// leave that node's clients out of its room.
     pub(super) async fn live_nodes(&self) -> anyhow::Result<Vec<String>> {
-        self.nodes
-            .keys()
+        let prefix = self.nodes.prefix.as_str();
+        let subjects: Vec<(String, usize)> = self
+            .nodes
+            .stream
+            .info_with_subjects(format!("{prefix}>"))
             .await
             .context("cannot list the nodes bucket")?
             .try_collect()
             .await
-            .context("cannot list the nodes bucket")
+            .context("cannot list the nodes bucket")?;
+        Ok(subjects
+            .into_iter()
+            .filter_map(|(subject, _)| subject.strip_prefix(prefix).map(str::to_owned))
+            .collect())
     }
 
     /// Takes `project` for this node: creates its key (`revision` `None`)

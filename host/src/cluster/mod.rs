@@ -642,9 +642,15 @@ impl Cluster {
     /// Brings the clients other nodes hold of a project just taken over
     /// into its room here: each node points them at this one and says who
     /// they are; a node that does not answer keeps its clients unplaced
-    /// (their next message finds the room and is refused: they reconnect).
+    /// (closed with 1012 after [`STRANDED_AFTER`]: they reconnect). This
+    /// node's own clients of the project are gathered first, here, whatever
+    /// the list of nodes says.
     async fn gather(&self, project: &str) {
-        let nodes = match self.leases.live_nodes().await {
+        let epoch = self.leases.epoch();
+        for client in self.stubs.moved(project, &self.node, epoch) {
+            self.rejoin(project, (&self.node, epoch), client).await;
+        }
+        let mut nodes = match self.leases.live_nodes().await {
             Ok(nodes) => nodes,
             Err(e) => {
                 warn!(
@@ -657,8 +663,9 @@ impl Cluster {
         let request = to_json(&wire::Gather {
             project: project.into(),
             owner: self.node.to_string(),
-            epoch: self.leases.epoch(),
+            epoch,
         });
+        nodes.retain(|node| **node != *self.node);
         let asked = nodes.iter().map(|node| {
             let request = Request::new()
                 .payload(request.clone())
@@ -672,6 +679,8 @@ impl Cluster {
                 Ok(reply) => {
                     serde_json::from_slice::<wire::Gathered>(&reply.payload).unwrap_or_default()
                 }
+                // A node that left a moment ago (its key lingers).
+                Err(e) if e.kind() == RequestErrorKind::NoResponders => continue,
                 Err(e) => {
                     warn!(
                         project,
