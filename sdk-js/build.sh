@@ -18,6 +18,6 @@ if [ ! -x "$tools/node_modules/.bin/componentize-js" ]; then
 fi
 # --disable http fetch-event: a room calls out through wasi:http itself if
 # it wants to, not through the engine's fetch().
-"$tools/node_modules/.bin/componentize-js" --wit "$root/wit" --world-name room \
+"$tools/node_modules/.bin/componentize-js" --wit "$root/wit/0.3.0" --world-name room \
     --disable http fetch-event -o "$2" "$1"
 echo "built $2"

@@ -20,6 +20,6 @@ mkdir -p "$(dirname "$out")"
 # --disable http fetch-event: the room imports no WASI HTTP of its own.
 # The engine reads the modules under its working directory only.
 cd "$root"
-"$tools/node_modules/.bin/componentize-js" --wit "$root/wit" --world-name room \
+"$tools/node_modules/.bin/componentize-js" --wit "$root/wit/0.3.0" --world-name room \
     --disable http fetch-event -o "$out" guest/js/room.js
 echo "built $out"

@@ -17,6 +17,6 @@ if [ ! -x "$venv/bin/componentize-py" ]; then
 fi
 mkdir -p "$(dirname "$out")"
 # --stub-wasi: the room imports only the wsroom host interface.
-"$venv/bin/componentize-py" -d "$root/wit" -w room componentize --stub-wasi \
+"$venv/bin/componentize-py" -d "$root/wit/0.3.0" -w room componentize --stub-wasi \
     -p "$root/guest/python" app -o "$out"
 echo "built $out"

@@ -3,10 +3,10 @@
 use wsroom_room_sdk::alloc::Recycler;
 use wsroom_room_sdk::{
     AlarmInfo, ClientInfo, Ctx, HttpRequest, HttpResponse, Incoming, Refusal, Room, Selector,
-    Sender, export_room,
+    Sender, TextMessage, export_room,
 };
 
-use crate::rules::{self, Env, Joining, Select, Target};
+use crate::rules::{self, Env, Joining, Reached, Select, Target};
 
 // Every message costs the room a handful of small allocations (the lowered
 // arguments, the parsed fields, the re-serialized message, the host's
@@ -41,16 +41,20 @@ impl Env for Host<'_> {
         self.0.project_id()
     }
 
-    fn send(&mut self, text: &str, targets: &[Target<'_>]) -> Vec<u32> {
+    fn send(&mut self, text: &str, targets: &[Target<'_>]) -> Reached {
         // The rules send to one or two targets: borrowed all the way to
         // the host, nothing allocated.
-        match targets {
+        let reached = match targets {
             [a] => self.0.send(text, &[sdk_target(a)]),
             [a, b] => self.0.send(text, &[sdk_target(a), sdk_target(b)]),
             _ => {
                 let targets: Vec<_> = targets.iter().map(sdk_target).collect();
                 self.0.send(text, &targets)
             }
+        };
+        Reached {
+            first: reached.first,
+            all: reached.all,
         }
     }
 
@@ -93,6 +97,17 @@ impl Room for DefaultRoom {
             error: r.error,
             message: r.message,
         })
+    }
+
+    /// Read in place: the message and its sender's id and type are never
+    /// copied in the room.
+    fn on_text(&mut self, ctx: &mut Ctx, message: TextMessage) {
+        rules::on_text(
+            &mut Host(ctx),
+            message.sender_id(),
+            message.sender_kind(),
+            message.text(),
+        );
     }
 
     fn on_message(&mut self, ctx: &mut Ctx, sender: &Sender, message: Incoming) {

@@ -32,12 +32,19 @@ pub struct Target<'a> {
     pub except: Option<&'a str>,
 }
 
+/// What a send reached: how many clients its first target added, and how
+/// many it reached in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reached {
+    pub first: u32,
+    pub all: u32,
+}
+
 /// What the room needs from its host.
 pub trait Env {
     fn project_id(&self) -> String;
-    /// Delivers `text` once to each client in the union of `targets`;
-    /// returns how many clients each target added.
-    fn send(&mut self, text: &str, targets: &[Target<'_>]) -> Vec<u32>;
+    /// Delivers `text` once to each client in the union of `targets`.
+    fn send(&mut self, text: &str, targets: &[Target<'_>]) -> Reached;
     fn client_count(&self) -> u32;
     fn now_ms(&self) -> u64;
     fn new_id(&self) -> String;
@@ -264,9 +271,9 @@ pub fn deliver(
                     },
                 ],
             );
-            if reached.first().copied().unwrap_or(0) == 0 {
+            if reached.first == 0 {
                 return Err(Rejected {
-                    delivered: reached.iter().sum(),
+                    delivered: reached.all,
                     ..rejected(
                         ErrorCode::UnknownTarget,
                         format!("no client with id {id:?} in this project"),
@@ -296,7 +303,7 @@ pub fn deliver(
             }],
         ),
     };
-    Ok(reached.iter().sum())
+    Ok(reached.all)
 }
 
 /// The sender of messages that come over HTTP (`POST /messages`): its

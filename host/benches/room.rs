@@ -32,7 +32,7 @@ use wsroom::bench::{
     BATCH, ClientMeta, ConnRef, Event, Incoming, Outbox, Registry, RoomHandle, encode,
 };
 use wsroom::config::Cli;
-use wsroom_default_room::rules::{self, Env, Target};
+use wsroom_default_room::rules::{self, Env, Reached, Target};
 
 // The server's allocator.
 #[global_allocator]
@@ -270,12 +270,13 @@ impl Env for Native {
     fn project_id(&self) -> String {
         "bench".into()
     }
-    fn send(&mut self, text: &str, targets: &[Target<'_>]) -> Vec<u32> {
+    fn send(&mut self, text: &str, _targets: &[Target<'_>]) -> Reached {
         let frame = encode(OpCode::Text, text.as_bytes());
         for q in &mut self.queues {
             q.push(frame.clone());
         }
-        vec![self.queues.len() as u32; targets.len()]
+        let n = self.queues.len() as u32;
+        Reached { first: n, all: n }
     }
     fn client_count(&self) -> u32 {
         self.queues.len() as u32 + 1

@@ -52,8 +52,66 @@ pub mod bindings {
 use bindings::wsroom::room::host;
 pub use bindings::wsroom::room::types::{
     AlarmInfo, AttachmentError, ClientInfo, HttpRequest, HttpResponse, Incoming, LogLevel,
-    Oversize, Refusal, Selector, Sender, StorageError, Target,
+    Oversize, Reached, Refusal, Selector, Sender, StorageError, Target,
 };
+
+/// A text message and its sender, as the host hands them to the room: in
+/// one string, read in place ([`TextMessage::text`] and the sender's
+/// [`id`](TextMessage::sender_id) and [`kind`](TextMessage::sender_kind)),
+/// or taken apart ([`TextMessage::into_parts`]).
+pub struct TextMessage {
+    data: String,
+    kind_at: usize,
+    text_at: usize,
+}
+
+impl TextMessage {
+    #[doc(hidden)]
+    pub fn __new(message: bindings::wsroom::room::types::TextFrom) -> TextMessage {
+        let (kind_at, text_at) = (message.kind_at as usize, message.text_at as usize);
+        let data = message.data;
+        // The host lays the parts out on character boundaries; were it not
+        // to, the whole string is the text, from nobody.
+        if kind_at <= text_at && data.is_char_boundary(kind_at) && data.is_char_boundary(text_at) {
+            TextMessage {
+                data,
+                kind_at,
+                text_at,
+            }
+        } else {
+            TextMessage {
+                data,
+                kind_at: 0,
+                text_at: 0,
+            }
+        }
+    }
+
+    /// The sender's id.
+    pub fn sender_id(&self) -> &str {
+        &self.data[..self.kind_at]
+    }
+
+    /// The sender's type.
+    pub fn sender_kind(&self) -> &str {
+        &self.data[self.kind_at..self.text_at]
+    }
+
+    /// The message.
+    pub fn text(&self) -> &str {
+        &self.data[self.text_at..]
+    }
+
+    /// The sender and the message, owned.
+    pub fn into_parts(mut self) -> (Sender, String) {
+        let from = Sender {
+            id: self.sender_id().to_owned(),
+            kind: self.sender_kind().to_owned(),
+        };
+        self.data.replace_range(..self.text_at, "");
+        (from, self.data)
+    }
+}
 
 /// A room's handlers. Only `on_message` is required.
 pub trait Room: Default + 'static {
@@ -67,6 +125,15 @@ pub trait Room: Default + 'static {
     /// A message from a client. A message over the host's size limit
     /// arrives as [`Incoming::TooLarge`], without its contents.
     fn on_message(&mut self, ctx: &mut Ctx, from: &Sender, message: Incoming);
+
+    /// A text message from a client. By default it goes to
+    /// [`Room::on_message`] as an [`Incoming::Text`]; a room that reads it
+    /// in place here spares the copies of the text and the sender's id and
+    /// type that takes.
+    fn on_text(&mut self, ctx: &mut Ctx, message: TextMessage) {
+        let (from, text) = message.into_parts();
+        self.on_message(ctx, &from, Incoming::Text(text));
+    }
 
     /// A client left (it is no longer in the table).
     fn on_close(&mut self, ctx: &mut Ctx, client: &ClientInfo, code: u16, reason: &str) {
@@ -127,7 +194,9 @@ impl Ctx {
                 select: Selector::Client(id),
                 except: &[],
             }],
-        )[0] > 0
+        )
+        .first
+            > 0
     }
 
     /// Sends `text` to every client of a type; how many got it.
@@ -138,7 +207,8 @@ impl Ctx {
                 select: Selector::Kind(kind),
                 except: &[],
             }],
-        )[0]
+        )
+        .first
     }
 
     /// Sends `text` to every client; how many got it.
@@ -149,7 +219,8 @@ impl Ctx {
                 select: Selector::All,
                 except: &[],
             }],
-        )[0]
+        )
+        .first
     }
 
     /// Sends `text` to every client but one; how many got it.
@@ -160,20 +231,16 @@ impl Ctx {
                 select: Selector::All,
                 except: &[except],
             }],
-        )[0]
+        )
+        .first
     }
 
     /// The general form: `text` goes once to each client in the union of
     /// `targets` (the host frames it once and de-duplicates). Returns how
-    /// many clients each target added.
-    pub fn send(&mut self, text: &str, targets: &[Target<'_>]) -> Vec<u32> {
-        let counts = host::send(text, targets);
-        // The host answers one count per target; never index past it.
-        if counts.len() == targets.len() {
-            counts
-        } else {
-            vec![0; targets.len()]
-        }
+    /// many clients the first target added, and how many the send reached
+    /// in all (send to one target at a time for each one's count).
+    pub fn send(&mut self, text: &str, targets: &[Target<'_>]) -> Reached {
+        host::send(text, targets)
     }
 
     /// Closes a client's WebSocket with `code` and `reason`; whether it was
@@ -308,6 +375,11 @@ macro_rules! export_room {
                     with(|room, ctx| $crate::Room::on_connect(room, ctx, &client))
                 }
 
+                fn on_text(message: $crate::bindings::wsroom::room::types::TextFrom) {
+                    let message = $crate::TextMessage::__new(message);
+                    with(|room, ctx| $crate::Room::on_text(room, ctx, message))
+                }
+
                 fn on_message(from: $crate::Sender, message: $crate::Incoming) {
                     with(|room, ctx| $crate::Room::on_message(room, ctx, &from, message))
                 }
@@ -328,4 +400,38 @@ macro_rules! export_room {
     $crate::bindings::__export_room_world!(Export with_types_in $crate::bindings);
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TextMessage;
+    use crate::bindings::wsroom::room::types::TextFrom;
+
+    fn message(data: &str, kind_at: u32, text_at: u32) -> TextMessage {
+        TextMessage::__new(TextFrom {
+            data: data.into(),
+            kind_at,
+            text_at,
+        })
+    }
+
+    #[test]
+    fn a_text_message_reads_in_place_and_comes_apart_into_its_parts() {
+        let m = message("c1runtime{\"é\":1}", 2, 9);
+        assert_eq!(
+            (m.sender_id(), m.sender_kind(), m.text()),
+            ("c1", "runtime", "{\"é\":1}")
+        );
+        let (from, text) = m.into_parts();
+        assert_eq!((from.id.as_str(), from.kind.as_str()), ("c1", "runtime"));
+        assert_eq!(text, "{\"é\":1}");
+    }
+
+    #[test]
+    fn offsets_past_the_end_or_inside_a_character_make_it_all_text_from_nobody() {
+        for (kind_at, text_at) in [(1, 99), (3, 1), (2, 3)] {
+            let m = message("aébc", kind_at, text_at);
+            assert_eq!((m.sender_id(), m.sender_kind(), m.text()), ("", "", "aébc"));
+        }
+    }
 }

@@ -150,7 +150,7 @@ async fn a_component_with_an_import_the_host_lacks_is_refused_by_name() {
     );
     assert!(
         stdout.contains(&format!(
-            "{chat}: fits the wsroom:room/room world (built against wsroom:room@0.3.0)"
+            "{chat}: fits the wsroom:room/room world (built against wsroom:room@0.4.0)"
         )),
         "{stdout}"
     );

@@ -45,7 +45,7 @@ impl Env for FakeHost {
         "p1".into()
     }
 
-    fn send(&mut self, text: &str, targets: &[Target<'_>]) -> Vec<u32> {
+    fn send(&mut self, text: &str, targets: &[Target<'_>]) -> Reached {
         let value: Value = serde_json::from_str(text).expect("room sent invalid JSON");
         let mut reached: Vec<&str> = Vec::new();
         let mut counts = Vec::new();
@@ -76,7 +76,10 @@ impl Env for FakeHost {
                 .or_default()
                 .push(value.clone());
         }
-        counts
+        Reached {
+            first: counts.first().copied().unwrap_or(0),
+            all: counts.iter().sum(),
+        }
     }
 
     fn client_count(&self) -> u32 {

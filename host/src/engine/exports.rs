@@ -1,11 +1,13 @@
 //! A room's exports, whichever version of the contract it was built against.
 //!
-//! The current world (`wit/room.wit`) and the one before it
-//! (`wit/0.2.0/`, whose exports 0.1.0 shares) differ in their exports: 0.3.0
-//! added `fetch` and two fields of `client-info`. A component is checked
-//! against the current world first, then the earlier one; [`Room`] calls
-//! either with the current types, converting for the earlier one (a room
-//! built before `fetch` has none: [`Room::call_fetch`] says so).
+//! Three sets of exports are in use: the current world's (`wit/room.wit`,
+//! 0.4.0: text messages go to `on-text`), 0.3.0's (`wit/0.3.0/`: every
+//! message to `on-message`), and the one before (`wit/0.2.0/`, whose
+//! exports 0.1.0 shares: no `fetch`, and two fields fewer in
+//! `client-info`). A component is checked against each in that order;
+//! [`Room`] calls any of them with the current types (0.3.0's are the
+//! same), converting for the earliest (a room built before `fetch` has
+//! none: [`Room::call_fetch`] says so).
 
 use wasmtime::Store;
 use wasmtime::component::{ComponentExportIndex, Func, InstancePre, TypedFunc};
@@ -17,6 +19,16 @@ pub(super) mod current {
         world: "room",
         path: "../wit",
         exports: { default: async },
+    });
+}
+
+/// 0.3.0's exports, with the current world's types (the same records).
+mod v0_3 {
+    wasmtime::component::bindgen!({
+        world: "room",
+        path: "../wit/0.3.0",
+        exports: { default: async },
+        with: { "wsroom:room/types@0.3.0": super::current::wsroom::room::types },
     });
 }
 
@@ -38,6 +50,7 @@ pub(crate) use earlier_wit::ClientInfo as EarlierClientInfo;
 /// ready to instantiate.
 pub(crate) enum RoomPre {
     Current(current::RoomPre<RoomState>),
+    V0_3(v0_3::RoomPre<RoomState>),
     /// Built against 0.1.0 or 0.2.0: its exports found once, for every
     /// instance.
     Earlier {
@@ -50,6 +63,7 @@ pub(crate) enum RoomPre {
 /// A room instance's exports.
 pub(crate) enum Room {
     Current(current::Room),
+    V0_3(v0_3::Room),
     Earlier {
         room: earlier::Room,
         /// Its `on-message`, typed with the current world's `sender` and
@@ -61,12 +75,15 @@ pub(crate) enum Room {
 }
 
 impl RoomPre {
-    /// The component's exports as the current world's, or else as the
-    /// earlier one's; the error of the current world's check if neither.
+    /// The component's exports as the current world's, or else as an
+    /// earlier one's; the error of the current world's check if none.
     pub(super) fn new(pre: InstancePre<RoomState>) -> wasmtime::Result<RoomPre> {
         match current::RoomPre::new(pre.clone()) {
             Ok(pre) => Ok(RoomPre::Current(pre)),
             Err(current) => {
+                if let Ok(pre) = v0_3::RoomPre::new(pre.clone()) {
+                    return Ok(RoomPre::V0_3(pre));
+                }
                 let earlier = earlier::RoomIndices::new(&pre).and_then(|indices| {
                     let on_message = pre
                         .component()
@@ -81,7 +98,7 @@ impl RoomPre {
                         on_message,
                     }),
                     Err(earlier) => Err(current.context(format!(
-                        "nor the exports of wsroom:room@0.2.0 and before: {earlier:#}"
+                        "nor the exports of wsroom:room@0.3.0, 0.2.0 and before: {earlier:#}"
                     ))),
                 }
             }
@@ -91,6 +108,7 @@ impl RoomPre {
     pub(super) fn instance_pre(&self) -> &InstancePre<RoomState> {
         match self {
             RoomPre::Current(pre) => pre.instance_pre(),
+            RoomPre::V0_3(pre) => pre.instance_pre(),
             RoomPre::Earlier { pre, .. } => pre,
         }
     }
@@ -101,6 +119,7 @@ impl RoomPre {
     ) -> wasmtime::Result<Room> {
         Ok(match self {
             RoomPre::Current(pre) => Room::Current(pre.instantiate_async(store).await?),
+            RoomPre::V0_3(pre) => Room::V0_3(pre.instantiate_async(store).await?),
             RoomPre::Earlier {
                 pre,
                 indices,
@@ -142,6 +161,7 @@ impl Room {
     ) -> wasmtime::Result<Result<(), wit::Refusal>> {
         match self {
             Room::Current(room) => room.call_on_connect(store, client).await,
+            Room::V0_3(room) => room.call_on_connect(store, client).await,
             Room::Earlier { room, .. } => Ok(room
                 .call_on_connect(store, &client.into())
                 .await?
@@ -153,14 +173,26 @@ impl Room {
         }
     }
 
+    /// Hands a client's message to the room. `scratch` is where a text
+    /// message is laid out for a current room's `on-text` (kept by the
+    /// caller from one message to the next, so that nothing is allocated
+    /// for it once its string has grown).
     pub(crate) async fn call_on_message(
         &self,
         store: &mut Store<RoomState>,
         sender: &wit::Sender,
         message: &wit::Incoming,
+        scratch: &mut wit::TextFrom,
     ) -> wasmtime::Result<()> {
         match self {
-            Room::Current(room) => room.call_on_message(store, sender, message).await,
+            Room::Current(room) => match message {
+                wit::Incoming::Text(text) => {
+                    lay_out(scratch, sender, text);
+                    room.call_on_text(store, scratch).await
+                }
+                _ => room.call_on_message(store, sender, message).await,
+            },
+            Room::V0_3(room) => room.call_on_message(store, sender, message).await,
             Room::Earlier { on_message, .. } => {
                 // SAFETY: the function was type-checked against these
                 // parameter and result types when the room was instantiated.
@@ -180,6 +212,7 @@ impl Room {
     ) -> wasmtime::Result<()> {
         match self {
             Room::Current(room) => room.call_on_close(store, client, code, reason).await,
+            Room::V0_3(room) => room.call_on_close(store, client, code, reason).await,
             Room::Earlier { room, .. } => {
                 room.call_on_close(store, &client.into(), code, reason)
                     .await
@@ -194,6 +227,7 @@ impl Room {
     ) -> wasmtime::Result<()> {
         match self {
             Room::Current(room) => room.call_alarm(store, info).await,
+            Room::V0_3(room) => room.call_alarm(store, info).await,
             Room::Earlier { room, .. } => {
                 let info = earlier_wit::AlarmInfo {
                     retry_count: info.retry_count,
@@ -211,7 +245,22 @@ impl Room {
     ) -> wasmtime::Result<Option<wit::HttpResponse>> {
         match self {
             Room::Current(room) => room.call_fetch(store, request).await.map(Some),
+            Room::V0_3(room) => room.call_fetch(store, request).await.map(Some),
             Room::Earlier { .. } => Ok(None),
         }
     }
+}
+
+/// Lays a text message out as `on-text` takes it: the sender's id, its
+/// type and the text in one string.
+fn lay_out(scratch: &mut wit::TextFrom, sender: &wit::Sender, text: &str) {
+    let data = &mut scratch.data;
+    data.clear();
+    data.reserve(sender.id.len() + sender.kind.len() + text.len());
+    data.push_str(&sender.id);
+    data.push_str(&sender.kind);
+    data.push_str(text);
+    // An id and a type are a few hundred bytes at most (the host's limits).
+    scratch.kind_at = sender.id.len() as u32;
+    scratch.text_at = (sender.id.len() + sender.kind.len()) as u32;
 }

@@ -35,6 +35,10 @@ macro_rules! call {
 }
 pub(super) use call;
 
+/// The largest text message whose layout for `on-text` is kept for the next
+/// (a larger one's is freed at once).
+const SCRATCH_KEPT_BYTES: usize = 4096;
+
 impl Instance {
     pub(super) fn is_live(&self) -> bool {
         matches!(self, Instance::Live { .. })
@@ -343,9 +347,25 @@ impl Actor {
         self.table().message_read_at(read_at);
         self.activity_unrecorded = true;
         self.messages_since_flush += 1;
-        if let Err(Trapped(e)) = call!(self, RoomCall::Message, |room, store| room
-            .call_on_message(store, &sender, &message))
-        {
+        let mut scratch = self
+            .scratch
+            .take()
+            .unwrap_or_else(|| engine::wit::TextFrom {
+                data: String::new(),
+                kind_at: 0,
+                text_at: 0,
+            });
+        let called = call!(self, RoomCall::Message, |room, store| room.call_on_message(
+            store,
+            &sender,
+            &message,
+            &mut scratch
+        ));
+        // Kept for the next message, unless a large one grew it.
+        if scratch.data.capacity() <= SCRATCH_KEPT_BYTES {
+            self.scratch = Some(scratch);
+        }
+        if let Err(Trapped(e)) = called {
             self.fail("on-message", e);
         }
     }
@@ -460,6 +480,7 @@ impl Actor {
         {
             let mut table = store.into_data().table;
             table.shrink();
+            self.scratch = None;
             table.shared().set_awake(false);
             self.instance = Instance::Hibernated(Box::new(table));
             self.metrics.instance_dropped();

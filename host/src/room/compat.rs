@@ -4,8 +4,10 @@
 //! the same but where a version says otherwise: a function whose type
 //! changed is adapted here.
 //!
-//! - 0.2.0 (`wit/0.2.0/room.wit`): its `client-info` has no `subject` and
-//!   no `params`.
+//! - 0.3.0 (`wit/0.3.0/room.wit`): its `send` answers a count per target
+//!   (a `list<u32>`).
+//! - 0.2.0 (`wit/0.2.0/room.wit`): as 0.3.0, and its `client-info` has no
+//!   `subject` and no `params`.
 //! - 0.1.0 (`wit/0.1.0/room.wit`): as 0.2.0, and no `storage-delete-all`;
 //!   its `storage-error` has no `unavailable` (that case reads as `full`).
 
@@ -16,16 +18,24 @@ use crate::engine::host_bindings::Host;
 use crate::engine::{EarlierClientInfo, RoomState, wit};
 
 /// The earlier versions of the host interface, as components import them.
-const EARLIER: [Earlier; 2] = [
+const EARLIER: [Earlier; 3] = [
     Earlier {
         interface: "wsroom:room/host@0.1.0",
         storage_delete_all: false,
         storage_unavailable: false,
+        client_info_0_3: false,
     },
     Earlier {
         interface: "wsroom:room/host@0.2.0",
         storage_delete_all: true,
         storage_unavailable: true,
+        client_info_0_3: false,
+    },
+    Earlier {
+        interface: "wsroom:room/host@0.3.0",
+        storage_delete_all: true,
+        storage_unavailable: true,
+        client_info_0_3: true,
     },
 ];
 
@@ -35,6 +45,9 @@ struct Earlier {
     storage_delete_all: bool,
     /// Whether its `storage-error` has `unavailable`.
     storage_unavailable: bool,
+    /// Whether its `client-info` is the current one (with `subject` and
+    /// `params`).
+    client_info_0_3: bool,
 }
 
 /// 0.1.0's `storage-error`.
@@ -73,17 +86,26 @@ fn add_earlier_host(linker: &mut Linker<RoomState>, version: &Earlier) -> wasmti
             Ok((s.data_mut().close(client, code, reason),))
         },
     )?;
-    host.func_wrap("client", |mut s: Cx, (id,): (String,)| {
-        let info = s.data_mut().client(id);
-        Ok((info.as_ref().map(EarlierClientInfo::from),))
-    })?;
-    host.func_wrap("clients", |mut s: Cx, (kind,): (Option<String>,)| {
-        let infos = s.data_mut().clients(kind);
-        Ok((infos
-            .iter()
-            .map(EarlierClientInfo::from)
-            .collect::<Vec<_>>(),))
-    })?;
+    if version.client_info_0_3 {
+        host.func_wrap("client", |mut s: Cx, (id,): (String,)| {
+            Ok((s.data_mut().client(id),))
+        })?;
+        host.func_wrap("clients", |mut s: Cx, (kind,): (Option<String>,)| {
+            Ok((s.data_mut().clients(kind),))
+        })?;
+    } else {
+        host.func_wrap("client", |mut s: Cx, (id,): (String,)| {
+            let info = s.data_mut().client(id);
+            Ok((info.as_ref().map(EarlierClientInfo::from),))
+        })?;
+        host.func_wrap("clients", |mut s: Cx, (kind,): (Option<String>,)| {
+            let infos = s.data_mut().clients(kind);
+            Ok((infos
+                .iter()
+                .map(EarlierClientInfo::from)
+                .collect::<Vec<_>>(),))
+        })?;
+    }
     host.func_wrap("client-count", |mut s: Cx, (kind,): (Option<String>,)| {
         Ok((s.data_mut().client_count(kind),))
     })?;

@@ -40,7 +40,7 @@ pub(super) struct RawTarget {
 
 /// The host interface as components import it: `wit/room.wit`'s package and
 /// version (a test keeps the two in step).
-const HOST_INTERFACE: &str = "wsroom:room/host@0.3.0";
+const HOST_INTERFACE: &str = "wsroom:room/host@0.4.0";
 
 /// Replaces the `send` import the bindings define with one that reads the
 /// text and the targets straight from the room's memory: the text is copied
@@ -51,20 +51,49 @@ pub(crate) fn add_send(linker: &mut Linker<RoomState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let added = linker
         .instance(HOST_INTERFACE)
-        .and_then(|mut host| host.func_wrap("send", send_in_place));
+        .and_then(|mut host| host.func_wrap("send", send_reached));
     linker.allow_shadowing(false);
     added
 }
 
+/// `send` as the current contract answers it: what the first target added,
+/// and what all of them did.
+fn send_reached(
+    store: StoreContextMut<'_, RoomState>,
+    args: (WasmStr, WasmList<RawTarget>),
+) -> wasmtime::Result<(wit::Reached,)> {
+    let mut reached = wit::Reached { first: 0, all: 0 };
+    let mut first = true;
+    send_each(store, args, |added| {
+        if std::mem::take(&mut first) {
+            reached.first = added;
+        }
+        reached.all = reached.all.saturating_add(added);
+    })?;
+    Ok((reached,))
+}
+
+/// `send` as the contracts before 0.4.0 answer it: what each target added.
 pub(super) fn send_in_place(
+    store: StoreContextMut<'_, RoomState>,
+    args: (WasmStr, WasmList<RawTarget>),
+) -> wasmtime::Result<(Vec<u32>,)> {
+    let mut counts = Vec::with_capacity(args.1.len());
+    send_each(store, args, |added| counts.push(added))?;
+    Ok((counts,))
+}
+
+/// Fans `text` out to the union of `targets`, telling `added` how many
+/// clients each target added, in order.
+fn send_each(
     mut store: StoreContextMut<'_, RoomState>,
     (text, targets): (WasmStr, WasmList<RawTarget>),
-) -> wasmtime::Result<(Vec<u32>,)> {
+    mut added: impl FnMut(u32),
+) -> wasmtime::Result<()> {
     let frame = outbox::encode(OpCode::Text, text.to_str(&store)?.as_bytes());
     let mark = store.data_mut().table.begin_send();
     // Each target is looked up and fanned out before the next is read, so
-    // nothing here grows with the number of targets but the answer.
-    let mut counts = Vec::with_capacity(targets.len());
+    // nothing here grows with the number of targets.
     for i in 0..targets.len() {
         let Some(target) = targets.get(&mut store, i) else {
             break;
@@ -86,14 +115,14 @@ pub(super) fn send_in_place(
                 except.push(slot);
             }
         }
-        counts.push(
+        added(
             store
                 .data_mut()
                 .table
                 .fanout(mark, &frame, &select, &except),
         );
     }
-    Ok((counts,))
+    Ok(())
 }
 
 impl Host for RoomState {
@@ -108,8 +137,8 @@ impl Host for RoomState {
     /// Never called: every linker this host builds shadows this import
     /// with [`add_send`]'s, which reads its arguments in place. Were it
     /// called, it would answer as a send that reached nobody.
-    fn send(&mut self, _text: String, targets: Vec<wit::Target>) -> Vec<u32> {
-        vec![0; targets.len()]
+    fn send(&mut self, _text: String, _targets: Vec<wit::Target>) -> wit::Reached {
+        wit::Reached { first: 0, all: 0 }
     }
 
     fn close(&mut self, client: String, code: u16, reason: String) -> bool {

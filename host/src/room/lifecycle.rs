@@ -57,6 +57,7 @@ pub(crate) fn spawn(
             stopped: false,
             committed_alarm: None,
             lease_generation,
+            scratch: None,
         }),
         wake: Notify::new(),
     });

@@ -282,6 +282,9 @@ struct Actor {
     /// In a cluster, the generation of the node's lease the room was made
     /// under: it runs only while that lease holds.
     lease_generation: u64,
+    /// Where a text message is laid out for the room's `on-text`, from one
+    /// message to the next while the instance lives.
+    scratch: Option<crate::engine::wit::TextFrom>,
 }
 
 /// Milliseconds since the Unix epoch, as the room's timestamps.
