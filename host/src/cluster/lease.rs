@@ -354,11 +354,12 @@ impl Leases {
     /// node that leaves marks its key deleted; the mark expires with the
     /// lease).
     ///
-    /// Read from the bucket's stream in one answer of the server: listing
-    /// the keys (`kv::Store::keys`) walks a consumer that can stop short
-    /// when a node renews its lease meanwhile (each renewal replaces its
-    /// key's only message), and a takeover that missed a live node would
-    /// leave that node's clients out of its room.
+    /// Read from the bucket's stream's own list of subjects, which the
+    /// server answers from its index: listing the keys
+    /// (`kv::Store::keys`) walks a consumer that can stop short when a
+    /// node renews its lease meanwhile (each renewal replaces its key's
+    /// only message), and a takeover that missed a live node would leave
+    /// that node's clients out of its room.
     pub(super) async fn live_nodes(&self) -> anyhow::Result<Vec<String>> {
         let prefix = self.nodes.prefix.as_str();
         let subjects: Vec<(String, usize)> = self

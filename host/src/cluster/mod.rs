@@ -105,6 +105,10 @@ pub(crate) struct Cluster {
     counters: Counters,
 }
 
+/// Projects whose clients here a takeover left out, with when they were
+/// first found so and the owner (node and epoch) they were found under.
+type Stranded = HashMap<Arc<str>, (Instant, (Arc<str>, u64))>;
+
 /// One takeover in [`Cluster::takeovers`], for as long as it lives.
 struct TakeoverGuard<'a>(&'a std::sync::atomic::AtomicUsize);
 
@@ -321,11 +325,8 @@ impl Cluster {
     /// found so for longer than a gathering may take ([`STRANDED_AFTER`];
     /// the rounds may come faster, with a short lease), they are closed
     /// with 1012 and reconnect. Takes and returns such projects with when
-    /// they were first found so.
-    async fn adopt_orphans(
-        &self,
-        mut stranded_before: HashMap<Arc<str>, Instant>,
-    ) -> HashMap<Arc<str>, Instant> {
+    /// they were first found so, and their owner then.
+    async fn adopt_orphans(&self, mut stranded_before: Stranded) -> Stranded {
         let mut stranded = HashMap::new();
         let mut alive: HashMap<Arc<str>, Option<u64>> = HashMap::new();
         for (project, node, epoch) in self.stubs.projects() {
@@ -347,13 +348,16 @@ impl Cluster {
                 // the new owner.
                 Ok(Placement::Here) => {}
                 Ok(Placement::On { node, epoch }) => {
-                    let since = stranded_before
-                        .remove(&project)
-                        .unwrap_or_else(Instant::now);
+                    // Counted from when this owner was first found: a
+                    // newer owner's gathering gets its own time.
+                    let since = match stranded_before.remove(&project) {
+                        Some((since, owner)) if owner == (node.clone(), epoch) => since,
+                        _ => Instant::now(),
+                    };
                     if since.elapsed() >= STRANDED_AFTER {
                         self.stubs.close_stranded(&project, &node, epoch);
                     } else {
-                        stranded.insert(project, since);
+                        stranded.insert(project, (since, (node, epoch)));
                     }
                 }
                 Err(_) => {}
@@ -643,13 +647,20 @@ impl Cluster {
     /// into its room here: each node points them at this one and says who
     /// they are; a node that does not answer keeps its clients unplaced
     /// (closed with 1012 after [`STRANDED_AFTER`]: they reconnect). This
-    /// node's own clients of the project are gathered first, here, whatever
-    /// the list of nodes says.
+    /// node's own clients of the project are gathered here, whatever the
+    /// list of nodes says, while the other nodes are asked.
     async fn gather(&self, project: &str) {
         let epoch = self.leases.epoch();
-        for client in self.stubs.moved(project, &self.node, epoch) {
-            self.rejoin(project, (&self.node, epoch), client).await;
-        }
+        let own = async {
+            for client in self.stubs.moved(project, &self.node, epoch) {
+                self.rejoin(project, (&self.node, epoch), client).await;
+            }
+        };
+        let ((), ()) = tokio::join!(own, self.gather_from_others(project, epoch));
+    }
+
+    /// [`Cluster::gather`]'s part from the other nodes.
+    async fn gather_from_others(&self, project: &str, epoch: u64) {
         let mut nodes = match self.leases.live_nodes().await {
             Ok(nodes) => nodes,
             Err(e) => {
@@ -898,7 +909,13 @@ impl Cluster {
         // when the takeover gathers it too: checked once the gathering is
         // over, or both would add it, and the second entry would replace
         // the first, so that the room told everyone that it left.
-        self.gathered(&request.project).await;
+        // Bounded: the holder stops waiting for an answer after
+        // REQUEST_TIMEOUT and then forgets the client; told `NotOwner`, it
+        // asks again.
+        let gathered = tokio::time::timeout(REQUEST_TIMEOUT / 2, self.gathered(&request.project));
+        if gathered.await.is_err() {
+            return Reply::NotOwner;
+        }
         if self
             .served
             .contains(&request.holder, request.holder_epoch, request.client.key)
