@@ -1,7 +1,8 @@
 //! Builds the default room (`guest/`) for `wasm32-wasip2` and puts the
 //! component in `OUT_DIR` for `include_bytes!`. It builds the rooms of the
 //! tests (`tests/fixture-room/`, misbehaving; `tests/probe-room/`, showing
-//! what a room sees and reaches) and the SDK's example chat room
+//! what a room sees and reaches; `tests/compat-room/`, built against an
+//! earlier contract) and the SDK's example chat room
 //! (`sdk/examples/chat-room/`) alongside, in the same cargo run.
 //!
 //! The guest gets its own target directory (a nested cargo must not wait on
@@ -30,6 +31,8 @@ fn main() {
         "tests/fixture-room/Cargo.toml",
         "tests/probe-room/src",
         "tests/probe-room/Cargo.toml",
+        "tests/compat-room/src",
+        "tests/compat-room/Cargo.toml",
         "sdk/src",
         "sdk/Cargo.toml",
         "sdk/examples/chat-room/src",
@@ -51,6 +54,7 @@ fn main() {
         .args(["--package", "wsroom-default-room"])
         .args(["--package", "wsroom-fixture-room"])
         .args(["--package", "wsroom-probe-room"])
+        .args(["--package", "wsroom-compat-room"])
         .args(["--package", "wsroom-chat-room"])
         .args(["--target", TARGET])
         .arg("--target-dir")
@@ -79,6 +83,7 @@ fn main() {
         ("wsroom_default_room.wasm", "default-room.wasm"),
         ("wsroom_fixture_room.wasm", "fixture-room.wasm"),
         ("wsroom_probe_room.wasm", "probe-room.wasm"),
+        ("wsroom_compat_room.wasm", "compat-room.wasm"),
         ("wsroom_chat_room.wasm", "chat-room.wasm"),
     ] {
         let built = target_dir.join(TARGET).join("release").join(built);

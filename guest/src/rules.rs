@@ -176,7 +176,7 @@ pub fn on_too_large(env: &mut impl Env, sender: &str, size: u64, limit: u64) {
     );
 }
 
-/// `on-message` for a text frame: validate, stamp `from`, route; an
+/// A text message (`on-text`): validate, stamp `from`, route; an
 /// `error` back to the sender when the message is refused.
 pub fn on_text(env: &mut impl Env, sender_id: &str, sender_kind: &str, text: &str) {
     if let Err(rejected) = deliver(env, sender_id, sender_kind, text) {

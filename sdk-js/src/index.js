@@ -23,7 +23,8 @@
 // WIT values as JavaScript sees them: records are objects with camelCase
 // fields, variants `{tag, val}`, `u64` a BigInt, `option` a value or
 // `undefined`, `list<u8>` a Uint8Array. `../types/` declares them all, from
-// wit/room.wit (`sdk-js/tools/types.sh`, which also type-checks this file
+// wit/0.3.0/room.wit, the contract JavaScript rooms are built against
+// (`sdk-js/tools/types.sh`, which also type-checks this file
 // against them); editors that read JSDoc show them.
 
 import * as host from "wsroom:room/host@0.3.0";

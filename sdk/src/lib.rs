@@ -238,7 +238,7 @@ impl Ctx {
     /// The general form: `text` goes once to each client in the union of
     /// `targets` (the host frames it once and de-duplicates). Returns how
     /// many clients the first target added, and how many the send reached
-    /// in all (send to one target at a time for each one's count).
+    /// in all (the other targets' own counts are not told).
     pub fn send(&mut self, text: &str, targets: &[Target<'_>]) -> Reached {
         host::send(text, targets)
     }

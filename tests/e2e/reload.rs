@@ -10,6 +10,9 @@ use crate::common::*;
 /// The default room as a file, built by the host's build script.
 const DEFAULT_ROOM: &str = concat!(env!("OUT_DIR"), "/default-room.wasm");
 
+/// A room built against contract 0.3.0 (`tests/compat-room/`).
+const COMPAT_ROOM: &str = concat!(env!("OUT_DIR"), "/compat-room.wasm");
+
 pub(crate) fn sighup(server: &Server) {
     let status = std::process::Command::new("kill")
         .args(["-HUP", &server.pid().to_string()])
@@ -135,7 +138,7 @@ async fn a_component_with_an_import_the_host_lacks_is_refused_by_name() {
     // It says which version of the contract each was built against: the
     // fixture room still against the first, the chat room the current one.
     let chat = crate::lifecycle::CHAT_ROOM;
-    let out = check(&[FIXTURE_ROOM, chat]);
+    let out = check(&[FIXTURE_ROOM, chat, COMPAT_ROOM]);
     assert!(
         out.status.success(),
         "{}",
@@ -154,7 +157,39 @@ async fn a_component_with_an_import_the_host_lacks_is_refused_by_name() {
         )),
         "{stdout}"
     );
+    assert!(
+        stdout.contains(&format!(
+            "{COMPAT_ROOM}: fits the wsroom:room/room world (built against wsroom:room@0.3.0)"
+        )),
+        "{stdout}"
+    );
     let _ = std::fs::remove_file(bad);
+}
+
+#[tokio::test]
+async fn a_room_built_against_0_3_0_is_served_as_that_contract_says() {
+    let server = Server::start(&["--component", COMPAT_ROOM]);
+    let p = project();
+    let url = server.url(&format!("type=runtime&projectId={p}&x=1"));
+    let (ws, _) = within(tokio_tungstenite::connect_async(url))
+        .await
+        .expect("websocket connect");
+    let mut a = Client::hello(ws).await;
+    let mut b = server.connect("runtime", &p).await;
+    // A text message reaches its `on-message`; its `send` to the sender and
+    // to the sender's type reaches each client once, and answers what each
+    // target added; `client` tells the sender's params.
+    a.send_json(&json!({"hi": 1})).await;
+    assert_eq!(a.next_json().await, json!({"hi": 1}));
+    assert_eq!(b.next_json().await, json!({"hi": 1}));
+    assert_eq!(
+        a.next_json().await,
+        json!({"counts": [1, 1], "params": [["x", "1"]]})
+    );
+    b.send_json(&json!({"hey": 2})).await;
+    assert_eq!(b.next_json().await, json!({"hey": 2}));
+    assert_eq!(a.next_json().await, json!({"hey": 2}));
+    assert_eq!(b.next_json().await, json!({"counts": [1, 1], "params": []}));
 }
 
 #[tokio::test]

@@ -256,7 +256,8 @@ impl Room {
 fn lay_out(scratch: &mut wit::TextFrom, sender: &wit::Sender, text: &str) {
     let data = &mut scratch.data;
     data.clear();
-    data.reserve(sender.id.len() + sender.kind.len() + text.len());
+    // Exact: the caller keeps it up to a size, which doubling would pass.
+    data.reserve_exact(sender.id.len() + sender.kind.len() + text.len());
     data.push_str(&sender.id);
     data.push_str(&sender.kind);
     data.push_str(text);

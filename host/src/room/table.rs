@@ -33,7 +33,8 @@ pub struct ConnRef {
 
 pub(crate) struct Conn {
     pub meta: Arc<ClientMeta>,
-    /// The sender record passed to `on-message`, built once.
+    /// The sender record passed to `on-message` (and laid out for
+    /// `on-text`), built once.
     pub sender: Arc<wit::Sender>,
     pub outbox: Arc<Outbox>,
     /// The room's own data for this client (`set-attachment`).
