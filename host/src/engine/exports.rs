@@ -203,6 +203,14 @@ impl Room {
         }
     }
 
+    /// The export a message goes to (for the log).
+    pub(crate) fn message_export(&self, message: &wit::Incoming) -> &'static str {
+        match (self, message) {
+            (Room::Current(_), wit::Incoming::Text(_)) => "on-text",
+            _ => "on-message",
+        }
+    }
+
     pub(crate) async fn call_on_close(
         &self,
         store: &mut Store<RoomState>,

@@ -366,7 +366,11 @@ impl Actor {
             self.scratch = Some(scratch);
         }
         if let Err(Trapped(e)) = called {
-            self.fail("on-message", e);
+            let export = match &self.instance {
+                Instance::Live { room, .. } => room.message_export(&message),
+                _ => "on-message",
+            };
+            self.fail(export, e);
         }
     }
 
