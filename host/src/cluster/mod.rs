@@ -967,6 +967,10 @@ impl Cluster {
         };
         let answer = match self.served.get(&holder, key) {
             Some((room, conn)) if self.leases.valid() => {
+                // A takeover's room takes messages once every node's
+                // clients are back in it: one from a client gathered
+                // early could otherwise miss a client not yet gathered.
+                self.gathered(&room.project).await;
                 // An idle room runs it here, as a local reader would,
                 // without waking the room's task.
                 let read_at = std::time::Instant::now();
