@@ -72,18 +72,13 @@ impl TextMessage {
         let data = message.data;
         // The host lays the parts out on character boundaries; were it not
         // to, the whole string is the text, from nobody.
-        if kind_at <= text_at && data.is_char_boundary(kind_at) && data.is_char_boundary(text_at) {
-            TextMessage {
-                data,
-                kind_at,
-                text_at,
-            }
-        } else {
-            TextMessage {
-                data,
-                kind_at: 0,
-                text_at: 0,
-            }
+        let laid_out =
+            kind_at <= text_at && data.is_char_boundary(kind_at) && data.is_char_boundary(text_at);
+        let (kind_at, text_at) = if laid_out { (kind_at, text_at) } else { (0, 0) };
+        TextMessage {
+            data,
+            kind_at,
+            text_at,
         }
     }
 

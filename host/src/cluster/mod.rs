@@ -70,7 +70,7 @@ const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// lease ended while another node owns the project before they are
 /// closed as left out of its gathering: longer than a gathering takes
 /// (the new owner points them at itself when this node answers it).
-const STRANDED_AFTER: Duration = Duration::from_secs(2 * GATHER_TIMEOUT.as_secs());
+const STRANDED_AFTER: Duration = GATHER_TIMEOUT.saturating_mul(2);
 /// Locks that claims of projects take, by a hash of the projectId.
 const CLAIM_STRIPES: usize = 64;
 /// Pause between two looks for the owner of a project that is moving.
