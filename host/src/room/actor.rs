@@ -239,9 +239,28 @@ impl Actor {
         self.table().flush();
     }
 
-    pub(super) async fn handle(&mut self, event: Event) {
+    /// Notes that an event was handled (for the flush and the clock).
+    fn mark_handled(&mut self) {
         self.handled_since_flush = true;
         self.used_since_clock_passed = true;
+    }
+
+    /// Handles one client message, as [`Actor::handle`] does: what a reader
+    /// running the room calls, whose future is a fraction of `handle`'s
+    /// (which holds the largest of every event's) and is moved into a box
+    /// for every message.
+    pub(super) async fn handle_message(
+        &mut self,
+        conn: ConnRef,
+        message: Incoming,
+        read_at: std::time::Instant,
+    ) {
+        self.mark_handled();
+        self.message(conn, message, read_at).await;
+    }
+
+    pub(super) async fn handle(&mut self, event: Event) {
+        self.mark_handled();
         match event {
             Event::Connect {
                 meta,
@@ -443,35 +462,44 @@ impl Actor {
             tracing::info!(project = %self.project, "room switched to the reloaded component");
         }
         if !self.instance.is_live() {
-            self.ensure_loaded().await.map_err(Trapped)?;
-            let permit = self.registry.instances().acquire(&self.me).await;
-            let Instance::Hibernated(table) =
-                std::mem::replace(&mut self.instance, Instance::Moving)
-            else {
-                unreachable!("not live, so hibernated");
-            };
-            match self.runtime.instantiate(*table).await {
-                Ok((store, room, version)) => {
-                    self.instance = Instance::Live {
-                        store,
-                        room,
-                        version,
-                        _permit: permit,
-                    };
-                    self.table().shared().set_awake(true);
-                    self.metrics.instance_created();
-                }
-                Err((table, e)) => {
-                    self.instance = Instance::Hibernated(Box::new(table));
-                    return Err(Trapped(e));
-                }
-            }
+            // Boxed: waking a room is rare, and its future (instantiation,
+            // the store's load) is kilobytes that every room call's future
+            // would otherwise carry and copy.
+            Box::pin(self.wake()).await?;
         }
         let Instance::Live { store, room, .. } = &mut self.instance else {
             unreachable!("instance just made live");
         };
         engine::arm(store);
         Ok((store, room))
+    }
+
+    /// Makes a hibernated room live: loads its storage if need be and
+    /// instantiates its component.
+    async fn wake(&mut self) -> Result<(), Trapped> {
+        self.ensure_loaded().await.map_err(Trapped)?;
+        let permit = self.registry.instances().acquire(&self.me).await;
+        let Instance::Hibernated(table) = std::mem::replace(&mut self.instance, Instance::Moving)
+        else {
+            unreachable!("not live, so hibernated");
+        };
+        match self.runtime.instantiate(*table).await {
+            Ok((store, room, version)) => {
+                self.instance = Instance::Live {
+                    store,
+                    room,
+                    version,
+                    _permit: permit,
+                };
+                self.table().shared().set_awake(true);
+                self.metrics.instance_created();
+            }
+            Err((table, e)) => {
+                self.instance = Instance::Hibernated(Box::new(table));
+                return Err(Trapped(e));
+            }
+        }
+        Ok(())
     }
 
     /// Drops the instance (if any), keeping the table.

@@ -7,7 +7,7 @@
 use tokio::sync::MutexGuard;
 
 use super::table::ConnRef;
-use super::{Actor, Core, Event, Incoming};
+use super::{Actor, Core, Incoming};
 
 pub struct ReaderTurn<'a> {
     actor: MutexGuard<'a, Actor>,
@@ -35,13 +35,7 @@ impl<'a> ReaderTurn<'a> {
     /// The future must be run to its end: dropped halfway, it would leave
     /// the guest's call unfinished and the room failed.
     pub async fn message(&mut self, conn: ConnRef, message: Incoming, read_at: std::time::Instant) {
-        self.actor
-            .handle(Event::Message {
-                conn,
-                message,
-                read_at,
-            })
-            .await;
+        self.actor.handle_message(conn, message, read_at).await;
     }
 }
 
