@@ -43,6 +43,40 @@ async fn a_trapping_room_closes_only_its_own_clients() {
         .await;
 }
 
+/// A room built with the SDK against the current contract gets text in
+/// `on-text`: a text larger than the buffer the host keeps for it from one
+/// message to the next (4 KiB) arrives whole, a small one after it arrives
+/// as itself, and a trap on a text message is logged as `on-text`'s, so
+/// that whoever reads the log looks in the right export.
+#[tokio::test]
+async fn a_text_message_s_trap_is_logged_as_on_text_s_and_large_texts_reach_the_room() {
+    use crate::room_http::{PROBE_ROOM, join_probe};
+    let server = Server::start(&["--component", PROBE_ROOM]);
+    let p = project();
+    let (mut ws, _) = join_probe(&server, &format!("type=runtime&projectId={p}"), None).await;
+    for text in [
+        format!("size:{}y", "x".repeat(12 * 1024)),
+        "size:ab".to_owned(),
+        format!("size:{}z", "é".repeat(1000)),
+    ] {
+        send_text(&mut ws, &text).await;
+        assert_eq!(
+            recv(&mut ws).await,
+            json!({"type": "size", "bytes": text.len(), "last": text.chars().last()})
+        );
+    }
+    send_text(&mut ws, "panic").await;
+    assert_eq!(recv_close(&mut ws).await.0, 1011);
+    let failed = |l: &&str| l.contains("room failed") && l.contains(&p);
+    let log = server
+        .wait_stderr("the failure", |log| log.lines().any(|l| failed(&l)))
+        .await;
+    let failure = log.lines().find(failed).unwrap();
+    assert!(failure.contains(r#"during="on-text""#), "{failure}");
+    // The panic's message, which the room printed, is in the log too.
+    assert!(log.contains("asked to panic"), "{log}");
+}
+
 #[tokio::test]
 async fn a_looping_room_does_not_stall_other_projects() {
     let server = Server::start(&["--component", FIXTURE_ROOM, "--cpu-budget-ms", "5000"]);

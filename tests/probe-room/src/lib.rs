@@ -7,6 +7,10 @@
 //!   `wasi:http/outgoing-handler` (the room blocks on it) and answers
 //!   `{"type": "fetched", "status": N, "body": "..."}`, or
 //!   `{"type": "fetch-failed", "error": "<the wasi:http error code>"}`;
+//! - the text `panic` panics (a trap in the export a text message goes
+//!   to, `on-text`, whose default hands it to `on_message`);
+//! - a text starting with `size:` is answered `{"type": "size", "bytes":
+//!   N, "last": C}`: its length in bytes and its last character;
 //! - the text `attach:DATA` keeps DATA as the client's attachment; when the
 //!   client leaves, the room logs `left with attachment DATA` (read in
 //!   `on-close`, after the client left the table);
@@ -40,6 +44,14 @@ impl Room for Probe {
         let Incoming::Text(text) = message else {
             return;
         };
+        if text == "panic" {
+            panic!("asked to panic");
+        }
+        if text.starts_with("size:") {
+            let size = json!({"type": "size", "bytes": text.len(), "last": text.chars().last()});
+            ctx.send_to_client(&from.id, &size.to_string());
+            return;
+        }
         if let Some(data) = text.strip_prefix("attach:") {
             let _ = ctx.set_attachment(&from.id, Some(data.as_bytes()));
             return;
