@@ -248,7 +248,10 @@ async fn admit(
             .connect(project, meta, outbox.clone())
             .await
             .map(|(room, conn)| RoomLink::Local { room, conn }),
-        Some(cluster) => match cluster.connect(project, meta, outbox.clone()).await {
+        // Boxed: a cluster's placement future (its NATS requests) is ~5 KB,
+        // which every upgrade's future, and every request's (hyper keeps
+        // the service's future), would otherwise carry and move.
+        Some(cluster) => match Box::pin(cluster.connect(project, meta, outbox.clone())).await {
             Ok(link) => Ok(link),
             Err(PlaceError::Connect(e)) => Err(e),
             Err(PlaceError::Cluster(why)) => {
