@@ -18,8 +18,22 @@ use crate::rules::{self, Env, Joining, Reached, Select, Target};
 static ALLOCATOR: Recycler<talc::wasm::WasmDynamicTalc> =
     Recycler::new(talc::wasm::new_wasm_dynamic_allocator());
 
-#[derive(Default)]
-struct DefaultRoom;
+struct DefaultRoom {
+    /// Whether the room may have an alarm set: not once this instance
+    /// cancelled it and set none since. A new instance cannot know (an
+    /// instance before it, one on another node, may have set one), so it
+    /// starts with yes. Spares every connection but the first a call to
+    /// `cancel-alarm`.
+    alarm_may_be_set: bool,
+}
+
+impl Default for DefaultRoom {
+    fn default() -> Self {
+        DefaultRoom {
+            alarm_may_be_set: true,
+        }
+    }
+}
 
 /// A rules target as the SDK's (borrowed) WIT target.
 fn sdk_target<'a>(t: &'a Target<'_>) -> wsroom_room_sdk::Target<'a> {
@@ -33,8 +47,8 @@ fn sdk_target<'a>(t: &'a Target<'_>) -> wsroom_room_sdk::Target<'a> {
     }
 }
 
-/// [`Env`] over the SDK's context.
-struct Host<'a>(&'a mut Ctx);
+/// [`Env`] over the SDK's context and what the room knows of its alarm.
+struct Host<'a>(&'a mut Ctx, &'a mut bool);
 
 impl Env for Host<'_> {
     fn project_id(&self) -> String {
@@ -75,18 +89,21 @@ impl Env for Host<'_> {
     }
 
     fn set_alarm(&mut self, delay_ms: u64) {
+        *self.1 = true;
         self.0.set_alarm(delay_ms)
     }
 
     fn cancel_alarm(&mut self) {
-        self.0.cancel_alarm()
+        if std::mem::take(self.1) {
+            self.0.cancel_alarm()
+        }
     }
 }
 
 impl Room for DefaultRoom {
     fn on_connect(&mut self, ctx: &mut Ctx, client: &ClientInfo) -> Result<(), Refusal> {
         rules::on_connect(
-            &mut Host(ctx),
+            &mut Host(ctx, &mut self.alarm_may_be_set),
             Joining {
                 id: &client.id,
                 kind: &client.kind,
@@ -103,7 +120,7 @@ impl Room for DefaultRoom {
     /// copied in the room.
     fn on_text(&mut self, ctx: &mut Ctx, message: TextMessage) {
         rules::on_text(
-            &mut Host(ctx),
+            &mut Host(ctx, &mut self.alarm_may_be_set),
             message.sender_id(),
             message.sender_kind(),
             message.text(),
@@ -111,7 +128,7 @@ impl Room for DefaultRoom {
     }
 
     fn on_message(&mut self, ctx: &mut Ctx, sender: &Sender, message: Incoming) {
-        let host = &mut Host(ctx);
+        let host = &mut Host(ctx, &mut self.alarm_may_be_set);
         match message {
             Incoming::Text(text) => rules::on_text(host, &sender.id, &sender.kind, &text),
             Incoming::Binary(_) => rules::on_binary(host, &sender.id),
@@ -120,16 +137,20 @@ impl Room for DefaultRoom {
     }
 
     fn on_close(&mut self, ctx: &mut Ctx, client: &ClientInfo, _code: u16, _reason: &str) {
-        rules::on_close(&mut Host(ctx), &client.id, &client.kind);
+        rules::on_close(
+            &mut Host(ctx, &mut self.alarm_may_be_set),
+            &client.id,
+            &client.kind,
+        );
     }
 
     fn on_alarm(&mut self, ctx: &mut Ctx, _info: AlarmInfo) {
-        rules::on_alarm(&mut Host(ctx));
+        rules::on_alarm(&mut Host(ctx, &mut self.alarm_may_be_set));
     }
 
     fn fetch(&mut self, ctx: &mut Ctx, request: HttpRequest) -> HttpResponse {
         let answer = rules::on_http(
-            &mut Host(ctx),
+            &mut Host(ctx, &mut self.alarm_may_be_set),
             &request.method,
             &request.path,
             &request.body,

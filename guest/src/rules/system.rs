@@ -23,7 +23,8 @@ pub(super) struct SystemMessage {
 impl SystemMessage {
     /// `{"id":ID,"type":KIND,"from":{"type":"system"},"payload":{`.
     pub(super) fn new(id: &str, kind: &'static str) -> SystemMessage {
-        let mut out = String::with_capacity(256);
+        // `connected` with two UUIDs and a project id twice runs past 256.
+        let mut out = String::with_capacity(384);
         out.push_str("{\"id\":");
         push_json_string(&mut out, id);
         out.push_str(",\"type\":\"");
