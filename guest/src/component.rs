@@ -27,6 +27,15 @@ struct DefaultRoom {
     alarm_may_be_set: bool,
 }
 
+impl DefaultRoom {
+    fn host<'a>(&'a mut self, ctx: &'a mut Ctx) -> Host<'a> {
+        Host {
+            ctx,
+            alarm_may_be_set: &mut self.alarm_may_be_set,
+        }
+    }
+}
+
 impl Default for DefaultRoom {
     fn default() -> Self {
         DefaultRoom {
@@ -48,22 +57,25 @@ fn sdk_target<'a>(t: &'a Target<'_>) -> wsroom_room_sdk::Target<'a> {
 }
 
 /// [`Env`] over the SDK's context and what the room knows of its alarm.
-struct Host<'a>(&'a mut Ctx, &'a mut bool);
+struct Host<'a> {
+    ctx: &'a mut Ctx,
+    alarm_may_be_set: &'a mut bool,
+}
 
 impl Env for Host<'_> {
     fn project_id(&self) -> String {
-        self.0.project_id()
+        self.ctx.project_id()
     }
 
     fn send(&mut self, text: &str, targets: &[Target<'_>]) -> Reached {
         // The rules send to one or two targets: borrowed all the way to
         // the host, nothing allocated.
         let reached = match targets {
-            [a] => self.0.send(text, &[sdk_target(a)]),
-            [a, b] => self.0.send(text, &[sdk_target(a), sdk_target(b)]),
+            [a] => self.ctx.send(text, &[sdk_target(a)]),
+            [a, b] => self.ctx.send(text, &[sdk_target(a), sdk_target(b)]),
             _ => {
                 let targets: Vec<_> = targets.iter().map(sdk_target).collect();
-                self.0.send(text, &targets)
+                self.ctx.send(text, &targets)
             }
         };
         Reached {
@@ -73,29 +85,29 @@ impl Env for Host<'_> {
     }
 
     fn client_count(&self) -> u32 {
-        self.0.client_count(None)
+        self.ctx.client_count(None)
     }
 
     fn now_ms(&self) -> u64 {
-        self.0.now_ms()
+        self.ctx.now_ms()
     }
 
     fn new_id(&self) -> String {
-        self.0.new_id()
+        self.ctx.new_id()
     }
 
     fn config(&self, key: &str) -> Option<String> {
-        self.0.config(key)
+        self.ctx.config(key)
     }
 
     fn set_alarm(&mut self, delay_ms: u64) {
-        *self.1 = true;
-        self.0.set_alarm(delay_ms)
+        *self.alarm_may_be_set = true;
+        self.ctx.set_alarm(delay_ms)
     }
 
     fn cancel_alarm(&mut self) {
-        if std::mem::take(self.1) {
-            self.0.cancel_alarm()
+        if std::mem::take(self.alarm_may_be_set) {
+            self.ctx.cancel_alarm()
         }
     }
 }
@@ -103,7 +115,7 @@ impl Env for Host<'_> {
 impl Room for DefaultRoom {
     fn on_connect(&mut self, ctx: &mut Ctx, client: &ClientInfo) -> Result<(), Refusal> {
         rules::on_connect(
-            &mut Host(ctx, &mut self.alarm_may_be_set),
+            &mut self.host(ctx),
             Joining {
                 id: &client.id,
                 kind: &client.kind,
@@ -120,7 +132,7 @@ impl Room for DefaultRoom {
     /// copied in the room.
     fn on_text(&mut self, ctx: &mut Ctx, message: TextMessage) {
         rules::on_text(
-            &mut Host(ctx, &mut self.alarm_may_be_set),
+            &mut self.host(ctx),
             message.sender_id(),
             message.sender_kind(),
             message.text(),
@@ -128,7 +140,7 @@ impl Room for DefaultRoom {
     }
 
     fn on_message(&mut self, ctx: &mut Ctx, sender: &Sender, message: Incoming) {
-        let host = &mut Host(ctx, &mut self.alarm_may_be_set);
+        let host = &mut self.host(ctx);
         match message {
             Incoming::Text(text) => rules::on_text(host, &sender.id, &sender.kind, &text),
             Incoming::Binary(_) => rules::on_binary(host, &sender.id),
@@ -137,20 +149,16 @@ impl Room for DefaultRoom {
     }
 
     fn on_close(&mut self, ctx: &mut Ctx, client: &ClientInfo, _code: u16, _reason: &str) {
-        rules::on_close(
-            &mut Host(ctx, &mut self.alarm_may_be_set),
-            &client.id,
-            &client.kind,
-        );
+        rules::on_close(&mut self.host(ctx), &client.id, &client.kind);
     }
 
     fn on_alarm(&mut self, ctx: &mut Ctx, _info: AlarmInfo) {
-        rules::on_alarm(&mut Host(ctx, &mut self.alarm_may_be_set));
+        rules::on_alarm(&mut self.host(ctx));
     }
 
     fn fetch(&mut self, ctx: &mut Ctx, request: HttpRequest) -> HttpResponse {
         let answer = rules::on_http(
-            &mut Host(ctx, &mut self.alarm_may_be_set),
+            &mut self.host(ctx),
             &request.method,
             &request.path,
             &request.body,

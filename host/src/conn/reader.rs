@@ -121,10 +121,10 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, c: &Connectio
         }
         if let Some(running) = turn.as_mut() {
             c.in_guest.store(true, Relaxed);
-            // Boxed, as the queueing below: the futures of a guest call and
-            // of a send are big, and kept in place they would grow every
-            // connection's task by ~3 KB, idle or not (one small allocation
-            // per message instead; no difference the benchmarks resolve).
+            // Boxed, as the queueing below: the future of a guest call
+            // (~600 bytes) and of a send would grow every connection's task
+            // by as much, idle or not (one small allocation per message
+            // instead; no difference the benchmarks resolve).
             Box::pin(running.message(conn, message, read_at)).await;
             c.in_guest.store(false, Relaxed);
             in_a_row += 1;

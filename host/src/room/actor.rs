@@ -240,7 +240,7 @@ impl Actor {
     }
 
     /// Notes that an event was handled (for the flush and the clock).
-    fn mark_handled(&mut self) {
+    pub(super) fn mark_handled(&mut self) {
         self.handled_since_flush = true;
         self.used_since_clock_passed = true;
     }
@@ -465,7 +465,7 @@ impl Actor {
             // Boxed: waking a room is rare, and its future (instantiation,
             // the store's load) is kilobytes that every room call's future
             // would otherwise carry and copy.
-            Box::pin(self.wake()).await?;
+            Box::pin(self.make_live()).await?;
         }
         let Instance::Live { store, room, .. } = &mut self.instance else {
             unreachable!("instance just made live");
@@ -476,7 +476,7 @@ impl Actor {
 
     /// Makes a hibernated room live: loads its storage if need be and
     /// instantiates its component.
-    async fn wake(&mut self) -> Result<(), Trapped> {
+    async fn make_live(&mut self) -> Result<(), Trapped> {
         self.ensure_loaded().await.map_err(Trapped)?;
         let permit = self.registry.instances().acquire(&self.me).await;
         let Instance::Hibernated(table) = std::mem::replace(&mut self.instance, Instance::Moving)

@@ -14,8 +14,7 @@ impl Actor {
     /// Calls the alarm handler; if it traps, resets the room like any trap
     /// and schedules a retry with exponential backoff, a few times.
     pub(super) async fn fire_alarm(&mut self) {
-        self.handled_since_flush = true;
-        self.used_since_clock_passed = true;
+        self.mark_handled();
         let retry = self.table().alarm_retry;
         self.table().alarm_at = None;
         self.table().alarm_retry = 0;
