@@ -50,6 +50,12 @@ async fn a_new_client_cancels_the_cleanup() {
     let (_, health) = server.get("/health").await;
     assert_eq!(health["rooms"], 1, "the room was removed under a client");
     assert_eq!(health["counters"]["roomsCreated"], 1);
+    // Cancelled, not fired into a room with a client (which would wake a
+    // hibernated room for nothing).
+    let alarms = Scrape::of(&server)
+        .await
+        .value(r#"wsroom_room_call_duration_seconds_count{call="on_alarm"}"#);
+    assert_eq!(alarms, 0.0, "the cleanup alarm fired");
     let to_self = json!({"id": "self", "type": "t", "to": {"id": c2.id}});
     c2.send_json(&to_self).await;
     assert_eq!(c2.next_json().await["id"], "self");
