@@ -348,16 +348,22 @@ impl Ctx {
 macro_rules! export_room {
     ($room:ty) => {
         const _: () = {
+            // Boxed, so that the static is zeros whatever the room's type
+            // (`None` of a type with a niche, a `bool` field say, is not):
+            // it then lies in memory no instance has to copy from the
+            // component's data, where a write would cost every live
+            // instance a private page.
             ::std::thread_local! {
-                static ROOM: ::core::cell::RefCell<::core::option::Option<$room>> =
-                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
+                static ROOM: ::core::cell::RefCell<
+                    ::core::option::Option<::std::boxed::Box<$room>>,
+                > = const { ::core::cell::RefCell::new(::core::option::Option::None) };
             }
 
             fn with<T>(f: impl FnOnce(&mut $room, &mut $crate::Ctx) -> T) -> T {
                 ROOM.with(|cell| {
                     let mut slot = cell.borrow_mut();
-                    let room = slot.get_or_insert_with(::core::default::Default::default);
-                    f(room, &mut $crate::Ctx::__new())
+                    let room = slot.get_or_insert_with(::std::boxed::Box::default);
+                    f(&mut **room, &mut $crate::Ctx::__new())
                 })
             }
 
