@@ -430,8 +430,10 @@ async fn a_message_sent_while_its_owner_leaves_reaches_its_target_or_its_sender_
 #[tokio::test]
 async fn a_short_nats_outage_costs_the_clients_nothing() {
     let mut nats = Nats::start();
-    // A lease long enough that the outage stays under its fence.
-    let [n1, n2] = nodes(&nats, "8000");
+    // A lease long enough that the outage stays under its fence, however
+    // long the NATS client's back-off (up to 4 s between tries) and a
+    // loaded machine make it.
+    let [n1, n2] = nodes(&nats, "30000");
     let p = project();
     let mut r = n1.connect("runtime", &p).await;
     let mut local = n1.connect("data-agent", &p).await;

@@ -38,8 +38,8 @@ async fn a_message_s_time_from_its_read_to_its_write_is_measured() {
         })
         .await;
     let message = &health["latencyMs"]["message"];
-    // Loopback and an idle room: well under a second (a quarter, below),
-    // and not nothing.
+    // Loopback and an idle room: within the histogram's last bucket (a
+    // second) even on a loaded machine, and not nothing.
     assert!(message["max"].as_f64().unwrap() < 1000.0, "{message}");
     assert!(message["mean"].as_f64().unwrap() > 0.0, "{message}");
     let m = Scrape::of(&server).await;
@@ -49,7 +49,7 @@ async fn a_message_s_time_from_its_read_to_its_write_is_measured() {
         "two timed writes at most: {count}"
     );
     assert_eq!(
-        m.value(r#"wsroom_message_duration_seconds_bucket{le="0.25"}"#),
+        m.value(r#"wsroom_message_duration_seconds_bucket{le="1"}"#),
         count
     );
 }

@@ -21,8 +21,16 @@ async fn an_empty_room_is_removed_after_the_cleanup_delay() {
     server
         .wait_health("the client to be gone", |h| h["connections"] == 0)
         .await;
-    let (_, s) = server.get(&format!("/status?projectId={p}")).await;
-    assert_eq!(s["clientCount"], 0);
+    // (/health counts the connection gone once its close is queued; the
+    // room's count follows when the room handles it.)
+    let status = format!("/status?projectId={p}");
+    poll_until(
+        "the room to count the client gone",
+        Duration::from_millis(20),
+        async || server.get(&status).await.1,
+        |s| s["clientCount"] == 0,
+    )
+    .await;
     // ...and gone once the alarm fired.
     server
         .wait_health("the room to be removed", |h| h["rooms"] == 0)
@@ -38,7 +46,8 @@ async fn an_empty_room_is_removed_after_the_cleanup_delay() {
 
 #[tokio::test]
 async fn a_new_client_cancels_the_cleanup() {
-    let server = Server::start(&["--cleanup-delay-ms", "500"]);
+    // The new client comes well within the delay, however slow the machine.
+    let server = Server::start(&["--cleanup-delay-ms", "2000"]);
     let p = project();
     let mut c = server.connect("runtime", &p).await;
     c.close().await;
@@ -46,7 +55,7 @@ async fn a_new_client_cancels_the_cleanup() {
         .wait_health("the client to be gone", |h| h["connections"] == 0)
         .await;
     let mut c2 = server.connect("admin", &p).await;
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let (_, health) = server.get("/health").await;
     assert_eq!(health["rooms"], 1, "the room was removed under a client");
     assert_eq!(health["counters"]["roomsCreated"], 1);
@@ -84,9 +93,10 @@ async fn sigterm_closes_every_client_with_1001_and_exits_0() {
 async fn a_room_that_keeps_getting_messages_does_not_hibernate() {
     // Messages that readers run in the idle room themselves (not through the
     // room's task) move the hibernation deadline on just the same.
-    let server = Server::start(&["--component", FIXTURE_ROOM, "--hibernate-after-ms", "600"]);
+    // Longer in all than the delay; each pause far shorter.
+    let server = Server::start(&["--component", FIXTURE_ROOM, "--hibernate-after-ms", "2000"]);
     let mut c = server.connect("runtime", &project()).await;
-    for i in 0..15 {
+    for i in 0..25 {
         let text = format!("m{i}");
         c.send_text(&text).await;
         assert_eq!(c.next_json().await, json!({ "echo": text }));
@@ -104,18 +114,21 @@ async fn a_room_that_keeps_getting_messages_does_not_hibernate() {
 
 #[tokio::test]
 async fn hibernation_is_invisible_to_clients() {
-    let server = Server::start(&["--hibernate-after-ms", "200", "--ping-interval-ms", "150"]);
+    // A client that is not read for a while (while the test waits for the
+    // server) answers no ping: it has two intervals before it is dropped.
+    let server = Server::start(&["--hibernate-after-ms", "300", "--ping-interval-ms", "500"]);
     let p = project();
     let mut r = server.connect("runtime", &p).await;
     let mut d = server.connect("data-agent", &p).await;
     let mut a = server.connect("admin", &p).await;
     // The clients keep reading (so they answer the pings) while the room
-    // falls asleep.
-    expect_silence(&mut [&mut r, &mut d, &mut a], 600).await;
+    // falls asleep (more than once if the connects were slow).
+    expect_silence(&mut [&mut r, &mut d, &mut a], 700).await;
     let (_, health) = server.get("/health").await;
-    assert_eq!(health["counters"]["hibernations"], 1, "{health}");
+    let asleep = health["counters"]["hibernations"].as_u64().unwrap();
+    assert!(asleep >= 1, "{health}");
     // Pings keep flowing without waking the room.
-    expect_silence(&mut [&mut r, &mut d, &mut a], 600).await;
+    expect_silence(&mut [&mut r, &mut d, &mut a], 1200).await;
     let (_, health) = server.get("/health").await;
     assert_eq!(
         health["counters"]["instancesLive"], 0,
@@ -134,7 +147,7 @@ async fn hibernation_is_invisible_to_clients() {
     // Hibernate again, then leave: client_left still counts right.
     server
         .wait_health("the room to hibernate again", |h| {
-            h["counters"]["hibernations"] == 2
+            h["counters"]["hibernations"] == asleep + 1
         })
         .await;
     d.close().await;
@@ -373,15 +386,13 @@ async fn chat_room_replays_recent_lines_and_trims_them_with_its_alarm() {
     }
     // The store is the host's: it outlives the instance. Let the room
     // hibernate (its instance and memory dropped), then join again.
-    let hibernations = server
+    // (An earlier hibernation, in a slow pass of the loop, is followed by
+    // a close that woke it: the instance must be gone now.)
+    server
         .wait_health("hibernation", |h| {
-            h["counters"]["hibernations"].as_u64() >= Some(1)
+            h["counters"]["hibernations"].as_u64() >= Some(1) && h["counters"]["instancesLive"] == 0
         })
         .await;
-    assert!(
-        hibernations["counters"]["instancesLive"] == 0,
-        "{hibernations}"
-    );
     let (_d, history) = join_chat(&server, &p).await;
     let texts: Vec<&str> = history
         .iter()

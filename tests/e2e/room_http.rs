@@ -554,7 +554,8 @@ async fn with_access_control_on_a_room_never_sees_the_request_s_credentials() {
 #[tokio::test]
 async fn a_room_s_call_that_takes_too_long_fails_inside_the_room() {
     let backend = Backend::start().await;
-    let server = probe_server(&backend, &["--room-http-timeout-ms", "300"]);
+    // Short against /slow (30 s), long for /hello however slow the machine.
+    let server = probe_server(&backend, &["--room-http-timeout-ms", "2000"]);
     let p = project();
     let (mut ws, _) = join_probe(&server, &format!("type=t&projectId={p}"), None).await;
     send_text(
