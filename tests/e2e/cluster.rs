@@ -19,6 +19,10 @@ use crate::common::*;
 /// The lease the tests' nodes use: short, so that a takeover is quick.
 const LEASE_MS: &str = "2000";
 
+/// The lease of the tests where every node lives to the end: long, so that
+/// a machine that stalls for a second does not fence a node mid-test.
+const STEADY_LEASE_MS: &str = "20000";
+
 /// A nats-server with JetStream on a free loopback port, its store in a
 /// directory of its own; stopped (and the directory removed) on drop.
 pub(crate) struct Nats {
@@ -113,6 +117,11 @@ fn three_nodes(nats: &Nats) -> [Server; 3] {
     nodes(nats, LEASE_MS)
 }
 
+/// Three nodes on one nats-server, none of which is to die or stop.
+fn three_steady_nodes(nats: &Nats) -> [Server; 3] {
+    nodes(nats, STEADY_LEASE_MS)
+}
+
 fn nodes<const N: usize>(nats: &Nats, lease_ms: &str) -> [Server; N] {
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
     std::array::from_fn(|i| node(nats, &format!("n{i}-{tag}"), lease_ms))
@@ -155,7 +164,7 @@ async fn rooms(nodes: &[&Server]) -> Vec<u64> {
 #[tokio::test]
 async fn clients_on_three_nodes_are_one_room() {
     let nats = Nats::start();
-    let [n1, n2, n3] = three_nodes(&nats);
+    let [n1, n2, n3] = three_steady_nodes(&nats);
     let p = project();
     // The first client makes its node the owner; the others join through it.
     let mut r1 = n1.connect("runtime", &p).await;
@@ -236,7 +245,7 @@ async fn clients_on_three_nodes_are_one_room() {
 #[tokio::test]
 async fn projects_stay_apart_across_nodes() {
     let nats = Nats::start();
-    let [n1, n2, _n3] = three_nodes(&nats);
+    let [n1, n2, _n3] = three_steady_nodes(&nats);
     let (p, q) = (project(), project());
     let mut p1 = n1.connect("runtime", &p).await;
     let mut q1 = n2.connect("runtime", &q).await;
@@ -615,7 +624,7 @@ async fn a_project_s_limits_and_its_room_s_refusals_hold_across_nodes() {
         node_with(
             &nats,
             &format!("l{i}-{tag}"),
-            LEASE_MS,
+            STEADY_LEASE_MS,
             &["--max-project-connections", "2"],
         )
     });
@@ -637,7 +646,7 @@ async fn a_project_s_limits_and_its_room_s_refusals_hold_across_nodes() {
 #[tokio::test]
 async fn a_message_near_the_size_limit_crosses_nodes_intact() {
     let nats = Nats::start();
-    let [n1, n2, n3] = three_nodes(&nats);
+    let [n1, n2, n3] = three_steady_nodes(&nats);
     let p = project();
     let (mut own, mut r, mut d) = one_per_node([&n1, &n2, &n3], &p).await;
     // 1 MB, under --max-message-bytes (1 MiB): with the frame's header and
@@ -655,7 +664,7 @@ async fn a_message_near_the_size_limit_crosses_nodes_intact() {
 #[tokio::test]
 async fn an_http_request_to_any_node_is_served_by_the_project_s_owner() {
     let nats = Nats::start();
-    let [n1, n2, n3] = three_nodes(&nats);
+    let [n1, n2, n3] = three_steady_nodes(&nats);
     let p = project();
     let (mut r1, mut r2, mut d3) = one_per_node([&n1, &n2, &n3], &p).await;
     // Posted to a node that does not own the project: its owner's room
@@ -703,8 +712,8 @@ async fn a_room_s_answer_too_large_for_nats_is_a_clear_500_from_other_nodes() {
         "4000000",
     ];
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let n1 = node_with(&nats, &format!("n1-{tag}"), LEASE_MS, &extra);
-    let n2 = node_with(&nats, &format!("n2-{tag}"), LEASE_MS, &extra);
+    let n1 = node_with(&nats, &format!("n1-{tag}"), STEADY_LEASE_MS, &extra);
+    let n2 = node_with(&nats, &format!("n2-{tag}"), STEADY_LEASE_MS, &extra);
     let p = project();
     let big = "b".repeat(1_200_000);
     // A client on n1 makes it the owner and keeps the room (and its
