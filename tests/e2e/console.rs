@@ -466,7 +466,8 @@ const FEED: &str = "return [...document.querySelectorAll('#feed li')].map(li => 
 
 #[tokio::test]
 async fn the_project_list_shows_a_new_project_without_a_reload() {
-    let server = Server::start(&["--in-memory"]);
+    // The room stays live (not hibernated) however long the page takes.
+    let server = Server::start(&["--in-memory", "--hibernate-after-ms", "600000"]);
     let chromium = Chromium::start().await;
     chromium
         .goto(&format!("http://{}/console", server.addr))
@@ -584,8 +585,10 @@ async fn a_project_page_shows_clients_and_routed_messages_live() {
 async fn the_console_s_test_message_reaches_a_real_client() {
     let server = Server::start(&["--in-memory"]);
     let project = project();
-    let mut target = server.connect("runtime", &project).await;
+    // Connected once the browser is up (waiting for it, the client would
+    // answer no ping).
     let chromium = Chromium::start().await;
+    let mut target = server.connect("runtime", &project).await;
     chromium.open_project_page(&server, &project).await;
     let b = chromium.browser();
     within(async {
@@ -628,13 +631,13 @@ async fn with_a_secret_the_console_shows_nothing_until_given_an_admin_token() {
     let server = secured(&["--in-memory"]);
     let project = format!("secret-{}", uuid::Uuid::new_v4().simple());
     let token = grant(&project, &["runtime"]);
+    let chromium = Chromium::start().await;
     let (ws, _) = within(tokio_tungstenite::connect_async(
         server.url(&format!("type=runtime&projectId={project}&token={token}")),
     ))
     .await
     .expect("connect with a token");
     let client = Client::hello(ws).await;
-    let chromium = Chromium::start().await;
     let page_text = "return document.body.innerText";
 
     // Without a token: the token form, and nothing of any project.
