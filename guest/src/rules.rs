@@ -539,22 +539,12 @@ impl<'a> Fields<'a> {
     /// and key escapes included, is unchanged. `self` must have been parsed
     /// from `text`; `None` if a value does not lie inside it.
     fn stamped(&self, text: &str, id: &str, kind: &str) -> Option<String> {
-        let stamp = |out: &mut String, from: Option<&str>| {
+        let stamp = |out: &mut String, from: Option<&str>| match from {
             // A `from` object with fields of its own keeps them.
-            let extra = from
-                .filter(|raw| raw.starts_with('{') && *raw != "{}")
-                .and_then(|raw| {
-                    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw).ok()
-                })
-                .filter(|obj| obj.keys().any(|k| k != "id" && k != "type"));
-            match extra {
-                Some(mut obj) => {
-                    obj.insert("type".into(), kind.into());
-                    obj.insert("id".into(), id.into());
-                    out.push_str(&serde_json::Value::Object(obj).to_string());
-                }
-                None => push_from(out, id, kind),
+            Some(raw) if raw.starts_with('{') && raw != "{}" => {
+                push_from_keeping_fields(out, raw, id, kind)
             }
+            _ => push_from(out, id, kind),
         };
         let mut out = String::with_capacity(text.len() + id.len() + kind.len() + 32);
         let mut copied = 0;
@@ -571,8 +561,13 @@ impl<'a> Fields<'a> {
         if !self.from.is_empty() {
             out.push_str(text.get(copied..)?);
         } else {
-            // A JSON object ends with its brace (and maybe whitespace).
-            let close = text.rfind('}')?;
+            // A JSON object ends with its brace, and maybe JSON's
+            // whitespace (a search back for the brace cost more).
+            let close = text
+                .trim_end_matches([' ', '\n', '\t', '\r'])
+                .len()
+                .checked_sub(1)
+                .filter(|&at| text.as_bytes()[at] == b'}')?;
             out.push_str(&text[..close]);
             if self.count > 0 {
                 out.push(',');
@@ -582,6 +577,27 @@ impl<'a> Fields<'a> {
             out.push_str(&text[close..]);
         }
         Some(out)
+    }
+}
+
+/// Appends the object `raw` (a `from` the sender wrote) with its `id` and
+/// `type` set, its other fields kept; as [`push_from`] if it has no others.
+/// Apart, and cold: serde's code would otherwise weigh on every message's
+/// stamping (the room compiled to wasm spills what it cannot keep in
+/// registers).
+#[cold]
+#[inline(never)]
+fn push_from_keeping_fields(out: &mut String, raw: &str, id: &str, kind: &str) {
+    let extra = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw)
+        .ok()
+        .filter(|obj| obj.keys().any(|k| k != "id" && k != "type"));
+    match extra {
+        Some(mut obj) => {
+            obj.insert("type".into(), kind.into());
+            obj.insert("id".into(), id.into());
+            out.push_str(&serde_json::Value::Object(obj).to_string());
+        }
+        None => push_from(out, id, kind),
     }
 }
 

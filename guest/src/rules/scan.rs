@@ -13,6 +13,7 @@
 
 use super::{Field, Fields, To};
 use std::borrow::Cow;
+use std::num::NonZeroUsize;
 
 /// Objects and arrays nested deeper are serde's to read (which has no limit
 /// for a value it skips, and 128 for one it reads: the scanner reads only
@@ -33,42 +34,127 @@ static STOPS_STRING: [bool; 256] = {
     table
 };
 
-/// Where the first byte of [`STOPS_STRING`] is in `bytes`: sixteen bytes
-/// at a time in WebAssembly (the workspace's `.cargo/config.toml` enables
-/// SIMD for the rooms), where a byte at a time cost the room more than all
-/// the rest of its pass.
+/// Which of the sixteen bytes from `at` are [`STOPS_STRING`] bytes (bit
+/// `i` for `bytes[at + i]`), and which are not ASCII digits: with
+/// WebAssembly SIMD in a room (the workspace's `.cargo/config.toml` enables
+/// it for the rooms), where a byte at a time cost the room more than all
+/// the rest of its pass; byte by byte natively, for the tests, which so
+/// check the walk over the chunks ([`first_stop`], [`digits_end`]) that the
+/// room runs.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-#[inline(always)]
-pub(super) fn first_stop(bytes: &[u8]) -> Option<usize> {
+mod chunk {
     use core::arch::wasm32::{
-        u8x16_bitmask, u8x16_eq, u8x16_lt, u8x16_splat, v128, v128_load, v128_or,
+        u8x16_bitmask, u8x16_eq, u8x16_gt, u8x16_lt, u8x16_splat, v128, v128_load, v128_or,
     };
-    let mut at = 0;
-    while at + 16 <= bytes.len() {
-        // SAFETY: the sixteen bytes from `at` lie inside `bytes`, and
-        // `v128.load` takes any alignment.
-        let chunk = unsafe { v128_load(bytes.as_ptr().add(at).cast::<v128>()) };
-        let stops = v128_or(
+
+    #[inline(always)]
+    fn load(bytes: &[u8], at: usize) -> v128 {
+        assert!(at + 16 <= bytes.len());
+        // SAFETY: the sixteen bytes from `at` lie inside `bytes` (asserted,
+        // and known by the callers, so the check goes), and `v128.load`
+        // takes any alignment.
+        unsafe { v128_load(bytes.as_ptr().add(at).cast::<v128>()) }
+    }
+
+    #[inline(always)]
+    pub(super) fn stops(bytes: &[u8], at: usize) -> u16 {
+        let chunk = load(bytes, at);
+        u8x16_bitmask(v128_or(
             u8x16_lt(chunk, u8x16_splat(0x20)),
             v128_or(
                 u8x16_eq(chunk, u8x16_splat(b'"')),
                 u8x16_eq(chunk, u8x16_splat(b'\\')),
             ),
-        );
-        let found = u8x16_bitmask(stops);
+        ))
+    }
+
+    #[inline(always)]
+    pub(super) fn non_digits(bytes: &[u8], at: usize) -> u16 {
+        let chunk = load(bytes, at);
+        u8x16_bitmask(v128_or(
+            u8x16_lt(chunk, u8x16_splat(b'0')),
+            u8x16_gt(chunk, u8x16_splat(b'9')),
+        ))
+    }
+}
+
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+mod chunk {
+    fn mask(bytes: &[u8], at: usize, hit: impl Fn(u8) -> bool) -> u16 {
+        bytes[at..at + 16]
+            .iter()
+            .enumerate()
+            .fold(0, |mask, (i, &b)| mask | (u16::from(hit(b)) << i))
+    }
+
+    pub(super) fn stops(bytes: &[u8], at: usize) -> u16 {
+        mask(bytes, at, |b| super::STOPS_STRING[usize::from(b)])
+    }
+
+    pub(super) fn non_digits(bytes: &[u8], at: usize) -> u16 {
+        mask(bytes, at, |b| !b.is_ascii_digit())
+    }
+}
+
+/// Where the first byte that is not an ASCII digit (`NON_DIGIT`) or that
+/// is a [`STOPS_STRING`] byte (not `NON_DIGIT`) is in `bytes`, sixteen at a
+/// time. The first sixteen are looked at before the loop (most
+/// strings and numbers end in them, and a loop's head costs a wasm runtime
+/// a check of its interruption), the last few by the sixteen bytes that end
+/// `bytes`, the ones already looked at left out; a byte at a time only when
+/// `bytes` is shorter than sixteen.
+#[inline(always)]
+fn first_hit<const NON_DIGIT: bool>(bytes: &[u8]) -> Option<usize> {
+    let chunk = |at| {
+        if NON_DIGIT {
+            chunk::non_digits(bytes, at)
+        } else {
+            chunk::stops(bytes, at)
+        }
+    };
+    let hit = |b: u8| {
+        if NON_DIGIT {
+            !b.is_ascii_digit()
+        } else {
+            STOPS_STRING[usize::from(b)]
+        }
+    };
+    let len = bytes.len();
+    if len < 16 {
+        return bytes.iter().position(|&b| hit(b));
+    }
+    let found = chunk(0);
+    if found != 0 {
+        return Some(found.trailing_zeros() as usize);
+    }
+    let mut at = 16;
+    while at + 16 <= len {
+        let found = chunk(at);
         if found != 0 {
             return Some(at + found.trailing_zeros() as usize);
         }
         at += 16;
     }
-    let tail = bytes.get(at..)?;
-    Some(at + tail.iter().position(|&b| STOPS_STRING[usize::from(b)])?)
+    if at == len {
+        return None;
+    }
+    // The last sixteen bytes, of which the first `seen` were looked at.
+    let last = len - 16;
+    let seen = at - last;
+    let found = chunk(last) >> seen;
+    (found != 0).then(|| at + found.trailing_zeros() as usize)
 }
 
-/// Natively (the room's tests), a byte at a time.
-#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+/// Where the first byte of [`STOPS_STRING`] is in `bytes`.
+#[inline(always)]
 pub(super) fn first_stop(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| STOPS_STRING[usize::from(b)])
+    first_hit::<false>(bytes)
+}
+
+/// How many ASCII digits `bytes` starts with.
+#[inline(always)]
+fn digits_end(bytes: &[u8]) -> usize {
+    first_hit::<true>(bytes).unwrap_or(bytes.len())
 }
 
 /// The fields of `text` if it is a JSON object the scanner reads in full;
@@ -139,11 +225,14 @@ impl<'a> Scanner<'a> {
         found
     }
 
-    /// JSON's four whitespace bytes, as serde skips them.
+    /// JSON's four whitespace bytes, as serde skips them. The loop only
+    /// when there is some: a loop's head costs a wasm runtime a check of
+    /// its interruption (wasmtime's epoch), and clients rarely send
+    /// whitespace.
     #[inline(always)]
     fn whitespace(&mut self) {
-        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
-            self.pos += 1;
+        if let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.pos = whitespace_end(self.bytes, self.pos);
         }
     }
 
@@ -222,8 +311,8 @@ impl<'a> Scanner<'a> {
 
     #[inline(always)]
     fn digits(&mut self) {
-        while let Some(b'0'..=b'9') = self.peek() {
-            self.pos += 1;
+        if let Some(rest) = self.bytes.get(self.pos..) {
+            self.pos += digits_end(rest);
         }
     }
 
@@ -257,39 +346,21 @@ impl<'a> Scanner<'a> {
     }
 
     /// Any value, validated and skipped. `depth` counts the objects and
-    /// arrays around it.
+    /// arrays around it. Scalars here, objects and arrays in
+    /// [`skip_container`].
+    #[inline(always)]
     fn skip_value(&mut self, depth: usize) -> Option<()> {
         match self.peek()? {
             b'"' => self.skip_string(),
-            b'{' => self.skip_container(depth, b'}'),
-            b'[' => self.skip_container(depth, b']'),
+            b'{' | b'[' => {
+                self.pos = skip_container(self.text, self.pos, depth)?.get();
+                Some(())
+            }
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
             b'-' | b'0'..=b'9' => self.skip_number(),
             _ => None,
-        }
-    }
-
-    /// An object (`close` is `}`) or an array (`]`), from its opening byte.
-    fn skip_container(&mut self, depth: usize, close: u8) -> Option<()> {
-        if depth >= MAX_DEPTH {
-            return None;
-        }
-        self.pos += 1;
-        self.whitespace();
-        if self.eat(close) {
-            return Some(());
-        }
-        loop {
-            if close == b'}' {
-                self.skip_string()?;
-                self.colon()?;
-            }
-            self.skip_value(depth + 1)?;
-            if self.end_of_member(close)? {
-                return Some(());
-            }
         }
     }
 
@@ -358,6 +429,54 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// Where the whitespace from `pos` ends. Apart from the scanner, as
+/// [`skip_container`] is, for the same reason.
+#[inline(never)]
+fn whitespace_end(bytes: &[u8], mut pos: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\t' | b'\r') = bytes.get(pos) {
+        pos += 1;
+    }
+    pos
+}
+
+/// The object or array that starts at `pos` in `text`, validated and
+/// skipped: the position after it. A function apart, handed the text and
+/// the position rather than the scanner, so that no scanner's address is
+/// taken: its position then lives in a register (a wasm local), where a
+/// recursive `&mut self` method kept it in memory, a store and a load at
+/// every step. `NonZero` (a container takes two bytes at least): one
+/// number to return, which a wasm function returns as a value, where an
+/// `Option<usize>` goes through memory.
+#[inline(never)]
+fn skip_container(text: &str, pos: usize, depth: usize) -> Option<NonZeroUsize> {
+    if depth >= MAX_DEPTH {
+        return None;
+    }
+    let mut scan = Scanner {
+        text,
+        bytes: text.as_bytes(),
+        pos,
+    };
+    let close = match scan.next()? {
+        b'{' => b'}',
+        _ => b']',
+    };
+    scan.whitespace();
+    if !scan.eat(close) {
+        loop {
+            if close == b'}' {
+                scan.skip_string()?;
+                scan.colon()?;
+            }
+            scan.skip_value(depth + 1)?;
+            if scan.end_of_member(close)? {
+                break;
+            }
+        }
+    }
+    NonZeroUsize::new(scan.pos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,6 +529,37 @@ mod tests {
                 true
             }
             None => false,
+        }
+    }
+
+    /// The walk over sixteen-byte chunks (the first, the middle ones, the
+    /// overlapping last) finds what a byte-by-byte search finds, wherever
+    /// the byte sought is and whatever the length.
+    #[test]
+    fn the_chunked_searches_find_the_first_byte_sought() {
+        for len in 0..70 {
+            for at in 0..=len {
+                for (filler, sought) in [(b'a', b'"'), (b'7', b'\\'), (b'z', 0x1f)] {
+                    let mut bytes = vec![filler; len];
+                    if at < len {
+                        bytes[at] = sought;
+                    }
+                    let found = (at < len).then_some(at);
+                    assert_eq!(first_stop(&bytes), found, "{len} {at}");
+                    // And a second one later does not hide it.
+                    if at + 3 < len {
+                        bytes[at + 3] = b'"';
+                        assert_eq!(first_stop(&bytes), Some(at), "{len} {at}");
+                    }
+                }
+                for non_digit in [b'.', b'/', b':', b'e', 0x80] {
+                    let mut digits = vec![b'4'; len];
+                    if at < len {
+                        digits[at] = non_digit;
+                    }
+                    assert_eq!(digits_end(&digits), at, "{len} {at}");
+                }
+            }
         }
     }
 
