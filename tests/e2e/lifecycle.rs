@@ -134,6 +134,11 @@ async fn hibernation_is_invisible_to_clients() {
         health["counters"]["instancesLive"], 0,
         "pings woke the room: {health}"
     );
+    // (A ping that woke it, the room asleep again by now, would show here.)
+    assert_eq!(
+        health["counters"]["hibernations"], asleep,
+        "pings woke the room: {health}"
+    );
     // /status needs no instance.
     let (_, status) = server.get(&format!("/status?projectId={p}")).await;
     assert_eq!(status["clientCount"], 3);
