@@ -135,7 +135,10 @@ impl Instances {
                 continue;
             };
             let Ok(mut actor) = core.actor.try_lock() else {
-                // Running an event now (or waiting for a permit itself).
+                // Running an event now, waiting for a permit itself, or its
+                // task reading its timers between events: passed over all
+                // the same (so a room used a moment before another may make
+                // way first; the clock is an approximation).
                 self.clock().push_back(entry);
                 continue;
             };
