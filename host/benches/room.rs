@@ -166,7 +166,10 @@ impl Room {
             };
             for _ in 0..left.min(BATCH as u64) {
                 let message = Incoming::Text(text.to_owned());
-                Box::pin(running.message(self.sender, message, Instant::now())).await;
+                // Each message as if it came alone (a client that waits for
+                // an answer, as rpc's): one call into the room per message.
+                let alone = false;
+                Box::pin(running.message(self.sender, message, Instant::now(), alone)).await;
                 left -= 1;
             }
         }

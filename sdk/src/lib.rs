@@ -31,12 +31,13 @@
 
 pub mod alloc;
 
-/// The generated bindings of the `wsroom:room/room` world.
+/// The generated bindings of the `wsroom:room/batched-room` world (the
+/// `room` world's exports and `on-texts`).
 #[doc(hidden)]
 #[allow(clippy::too_many_arguments)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "room",
+        world: "batched-room",
         path: "../wit",
         pub_export_macro: true,
         export_macro_name: "__export_room_world",
@@ -79,6 +80,41 @@ impl TextMessage {
             data,
             kind_at,
             text_at,
+        }
+    }
+
+    /// Each message of an `on-texts` batch (see `wit/room.wit`), in order,
+    /// as a [`TextMessage`] of its own. An offset the host got wrong (out
+    /// of order, past the end, inside a character) ends the batch there.
+    #[doc(hidden)]
+    pub fn __each_of_batch(
+        data: &str,
+        kind_at: u32,
+        text_at: u32,
+        ends: &[u32],
+        mut each: impl FnMut(TextMessage),
+    ) {
+        let (kind_at, text_at) = (kind_at as usize, text_at as usize);
+        let at_boundary = |i: usize| data.is_char_boundary(i);
+        if !(kind_at <= text_at && at_boundary(kind_at) && at_boundary(text_at)) {
+            return;
+        }
+        let sender = &data[..text_at];
+        let mut start = text_at;
+        for &end in ends {
+            let end = end as usize;
+            if end < start || !at_boundary(end) {
+                return;
+            }
+            let mut one = String::with_capacity(sender.len() + end - start);
+            one.push_str(sender);
+            one.push_str(&data[start..end]);
+            each(TextMessage {
+                data: one,
+                kind_at,
+                text_at,
+            });
+            start = end;
         }
     }
 
@@ -381,6 +417,17 @@ macro_rules! export_room {
                     with(|room, ctx| $crate::Room::on_text(room, ctx, message))
                 }
 
+                fn on_texts(
+                    data: ::std::string::String,
+                    kind_at: u32,
+                    text_at: u32,
+                    ends: ::std::vec::Vec<u32>,
+                ) {
+                    let each =
+                        |message| with(|room, ctx| $crate::Room::on_text(room, ctx, message));
+                    $crate::TextMessage::__each_of_batch(&data, kind_at, text_at, &ends, each)
+                }
+
                 fn on_message(from: $crate::Sender, message: $crate::Incoming) {
                     with(|room, ctx| $crate::Room::on_message(room, ctx, &from, message))
                 }
@@ -426,6 +473,49 @@ mod tests {
         let (from, text) = m.into_parts();
         assert_eq!((from.id.as_str(), from.kind.as_str()), ("c1", "runtime"));
         assert_eq!(text, "{\"é\":1}");
+    }
+
+    fn batch(
+        data: &str,
+        kind_at: u32,
+        text_at: u32,
+        ends: &[u32],
+    ) -> Vec<(String, String, String)> {
+        let mut seen = Vec::new();
+        TextMessage::__each_of_batch(data, kind_at, text_at, ends, |m| {
+            let parts = (m.sender_id(), m.sender_kind(), m.text());
+            seen.push((parts.0.to_owned(), parts.1.to_owned(), parts.2.to_owned()));
+        });
+        seen
+    }
+
+    #[test]
+    fn a_batch_is_each_of_its_messages_in_order_from_its_one_sender() {
+        let data = "c1runtime{\"a\":1}é{}";
+        let one = |text: &str| ("c1".to_owned(), "runtime".to_owned(), text.to_owned());
+        assert_eq!(
+            batch(data, 2, 9, &[16, 18, 20, 20]),
+            vec![one("{\"a\":1}"), one("é"), one("{}"), one("")]
+        );
+        // No messages: nothing.
+        assert!(batch(data, 2, 9, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_batch_ends_at_an_offset_out_of_order_past_the_end_or_inside_a_character() {
+        let data = "c1runtime{\"a\":1}é{}";
+        let first = (
+            "c1".to_owned(),
+            "runtime".to_owned(),
+            "{\"a\":1}".to_owned(),
+        );
+        for ends in [&[16, 15, 20][..], &[16, 99], &[16, 17, 20]] {
+            assert_eq!(batch(data, 2, 9, ends), vec![first.clone()], "{ends:?}");
+        }
+        // A sender laid out wrong: no message at all.
+        for (kind_at, text_at) in [(9, 2), (2, 99)] {
+            assert!(batch(data, kind_at, text_at, &[16, 20]).is_empty());
+        }
     }
 
     #[test]

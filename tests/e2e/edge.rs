@@ -162,6 +162,47 @@ async fn frames_sent_in_the_upgrade_request_s_own_write_are_read_in_order() {
 }
 
 #[tokio::test]
+async fn messages_sent_in_one_write_each_reach_the_room_in_order_before_what_follows_them() {
+    let server = Server::start(&[]);
+    let p = project();
+    let mut watcher = server.connect("data-agent", &p).await;
+    let mut raw = RawWs::open(&server, "runtime", &p).await;
+    // Forty messages with an invalid one among them, then a close, in one
+    // write: the default room (which takes batches) gets the messages
+    // together.
+    let mut burst = Vec::new();
+    for i in 0..40 {
+        if i == 20 {
+            burst.extend(frame(1, b"{not json", true));
+        }
+        burst.extend(frame(1, &broadcast(&format!("m{i}")), true));
+    }
+    burst.extend(frame(8, &1000u16.to_be_bytes(), true));
+    within(raw.s.write_all(&burst)).await.unwrap();
+    // The sender hears of the invalid one before the echo of its close.
+    let mut errors = 0;
+    loop {
+        let (opcode, payload) = raw.read_frame().await;
+        if opcode == 8 {
+            assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1000);
+            break;
+        }
+        let message: Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(message["type"], "error", "{message}");
+        errors += 1;
+    }
+    assert_eq!(errors, 1);
+    // Every other message reached the other client once, in order, before
+    // the sender left.
+    for i in 0..40 {
+        let next = watcher.next_json().await;
+        assert_eq!(next["id"], format!("m{i}"), "{next}");
+    }
+    let next = watcher.next_json().await;
+    assert_eq!(next["type"], "client_left", "{next}");
+}
+
+#[tokio::test]
 async fn control_frames_over_125_bytes_close_with_1002_and_nothing_over_125_is_sent() {
     let server = Server::start(&[]);
     // A project of its own for each socket: another socket of the same

@@ -136,7 +136,8 @@ async fn a_component_with_an_import_the_host_lacks_is_refused_by_name() {
             .contains(&format!("{FIXTURE_ROOM}: fits the wsroom:room/room world"))
     );
     // It says which version of the contract each was built against: the
-    // fixture room still against the first, the chat room the current one.
+    // fixture room still against the first, the chat room the current one
+    // (with the SDK's `on-texts`).
     let chat = crate::lifecycle::CHAT_ROOM;
     let out = check(&[FIXTURE_ROOM, chat, COMPAT_ROOM]);
     assert!(
@@ -153,7 +154,7 @@ async fn a_component_with_an_import_the_host_lacks_is_refused_by_name() {
     );
     assert!(
         stdout.contains(&format!(
-            "{chat}: fits the wsroom:room/room world (built against wsroom:room@0.4.0)"
+            "{chat}: fits the wsroom:room/room world (built against wsroom:room@0.4.0, taking text messages in batches)"
         )),
         "{stdout}"
     );

@@ -975,7 +975,7 @@ impl Cluster {
                 // without waking the room's task.
                 let read_at = std::time::Instant::now();
                 if let Some(mut turn) = room.try_run() {
-                    turn.message(conn, incoming, read_at).await;
+                    turn.message(conn, incoming, read_at, false).await;
                     drop(turn);
                     wire::MessageReply::Handled
                 } else {

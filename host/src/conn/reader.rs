@@ -35,23 +35,28 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, c: &Connectio
     let rate = c.config.max_messages_per_sec;
     let mut bucket = Bucket::full(rate, 0);
     loop {
-        let mut read = std::pin::pin!(wire.read_frame(&mut stream));
-        let mut ready = None;
-        if turn.is_some() {
-            // Keep the room only for frames already here: end the turn
-            // before waiting for the client.
-            match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
-                Poll::Ready(frame) => ready = Some(frame),
-                Poll::Pending => turn = None,
+        let frame = {
+            let mut read = std::pin::pin!(wire.read_frame(&mut stream));
+            let mut ready = None;
+            if turn.is_some() {
+                // Keep the room only for frames already here: end the turn
+                // before waiting for the client.
+                match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+                    Poll::Ready(frame) => ready = Some(frame),
+                    Poll::Pending => end_turn(&mut turn, c).await,
+                }
             }
-        }
-        let frame = match ready {
-            Some(frame) => frame,
-            None => read.await,
+            match ready {
+                Some(frame) => frame,
+                None => read.await,
+            }
         };
         let mut frame = match frame {
             Ok(frame) => frame,
-            Err(e) => return broken_frame(e, c),
+            Err(e) => {
+                end_turn(&mut turn, c).await;
+                return broken_frame(e, c);
+            }
         };
         // One clock read per frame: the client's last sign of life, and a
         // message's read time for `wsroom_message_duration_seconds`.
@@ -70,17 +75,27 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, c: &Connectio
                 continue;
             }
             Ok(Step::Close { code, reason, echo }) => {
+                end_turn(&mut turn, c).await;
                 c.outbox.close_raw(outbox::encode(OpCode::Close, &echo));
                 return Ended { code, reason };
             }
-            Err(violation) => return violated(violation, c),
+            Err(violation) => {
+                end_turn(&mut turn, c).await;
+                return violated(violation, c);
+            }
         };
+        // Whether the client's next frames are already here (a room that
+        // takes batches then gets its text messages together).
+        drop(frame);
+        let more = wire.has_more();
         c.metrics.message_in(match &message {
             Incoming::Text(text) => text.len(),
             Incoming::Binary(bytes) => bytes.len(),
             Incoming::TooLarge(o) => usize::try_from(o.size).unwrap_or(usize::MAX),
         });
         if rate > 0 && !bucket.take(rate, now_ms) {
+            // Its answer comes after what the messages before it sent.
+            end_turn(&mut turn, c).await;
             // Over --max-messages-per-sec: not routed; its sender hears why.
             c.metrics.message_rate_limited();
             debug!(project = %c.link.project(), "message over --max-messages-per-sec, not routed");
@@ -125,12 +140,12 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, c: &Connectio
             // (~600 bytes) and of a send would grow every connection's task
             // by as much, idle or not (one small allocation per message
             // instead; no difference the benchmarks resolve).
-            Box::pin(running.message(conn, message, read_at)).await;
+            Box::pin(running.message(conn, message, read_at, more)).await;
             c.in_guest.store(false, Relaxed);
             in_a_row += 1;
             if in_a_row == BATCH {
                 // Let the room's task, and what waits for it, have a turn.
-                turn = None;
+                end_turn(&mut turn, c).await;
             }
             continue;
         }
@@ -152,6 +167,21 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, c: &Connectio
             );
         }
     }
+}
+
+/// Ends the reader's turn at running the room, if it has one: runs the
+/// text messages it gathered, then hands what the room's calls sent to the
+/// writers. Before the reader answers its client itself (so that what the
+/// room sent comes first), waits for it, or lets the room's task run.
+async fn end_turn(turn: &mut Option<ReaderTurn<'_>>, c: &Connection<'_>) {
+    if let Some(running) = turn.as_mut()
+        && running.has_gathered()
+    {
+        c.in_guest.store(true, Relaxed);
+        Box::pin(running.run_gathered()).await;
+        c.in_guest.store(false, Relaxed);
+    }
+    *turn = None;
 }
 
 /// Closes the connection with the violation's code.

@@ -94,6 +94,12 @@ impl FrameReader {
         ))
     }
 
+    /// Whether bytes past the frame last returned are already buffered (the
+    /// client sent more than one frame at once).
+    pub(crate) fn has_more(&self) -> bool {
+        self.buf.len() > self.consumed
+    }
+
     /// The header at the front of the buffer, or how many bytes must be
     /// buffered before it can be read.
     fn parse_head(&self) -> Result<Result<Head, usize>, WebSocketError> {

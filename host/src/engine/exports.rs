@@ -7,10 +7,13 @@
 //! `client-info`). A component is checked against each in that order;
 //! [`Room`] calls any of them with the current types (0.3.0's are the
 //! same), converting for the earliest (a room built before `fetch` has
-//! none: [`Room::call_fetch`] says so).
+//! none: [`Room::call_fetch`] says so). A current room may also export
+//! `on-texts` (the `batched-room` world: a client's text messages several
+//! at a time), found apart from the world's exports.
 
 use wasmtime::Store;
-use wasmtime::component::{ComponentExportIndex, Func, InstancePre, TypedFunc};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{ComponentExportIndex, Func, InstancePre, Type, TypedFunc};
 
 use super::RoomState;
 
@@ -49,7 +52,12 @@ pub(crate) use earlier_wit::ClientInfo as EarlierClientInfo;
 /// A compiled room component, checked against the world it was built for,
 /// ready to instantiate.
 pub(crate) enum RoomPre {
-    Current(current::RoomPre<RoomState>),
+    Current {
+        pre: InstancePre<RoomState>,
+        indices: current::RoomIndices,
+        /// Its `on-texts`, if it has one of the right type.
+        on_texts: Option<ComponentExportIndex>,
+    },
     V0_3(v0_3::RoomPre<RoomState>),
     /// Built against 0.1.0 or 0.2.0: its exports found once, for every
     /// instance.
@@ -62,7 +70,12 @@ pub(crate) enum RoomPre {
 
 /// A room instance's exports.
 pub(crate) enum Room {
-    Current(current::Room),
+    Current {
+        room: current::Room,
+        /// Its `on-texts`, checked against [`OnTextsParams`] when the
+        /// component was loaded.
+        on_texts: Option<Func>,
+    },
     V0_3(v0_3::Room),
     Earlier {
         room: earlier::Room,
@@ -78,8 +91,15 @@ impl RoomPre {
     /// The component's exports as the current world's, or else as an
     /// earlier one's; the error of the current world's check if none.
     pub(super) fn new(pre: InstancePre<RoomState>) -> wasmtime::Result<RoomPre> {
-        match current::RoomPre::new(pre.clone()) {
-            Ok(pre) => Ok(RoomPre::Current(pre)),
+        match current::RoomIndices::new(&pre) {
+            Ok(indices) => {
+                let on_texts = on_texts_export(&pre)?;
+                Ok(RoomPre::Current {
+                    pre,
+                    indices,
+                    on_texts,
+                })
+            }
             Err(current) => {
                 if let Ok(pre) = v0_3::RoomPre::new(pre.clone()) {
                     return Ok(RoomPre::V0_3(pre));
@@ -105,9 +125,21 @@ impl RoomPre {
         }
     }
 
+    /// Whether its instances take a client's text messages several at a
+    /// time (`on-texts`).
+    pub(super) fn takes_batches(&self) -> bool {
+        matches!(
+            self,
+            RoomPre::Current {
+                on_texts: Some(_),
+                ..
+            }
+        )
+    }
+
     pub(super) fn instance_pre(&self) -> &InstancePre<RoomState> {
         match self {
-            RoomPre::Current(pre) => pre.instance_pre(),
+            RoomPre::Current { pre, .. } => pre,
             RoomPre::V0_3(pre) => pre.instance_pre(),
             RoomPre::Earlier { pre, .. } => pre,
         }
@@ -118,7 +150,16 @@ impl RoomPre {
         store: &mut Store<RoomState>,
     ) -> wasmtime::Result<Room> {
         Ok(match self {
-            RoomPre::Current(pre) => Room::Current(pre.instantiate_async(store).await?),
+            RoomPre::Current {
+                pre,
+                indices,
+                on_texts,
+            } => {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                let room = indices.load(&mut *store, &instance)?;
+                let on_texts = on_texts.and_then(|index| instance.get_func(&mut *store, index));
+                Room::Current { room, on_texts }
+            }
             RoomPre::V0_3(pre) => Room::V0_3(pre.instantiate_async(store).await?),
             RoomPre::Earlier {
                 pre,
@@ -141,6 +182,38 @@ impl RoomPre {
 /// `on-message`'s parameters, in every contract.
 type OnMessageParams<'a> = (&'a wit::Sender, &'a wit::Incoming);
 
+/// `on-texts`'s parameters: the sender and the messages in one string, the
+/// offsets of the sender's type and of the first message, where each
+/// message ends.
+type OnTextsParams<'a> = (&'a str, u32, u32, &'a [u32]);
+
+/// The component's `on-texts`, if it exports one; an error if it exports
+/// one of another type (it claims the `batched-room` world and breaks it).
+fn on_texts_export(pre: &InstancePre<RoomState>) -> wasmtime::Result<Option<ComponentExportIndex>> {
+    let component = pre.component();
+    let Some((item, index)) = component.get_export(None, "on-texts") else {
+        return Ok(None);
+    };
+    let fits = match item {
+        ComponentItem::ComponentFunc(func) => {
+            let params: Vec<Type> = func.params().map(|(_, ty)| ty).collect();
+            func.results().len() == 0
+                && matches!(
+                    params.as_slice(),
+                    [Type::String, Type::U32, Type::U32, Type::List(ends)]
+                        if matches!(ends.ty(), Type::U32)
+                )
+        }
+        _ => false,
+    };
+    if !fits {
+        wasmtime::bail!(
+            "its `on-texts` export is not `func(data: string, kind-at: u32, text-at: u32, ends: list<u32>)`"
+        );
+    }
+    Ok(Some(index))
+}
+
 impl From<&wit::ClientInfo> for EarlierClientInfo {
     fn from(info: &wit::ClientInfo) -> EarlierClientInfo {
         EarlierClientInfo {
@@ -160,7 +233,7 @@ impl Room {
         client: &wit::ClientInfo,
     ) -> wasmtime::Result<Result<(), wit::Refusal>> {
         match self {
-            Room::Current(room) => room.call_on_connect(store, client).await,
+            Room::Current { room, .. } => room.call_on_connect(store, client).await,
             Room::V0_3(room) => room.call_on_connect(store, client).await,
             Room::Earlier { room, .. } => Ok(room
                 .call_on_connect(store, &client.into())
@@ -185,7 +258,7 @@ impl Room {
         scratch: &mut wit::TextFrom,
     ) -> wasmtime::Result<()> {
         match self {
-            Room::Current(room) => match message {
+            Room::Current { room, .. } => match message {
                 wit::Incoming::Text(text) => {
                     lay_out(scratch, sender, text);
                     room.call_on_text(store, scratch).await
@@ -203,10 +276,49 @@ impl Room {
         }
     }
 
+    /// Whether the room takes a client's text messages several at a time
+    /// ([`Room::call_on_texts`]).
+    pub(crate) fn takes_batches(&self) -> bool {
+        matches!(
+            self,
+            Room::Current {
+                on_texts: Some(_),
+                ..
+            }
+        )
+    }
+
+    /// Hands a client's text messages to the room's `on-texts`, laid out
+    /// by [`Batch`]; `Ok(false)` (nothing called) for a room without one.
+    pub(crate) async fn call_on_texts(
+        &self,
+        store: &mut Store<RoomState>,
+        batch: &Batch,
+    ) -> wasmtime::Result<bool> {
+        let Room::Current {
+            on_texts: Some(on_texts),
+            ..
+        } = self
+        else {
+            return Ok(false);
+        };
+        // SAFETY: the export's type was checked against these parameter and
+        // result types when the component was loaded (`on_texts_export`).
+        let typed = unsafe { TypedFunc::<OnTextsParams<'_>, ()>::new_unchecked(*on_texts) };
+        let params = (
+            batch.data.as_str(),
+            batch.kind_at,
+            batch.text_at,
+            batch.ends.as_slice(),
+        );
+        typed.call_async(store, params).await?;
+        Ok(true)
+    }
+
     /// The export a message goes to (for the log).
     pub(crate) fn message_export(&self, message: &wit::Incoming) -> &'static str {
         match (self, message) {
-            (Room::Current(_), wit::Incoming::Text(_)) => "on-text",
+            (Room::Current { .. }, wit::Incoming::Text(_)) => "on-text",
             _ => "on-message",
         }
     }
@@ -219,7 +331,7 @@ impl Room {
         reason: &str,
     ) -> wasmtime::Result<()> {
         match self {
-            Room::Current(room) => room.call_on_close(store, client, code, reason).await,
+            Room::Current { room, .. } => room.call_on_close(store, client, code, reason).await,
             Room::V0_3(room) => room.call_on_close(store, client, code, reason).await,
             Room::Earlier { room, .. } => {
                 room.call_on_close(store, &client.into(), code, reason)
@@ -234,7 +346,7 @@ impl Room {
         info: wit::AlarmInfo,
     ) -> wasmtime::Result<()> {
         match self {
-            Room::Current(room) => room.call_alarm(store, info).await,
+            Room::Current { room, .. } => room.call_alarm(store, info).await,
             Room::V0_3(room) => room.call_alarm(store, info).await,
             Room::Earlier { room, .. } => {
                 let info = earlier_wit::AlarmInfo {
@@ -252,7 +364,7 @@ impl Room {
         request: &wit::HttpRequest,
     ) -> wasmtime::Result<Option<wit::HttpResponse>> {
         match self {
-            Room::Current(room) => room.call_fetch(store, request).await.map(Some),
+            Room::Current { room, .. } => room.call_fetch(store, request).await.map(Some),
             Room::V0_3(room) => room.call_fetch(store, request).await.map(Some),
             Room::Earlier { .. } => Ok(None),
         }
@@ -272,4 +384,92 @@ fn lay_out(scratch: &mut wit::TextFrom, sender: &wit::Sender, text: &str) {
     // An id and a type are a few hundred bytes at most (the host's limits).
     scratch.kind_at = sender.id.len() as u32;
     scratch.text_at = (sender.id.len() + sender.kind.len()) as u32;
+}
+
+/// A client's text messages laid out for `on-texts`: its id, its type, then
+/// the messages one after the other, and where each ends.
+#[derive(Default)]
+pub(crate) struct Batch {
+    data: String,
+    kind_at: u32,
+    text_at: u32,
+    ends: Vec<u32>,
+}
+
+impl Batch {
+    /// Adds a message of `sender` (the same for every message of a batch:
+    /// the first one's is kept).
+    pub(crate) fn push(&mut self, sender: &wit::Sender, text: &str) {
+        if self.ends.is_empty() {
+            self.data.clear();
+            self.data.push_str(&sender.id);
+            self.data.push_str(&sender.kind);
+            // An id and a type are a few hundred bytes at most (the host's
+            // limits).
+            self.kind_at = sender.id.len() as u32;
+            self.text_at = (sender.id.len() + sender.kind.len()) as u32;
+        }
+        self.data.push_str(text);
+        // A batch is bounded (`BATCH_BYTES`), far below 4 GiB.
+        self.ends.push(self.data.len() as u32);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The messages, in order.
+    pub(crate) fn texts(&self) -> impl Iterator<Item = &str> + '_ {
+        let starts = std::iter::once(self.text_at).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter().copied()).map(|(start, end)| {
+            let part = self.data.get(start as usize..end as usize);
+            part.unwrap_or_default()
+        })
+    }
+
+    /// Bytes laid out so far.
+    pub(crate) fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Bytes its buffers hold.
+    pub(crate) fn bytes_kept(&self) -> usize {
+        self.data.capacity() + self.ends.capacity() * 4
+    }
+
+    /// Empties the batch, keeping its buffers.
+    pub(crate) fn clear(&mut self) {
+        self.ends.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_lays_out_its_sender_once_and_each_message_where_it_ends() {
+        let sender = wit::Sender {
+            id: "c1".into(),
+            kind: "runtime".into(),
+        };
+        let mut batch = Batch::default();
+        for text in ["{\"a\":1}", "é", ""] {
+            batch.push(&sender, text);
+        }
+        assert_eq!(batch.data, "c1runtime{\"a\":1}é");
+        assert_eq!((batch.kind_at, batch.text_at), (2, 9));
+        assert_eq!(batch.ends, [16, 18, 18]);
+        assert_eq!(batch.texts().collect::<Vec<_>>(), ["{\"a\":1}", "é", ""]);
+        // Emptied, it lays the next sender out afresh.
+        batch.clear();
+        assert_eq!(batch.len(), 0);
+        let other = wit::Sender {
+            id: "c22".into(),
+            kind: "admin".into(),
+        };
+        batch.push(&other, "x");
+        assert_eq!(batch.data, "c22adminx");
+        assert_eq!(batch.texts().collect::<Vec<_>>(), ["x"]);
+    }
 }

@@ -33,7 +33,7 @@ mod exports;
 
 pub(crate) use exports::current::wsroom::room::host as host_bindings;
 pub(crate) use exports::current::wsroom::room::types as wit;
-pub(crate) use exports::{EarlierClientInfo, Room, RoomPre};
+pub(crate) use exports::{Batch, EarlierClientInfo, Room, RoomPre};
 
 /// Everything a room's store holds: the project's connection table and
 /// alarm (what the host imports act on), WASI and WASI HTTP, and the limits.
@@ -47,6 +47,9 @@ pub(crate) struct RoomState {
     pub limits: StoreLimits,
     /// Epoch ticks the current call has run for.
     pub ticks: u64,
+    /// Events the current call carries (several for `on-texts`), each with
+    /// a budget of its own.
+    pub events: u64,
 }
 
 impl WasiView for RoomState {
@@ -260,6 +263,7 @@ impl Runtime {
                 .trap_on_grow_failure(true)
                 .build(),
             ticks: 0,
+            events: 1,
         };
         let mut store = Store::new(&inner.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -268,7 +272,7 @@ impl Runtime {
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
             state.ticks += 1;
-            if state.ticks > budget {
+            if state.ticks > budget.saturating_mul(state.events) {
                 return Err(wasmtime::Error::msg("cpu budget exceeded"));
             }
             Ok(UpdateDeadline::Yield(1))
@@ -360,7 +364,12 @@ pub(crate) fn check_file(config: &config::Config, path: &Path) -> anyhow::Result
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let component = components.default.instance_pre().component();
-    Ok(contract_version(&inner.engine, component))
+    let version = contract_version(&inner.engine, component);
+    Ok(if components.default.takes_batches() {
+        format!("{version}, taking text messages in batches")
+    } else {
+        version
+    })
 }
 
 /// Advances the engine's epoch every [`TICK`] until the engine is dropped.
@@ -380,7 +389,15 @@ fn start_ticker(engine: &Engine) -> std::io::Result<()> {
 
 /// Prepares a store for one call: a fresh CPU budget.
 pub(crate) fn arm(store: &mut Store<RoomState>) {
-    store.data_mut().ticks = 0;
+    arm_for(store, 1);
+}
+
+/// Prepares a store for one call that carries `events` events: a budget
+/// for each.
+pub(crate) fn arm_for(store: &mut Store<RoomState>, events: u64) {
+    let state = store.data_mut();
+    state.ticks = 0;
+    state.events = events.max(1);
     store.set_epoch_deadline(1);
 }
 

@@ -393,6 +393,63 @@ impl Actor {
         }
     }
 
+    /// Whether the room's live instance takes a client's text messages
+    /// several at a time (`on-texts`).
+    pub(super) fn takes_batches(&self) -> bool {
+        matches!(&self.instance, Instance::Live { room, .. } if room.takes_batches())
+    }
+
+    /// Adds a text message of `conn`'s to `batch`; false if the client is
+    /// gone (nothing added).
+    pub(super) fn add_to_batch(
+        &mut self,
+        batch: &mut engine::Batch,
+        conn: ConnRef,
+        text: &str,
+        read_at: std::time::Instant,
+    ) -> bool {
+        let table = self.table();
+        let Some(c) = table.get(conn) else {
+            return false;
+        };
+        batch.push(&c.sender, text);
+        table.message_read_at(read_at);
+        true
+    }
+
+    /// Hands a client's text messages, laid out in `batch`, to the room's
+    /// `on-texts` in one call (each is an event as if it had come alone:
+    /// see `wit/room.wit`).
+    pub(super) async fn handle_batch(&mut self, conn: ConnRef, batch: &engine::Batch) {
+        self.mark_handled();
+        self.activity_unrecorded = true;
+        let called = match self.ensure_live().await {
+            Ok((store, room)) => {
+                engine::arm_for(store, batch.len() as u64);
+                let started = std::time::Instant::now();
+                let called = room.call_on_texts(store, batch).await;
+                self.metrics.room_call(RoomCall::Message, started.elapsed());
+                called.map_err(|e| Trapped(anyhow::Error::from(e)))
+            }
+            Err(t) => Err(t),
+        };
+        if !matches!(called, Ok(false)) {
+            self.messages_since_flush += batch.len() as u64;
+        }
+        match called {
+            Ok(true) => {}
+            // The instance was made anew from a reloaded component that
+            // takes no batches: one call per message.
+            Ok(false) => {
+                for text in batch.texts() {
+                    let message = Incoming::Text(text.to_owned());
+                    self.message(conn, message, std::time::Instant::now()).await;
+                }
+            }
+            Err(Trapped(e)) => self.fail("on-texts", e),
+        }
+    }
+
     /// Hands an HTTP request to the room's `fetch`. Its answer is output
     /// like a message: it waits for what the call wrote to be committed.
     async fn fetch(&mut self, request: &engine::wit::HttpRequest) -> Fetched {
@@ -513,6 +570,7 @@ impl Actor {
             let mut table = store.into_data().table;
             table.shrink();
             self.scratch = None;
+            self.gathered = None;
             table.shared().set_awake(false);
             self.instance = Instance::Hibernated(Box::new(table));
             self.metrics.instance_dropped();

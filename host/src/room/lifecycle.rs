@@ -58,6 +58,7 @@ pub(crate) fn spawn(
             committed_alarm: None,
             lease_generation,
             scratch: None,
+            gathered: None,
         }),
         wake: Notify::new(),
     });

@@ -230,6 +230,10 @@ struct Queued {
 }
 
 /// The room's instance, or the table it would run on.
+// One per room, in its actor: the live variant's few bytes over clippy's
+// threshold cost a hibernated room as much, where boxing the instance's
+// handles would cost every call a pointer chase.
+#[allow(clippy::large_enum_variant)]
 enum Instance {
     /// No instance (none made yet, hibernated, evicted, or failed): the
     /// table waits here and the next event makes one. (Boxed: the table is
@@ -285,6 +289,9 @@ struct Actor {
     /// Where a text message is laid out for the room's `on-text`, from one
     /// message to the next while the instance lives.
     scratch: Option<crate::engine::wit::TextFrom>,
+    /// The buffers of the messages readers gather for `on-texts`, kept from
+    /// one reader's turn to the next (dropped with the instance).
+    gathered: Option<Box<crate::engine::Batch>>,
 }
 
 /// Milliseconds since the Unix epoch, as the room's timestamps.

@@ -243,6 +243,7 @@ async fn a_message_whose_write_is_not_durable_yet_reaches_no_client() {
         conn,
         Incoming::Text("said on a reader's turn".into()),
         std::time::Instant::now(),
+        false,
     )
     .await;
     drop(turn);
@@ -256,5 +257,31 @@ async fn a_message_whose_write_is_not_durable_yet_reaches_no_client() {
         .await
         .expect("the line once committed");
     assert!(String::from_utf8_lossy(&frames[0]).contains("said on a reader's turn"));
+
+    // Two that came together, gathered into one `on-texts` call: the same.
+    assert!(room.core.actor.lock().await.takes_batches());
+    let blocker = store.begin_write_for_test();
+    let mut turn = room.try_run().expect("the room is idle");
+    for (text, more) in [("first of two", true), ("second of two", false)] {
+        let now = std::time::Instant::now();
+        turn.message(conn, Incoming::Text(text.into()), now, more)
+            .await;
+    }
+    drop(turn);
+    let early = tokio::time::timeout(Duration::from_millis(300), take(&mut Vec::new())).await;
+    assert!(
+        early.is_err(),
+        "a batch let its lines out before their writes were durable"
+    );
+    drop(blocker);
+    let mut frames = Vec::new();
+    while frames.len() < 2 {
+        frames = tokio::time::timeout(Duration::from_secs(10), take(&mut frames))
+            .await
+            .expect("the lines once committed");
+    }
+    let lines: Vec<_> = frames.iter().map(|f| String::from_utf8_lossy(f)).collect();
+    assert!(lines[0].contains("first of two"), "{lines:?}");
+    assert!(lines[1].contains("second of two"), "{lines:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

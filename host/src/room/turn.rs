@@ -3,11 +3,21 @@
 //! switch. Ending the turn (dropping it) does the work the room's task
 //! would have done after the batch: it wakes the writers of what the
 //! messages queued, and the room's task when there is work for it.
+//!
+//! A room that takes batches (`on-texts`) gets the client's text messages
+//! that have already arrived in one call: the turn gathers them until the
+//! reader runs them ([`ReaderTurn::run_gathered`]), which it does before
+//! it waits for its client, before it answers anything itself and before
+//! it ends the turn.
 
 use tokio::sync::MutexGuard;
 
 use super::table::ConnRef;
 use super::{Actor, Core, Incoming};
+use crate::engine::Batch;
+
+/// Gathered messages run as soon as their text passes this many bytes.
+const GATHERED_BYTES: usize = 64 * 1024;
 
 pub struct ReaderTurn<'a> {
     actor: MutexGuard<'a, Actor>,
@@ -16,6 +26,10 @@ pub struct ReaderTurn<'a> {
     alarm: Option<u64>,
     /// Whether the room had a live instance then.
     live: bool,
+    /// Text messages gathered for the room's `on-texts` (its buffers taken
+    /// from the actor when first needed), and whose.
+    gathered: Option<Box<Batch>>,
+    gathered_from: Option<ConnRef>,
 }
 
 impl<'a> ReaderTurn<'a> {
@@ -27,6 +41,8 @@ impl<'a> ReaderTurn<'a> {
             core,
             alarm,
             live,
+            gathered: None,
+            gathered_from: None,
         }
     }
 
@@ -34,8 +50,64 @@ impl<'a> ReaderTurn<'a> {
     ///
     /// The future must be run to its end: dropped halfway, it would leave
     /// the guest's call unfinished and the room failed.
-    pub async fn message(&mut self, conn: ConnRef, message: Incoming, read_at: std::time::Instant) {
+    ///
+    /// A text message for a room that takes batches is gathered instead
+    /// while `more` says the client's next frames are already here, and
+    /// the gathered messages run with the last of them; the messages of
+    /// one turn are all of one client.
+    pub async fn message(
+        &mut self,
+        conn: ConnRef,
+        message: Incoming,
+        read_at: std::time::Instant,
+        more: bool,
+    ) {
+        if let Incoming::Text(text) = &message
+            && (more || self.has_gathered())
+            && self.gathered_from.is_none_or(|from| from == conn)
+            && self.actor.takes_batches()
+        {
+            let gathered = self
+                .gathered
+                .get_or_insert_with(|| self.actor.gathered.take().unwrap_or_default());
+            if self.actor.add_to_batch(gathered, conn, text, read_at) {
+                self.gathered_from = Some(conn);
+            }
+            if !more || gathered.bytes() >= GATHERED_BYTES {
+                self.run_gathered().await;
+            }
+            return;
+        }
+        self.run_gathered().await;
         self.actor.handle_message(conn, message, read_at).await;
+    }
+
+    /// Whether messages are gathered, waiting for [`ReaderTurn::run_gathered`].
+    pub fn has_gathered(&self) -> bool {
+        self.gathered_from.is_some()
+    }
+
+    /// Hands the gathered messages to the room, in one call.
+    ///
+    /// As [`ReaderTurn::message`], the future must be run to its end.
+    pub async fn run_gathered(&mut self) {
+        let (Some(conn), Some(gathered)) = (self.gathered_from.take(), self.gathered.as_mut())
+        else {
+            return;
+        };
+        if gathered.len() == 1 {
+            // One message alone goes to `on-text`, which costs the room one
+            // list less.
+            let text = gathered.texts().next().unwrap_or_default().to_owned();
+            gathered.clear();
+            let read_at = std::time::Instant::now();
+            self.actor
+                .handle_message(conn, Incoming::Text(text), read_at)
+                .await;
+            return;
+        }
+        self.actor.handle_batch(conn, gathered).await;
+        gathered.clear();
     }
 }
 
@@ -45,7 +117,17 @@ impl Drop for ReaderTurn<'_> {
     /// whose queue overflowed to close, an alarm moved, a room left empty,
     /// an instance created or dropped (its hibernation timer).
     fn drop(&mut self) {
+        debug_assert!(
+            self.gathered_from.is_none(),
+            "a reader ended its turn with messages gathered and not run"
+        );
         let actor = &mut *self.actor;
+        // Kept for the next turn, unless a large batch grew them.
+        if let Some(gathered) = self.gathered.take()
+            && gathered.bytes_kept() <= GATHERED_BYTES
+        {
+            actor.gathered = Some(gathered);
+        }
         if actor.uncommitted() && !actor.commit_in_memory() {
             // The messages wrote: their frames wait for the commit, which
             // the room's task makes (a reader does not wait on the disk).
