@@ -160,7 +160,9 @@ pub trait Room: Default + 'static {
     /// A text message from a client. By default it goes to
     /// [`Room::on_message`] as an [`Incoming::Text`]; a room that reads it
     /// in place here spares the copies of the text and the sender's id and
-    /// type that takes.
+    /// type that takes. Messages a client sent together, which the host
+    /// hands over in one call (`on-texts`), come here one at a time, in
+    /// order.
     fn on_text(&mut self, ctx: &mut Ctx, message: TextMessage) {
         let (from, text) = message.into_parts();
         self.on_message(ctx, &from, Incoming::Text(text));
