@@ -116,7 +116,8 @@ pub struct Cli {
     pub room_config: Vec<(String, String)>,
 
     /// CPU time one call into a room may use before it is stopped and the
-    /// room is reset, in milliseconds.
+    /// room is reset, in milliseconds (a call that hands the room several
+    /// of a client's messages at once, `on-texts`, as many times this).
     #[arg(long, env = "WSROOM_CPU_BUDGET_MS", default_value_t = 30_000)]
     pub cpu_budget_ms: u64,
 

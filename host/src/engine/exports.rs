@@ -410,7 +410,8 @@ impl Batch {
             self.text_at = (sender.id.len() + sender.kind.len()) as u32;
         }
         self.data.push_str(text);
-        // A batch is bounded (`BATCH_BYTES`), far below 4 GiB.
+        // A batch is bounded (its messages are each under 64 KiB, and it
+        // runs once past 64 KiB: `room::turn`), far below 4 GiB.
         self.ends.push(self.data.len() as u32);
     }
 

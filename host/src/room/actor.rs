@@ -428,7 +428,9 @@ impl Actor {
                 engine::arm_for(store, batch.len() as u64);
                 let started = std::time::Instant::now();
                 let called = room.call_on_texts(store, batch).await;
-                self.metrics.room_call(RoomCall::Message, started.elapsed());
+                if !matches!(called, Ok(false)) {
+                    self.metrics.room_call(RoomCall::Message, started.elapsed());
+                }
                 called.map_err(|e| Trapped(anyhow::Error::from(e)))
             }
             Err(t) => Err(t),

@@ -260,6 +260,8 @@ async fn a_message_whose_write_is_not_durable_yet_reaches_no_client() {
 
     // Two that came together, gathered into one `on-texts` call: the same.
     assert!(room.core.actor.lock().await.takes_batches());
+    let calls = || async { room.core.actor.lock().await.metrics.room_calls().count };
+    let calls_before = calls().await;
     let blocker = store.begin_write_for_test();
     let mut turn = room.try_run().expect("the room is idle");
     for (text, more) in [("first of two", true), ("second of two", false)] {
@@ -283,5 +285,6 @@ async fn a_message_whose_write_is_not_durable_yet_reaches_no_client() {
     let lines: Vec<_> = frames.iter().map(|f| String::from_utf8_lossy(f)).collect();
     assert!(lines[0].contains("first of two"), "{lines:?}");
     assert!(lines[1].contains("second of two"), "{lines:?}");
+    assert_eq!(calls().await - calls_before, 1, "one call for both");
     let _ = std::fs::remove_dir_all(&dir);
 }

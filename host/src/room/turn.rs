@@ -16,8 +16,14 @@ use super::table::ConnRef;
 use super::{Actor, Core, Incoming};
 use crate::engine::Batch;
 
-/// Gathered messages run as soon as their text passes this many bytes.
+/// Gathered messages run as soon as their text passes this many bytes; a
+/// message this long or longer is never gathered (it would only be copied
+/// once more).
 const GATHERED_BYTES: usize = 64 * 1024;
+
+/// The largest gathering buffers a live room keeps for the next turn (a
+/// larger one's are freed at once).
+const GATHERED_KEPT_BYTES: usize = 16 * 1024;
 
 pub struct ReaderTurn<'a> {
     actor: MutexGuard<'a, Actor>,
@@ -64,6 +70,7 @@ impl<'a> ReaderTurn<'a> {
     ) {
         if let Incoming::Text(text) = &message
             && (more || self.has_gathered())
+            && text.len() < GATHERED_BYTES
             && self.gathered_from.is_none_or(|from| from == conn)
             && self.actor.takes_batches()
         {
@@ -122,10 +129,14 @@ impl Drop for ReaderTurn<'_> {
             "a reader ended its turn with messages gathered and not run"
         );
         let actor = &mut *self.actor;
-        // Kept for the next turn, unless a large batch grew them.
-        if let Some(gathered) = self.gathered.take()
-            && gathered.bytes_kept() <= GATHERED_BYTES
+        // Kept for the next turn by a live room (a failed or hibernated
+        // one dropped its own), unless a large batch grew them; emptied,
+        // whether or not a call cut short left messages in them.
+        if let Some(mut gathered) = self.gathered.take()
+            && actor.instance.is_live()
+            && gathered.bytes_kept() <= GATHERED_KEPT_BYTES
         {
+            gathered.clear();
             actor.gathered = Some(gathered);
         }
         if actor.uncommitted() && !actor.commit_in_memory() {
