@@ -79,6 +79,48 @@ async fn a_text_message_s_trap_is_logged_as_on_text_s_and_large_texts_reach_the_
     assert!(log.contains("asked to panic"), "{log}");
 }
 
+/// Messages sent together (a room built with the SDK may get them in one
+/// `on-texts` call): a trap on one of them fails the room after the ones
+/// before it were answered, and none after it reaches the room.
+#[tokio::test]
+async fn a_trap_among_messages_sent_together_answers_those_before_it_and_no_later_one() {
+    use crate::room_http::{PROBE_ROOM, join_probe};
+    let server = Server::start(&["--component", PROBE_ROOM]);
+    let p = project();
+    let (mut ws, _) = join_probe(&server, &format!("type=runtime&projectId={p}"), None).await;
+    // Queued, then written at once.
+    for text in ["size:a", "size:bb", "panic", "size:ccc"] {
+        within(ws.feed(Message::text(text))).await.expect("feed");
+    }
+    within(ws.flush()).await.expect("flush");
+    for text in ["size:a", "size:bb"] {
+        assert_eq!(
+            recv(&mut ws).await,
+            json!({"type": "size", "bytes": text.len(), "last": text.chars().last()})
+        );
+    }
+    // Then the close, with nothing for the message after the panic.
+    match within(futures_util::StreamExt::next(&mut ws)).await {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1011),
+        other => panic!("expected the room's failure, got {other:?}"),
+    }
+    let failed = |l: &&str| l.contains("room failed") && l.contains(&p);
+    let log = server
+        .wait_stderr("the failure", |log| log.lines().any(|l| failed(&l)))
+        .await;
+    let failure = log.lines().find(failed).unwrap();
+    // (`on-texts` when the messages came together, as they nearly always
+    // do; `on-text` if the room was busy and they waited for it one by one.)
+    assert!(failure.contains(r#"during="on-text"#), "{failure}");
+    // The project's next client gets a fresh instance.
+    let (mut ws, _) = join_probe(&server, &format!("type=runtime&projectId={p}"), None).await;
+    send_text(&mut ws, "size:dd").await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"type": "size", "bytes": 7, "last": "d"})
+    );
+}
+
 #[tokio::test]
 async fn a_looping_room_does_not_stall_other_projects() {
     let server = Server::start(&["--component", FIXTURE_ROOM, "--cpu-budget-ms", "5000"]);
