@@ -22,6 +22,27 @@ use crate::outbox::{self, Refused};
 use crate::rate::Bucket;
 use crate::room::{BATCH, CLOSE_ROOM_FAILED, CLOSE_SERVICE_RESTART, Event, Incoming, ReaderTurn};
 
+/// Ends the reader's turn at running the room, if it has one: runs the
+/// text messages it gathered, then hands what the room's calls sent to the
+/// writers. Before the reader answers its client itself (so that what the
+/// room sent comes first), waits for it, or lets the room's task run. (A
+/// macro, so that the connection's task holds only a box for the call at
+/// each place it ends a turn: every byte of the task is in every idle
+/// connection.)
+macro_rules! end_turn {
+    ($turn:ident, $c:expr) => {
+        if let Some(running) = $turn.as_mut()
+            && running.has_gathered()
+        {
+            $c.in_guest.store(true, Relaxed);
+            Box::pin(running.run_gathered()).await;
+            $c.in_guest.store(false, Relaxed);
+        }
+        // Dropped here, not at the return: its frames go out first.
+        drop($turn.take());
+    };
+}
+
 /// Reads until the client closes, breaks a rule or goes away.
 pub(super) async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, c: &Connection<'_>) -> Ended {
     let mut wire = FrameReader::new(c.config.max_frame_bytes);
@@ -35,26 +56,30 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, c: &Connectio
     let rate = c.config.max_messages_per_sec;
     let mut bucket = Bucket::full(rate, 0);
     loop {
-        let frame = {
+        // Keep the room only for frames already here: end the turn before
+        // waiting for the client. (The read that found nothing is dropped
+        // before the turn ends and begun again: its bytes are in `wire`,
+        // and no future of the connection's task holds both.)
+        let mut ready = None;
+        if turn.is_some() {
             let mut read = std::pin::pin!(wire.read_frame(&mut stream));
-            let mut ready = None;
-            if turn.is_some() {
-                // Keep the room only for frames already here: end the turn
-                // before waiting for the client.
-                match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
-                    Poll::Ready(frame) => ready = Some(frame),
-                    Poll::Pending => end_turn(&mut turn, c).await,
-                }
+            if let Poll::Ready(frame) =
+                std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
+            {
+                ready = Some(frame);
             }
-            match ready {
-                Some(frame) => frame,
-                None => read.await,
+        }
+        let frame = match ready {
+            Some(frame) => frame,
+            None => {
+                end_turn!(turn, c);
+                wire.read_frame(&mut stream).await
             }
         };
         let mut frame = match frame {
             Ok(frame) => frame,
             Err(e) => {
-                end_turn(&mut turn, c).await;
+                end_turn!(turn, c);
                 return broken_frame(e, c);
             }
         };
@@ -67,7 +92,14 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, c: &Connectio
         if frame.opcode != OpCode::Ping {
             c.last_seen.store(now_ms, Relaxed);
         }
-        let message = match frames.accept(&mut frame) {
+        let step = frames.accept(&mut frame);
+        // Nothing borrows the frame past here (it would be in the task
+        // across the awaits below).
+        drop(frame);
+        // Whether the client's next frames are already here (a room that
+        // takes batches then gets its text messages together).
+        let more = wire.has_more();
+        let message = match step {
             Ok(Step::Message(message)) => message,
             Ok(Step::Nothing) => continue,
             Ok(Step::Ping(payload)) => {
@@ -75,31 +107,30 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, c: &Connectio
                 continue;
             }
             Ok(Step::Close { code, reason, echo }) => {
-                end_turn(&mut turn, c).await;
+                end_turn!(turn, c);
                 c.outbox.close_raw(outbox::encode(OpCode::Close, &echo));
                 return Ended { code, reason };
             }
             Err(violation) => {
-                end_turn(&mut turn, c).await;
+                end_turn!(turn, c);
                 return violated(violation, c);
             }
         };
-        // Whether the client's next frames are already here (a room that
-        // takes batches then gets its text messages together).
-        drop(frame);
-        let more = wire.has_more();
         c.metrics.message_in(match &message {
             Incoming::Text(text) => text.len(),
             Incoming::Binary(bytes) => bytes.len(),
             Incoming::TooLarge(o) => usize::try_from(o.size).unwrap_or(usize::MAX),
         });
         if rate > 0 && !bucket.take(rate, now_ms) {
-            // Its answer comes after what the messages before it sent.
-            end_turn(&mut turn, c).await;
             // Over --max-messages-per-sec: not routed; its sender hears why.
             c.metrics.message_rate_limited();
             debug!(project = %c.link.project(), "message over --max-messages-per-sec, not routed");
             let error = rate_limited(c.link.project(), &message, rate);
+            // Not kept across the wait below (the task would hold room for
+            // it at every wait).
+            drop(message);
+            // Its answer comes after what the messages before it sent.
+            end_turn!(turn, c);
             if c.outbox.push(error) == Err(Refused::Overflow) {
                 c.metrics.outbox_overflow();
             }
@@ -145,7 +176,7 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, c: &Connectio
             in_a_row += 1;
             if in_a_row == BATCH {
                 // Let the room's task, and what waits for it, have a turn.
-                end_turn(&mut turn, c).await;
+                end_turn!(turn, c);
             }
             continue;
         }
@@ -167,21 +198,6 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, c: &Connectio
             );
         }
     }
-}
-
-/// Ends the reader's turn at running the room, if it has one: runs the
-/// text messages it gathered, then hands what the room's calls sent to the
-/// writers. Before the reader answers its client itself (so that what the
-/// room sent comes first), waits for it, or lets the room's task run.
-async fn end_turn(turn: &mut Option<ReaderTurn<'_>>, c: &Connection<'_>) {
-    if let Some(running) = turn.as_mut()
-        && running.has_gathered()
-    {
-        c.in_guest.store(true, Relaxed);
-        Box::pin(running.run_gathered()).await;
-        c.in_guest.store(false, Relaxed);
-    }
-    *turn = None;
 }
 
 /// Closes the connection with the violation's code.

@@ -72,13 +72,9 @@ impl FrameReader {
     ) -> Result<Frame<'_>, WebSocketError> {
         self.buf.advance(self.consumed);
         self.consumed = 0;
-        let head = loop {
-            match self.parse_head()? {
-                Ok(head) if self.buf.len() >= head.header_len + head.payload_len => break head,
-                Ok(head) => self.fill(read, head.header_len + head.payload_len).await?,
-                Err(needed) => self.fill(read, needed).await?,
-            }
-        };
+        // Polled by hand rather than as nested futures: the future that
+        // waits here is part of every connection's task, idle or not.
+        let head = std::future::poll_fn(|cx| self.poll_head(read, cx)).await?;
         self.consumed = head.header_len + head.payload_len;
         let payload = &mut self.buf[head.header_len..self.consumed];
         if let Some(mask) = head.mask {
@@ -156,21 +152,26 @@ impl FrameReader {
         }))
     }
 
-    /// Reads until at least `needed` bytes are buffered. A connection with
+    /// Reads until a whole frame is buffered: its header. A connection with
     /// nothing buffered waits without a buffer, and gives back the one it
     /// had if the client turns out to have nothing more to send.
-    async fn fill<R: AsyncRead + Unpin>(
+    fn poll_head<R: AsyncRead + Unpin>(
         &mut self,
         read: &mut R,
-        needed: usize,
-    ) -> Result<(), WebSocketError> {
-        while self.buf.len() < needed {
-            let got = std::future::poll_fn(|cx| self.poll_read_some(read, cx, needed)).await?;
-            if got == 0 {
-                return Err(WebSocketError::UnexpectedEOF);
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<Head, WebSocketError>> {
+        loop {
+            let needed = match self.parse_head()? {
+                Ok(head) if self.buf.len() >= head.header_len + head.payload_len => {
+                    return Poll::Ready(Ok(head));
+                }
+                Ok(head) => head.header_len + head.payload_len,
+                Err(needed) => needed,
+            };
+            if ready!(self.poll_read_some(read, cx, needed))? == 0 {
+                return Poll::Ready(Err(WebSocketError::UnexpectedEOF));
             }
         }
-        Ok(())
     }
 
     fn poll_read_some<R: AsyncRead + Unpin>(

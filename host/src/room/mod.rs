@@ -291,7 +291,7 @@ struct Actor {
     scratch: Option<crate::engine::wit::TextFrom>,
     /// The buffers of the messages readers gather for `on-texts`, kept from
     /// one reader's turn to the next (dropped with the instance).
-    gathered: Option<Box<crate::engine::Batch>>,
+    gathered: Option<Box<turn::Gathering>>,
 }
 
 /// Milliseconds since the Unix epoch, as the room's timestamps.

@@ -32,10 +32,17 @@ pub struct ReaderTurn<'a> {
     alarm: Option<u64>,
     /// Whether the room had a live instance then.
     live: bool,
-    /// Text messages gathered for the room's `on-texts` (its buffers taken
-    /// from the actor when first needed), and whose.
-    gathered: Option<Box<Batch>>,
-    gathered_from: Option<ConnRef>,
+    /// Text messages gathered for the room's `on-texts` (the buffers taken
+    /// from the actor when first needed; boxed, as every byte of a turn is
+    /// in every connection's task).
+    gathered: Option<Box<Gathering>>,
+}
+
+/// A client's text messages gathered for the room's `on-texts`, and whose.
+#[derive(Default)]
+pub(super) struct Gathering {
+    batch: Batch,
+    from: Option<ConnRef>,
 }
 
 impl<'a> ReaderTurn<'a> {
@@ -48,7 +55,6 @@ impl<'a> ReaderTurn<'a> {
             alarm,
             live,
             gathered: None,
-            gathered_from: None,
         }
     }
 
@@ -71,16 +77,19 @@ impl<'a> ReaderTurn<'a> {
         if let Incoming::Text(text) = &message
             && (more || self.has_gathered())
             && text.len() < GATHERED_BYTES
-            && self.gathered_from.is_none_or(|from| from == conn)
+            && self.gathered_from().is_none_or(|from| from == conn)
             && self.actor.takes_batches()
         {
             let gathered = self
                 .gathered
                 .get_or_insert_with(|| self.actor.gathered.take().unwrap_or_default());
-            if self.actor.add_to_batch(gathered, conn, text, read_at) {
-                self.gathered_from = Some(conn);
+            if self
+                .actor
+                .add_to_batch(&mut gathered.batch, conn, text, read_at)
+            {
+                gathered.from = Some(conn);
             }
-            if !more || gathered.bytes() >= GATHERED_BYTES {
+            if !more || gathered.batch.bytes() >= GATHERED_BYTES {
                 self.run_gathered().await;
             }
             return;
@@ -91,30 +100,37 @@ impl<'a> ReaderTurn<'a> {
 
     /// Whether messages are gathered, waiting for [`ReaderTurn::run_gathered`].
     pub fn has_gathered(&self) -> bool {
-        self.gathered_from.is_some()
+        self.gathered_from().is_some()
+    }
+
+    fn gathered_from(&self) -> Option<ConnRef> {
+        self.gathered.as_ref().and_then(|g| g.from)
     }
 
     /// Hands the gathered messages to the room, in one call.
     ///
     /// As [`ReaderTurn::message`], the future must be run to its end.
     pub async fn run_gathered(&mut self) {
-        let (Some(conn), Some(gathered)) = (self.gathered_from.take(), self.gathered.as_mut())
-        else {
+        let Some(gathered) = self.gathered.as_mut() else {
             return;
         };
-        if gathered.len() == 1 {
+        let Some(conn) = gathered.from.take() else {
+            return;
+        };
+        let batch = &mut gathered.batch;
+        if batch.len() == 1 {
             // One message alone goes to `on-text`, which costs the room one
             // list less.
-            let text = gathered.texts().next().unwrap_or_default().to_owned();
-            gathered.clear();
+            let text = batch.texts().next().unwrap_or_default().to_owned();
+            batch.clear();
             let read_at = std::time::Instant::now();
             self.actor
                 .handle_message(conn, Incoming::Text(text), read_at)
                 .await;
             return;
         }
-        self.actor.handle_batch(conn, gathered).await;
-        gathered.clear();
+        self.actor.handle_batch(conn, batch).await;
+        batch.clear();
     }
 }
 
@@ -125,7 +141,7 @@ impl Drop for ReaderTurn<'_> {
     /// an instance created or dropped (its hibernation timer).
     fn drop(&mut self) {
         debug_assert!(
-            self.gathered_from.is_none(),
+            !self.has_gathered(),
             "a reader ended its turn with messages gathered and not run"
         );
         let actor = &mut *self.actor;
@@ -134,9 +150,10 @@ impl Drop for ReaderTurn<'_> {
         // whether or not a call cut short left messages in them.
         if let Some(mut gathered) = self.gathered.take()
             && actor.instance.is_live()
-            && gathered.bytes_kept() <= GATHERED_KEPT_BYTES
+            && gathered.batch.bytes_kept() <= GATHERED_KEPT_BYTES
         {
-            gathered.clear();
+            gathered.batch.clear();
+            gathered.from = None;
             actor.gathered = Some(gathered);
         }
         if actor.uncommitted() && !actor.commit_in_memory() {
