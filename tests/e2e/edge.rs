@@ -203,6 +203,23 @@ async fn messages_sent_in_one_write_each_reach_the_room_in_order_before_what_fol
 }
 
 #[tokio::test]
+async fn a_message_sent_with_a_ping_behind_it_is_routed_and_the_ping_answered() {
+    let server = Server::start(&[]);
+    let p = project();
+    let mut watcher = server.connect("data-agent", &p).await;
+    let mut raw = RawWs::open(&server, "runtime", &p).await;
+    // The message is read with a frame behind it, so it is gathered for a
+    // batch, which ends up holding it alone (a batch of one goes to
+    // `on-text`).
+    let mut burst = frame(1, &broadcast("alone"), true);
+    burst.extend(frame(9, b"are you there", true));
+    within(raw.s.write_all(&burst)).await.unwrap();
+    assert_eq!(raw.read_frame().await, (10, b"are you there".to_vec()));
+    let next = watcher.next_json().await;
+    assert_eq!(next["id"], "alone", "{next}");
+}
+
+#[tokio::test]
 async fn control_frames_over_125_bytes_close_with_1002_and_nothing_over_125_is_sent() {
     let server = Server::start(&[]);
     // A project of its own for each socket: another socket of the same

@@ -288,27 +288,33 @@ impl Room {
         )
     }
 
-    /// Hands a client's text messages to the room's `on-texts`, laid out
-    /// by [`Batch`]; `Ok(false)` (nothing called) for a room without one.
+    /// Hands a client's text messages, laid out by [`Batch`], to the
+    /// room's `on-texts` (one message alone to `on-text`, laid out as it
+    /// takes it already); `Ok(false)` (nothing called) for a room that takes
+    /// no batches.
     pub(crate) async fn call_on_texts(
         &self,
         store: &mut Store<RoomState>,
         batch: &Batch,
     ) -> wasmtime::Result<bool> {
-        let Room::Current {
-            on_texts: Some(on_texts),
-            ..
-        } = self
-        else {
+        let Room::Current { room, on_texts } = self else {
+            return Ok(false);
+        };
+        if batch.len() == 1 {
+            room.call_on_text(store, &batch.laid).await?;
+            return Ok(true);
+        }
+        let Some(on_texts) = on_texts else {
             return Ok(false);
         };
         // SAFETY: the export's type was checked against these parameter and
         // result types when the component was loaded (`on_texts_export`).
         let typed = unsafe { TypedFunc::<OnTextsParams<'_>, ()>::new_unchecked(*on_texts) };
+        let laid = &batch.laid;
         let params = (
-            batch.data.as_str(),
-            batch.kind_at,
-            batch.text_at,
+            laid.data.as_str(),
+            laid.kind_at,
+            laid.text_at,
             batch.ends.as_slice(),
         );
         typed.call_async(store, params).await?;
@@ -386,14 +392,25 @@ fn lay_out(scratch: &mut wit::TextFrom, sender: &wit::Sender, text: &str) {
     scratch.text_at = (sender.id.len() + sender.kind.len()) as u32;
 }
 
-/// A client's text messages laid out for `on-texts`: its id, its type, then
-/// the messages one after the other, and where each ends.
-#[derive(Default)]
+/// A client's text messages laid out for `on-texts`: the first as `on-text`
+/// takes it (its sender's id, its type and the text), the others after it,
+/// and where each ends.
 pub(crate) struct Batch {
-    data: String,
-    kind_at: u32,
-    text_at: u32,
+    laid: wit::TextFrom,
     ends: Vec<u32>,
+}
+
+impl Default for Batch {
+    fn default() -> Batch {
+        Batch {
+            laid: wit::TextFrom {
+                data: String::new(),
+                kind_at: 0,
+                text_at: 0,
+            },
+            ends: Vec::new(),
+        }
+    }
 }
 
 impl Batch {
@@ -401,18 +418,13 @@ impl Batch {
     /// the first one's is kept).
     pub(crate) fn push(&mut self, sender: &wit::Sender, text: &str) {
         if self.ends.is_empty() {
-            self.data.clear();
-            self.data.push_str(&sender.id);
-            self.data.push_str(&sender.kind);
-            // An id and a type are a few hundred bytes at most (the host's
-            // limits).
-            self.kind_at = sender.id.len() as u32;
-            self.text_at = (sender.id.len() + sender.kind.len()) as u32;
+            lay_out(&mut self.laid, sender, text);
+        } else {
+            self.laid.data.push_str(text);
         }
-        self.data.push_str(text);
         // A batch is bounded (its messages are each under 64 KiB, and it
         // runs once past 64 KiB: `room::turn`), far below 4 GiB.
-        self.ends.push(self.data.len() as u32);
+        self.ends.push(self.laid.data.len() as u32);
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -421,21 +433,21 @@ impl Batch {
 
     /// The messages, in order.
     pub(crate) fn texts(&self) -> impl Iterator<Item = &str> + '_ {
-        let starts = std::iter::once(self.text_at).chain(self.ends.iter().copied());
+        let starts = std::iter::once(self.laid.text_at).chain(self.ends.iter().copied());
         starts.zip(self.ends.iter().copied()).map(|(start, end)| {
-            let part = self.data.get(start as usize..end as usize);
+            let part = self.laid.data.get(start as usize..end as usize);
             part.unwrap_or_default()
         })
     }
 
     /// Bytes laid out so far.
     pub(crate) fn bytes(&self) -> usize {
-        self.data.len()
+        self.laid.data.len()
     }
 
     /// Bytes its buffers hold.
     pub(crate) fn bytes_kept(&self) -> usize {
-        self.data.capacity() + self.ends.capacity() * 4
+        self.laid.data.capacity() + self.ends.capacity() * 4
     }
 
     /// Empties the batch, keeping its buffers.
@@ -458,8 +470,8 @@ mod tests {
         for text in ["{\"a\":1}", "é", ""] {
             batch.push(&sender, text);
         }
-        assert_eq!(batch.data, "c1runtime{\"a\":1}é");
-        assert_eq!((batch.kind_at, batch.text_at), (2, 9));
+        assert_eq!(batch.laid.data, "c1runtime{\"a\":1}é");
+        assert_eq!((batch.laid.kind_at, batch.laid.text_at), (2, 9));
         assert_eq!(batch.ends, [16, 18, 18]);
         assert_eq!(batch.texts().collect::<Vec<_>>(), ["{\"a\":1}", "é", ""]);
         // Emptied, it lays the next sender out afresh.
@@ -470,7 +482,9 @@ mod tests {
             kind: "admin".into(),
         };
         batch.push(&other, "x");
-        assert_eq!(batch.data, "c22adminx");
+        // (One message: laid out as `on-text` takes it.)
+        assert_eq!(batch.laid.data, "c22adminx");
+        assert_eq!((batch.laid.kind_at, batch.laid.text_at), (3, 8));
         assert_eq!(batch.texts().collect::<Vec<_>>(), ["x"]);
     }
 }

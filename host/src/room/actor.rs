@@ -419,7 +419,7 @@ impl Actor {
 
     /// Hands a client's text messages, laid out in `batch`, to the room's
     /// `on-texts` in one call (each is an event as if it had come alone:
-    /// see `wit/room.wit`).
+    /// see `wit/room.wit`); one message alone to `on-text`.
     pub(super) async fn handle_batch(&mut self, conn: ConnRef, batch: &engine::Batch) {
         self.mark_handled();
         self.activity_unrecorded = true;
@@ -448,7 +448,14 @@ impl Actor {
                     self.message(conn, message, std::time::Instant::now()).await;
                 }
             }
-            Err(Trapped(e)) => self.fail("on-texts", e),
+            Err(Trapped(e)) => {
+                let export = if batch.len() == 1 {
+                    "on-text"
+                } else {
+                    "on-texts"
+                };
+                self.fail(export, e);
+            }
         }
     }
 

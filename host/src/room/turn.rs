@@ -118,17 +118,6 @@ impl<'a> ReaderTurn<'a> {
             return;
         };
         let batch = &mut gathered.batch;
-        if batch.len() == 1 {
-            // One message alone goes to `on-text`, which costs the room one
-            // list less.
-            let text = batch.texts().next().unwrap_or_default().to_owned();
-            batch.clear();
-            let read_at = std::time::Instant::now();
-            self.actor
-                .handle_message(conn, Incoming::Text(text), read_at)
-                .await;
-            return;
-        }
         self.actor.handle_batch(conn, batch).await;
         batch.clear();
     }
