@@ -18,6 +18,11 @@ use crate::rules::{self, Env, Joining, Reached, Select, Target};
 static ALLOCATOR: Recycler<talc::wasm::WasmDynamicTalc> =
     Recycler::new(talc::wasm::new_wasm_dynamic_allocator());
 
+// The allocator's state must sit in one page for its first write to spare
+// the page a read-only mapping (see `Recycler`): one 128-byte line.
+#[cfg(target_arch = "wasm32")]
+const _: () = assert!(size_of::<Recycler<talc::wasm::WasmDynamicTalc>>() == 128);
+
 struct DefaultRoom {
     /// Whether the room may have an alarm set: not once this instance
     /// cancelled it and set none since. A new instance cannot know (an
