@@ -121,6 +121,31 @@ async fn a_trap_among_messages_sent_together_answers_those_before_it_and_no_late
     );
 }
 
+/// Messages sent together may reach the room in one call; that call's CPU
+/// budget is one message's times their number, so messages that each fit
+/// the budget are answered however many come at once, and one that does
+/// not still resets the room.
+#[tokio::test]
+async fn messages_sent_together_each_get_the_cpu_budget() {
+    use crate::room_http::{PROBE_ROOM, join_probe};
+    let server = Server::start(&["--component", PROBE_ROOM, "--cpu-budget-ms", "100"]);
+    let p = project();
+    let (mut ws, _) = join_probe(&server, &format!("type=runtime&projectId={p}"), None).await;
+    // Four of 60 ms, written at once: 240 ms in all, over one budget.
+    for _ in 0..4 {
+        within(ws.feed(Message::text("spin:60")))
+            .await
+            .expect("feed");
+    }
+    within(ws.flush()).await.expect("flush");
+    for _ in 0..4 {
+        assert_eq!(recv(&mut ws).await, json!({"type": "spun", "ms": 60}));
+    }
+    // One message over the budget alone: the room is reset.
+    send_text(&mut ws, "spin:400").await;
+    assert_eq!(recv_close(&mut ws).await.0, 1011);
+}
+
 #[tokio::test]
 async fn a_looping_room_does_not_stall_other_projects() {
     let server = Server::start(&["--component", FIXTURE_ROOM, "--cpu-budget-ms", "5000"]);

@@ -11,6 +11,8 @@
 //!   to, `on-text`, whose default hands it to `on_message`);
 //! - a text starting with `size:` is answered `{"type": "size", "bytes":
 //!   N, "last": C}`: its length in bytes and its last character;
+//! - the text `spin:MS` keeps the room busy for MS milliseconds (by the
+//!   host's clock), then answers `{"type": "spun", "ms": MS}`;
 //! - the text `attach:DATA` keeps DATA as the client's attachment; when the
 //!   client leaves, the room logs `left with attachment DATA` (read in
 //!   `on-close`, after the client left the table);
@@ -50,6 +52,15 @@ impl Room for Probe {
         if text.starts_with("size:") {
             let size = json!({"type": "size", "bytes": text.len(), "last": text.chars().last()});
             ctx.send_to_client(&from.id, &size.to_string());
+            return;
+        }
+        if let Some(ms) = text.strip_prefix("spin:") {
+            let ms: u64 = ms.parse().unwrap_or(0);
+            let until = ctx.now_ms() + ms;
+            while ctx.now_ms() < until {
+                std::hint::spin_loop();
+            }
+            ctx.send_to_client(&from.id, &json!({"type": "spun", "ms": ms}).to_string());
             return;
         }
         if let Some(data) = text.strip_prefix("attach:") {
