@@ -48,8 +48,10 @@ struct Lists {
 
 /// Keeps freed small blocks per size class in front of allocator `A`.
 ///
-/// Its fields are kept together (`repr(C)`, aligned so that the whole value
-/// sits in one 4 KiB page): see [`Recycler::touch`].
+/// Its fields are laid out in order and the value aligned to 128 bytes, so
+/// that the byte it writes first, its lists and (when it fits the rest of
+/// the line, as talc's does) the wrapped allocator's state share one page:
+/// see [`Recycler::touch`].
 #[repr(C, align(128))]
 pub struct Recycler<A> {
     /// Written, never read: see [`Recycler::touch`].
