@@ -48,10 +48,14 @@ struct Lists {
 
 /// Keeps freed small blocks per size class in front of allocator `A`.
 ///
-/// Its fields are laid out in order and the value aligned to 128 bytes, so
-/// that the byte it writes first, its lists and (when it fits the rest of
-/// the line, as talc's does) the wrapped allocator's state share one page:
-/// see [`Recycler::touch`].
+/// Every allocation first writes a byte of its own, before it reads its
+/// lists or the wrapped allocator's state: a new instance's first access to
+/// the page this static sits in is then a write, which the kernel serves by
+/// copying the component's data page at once, instead of mapping it
+/// read-only and then copying it with a TLB flush on every other core. Its
+/// fields are laid out in order and the value aligned to 128 bytes, so that
+/// the byte, the lists and (when it fits the rest of the line, as talc's
+/// does) the wrapped allocator's state share one page.
 #[repr(C, align(128))]
 pub struct Recycler<A> {
     /// Written, never read: see [`Recycler::touch`].
