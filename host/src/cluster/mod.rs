@@ -103,6 +103,11 @@ pub(crate) struct Cluster {
     /// Warnings a flapping connection to NATS would repeat.
     warnings: Throttle,
     counters: Counters,
+    /// Whether this node is leaving, behind a lock every message from
+    /// another node's client holds while it is handled and answered: the
+    /// node takes no more once leaving, and waits for those it took before
+    /// it sends its last frames (see [`Cluster::leaving`]).
+    handling: tokio::sync::RwLock<bool>,
 }
 
 /// Projects whose clients here a takeover left out, with when they were
@@ -214,6 +219,7 @@ impl Cluster {
             takeovers: std::sync::atomic::AtomicUsize::new(0),
             warnings: Throttle::new(1),
             counters: Counters::default(),
+            handling: tokio::sync::RwLock::new(false),
         });
         tokio::spawn(cluster.clone().serve(subscription));
         cluster.first_lease().await?;
@@ -370,10 +376,16 @@ impl Cluster {
     /// clients other nodes hold, so that they stay open for the node that
     /// takes the projects over.
     pub(crate) async fn leaving(&self) {
+        // No message from another node's client is taken from now on (its
+        // holder tries the next owner), and those being handled end first:
+        // a message answered `handled` whose copies were then dropped with
+        // the links below would be lost without its sender hearing.
+        *self.handling.write().await = true;
         // What this node's rooms already sent other nodes' clients goes out
         // first: their next owner numbers its frames anew, so a frame lost
-        // here would be a gap nobody sees. (A message a room handles from
-        // now until the links close may still lose its copies to them.)
+        // here would be a gap nobody sees. (A message this node's own
+        // clients send from now until the links close may still lose its
+        // copies to them; those clients are closed with 1001.)
         self.served.settle(SETTLE_TIMEOUT).await;
         self.served.clear();
         self.leases.let_go();
@@ -965,8 +977,11 @@ impl Cluster {
         let Some((key, seq, incoming)) = wire::parse_message(&message.payload) else {
             return;
         };
+        // Held until the answer is sent (or queued with frames that
+        // `leaving` sends).
+        let leaving = self.handling.read().await;
         let answer = match self.served.get(&holder, key) {
-            Some((room, conn)) if self.leases.valid() => {
+            Some((room, conn)) if !*leaving && self.leases.valid() => {
                 // A takeover's room takes messages once every node's
                 // clients are back in it: one from a client gathered
                 // early could otherwise miss a client not yet gathered.
@@ -1007,6 +1022,7 @@ impl Cluster {
         if !with_frames {
             self.reply(&message, answer.encode(seq)).await;
         }
+        drop(leaving);
     }
 
     async fn on_close(self: Arc<Self>, holder: Arc<str>, message: Message) {
