@@ -300,7 +300,7 @@ impl Room {
         let Room::Current { room, on_texts } = self else {
             return Ok(false);
         };
-        if batch.len() == 1 {
+        if batch.alone() {
             room.call_on_text(store, &batch.laid).await?;
             return Ok(true);
         }
@@ -425,6 +425,17 @@ impl Batch {
         // A batch is bounded (its messages are each under 64 KiB, and it
         // runs once past 64 KiB: `room::turn`), far below 4 GiB.
         self.ends.push(self.laid.data.len() as u32);
+    }
+
+    /// Whether it holds one message, which [`Room::call_on_texts`] hands
+    /// to `on-text` (one list less for the room).
+    fn alone(&self) -> bool {
+        self.ends.len() == 1
+    }
+
+    /// The export [`Room::call_on_texts`] hands it to (for the log).
+    pub(crate) fn export(&self) -> &'static str {
+        if self.alone() { "on-text" } else { "on-texts" }
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -448,14 +448,7 @@ impl Actor {
                     self.message(conn, message, std::time::Instant::now()).await;
                 }
             }
-            Err(Trapped(e)) => {
-                let export = if batch.len() == 1 {
-                    "on-text"
-                } else {
-                    "on-texts"
-                };
-                self.fail(export, e);
-            }
+            Err(Trapped(e)) => self.fail(batch.export(), e),
         }
     }
 
